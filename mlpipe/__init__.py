@@ -1,0 +1,1 @@
+"""mlpipe: the library behind the MLflow Project's steps (core logic, run harness, driver)."""

@@ -1,0 +1,104 @@
+"""Cache keys: a step is reused only when everything it depends on is unchanged.
+
+The key covers the entry point, the resolved config the step reads, the content of
+every project source file the step imports (found by following imports, so a dirty
+working tree counts), the environment files, the step's parameters (upstream run
+ids, model URI) and, for ingest, a digest of the source data itself.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from mlpipe.config import PROJECT_ROOT, digest, select
+from mlpipe.pipeline import STEPS
+
+KEY_TAG = "pipeline.cache_key"
+KEY_VERSION = 1
+# Files outside Python that change what a step does or the environment it runs in.
+ENV_FILES = ("MLproject", "python_env.yaml")
+LOCAL_PACKAGES = ("mlpipe", "steps")
+
+
+def _module_file(module: str, root: Path) -> Path | None:
+    parts = module.split(".")
+    if parts[0] not in LOCAL_PACKAGES:
+        return None
+    base = root.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute module names imported by a file (function-level imports included)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def source_closure(entry: Path, root: Path = PROJECT_ROOT) -> list[Path]:
+    """The project files `entry` depends on: itself plus every local module it imports."""
+    seen: set[Path] = set()
+    todo = [entry]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in _imports(path):
+            found = _module_file(module, root)
+            # `import mlpipe.x` also runs mlpipe/__init__.py
+            parent = _module_file(module.split(".")[0], root)
+            todo.extend(p for p in (found, parent) if p and p not in seen)
+    return sorted(seen)
+
+
+@lru_cache(maxsize=None)
+def code_digest(step: str, root: Path = PROJECT_ROOT) -> str:
+    """sha256 over the step's source closure and the environment files."""
+    files = source_closure(root / "steps" / f"{step}.py", root)
+    files += [root / name for name in ENV_FILES if (root / name).is_file()]
+    sha = hashlib.sha256()
+    for path in files:
+        sha.update(str(path.relative_to(root)).encode())
+        sha.update(b"\0")
+        sha.update(path.read_bytes())
+        sha.update(b"\0")
+    return sha.hexdigest()
+
+
+def config_digest(step: str, config: dict[str, Any]) -> str:
+    """Digest of the config slice a step reads (used to find a matching upstream run)."""
+    return digest(select(config, list(STEPS[step].config_keys)))
+
+
+def step_key(
+    step: str,
+    config: dict[str, Any],
+    params: dict[str, str],
+    data_digest: str | None = None,
+    root: Path = PROJECT_ROOT,
+) -> str:
+    """The cache key of one step execution; `params` excludes `overrides` (the config covers it)."""
+    return digest(
+        {
+            "version": KEY_VERSION,
+            "step": step,
+            "config": select(config, list(STEPS[step].config_keys)),
+            "code": code_digest(step, root),
+            "params": {k: v for k, v in sorted(params.items()) if k != "overrides"},
+            "data": data_digest,
+        }
+    )

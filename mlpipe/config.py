@@ -1,0 +1,100 @@
+"""Compose the pipeline configuration with Hydra's compose API, flatten it for logging."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mlpipe.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+def _source_stem(source: str) -> str:
+    """`sklearn:wine` -> `wine`; `s3://b/data/train.csv` -> `train`."""
+    source = str(source)
+    if source.startswith("sklearn:"):
+        return source.split(":", 1)[1]
+    name = source.rstrip("/").rsplit("/", 1)[-1]
+    return name.split(".", 1)[0] or "data"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("source_stem"):
+        OmegaConf.register_new_resolver("source_stem", _source_stem)
+
+
+register_resolvers()
+
+
+def split_overrides(overrides: str | None) -> list[str]:
+    """Split the `overrides` entry-point parameter the way a POSIX shell would."""
+    if not overrides:
+        return []
+    try:
+        return shlex.split(overrides)
+    except ValueError as exc:
+        raise ConfigError(f"cannot parse overrides {overrides!r}: {exc}") from exc
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Compose conf/config.yaml with Hydra overrides; every error becomes a ConfigError."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if "-m" in overrides or "--multirun" in overrides:
+        raise ConfigError(
+            "a sweep (-m) can only be run by the driver: mlflow run . -e main -P overrides=\"-m ...\""
+        )
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+        OmegaConf.resolve(cfg)
+    except Exception as exc:  # Hydra raises several unrelated types for bad overrides
+        raise ConfigError(f"invalid configuration: {_one_line(exc)}") from exc
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain dicts, without Hydra's own `hydra` node."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.pop("hydra", None)
+    return data
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"model": {"n_estimators": 100}} -> {"model.n_estimators": "100"} (params for MLflow)."""
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, type(None))) else str(value)
+    return flat
+
+
+def select(data: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The part of a resolved config that a step uses (top-level keys)."""
+    return {key: data.get(key) for key in sorted(keys)}
+
+
+def digest(obj: Any) -> str:
+    """A stable sha256 of any JSON-able object."""
+    payload = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

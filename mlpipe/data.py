@@ -1,0 +1,199 @@
+"""Reading a data source into a DataFrame, its content digest, and the basic checks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mlpipe.errors import ConfigError, DataError
+
+SKLEARN_DATASETS = ("wine", "breast_cancer", "iris", "digits", "diabetes")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed `data.source`: kind is `sklearn`, `file` or `s3`."""
+
+    kind: str
+    location: str
+
+    @property
+    def uri(self) -> str:
+        """A URI MLflow accepts as a dataset source."""
+        if self.kind == "file":
+            return Path(self.location).resolve().as_uri()
+        if self.kind == "sklearn":
+            return f"sklearn:{self.location}"
+        return self.location
+
+
+def parse_source(source: str) -> Source:
+    source = str(source).strip()
+    if source.startswith("sklearn:"):
+        name = source.split(":", 1)[1]
+        if name not in SKLEARN_DATASETS:
+            raise ConfigError(
+                f"unknown bundled dataset {source!r} in data.source; expected one of "
+                + ", ".join(f"sklearn:{n}" for n in SKLEARN_DATASETS)
+            )
+        return Source("sklearn", name)
+    if source.startswith("s3://"):
+        return Source("s3", source)
+    if source.startswith("file://"):
+        return Source("file", source[len("file://") :])
+    if "://" in source:
+        scheme = source.split("://", 1)[0]
+        raise ConfigError(
+            f"unsupported scheme {scheme!r} in data.source {source!r}; expected sklearn:<name>, "
+            "a local path, file:// or s3://"
+        )
+    return Source("file", source)
+
+
+def _file_format(name: str) -> str:
+    lower = name.lower()
+    if lower.endswith(CSV_SUFFIXES):
+        return "csv"
+    if lower.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    raise DataError(
+        f"{name}: unsupported file type; expected a CSV ({', '.join(CSV_SUFFIXES)}) "
+        f"or Parquet ({', '.join(PARQUET_SUFFIXES)}) file"
+    )
+
+
+def _check_local_file(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{path}: no such file (data.source)")
+    if p.is_dir():
+        raise DataError(f"{path}: is a directory; data.source must name a CSV or Parquet file")
+    if not os.access(p, os.R_OK):
+        raise DataError(f"{path}: not readable (permission denied)")
+    return p
+
+
+def _s3_client():
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None,
+        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3}),
+    )
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket or not key:
+        raise ConfigError(f"{uri}: an s3:// source needs a bucket and a key (s3://bucket/path/file.csv)")
+    return bucket, key
+
+
+def source_digest(source: str) -> str:
+    """A digest of the data's content: new content at the same path is new data."""
+    src = parse_source(source)
+    if src.kind == "file":
+        path = _check_local_file(src.location)
+        sha = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                sha.update(block)
+        return sha.hexdigest()
+    if src.kind == "s3":
+        bucket, key = _split_s3(src.location)
+        try:
+            head = _s3_client().head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            raise DataError(f"{src.location}: cannot read object: {exc}") from exc
+        return hashlib.sha256(f"{head['ETag']}:{head['ContentLength']}".encode()).hexdigest()
+    frame = load_sklearn(src.location)
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=True).values.tobytes()).hexdigest()
+
+
+def load_sklearn(name: str) -> pd.DataFrame:
+    import sklearn.datasets
+
+    loader = getattr(sklearn.datasets, f"load_{name}")
+    frame = loader(as_frame=True).frame
+    return frame
+
+
+def _read_file(path: str, fmt: str, label: str) -> pd.DataFrame:
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        sep = "\t" if label.lower().endswith(".tsv") else ","
+        return pd.read_csv(path, sep=sep)
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{label}: the file is empty") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
+        raise DataError(f"{label}: cannot read as {fmt.upper()}: {' '.join(str(exc).split())}") from exc
+    except Exception as exc:  # pyarrow raises its own error types for corrupt files
+        raise DataError(f"{label}: cannot read as {fmt.upper()}: {' '.join(str(exc).split())}") from exc
+
+
+def load_source(source: str) -> pd.DataFrame:
+    """Read `data.source` into a DataFrame, with errors that name the source."""
+    src = parse_source(source)
+    if src.kind == "sklearn":
+        return load_sklearn(src.location)
+    if src.kind == "file":
+        _check_local_file(src.location)
+        return _read_file(src.location, _file_format(src.location), src.location)
+    bucket, key = _split_s3(src.location)
+    fmt = _file_format(key)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, key.rsplit("/", 1)[-1])
+        try:
+            _s3_client().download_file(bucket, key, local)
+        except Exception as exc:
+            raise DataError(f"{src.location}: cannot download: {' '.join(str(exc).split())}") from exc
+        return _read_file(local, fmt, src.location)
+
+
+def infer_task(target: pd.Series, task: str, max_classes: int) -> str:
+    """`classification` or `regression`, from config or from the label's values."""
+    if task in ("classification", "regression"):
+        return task
+    if task != "auto":
+        raise ConfigError(f"data.task={task!r}; expected auto, classification or regression")
+    values = target.dropna()
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return "classification"
+    integral = pd.api.types.is_integer_dtype(values) or bool(np.all(np.mod(values, 1) == 0))
+    if integral and values.nunique() <= max_classes:
+        return "classification"
+    return "regression"
+
+
+def check_frame(frame: pd.DataFrame, target: str, min_rows: int, label: str) -> None:
+    """The checks every ingest makes: rows, a present and usable target, unique column names."""
+    if frame.shape[1] == 0 or (frame.shape[0] == 0):
+        raise DataError(f"{label}: no data rows (found {frame.shape[0]} rows, {frame.shape[1]} columns)")
+    duplicated = [str(c) for c in frame.columns[frame.columns.duplicated()]]
+    if duplicated:
+        raise DataError(f"{label}: duplicate column names {duplicated}")
+    if target not in frame.columns:
+        shown = ", ".join(map(str, list(frame.columns)[:10]))
+        more = " ..." if frame.shape[1] > 10 else ""
+        raise DataError(
+            f"{label}: target column {target!r} not found; columns are: {shown}{more} "
+            "(set data.target)"
+        )
+    if frame.shape[1] < 2:
+        raise DataError(f"{label}: only the target column {target!r}; no feature columns")
+    labelled = int(frame[target].notna().sum())
+    if labelled < min_rows:
+        raise DataError(
+            f"{label}: {labelled} rows with a {target!r} label; at least data.min_rows={min_rows} needed"
+        )

@@ -1,0 +1,237 @@
+"""The driver behind `mlflow run . -e main`: chains the steps with `mlflow.run`, reusing cached runs.
+
+One pipeline = one parent run with a nested child run per step. A step whose cache key matches a
+FINISHED run is not rerun: the old run is linked from the parent by a small nested "cached" run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mlpipe import cache, handoff
+from mlpipe.config import PROJECT_ROOT, to_container
+from mlpipe.errors import StepFailedError, UpstreamError
+from mlpipe.pipeline import AFTER_SWEEP, STEPS, forced_steps, select_steps
+
+ENV_MANAGER_TAG = "mlflow.project.env"
+REUSED_TAG = "pipeline.reused_run_id"
+ROLE_TAG = "pipeline.role"
+SWEEP_ENV = "MLPIPE_SWEEP_RUN_ID"
+SWEEP_TAG = "pipeline.sweep_run_id"
+SCORE_METRIC = "pipeline.score"
+LOCK_DIR = Path(tempfile.gettempdir()) / "mlpipe-locks"
+
+
+@dataclass
+class StepResult:
+    step: str
+    run_id: str
+    outcome: str  # ran | cached
+    seconds: float
+    summary: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def detect_env_manager(client: MlflowClient, run_id: str | None) -> str:
+    """The env manager `mlflow run` used for this driver's own run: children get the same one."""
+    if not run_id:
+        return "local"
+    return client.get_run(run_id).data.tags.get(ENV_MANAGER_TAG, "local")
+
+
+def hydra_argv(argv: list[str]) -> list[str]:
+    """`--steps=train,qa --overrides="-m a=1,2"` (from MLproject) -> Hydra's own command line."""
+    import argparse
+
+    from mlpipe.config import split_overrides
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--steps", default=None)
+    parser.add_argument("--overrides", default=None)
+    known, rest = parser.parse_known_args(argv[1:])
+    if known.steps is None and known.overrides is None:
+        return argv
+    out = [argv[0], *rest, *split_overrides(known.overrides)]
+    if known.steps and known.steps != "all":
+        names = [s.strip() for s in known.steps.split(",") if s.strip()]
+        out.append(f"main.steps=[{','.join(names)}]")
+    return out
+
+
+class Driver:
+    """Runs a list of steps for one composed config under one parent run."""
+
+    def __init__(self, cfg, overrides: list[str], parent_run_id: str, experiment_id: str, env_manager: str):
+        self.cfg = cfg
+        self.config = to_container(cfg)
+        self.overrides = overrides
+        self.parent_run_id = parent_run_id
+        self.experiment_id = experiment_id
+        self.env_manager = env_manager
+        self.client = MlflowClient()
+        self.forced = forced_steps(cfg.main.force)
+
+    # -- inputs -------------------------------------------------------------------------------
+    def _overrides_for(self, step: str) -> str:
+        import shlex
+
+        extra = []
+        if step == "serve" and not any(o.startswith("serve.mode=") for o in self.overrides):
+            extra.append("serve.mode=smoke")
+        return shlex.join([*self.overrides, *extra])
+
+    def _params(self, step: str, outputs: dict[str, Run]) -> dict[str, str]:
+        spec = STEPS[step]
+        params = {"overrides": self._overrides_for(step)}
+        if spec.upstream_param:
+            params[spec.upstream_param] = outputs[spec.upstream].info.run_id
+        elif step == "serve":
+            params["model_uri"] = outputs["register"].data.tags[handoff.MODEL_URI_TAG]
+        return params
+
+    def _matching_upstream(self, step: str) -> Run:
+        digest = cache.config_digest(step, self.config)
+        run = handoff.newest_finished(self.client, self.experiment_id, step, digest)
+        if run is None:
+            raise UpstreamError(
+                f"no finished {step} run matches this configuration in experiment {self.experiment_id}; "
+                f"include {step} in main.steps (or run: mlflow run . -e main)"
+            )
+        print(f"[mlpipe] {step}: using finished run {run.info.run_id} (same {step} config)", file=sys.stderr)
+        return run
+
+    # -- cache ----------------------------------------------------------------------------------
+    def _key(self, step: str, params: dict[str, str]) -> str:
+        digest = None
+        if step == "ingest":
+            from mlpipe.data import source_digest
+
+            digest = source_digest(self.cfg.data.source)
+        key_params = {k: v for k, v in params.items() if k != "overrides"}
+        return cache.step_key(step, self.config, key_params, digest)
+
+    def _cached(self, key: str) -> Run | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{cache.KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def _link(self, step: str, run: Run) -> None:
+        """A nested FINISHED run that points at the reused one, so the parent shows every step."""
+        link = self.client.create_run(
+            self.experiment_id, run_name=f"{step} (cached)",
+            tags={"mlflow.parentRunId": self.parent_run_id, REUSED_TAG: run.info.run_id,
+                  "pipeline.cached_step": step,
+                  "mlflow.note.content": f"Reused {step} run [{run.info.run_id}]"
+                                         f"(#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})."},
+        )
+        self.client.set_terminated(link.info.run_id, "FINISHED")
+
+    # -- execution ------------------------------------------------------------------------------
+    def _launch(self, step: str, params: dict[str, str]) -> Run:
+        if self.env_manager == "local":
+            # `python` in the MLproject commands must be this interpreter (a venv not on PATH otherwise).
+            bindir = os.path.dirname(sys.executable)
+            if not os.environ.get("PATH", "").startswith(bindir + os.pathsep):
+                os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        try:
+            submitted = mlflow.run(
+                str(PROJECT_ROOT), entry_point=step, parameters=params, experiment_id=self.experiment_id,
+                env_manager=self.env_manager, run_name=step, synchronous=True,
+            )
+            return self.client.get_run(submitted.run_id)
+        except mlflow.exceptions.ExecutionException as exc:
+            failed = self._failed_child(step)
+            if failed is None:
+                raise StepFailedError(f"step {step} failed to start: {exc}") from exc
+            tags = failed.data.tags
+            why = tags.get("error.message") or "see the run's stderr"
+            raise StepFailedError(
+                f"step {step} failed (run {failed.info.run_id}, {tags.get('error.type', 'error')}): {why}"
+            ) from exc
+
+    def _failed_child(self, step: str) -> Run | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' "
+                          f"and tags.`mlflow.project.entryPoint` = '{step}'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def run(self, steps: list[str], outputs: dict[str, Run] | None = None) -> tuple[list[StepResult], dict[str, Run]]:
+        """Run (or reuse) `steps` in order; returns the table rows and each step's run."""
+        from filelock import FileLock
+
+        outputs = dict(outputs or {})
+        first = STEPS[steps[0]]
+        if first.upstream and first.upstream not in outputs:
+            outputs[first.upstream] = self._matching_upstream(first.upstream)
+        results = []
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        for step in steps:
+            started = time.monotonic()
+            params = self._params(step, outputs)
+            key = self._key(step, params)
+            # Concurrent pipelines wanting the same step wait here, then find it cached.
+            with FileLock(str(LOCK_DIR / f"{key}.lock")):
+                hit = None if step in self.forced else self._cached(key)
+                if hit:
+                    self._link(step, hit)
+                    run, outcome = hit, "cached"
+                else:
+                    run, outcome = self._launch(step, params), "ran"
+            outputs[step] = run
+            self.client.set_tag(self.parent_run_id, f"pipeline.{step}_run_id", run.info.run_id)
+            results.append(StepResult(step, run.info.run_id, outcome, time.monotonic() - started,
+                                      run.data.tags.get(handoff.SUMMARY_TAG, ""), dict(run.data.metrics)))
+        return results, outputs
+
+
+def format_table(results: list[StepResult]) -> str:
+    """The summary the driver prints: step, run id, cached or ran, duration, key result."""
+    rows = [("step", "run id", "outcome", "seconds", "result")]
+    rows += [(r.step, r.run_id, r.outcome, f"{r.seconds:.1f}", r.summary) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 6)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def score_of(outputs: dict[str, Run]) -> tuple[str, float] | None:
+    """The qa primary metric of a pipeline (what a sweep optimises)."""
+    qa = outputs.get("qa")
+    if qa is None:
+        return None
+    metric = qa.data.tags.get("qa.primary_metric")
+    value = qa.data.metrics.get(f"qa.{metric}")
+    return (metric, value) if metric and value is not None and not math.isnan(value) else None
+
+
+def log_summary(client: MlflowClient, run_id: str, results: list[StepResult]) -> None:
+    table = format_table(results)
+    client.log_text(run_id, table + "\n", "pipeline_summary.txt")
+    client.log_dict(run_id, [r.__dict__ for r in results], "pipeline_summary.json")
+    for r in results:
+        if "step.wall_s" in r.metrics:
+            client.log_metric(run_id, f"{r.step}.wall_s", r.metrics["step.wall_s"])
+
+
+def overrides_of(run: Run) -> list[str]:
+    import json
+
+    return json.loads(run.data.tags.get("pipeline.overrides", "[]"))

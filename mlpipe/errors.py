@@ -1,0 +1,53 @@
+"""One error hierarchy for the pipeline; each class maps to its own process exit code.
+
+Every message should say what was expected, what was found and what to do, so a
+user never needs the traceback to understand a bad input.
+"""
+
+
+class PipelineError(Exception):
+    """Base class: an expected failure that ends a step with a clear one-line message."""
+
+    exit_code = 10
+
+
+class ConfigError(PipelineError):
+    """The composed configuration is invalid (unknown key, unknown model, bad value)."""
+
+    exit_code = 11
+
+
+class DataError(PipelineError):
+    """The data source cannot be read or fails a basic check (missing file, no target...)."""
+
+    exit_code = 12
+
+
+class ModelValidationError(PipelineError):
+    """A model failed the quality gate (thresholds, inference checks)."""
+
+    exit_code = 13
+
+
+class StorageError(PipelineError):
+    """Artifacts or data could not be stored or fetched."""
+
+    exit_code = 14
+
+
+class UpstreamError(PipelineError):
+    """A step's input (an upstream run) is missing, unfinished or malformed."""
+
+    exit_code = 15
+
+
+class StepFailedError(PipelineError):
+    """The driver's view of a child step that ended FAILED."""
+
+    exit_code = 16
+
+
+class ServingError(PipelineError):
+    """The scoring server did not start or did not answer as expected."""
+
+    exit_code = 17

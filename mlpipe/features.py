@@ -1,0 +1,120 @@
+"""Column typing, the imputing/encoding transformer, and the seeded train/validation/test split."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from mlpipe.errors import DataError
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What preprocess decided about the columns; travels to train as JSON."""
+
+    target: str
+    task: str
+    numeric: list[str]
+    categorical: list[str]
+    dropped: list[str]
+    classes: list
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureSpec":
+        return cls(**data)
+
+    @property
+    def columns(self) -> list[str]:
+        return self.numeric + self.categorical
+
+
+def feature_spec(frame: pd.DataFrame, target: str, task: str) -> FeatureSpec:
+    """Numeric columns stay numeric, strings/booleans/categories are encoded; empty columns drop."""
+    features = frame.drop(columns=[target])
+    dropped = [c for c in features.columns if features[c].isna().all()]
+    features = features.drop(columns=dropped)
+    numeric = [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])
+               and not pd.api.types.is_bool_dtype(features[c])]
+    categorical = [c for c in features.columns if c not in numeric]
+    if not numeric and not categorical:
+        raise DataError(f"no usable feature columns besides target {target!r} (all empty: {dropped})")
+    classes = sorted(frame[target].dropna().unique().tolist()) if task == "classification" else []
+    return FeatureSpec(target, task, numeric, categorical, dropped, classes)
+
+
+def normalise_types(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """Cast categorical columns to strings (missing stays missing) so the model's schema is stable."""
+    out = frame.copy()
+    for col in spec.categorical:
+        present = out[col].notna()
+        out[col] = out[col].astype("object").where(present, np.nan)
+        out.loc[present, col] = out.loc[present, col].map(str)
+    for col in spec.numeric:
+        out[col] = out[col].astype("float64")
+    return out
+
+
+def build_preprocessor(spec: FeatureSpec, cfg: dict) -> ColumnTransformer:
+    numeric_steps = [("impute", SimpleImputer(strategy=cfg["numeric_impute"]))]
+    if cfg["scale_numeric"]:
+        numeric_steps.append(("scale", StandardScaler()))
+    categorical = Pipeline(
+        [
+            ("impute", SimpleImputer(strategy=cfg["categorical_impute"])),
+            (
+                "encode",
+                OneHotEncoder(
+                    handle_unknown="infrequent_if_exist",
+                    min_frequency=cfg["min_category_frequency"] or None,
+                    sparse_output=False,
+                ),
+            ),
+        ]
+    )
+    return ColumnTransformer(
+        [("numeric", Pipeline(numeric_steps), spec.numeric), ("categorical", categorical, spec.categorical)],
+        remainder="drop",
+        verbose_feature_names_out=False,
+    )
+
+
+def split(frame: pd.DataFrame, spec: FeatureSpec, cfg: dict, seed: int) -> dict[str, pd.DataFrame]:
+    """Seeded train/validation/test split of labelled rows, stratified for classification."""
+    labelled = frame[frame[spec.target].notna()].reset_index(drop=True)
+    test_size, val_size = float(cfg["test_size"]), float(cfg["validation_size"])
+    if not (0 < test_size < 1 and 0 < val_size < 1 and test_size + val_size < 1):
+        raise DataError(
+            f"preprocess.test_size={test_size} and validation_size={val_size} must be in (0, 1) "
+            "and leave rows for training"
+        )
+    stratify = spec.task == "classification" and cfg["stratify"]
+    labels = labelled[spec.target]
+    if stratify:
+        counts = labels.value_counts()
+        if counts.min() < 3:
+            raise DataError(
+                f"class {counts.idxmin()!r} of {spec.target!r} has {counts.min()} rows; "
+                "a stratified train/validation/test split needs at least 3 per class"
+            )
+    try:
+        rest, test = train_test_split(
+            labelled, test_size=test_size, random_state=seed, stratify=labels if stratify else None
+        )
+        rel_val = val_size / (1 - test_size)
+        train, validation = train_test_split(
+            rest, test_size=rel_val, random_state=seed,
+            stratify=rest[spec.target] if stratify else None,
+        )
+    except ValueError as exc:
+        raise DataError(f"cannot split {len(labelled)} rows: {exc}") from exc
+    return {"train": train, "validation": validation, "test": test}

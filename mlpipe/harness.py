@@ -1,0 +1,194 @@
+"""The one place run handling lives: arguments, config, the run, tags, timing, errors.
+
+A step module is a recipe `def run(ctx: StepContext) -> None` handed to `step_main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from mlpipe import cache, handoff
+from mlpipe.config import compose, flatten, split_overrides, to_container
+from mlpipe.errors import PipelineError
+from mlpipe.pipeline import STEPS
+
+ERROR_TYPE_TAG = "error.type"
+ERROR_MESSAGE_TAG = "error.message"
+MAX_TAG = 5000
+
+
+def absolute_tracking_uri() -> None:
+    """A relative sqlite URI would point each step (cwd may differ) at another database."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        absolute = prefix + str(Path(uri[len(prefix):]).resolve())
+        os.environ["MLFLOW_TRACKING_URI"] = absolute
+        mlflow.set_tracking_uri(absolute)
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def resource_metrics(started: float) -> dict[str, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "step.wall_s": round(time.monotonic() - started, 3),
+        "step.cpu_s": round(usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime, 3),
+        "step.peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+    }
+
+
+def fail_run(run_id: str, exc: BaseException, step: str) -> None:
+    """Tag the run with what went wrong, say it in one line on stderr."""
+    message = one_line(exc)
+    client = MlflowClient()
+    try:
+        client.set_tag(run_id, ERROR_TYPE_TAG, type(exc).__name__)
+        client.set_tag(run_id, ERROR_MESSAGE_TAG, message[:MAX_TAG])
+    finally:
+        print(f"error: {step}: {type(exc).__name__}: {message}", file=sys.stderr)
+
+
+@contextmanager
+def guarded_run(step: str, **start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
+    """Open (or resume) a run; any error ends it FAILED with tags and a distinct exit code."""
+    started = time.monotonic()
+    active = mlflow.start_run(**start_kwargs)
+    run_id = active.info.run_id
+    try:
+        yield active
+    except PipelineError as exc:
+        fail_run(run_id, exc, step)
+        mlflow.end_run("FAILED")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print(f"{step}: interrupted", file=sys.stderr)
+        mlflow.end_run("KILLED")
+        sys.exit(130)
+    except Exception as exc:  # an unexpected bug: keep the traceback, still end the run cleanly
+        traceback.print_exc()
+        fail_run(run_id, exc, step)
+        mlflow.end_run("FAILED")
+        sys.exit(1)
+    else:
+        mlflow.log_metrics(resource_metrics(started))
+        mlflow.end_run("FINISHED")
+
+
+@dataclass
+class StepContext:
+    """What a step recipe gets: its config, its run, its upstream run and artifact helpers."""
+
+    step: str
+    cfg: DictConfig
+    config: dict[str, Any]
+    params: dict[str, str]
+    run: Run
+    upstream: Run | None
+    client: MlflowClient = field(default_factory=MlflowClient)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mlpipe-")))
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    def upstream_frame(self, name: str) -> "Any":
+        return handoff.read_frame(self.client, self.upstream.info.run_id, f"data/{name}.parquet")
+
+    def upstream_json(self, name: str) -> dict:
+        return handoff.read_json(self.client, self.upstream.info.run_id, name)
+
+    def log_frame(self, name: str, frame) -> str:
+        path = self.workdir / "data" / f"{name}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path="data")
+        return f"data/{name}.parquet"
+
+    def log_json(self, name: str, obj: Any) -> None:
+        mlflow.log_dict(obj, name)
+
+    def summary(self, text: str) -> None:
+        """The short result the driver's table shows for this step."""
+        mlflow.set_tag(handoff.SUMMARY_TAG, text)
+
+
+def parse_args(step: str, extra: tuple[str, ...]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"python -m steps.{step}")
+    parser.add_argument("--overrides", default="", help="Hydra overrides, one string")
+    spec = STEPS[step]
+    if spec.upstream_param:
+        parser.add_argument(f"--{spec.upstream_param.replace('_', '-')}", dest=spec.upstream_param, default="")
+    for name in extra:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default="")
+    return parser.parse_args()
+
+
+def log_config(cfg: DictConfig, config: dict[str, Any], params: dict[str, str], run: Run) -> None:
+    logged = run.data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+    mlflow.log_params({k: v[:6000] for k, v in flatten(config).items() if k not in logged})
+    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+
+
+def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params: tuple[str, ...] = (),
+              data_digest: Callable[[DictConfig], str] | None = None, cacheable: Callable[[DictConfig], bool] | None = None) -> None:
+    """Run one step: everything but the recipe itself happens here."""
+    absolute_tracking_uri()
+    args = parse_args(step, extra_params)
+    params = {k: v for k, v in vars(args).items()}
+    spec = STEPS[step]
+    with guarded_run(step, run_name=os.environ.get("MLPIPE_RUN_NAME") or None) as active:
+        client = MlflowClient()
+        mlflow.set_tag(handoff.STEP_TAG, step)
+        cfg = compose(split_overrides(args.overrides))
+        config = to_container(cfg)
+        run = client.get_run(active.info.run_id)
+        log_config(cfg, config, params, run)
+        upstream = None
+        if spec.upstream_param:
+            upstream = handoff.resolve_upstream(
+                client, run.info.experiment_id, spec.upstream, params[spec.upstream_param]
+            )
+            params[spec.upstream_param] = upstream.info.run_id
+            mlflow.set_tags({**handoff.lineage(upstream), f"pipeline.{spec.upstream_param}": upstream.info.run_id})
+        digest = data_digest(cfg) if data_digest else None
+        tags = {
+            handoff.CONFIG_DIGEST_TAG: cache.config_digest(step, config),
+            f"{handoff.LINEAGE_PREFIX}{step}_run_id": active.info.run_id,
+            f"{handoff.LINEAGE_PREFIX}{step}_code_digest": cache.code_digest(step),
+        }
+        if digest:
+            tags[f"{handoff.LINEAGE_PREFIX}data_digest"] = digest
+        if cacheable is None or cacheable(cfg):
+            tags[cache.KEY_TAG] = cache.step_key(step, config, _key_params(params), digest)
+        mlflow.set_tags(tags)
+        ctx = StepContext(step, cfg, config, params, client.get_run(active.info.run_id), upstream, client)
+        recipe(ctx)
+
+
+def _key_params(params: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in params.items() if k != "overrides"}
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,54 @@
+"""Model registry operations (the MLflow edge of register): versions, aliases, lineage tags."""
+
+from __future__ import annotations
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mlpipe.errors import StorageError
+
+
+def current(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version holding `alias`, or None when the model or the alias does not exist."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def version_metric(version: ModelVersion, metric: str) -> float | None:
+    raw = (version.tags or {}).get(f"qa.{metric}")
+    try:
+        return float(raw) if raw not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
+    """A new version of `name` from a `models:/m-...` URI; the version links to the train run."""
+    import mlflow
+
+    try:
+        return mlflow.register_model(model_uri, name, tags=tags)
+    except MlflowException as exc:
+        raise StorageError(f"cannot register {model_uri} as {name!r}: {exc.message}") from exc
+
+
+def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
+    client.set_registered_model_alias(name, alias, version)
+
+
+def version_for_uri(client: MlflowClient, model_uri: str) -> ModelVersion | None:
+    """The registry version behind `models:/<name>/<version>` or `models:/<name>@<alias>`."""
+    if not model_uri.startswith("models:/"):
+        return None
+    ref = model_uri[len("models:/"):]
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, version = ref.rpartition("/")
+        return client.get_model_version(name, version) if name and version.isdigit() else None
+    except MlflowException:
+        return None

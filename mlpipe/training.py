@@ -1,0 +1,84 @@
+"""Building the estimator from config, cross-validation, fitting and scoring."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone, is_classifier, is_regressor
+from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
+from sklearn.pipeline import Pipeline
+
+from mlpipe.errors import ConfigError, DataError
+
+DEFAULT_METRIC = {"classification": "accuracy", "regression": "r2"}
+# sklearn scorer names for the metrics we report.
+SCORERS = {"accuracy": "accuracy", "f1_score": "f1_macro", "r2": "r2",
+           "rmse": "neg_root_mean_squared_error", "mae": "neg_mean_absolute_error"}
+
+
+def build_estimator(model_cfg: dict[str, Any], task: str):
+    """Instantiate `model` config (`_target_` + constructor args) and check it fits the task."""
+    from hydra.utils import instantiate
+
+    target = model_cfg.get("_target_")
+    try:
+        estimator = instantiate(model_cfg)
+    except Exception as exc:
+        raise ConfigError(f"cannot build model {target!r}: {' '.join(str(exc).split())}") from exc
+    kind = "classification" if is_classifier(estimator) else "regression" if is_regressor(estimator) else None
+    if kind is None:
+        raise ConfigError(f"model {target!r} is neither a classifier nor a regressor")
+    if kind != task:
+        hint = "a classifier (random_forest, gradient_boosting, logistic_regression)" if task == "classification" \
+            else "a regressor (random_forest_regressor, gradient_boosting_regressor, ridge)"
+        raise ConfigError(f"model {target!r} does a {kind} task but the data's task is {task}; choose {hint}")
+    return estimator
+
+
+def metric_name(task: str, configured: str | None) -> str:
+    name = configured or DEFAULT_METRIC[task]
+    if name not in SCORERS:
+        raise ConfigError(f"unknown metric {name!r}; expected one of {', '.join(SCORERS)}")
+    return name
+
+
+def score(task: str, y_true, y_pred) -> dict[str, float]:
+    """The metrics we log for a split."""
+    from sklearn import metrics
+
+    if task == "classification":
+        return {
+            "accuracy": float(metrics.accuracy_score(y_true, y_pred)),
+            "f1_score": float(metrics.f1_score(y_true, y_pred, average="macro")),
+        }
+    mse = float(metrics.mean_squared_error(y_true, y_pred))
+    return {
+        "r2": float(metrics.r2_score(y_true, y_pred)),
+        "rmse": float(np.sqrt(mse)),
+        "mae": float(metrics.mean_absolute_error(y_true, y_pred)),
+    }
+
+
+def cross_validate(preprocessor, estimator, X: pd.DataFrame, y: pd.Series, task: str,
+                   folds: int, metric: str, seed: int) -> np.ndarray:
+    """CV scores of an unfitted preprocessor+estimator on the training split (no leakage)."""
+    if folds < 2:
+        return np.array([])
+    if task == "classification":
+        smallest = int(y.value_counts().min())
+        if smallest < folds:
+            raise DataError(f"the smallest class has {smallest} training rows; train.cv_folds={folds} needs {folds}")
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    else:
+        splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    pipe = Pipeline([("preprocess", clone(preprocessor)), ("model", clone(estimator))])
+    scores = cross_val_score(pipe, X, y, cv=splitter, scoring=SCORERS[metric])
+    return -scores if SCORERS[metric].startswith("neg_") else scores
+
+
+def fit_model(preprocessor, estimator, X: pd.DataFrame, y: pd.Series) -> Pipeline:
+    """Fit the estimator on the already-fitted preprocessor's output; the result takes raw rows."""
+    fitted = clone(estimator).fit(preprocessor.transform(X), y)
+    return Pipeline([("preprocess", preprocessor), ("model", fitted)])

@@ -1,0 +1,33 @@
+"""preprocess: type the columns, split train/validation/test, fit the imputing/encoding transformer."""
+
+import mlflow
+
+from mlpipe import features, model_io
+from mlpipe.harness import StepContext, step_main
+
+
+def run(ctx: StepContext) -> None:
+    profile = ctx.upstream_json("data_profile.json")
+    frame = ctx.upstream_frame("raw")
+    spec = features.feature_spec(frame, profile["target"], profile["task"])
+    frame = features.normalise_types(frame, spec)
+    splits = features.split(frame, spec, ctx.config["preprocess"], ctx.cfg.seed)
+
+    preprocessor = features.build_preprocessor(spec, ctx.config["preprocess"])
+    train = splits["train"]
+    preprocessor.fit(train[spec.columns], train[spec.target])
+
+    for name, part in splits.items():
+        ctx.log_frame(name, part[spec.columns + [spec.target]])
+        dataset = mlflow.data.from_pandas(part, source=f"{ctx.run.info.artifact_uri}/data/{name}.parquet",
+                                          targets=spec.target, name=f"{ctx.cfg.data.name}-{name}")
+        mlflow.log_input(dataset, context=name)
+    ctx.log_json("feature_spec.json", spec.to_dict())
+    model_io.log_transformer(preprocessor, ctx.workdir, "preprocessor", ctx.cfg.serialization)
+    mlflow.log_metrics({f"split.{name}_rows": len(part) for name, part in splits.items()}
+                       | {"features.out": len(preprocessor.get_feature_names_out())})
+    ctx.summary(" ".join(f"{name}={len(part)}" for name, part in splits.items()))
+
+
+if __name__ == "__main__":
+    step_main("preprocess", run)

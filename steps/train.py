@@ -1,0 +1,41 @@
+"""train: cross-validate, fit on the training split, log the model (raw rows in) with metrics."""
+
+import mlflow
+from mlflow.models import infer_signature
+
+from mlpipe import features, model_io, training
+from mlpipe.harness import StepContext, step_main
+
+
+def run(ctx: StepContext) -> None:
+    spec = features.FeatureSpec.from_dict(ctx.upstream_json("feature_spec.json"))
+    train, validation = ctx.upstream_frame("train"), ctx.upstream_frame("validation")
+    preprocessor = model_io.load_transformer(ctx.client, ctx.upstream.info.run_id, "preprocessor", ctx.workdir)
+    estimator = training.build_estimator(ctx.config["model"], spec.task)
+    metric = training.metric_name(spec.task, ctx.cfg.train.metric)
+
+    X, y = train[spec.columns], train[spec.target]
+    cv = training.cross_validate(preprocessor, estimator, X, y, spec.task, ctx.cfg.train.cv_folds, metric, ctx.cfg.seed)
+    model = training.fit_model(preprocessor, estimator, X, y)
+
+    scores = {f"train.{k}": v for k, v in training.score(spec.task, y, model.predict(X)).items()}
+    scores |= {f"validation.{k}": v for k, v in
+               training.score(spec.task, validation[spec.target], model.predict(validation[spec.columns])).items()}
+    if len(cv):
+        scores |= {f"cv.{metric}_mean": float(cv.mean()), f"cv.{metric}_std": float(cv.std())}
+    mlflow.log_metrics(scores)
+
+    example = X.head(5)
+    fmt = model_io.check_format(ctx.cfg.serialization)
+    info = mlflow.sklearn.log_model(
+        model, name="model", signature=infer_signature(example, model.predict(example)),
+        input_example=example, serialization_format=fmt, pip_requirements=model_io.pip_requirements(fmt),
+        skops_trusted_types=model_io.trusted_types(model) if fmt == "skops" else None,
+    )
+    mlflow.set_tags({"pipeline.model_uri": info.model_uri, "model.class": type(estimator).__name__,
+                     "data.task": spec.task})
+    ctx.summary(f"validation.{metric}={scores[f'validation.{metric}']:.4f}")
+
+
+if __name__ == "__main__":
+    step_main("train", run)
