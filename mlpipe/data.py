@@ -116,8 +116,27 @@ def source_digest(source: str) -> str:
         except Exception as exc:
             raise DataError(f"{src.location}: cannot read object: {exc}") from exc
         return hashlib.sha256(f"{head['ETag']}:{head['ContentLength']}".encode()).hexdigest()
-    frame = load_sklearn(src.location)
-    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=True).values.tobytes()).hexdigest()
+    return _sklearn_digest(src.location)
+
+
+# The files scikit-learn reads for each bundled dataset, under sklearn/datasets/data.
+SKLEARN_FILES = {
+    "wine": ("wine_data.csv",), "breast_cancer": ("breast_cancer.csv",), "iris": ("iris.csv",),
+    "digits": ("digits.csv.gz",), "diabetes": ("diabetes_data_raw.csv.gz", "diabetes_target.csv.gz"),
+}
+
+
+def _sklearn_digest(name: str) -> str:
+    """Hash the bundled files (no sklearn import: the driver's cached path stays fast)."""
+    import importlib.util
+    from importlib.metadata import version
+
+    spec = importlib.util.find_spec("sklearn")
+    data_dir = Path(spec.origin).parent / "datasets" / "data"
+    sha = hashlib.sha256(f"scikit-learn=={version('scikit-learn')}:{name}".encode())
+    for filename in SKLEARN_FILES[name]:
+        sha.update((data_dir / filename).read_bytes())
+    return sha.hexdigest()
 
 
 def load_sklearn(name: str) -> pd.DataFrame:

@@ -6,6 +6,7 @@ FINISHED run is not rerun: the old run is linked from the parent by a small nest
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -84,13 +85,31 @@ class Driver:
         self.forced = forced_steps(cfg.main.force)
 
     # -- inputs -------------------------------------------------------------------------------
+    def _step_overrides(self, step: str) -> dict[str, str]:
+        """What the driver adds for one step: serve answers a smoke test and stops."""
+        if step == "serve" and not any(o.startswith("serve.mode=") for o in self.overrides):
+            return {"serve.mode": "smoke"}
+        return {}
+
     def _overrides_for(self, step: str) -> str:
         import shlex
 
-        extra = []
-        if step == "serve" and not any(o.startswith("serve.mode=") for o in self.overrides):
-            extra.append("serve.mode=smoke")
+        extra = [f"{k}={v}" for k, v in self._step_overrides(step).items()]
         return shlex.join([*self.overrides, *extra])
+
+    def _config_for(self, step: str) -> dict[str, Any]:
+        """The resolved config the step will compose, including the driver's own additions."""
+        extra = self._step_overrides(step)
+        if not extra:
+            return self.config
+        config = copy.deepcopy(self.config)
+        for dotted, value in extra.items():
+            node = config
+            *path, leaf = dotted.split(".")
+            for part in path:
+                node = node[part]
+            node[leaf] = value
+        return config
 
     def _params(self, step: str, outputs: dict[str, Run]) -> dict[str, str]:
         spec = STEPS[step]
@@ -120,7 +139,7 @@ class Driver:
 
             digest = source_digest(self.cfg.data.source)
         key_params = {k: v for k, v in params.items() if k != "overrides"}
-        return cache.step_key(step, self.config, key_params, digest)
+        return cache.step_key(step, self._config_for(step), key_params, digest)
 
     def _cached(self, key: str) -> Run | None:
         runs = self.client.search_runs(

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,12 @@ from mlpipe.pipeline import STEPS
 ERROR_TYPE_TAG = "error.type"
 ERROR_MESSAGE_TAG = "error.message"
 MAX_TAG = 5000
+
+
+def quiet_warnings() -> None:
+    """MLflow warnings that say nothing actionable about this pipeline's data."""
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
 
 
 def absolute_tracking_uri() -> None:
@@ -154,6 +161,7 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
               data_digest: Callable[[DictConfig], str] | None = None, cacheable: Callable[[DictConfig], bool] | None = None) -> None:
     """Run one step: everything but the recipe itself happens here."""
     absolute_tracking_uri()
+    quiet_warnings()
     args = parse_args(step, extra_params)
     params = {k: v for k, v in vars(args).items()}
     spec = STEPS[step]

@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 
 from mlpipe import driver
 from mlpipe.errors import PipelineError
-from mlpipe.harness import absolute_tracking_uri, fail_run, guarded_run
+from mlpipe.config import to_container
+from mlpipe.harness import absolute_tracking_uri, fail_run, guarded_run, log_config
 from mlpipe.pipeline import AFTER_SWEEP, select_steps
 
 
@@ -29,6 +30,7 @@ def run_job(cfg: DictConfig) -> float | None:
         run = client.get_run(active.info.run_id)
         steps = select_steps(cfg.main.steps)
         mlflow.set_tags({driver.ROLE_TAG: "pipeline", "pipeline.overrides": json.dumps(overrides)})
+        log_config(cfg, to_container(cfg), {}, run)
         env_manager = cfg.main.env_manager or driver.detect_env_manager(client, run.info.run_id)
         pipeline = driver.Driver(cfg, overrides, run.info.run_id, run.info.experiment_id, env_manager)
         results, outputs = pipeline.run(steps)
@@ -53,6 +55,7 @@ def _sweep_job(cfg: DictConfig, overrides: list[str], sweep_run_id: str) -> floa
     )
     run_id = active.info.run_id
     try:
+        log_config(cfg, to_container(cfg), {}, client.get_run(run_id))
         env_manager = cfg.main.env_manager or driver.detect_env_manager(client, sweep_run_id)
         pipeline = driver.Driver(cfg, overrides, run_id, sweep.info.experiment_id, env_manager)
         results, outputs = pipeline.run(steps)

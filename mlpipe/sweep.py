@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import sys
+import tempfile
+import traceback
 
 import mlflow
 from hydra.experimental.callback import Callback
@@ -16,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from mlpipe import driver, evaluation
-from mlpipe.errors import StepFailedError
+from mlpipe.errors import PipelineError, StepFailedError
 from mlpipe.harness import absolute_tracking_uri, fail_run
 from mlpipe.pipeline import AFTER_SWEEP, select_steps
 
@@ -44,12 +46,15 @@ class SweepCallback(Callback):
         print(f"[mlpipe] sweep run {run_id}", file=sys.stderr)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        # Hydra turns a callback's exception into a warning: end the process ourselves.
         try:
             finish_sweep(config, self.sweep_run_id)
-        except StepFailedError as exc:
+        except Exception as exc:
+            if not isinstance(exc, PipelineError):
+                traceback.print_exc()
             fail_run(self.sweep_run_id, exc, "sweep")
             MlflowClient().set_terminated(self.sweep_run_id, "FAILED")
-            sys.exit(exc.exit_code)
+            sys.exit(getattr(exc, "exit_code", 1))
         if self.owns_run:
             MlflowClient().set_terminated(self.sweep_run_id, "FINISHED")
 
@@ -93,8 +98,9 @@ def finish_sweep(config: DictConfig, sweep_run_id: str) -> None:
     if best is None:
         raise StepFailedError(f"every job of sweep {sweep_run_id} failed; nothing to register")
     best_overrides = driver.overrides_of(best)
-    client.set_tags(sweep_run_id, {"sweep.best_job_run_id": best.info.run_id,
-                                   "sweep.best_overrides": " ".join(best_overrides), "sweep.metric": metric})
+    for key, value in {"sweep.best_job_run_id": best.info.run_id, "sweep.metric": metric,
+                       "sweep.best_overrides": " ".join(best_overrides)}.items():
+        client.set_tag(sweep_run_id, key, value)
     client.log_metric(sweep_run_id, f"sweep.best_{metric}", best.data.metrics[driver.SCORE_METRIC])
     print(f"best job: {best.info.run_id} ({' '.join(best_overrides)}) {metric}="
           f"{best.data.metrics[driver.SCORE_METRIC]:.4f}")
@@ -106,15 +112,15 @@ def finish_sweep(config: DictConfig, sweep_run_id: str) -> None:
 
 def _run_after_sweep(config, sweep, best, best_overrides: list[str], steps: list[str]) -> None:
     """register (and serve) the best job's model, nested under the sweep parent run."""
-    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
-    from mlpipe.config import CONF_DIR
+    from mlpipe.handoff import download
 
     client = MlflowClient()
     qa_run = client.get_run(best.data.tags["pipeline.qa_run_id"])
-    # Compose the best job's own config (the callback receives the sweep's base config).
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        best_cfg = compose(config_name="config", overrides=best_overrides)
+    # The best job's own resolved config (the callback only receives the sweep's base config).
+    with tempfile.TemporaryDirectory() as tmp:
+        best_cfg = OmegaConf.load(download(client, best.info.run_id, "config/config.yaml", tmp))
     env_manager = best_cfg.main.env_manager or driver.detect_env_manager(client, sweep.info.run_id)
     pipeline = driver.Driver(best_cfg, best_overrides, sweep.info.run_id, sweep.info.experiment_id, env_manager)
     with mlflow.start_run(run_id=sweep.info.run_id):
