@@ -97,4 +97,27 @@ def digest(obj: Any) -> str:
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
+    # Hydra appends its search path to "Could not find" errors: noise for a user.
+    text = text.split(" Config search path:")[0]
     return text or type(exc).__name__
+
+
+def validate_cli(args: list[str]) -> None:
+    """Compose a Hydra command line (sweeps included: each sweep's first value) or raise ConfigError."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in args if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:
+        raise ConfigError(f"invalid override: {_one_line(exc)}") from exc
+    concrete = []
+    for override, text in zip(parsed, overrides):
+        if override.is_hydra_override():
+            continue
+        if override.is_sweep_override():
+            first = next(iter(override.sweep_string_iterator()))
+            concrete.append(f"{override.get_key_element()}={first}")
+        else:
+            concrete.append(text)
+    compose(concrete)

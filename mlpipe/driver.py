@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlpipe import cache, handoff
-from mlpipe.config import PROJECT_ROOT, to_container
+from mlpipe.config import PROJECT_ROOT, digest, to_container
 from mlpipe.errors import StepFailedError, UpstreamError
 from mlpipe.pipeline import AFTER_SWEEP, STEPS, forced_steps, select_steps
 
@@ -207,7 +207,7 @@ class Driver:
             params = self._params(step, outputs)
             key = self._key(step, params)
             # Concurrent pipelines wanting the same step wait here, then find it cached.
-            with FileLock(str(LOCK_DIR / f"{key}.lock")):
+            with FileLock(str(LOCK_DIR / f"{digest([mlflow.get_tracking_uri(), key])[:32]}.lock")):
                 hit = None if step in self.forced else self._cached(key)
                 if hit:
                     self._link(step, hit)

@@ -27,10 +27,10 @@ def run_job(cfg: DictConfig) -> float | None:
         return _sweep_job(cfg, overrides, sweep_run_id)
     with guarded_run("main", run_name=None) as active:
         client = MlflowClient()
-        run = client.get_run(active.info.run_id)
-        steps = select_steps(cfg.main.steps)
         mlflow.set_tags({driver.ROLE_TAG: "pipeline", "pipeline.overrides": json.dumps(overrides)})
+        run = client.get_run(active.info.run_id)
         log_config(cfg, to_container(cfg), {}, run)
+        steps = select_steps(cfg.main.steps)
         env_manager = cfg.main.env_manager or driver.detect_env_manager(client, run.info.run_id)
         pipeline = driver.Driver(cfg, overrides, run.info.run_id, run.info.experiment_id, env_manager)
         results, outputs = pipeline.run(steps)
@@ -77,3 +77,18 @@ def _sweep_job(cfg: DictConfig, overrides: list[str], sweep_run_id: str) -> floa
     except BaseException:
         mlflow.end_run("FAILED")
         raise
+
+
+def preflight(argv: list[str]) -> None:
+    """Check the command line's config before Hydra runs it, so a bad override ends the
+    driver's run FAILED with one clear line (Hydra alone prints a multi-line report)."""
+    from mlpipe.config import validate_cli
+    from mlpipe.errors import ConfigError
+
+    try:
+        validate_cli(argv[1:])
+    except ConfigError as exc:
+        absolute_tracking_uri()
+        with guarded_run("main"):
+            mlflow.set_tag(driver.ROLE_TAG, "pipeline")
+            raise exc

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from mlpipe.config import register_resolvers
 from mlpipe.driver import hydra_argv
-from mlpipe.jobs import run_job
+from mlpipe.jobs import preflight, run_job
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -20,4 +20,5 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     register_resolvers()
     sys.argv = hydra_argv(sys.argv)
+    preflight(sys.argv)
     main()

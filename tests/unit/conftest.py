@@ -1,0 +1,39 @@
+"""Shared fixtures for the unit tests: the project root, real config slices, small frames."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+# `pytest` run from anywhere (not only `python -m pytest` from the root) must import mlpipe.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def preprocess_cfg() -> dict:
+    """The real conf/preprocess/default.yaml, as the preprocess step receives it (do not mutate)."""
+    return yaml.safe_load((ROOT / "conf" / "preprocess" / "default.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def _wine() -> pd.DataFrame:
+    from sklearn.datasets import load_wine
+
+    return load_wine(as_frame=True).frame
+
+
+@pytest.fixture
+def wine(_wine) -> pd.DataFrame:
+    """scikit-learn's wine data (178 rows, 13 numeric features, 3 classes in `target`)."""
+    return _wine.copy()
