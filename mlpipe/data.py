@@ -152,7 +152,13 @@ def _read_file(path: str, fmt: str, label: str) -> pd.DataFrame:
         if fmt == "parquet":
             return pd.read_parquet(path)
         sep = "\t" if label.lower().endswith(".tsv") else ","
+        header = pd.read_csv(path, sep=sep, header=None, nrows=1).iloc[0].astype(str).tolist()
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise DataError(f"{label}: duplicate column names {repeated}")
         return pd.read_csv(path, sep=sep)
+    except DataError:
+        raise
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{label}: the file is empty") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:

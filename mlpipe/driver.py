@@ -23,7 +23,8 @@ from mlflow.tracking import MlflowClient
 
 from mlpipe import cache, handoff
 from mlpipe.config import PROJECT_ROOT, digest, to_container
-from mlpipe.errors import StepFailedError, UpstreamError
+from mlpipe.harness import QUIET_ENV
+from mlpipe.errors import PipelineError, StepFailedError, UpstreamError
 from mlpipe.pipeline import AFTER_SWEEP, STEPS, forced_steps, select_steps
 
 ENV_MANAGER_TAG = "mlflow.project.env"
@@ -132,14 +133,18 @@ class Driver:
         return run
 
     # -- cache ----------------------------------------------------------------------------------
-    def _key(self, step: str, params: dict[str, str]) -> str:
-        digest = None
+    def _key(self, step: str, params: dict[str, str]) -> str | None:
+        """None when the source cannot be read: ingest then runs and fails with its own message."""
+        data_digest = None
         if step == "ingest":
             from mlpipe.data import source_digest
 
-            digest = source_digest(self.cfg.data.source)
+            try:
+                data_digest = source_digest(self.cfg.data.source)
+            except PipelineError:
+                return None
         key_params = {k: v for k, v in params.items() if k != "overrides"}
-        return cache.step_key(step, self._config_for(step), key_params, digest)
+        return cache.step_key(step, self._config_for(step), key_params, data_digest)
 
     def _cached(self, key: str) -> Run | None:
         runs = self.client.search_runs(
@@ -167,6 +172,7 @@ class Driver:
             bindir = os.path.dirname(sys.executable)
             if not os.environ.get("PATH", "").startswith(bindir + os.pathsep):
                 os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        os.environ[QUIET_ENV] = "1"  # children inherit os.environ; the driver reports their errors
         try:
             submitted = mlflow.run(
                 str(PROJECT_ROOT), entry_point=step, parameters=params, experiment_id=self.experiment_id,
@@ -182,6 +188,8 @@ class Driver:
             raise StepFailedError(
                 f"step {step} failed (run {failed.info.run_id}, {tags.get('error.type', 'error')}): {why}"
             ) from exc
+        finally:
+            os.environ.pop(QUIET_ENV, None)
 
     def _failed_child(self, step: str) -> Run | None:
         runs = self.client.search_runs(
@@ -207,8 +215,9 @@ class Driver:
             params = self._params(step, outputs)
             key = self._key(step, params)
             # Concurrent pipelines wanting the same step wait here, then find it cached.
-            with FileLock(str(LOCK_DIR / f"{digest([mlflow.get_tracking_uri(), key])[:32]}.lock")):
-                hit = None if step in self.forced else self._cached(key)
+            lock = LOCK_DIR / f"{digest([mlflow.get_tracking_uri(), key or step])[:32]}.lock"
+            with FileLock(str(lock)):
+                hit = None if step in self.forced or key is None else self._cached(key)
                 if hit:
                     self._link(step, hit)
                     run, outcome = hit, "cached"

@@ -102,8 +102,10 @@ def split(frame: pd.DataFrame, spec: FeatureSpec, cfg: dict, seed: int) -> dict[
     if stratify:
         counts = labels.value_counts()
         if counts.min() < 3:
+            smallest = counts.idxmin()
+            smallest = smallest.item() if hasattr(smallest, "item") else smallest
             raise DataError(
-                f"class {counts.idxmin()!r} of {spec.target!r} has {counts.min()} rows; "
+                f"class {smallest!r} of {spec.target!r} has {counts.min()} rows; "
                 "a stratified train/validation/test split needs at least 3 per class"
             )
     try:

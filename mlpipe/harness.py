@@ -32,6 +32,8 @@ from mlpipe.pipeline import STEPS
 ERROR_TYPE_TAG = "error.type"
 ERROR_MESSAGE_TAG = "error.message"
 MAX_TAG = 5000
+# Set by the driver for its children.
+QUIET_ENV = "MLPIPE_UNDER_DRIVER"
 
 
 def quiet_warnings() -> None:
@@ -72,7 +74,9 @@ def fail_run(run_id: str, exc: BaseException, step: str) -> None:
         client.set_tag(run_id, ERROR_TYPE_TAG, type(exc).__name__)
         client.set_tag(run_id, ERROR_MESSAGE_TAG, message[:MAX_TAG])
     finally:
-        print(f"error: {step}: {type(exc).__name__}: {message}", file=sys.stderr)
+        # Under the driver, the driver says it once, naming the step and its run.
+        if not os.environ.get(QUIET_ENV):
+            print(f"error: {step}: {type(exc).__name__}: {message}", file=sys.stderr)
 
 
 @contextmanager

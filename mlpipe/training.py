@@ -37,10 +37,14 @@ def build_estimator(model_cfg: dict[str, Any], task: str):
     return estimator
 
 
+TASK_METRICS = {"classification": ("accuracy", "f1_score"), "regression": ("r2", "rmse", "mae")}
+
+
 def metric_name(task: str, configured: str | None) -> str:
     name = configured or DEFAULT_METRIC[task]
-    if name not in SCORERS:
-        raise ConfigError(f"unknown metric {name!r}; expected one of {', '.join(SCORERS)}")
+    if name not in TASK_METRICS[task]:
+        raise ConfigError(f"train.metric={name!r} does not apply to {task}; expected one of "
+                          f"{', '.join(TASK_METRICS[task])}")
     return name
 
 

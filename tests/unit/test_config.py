@@ -75,12 +75,6 @@ def test_compose_refuses_multirun_flag():
         compose(["--multirun"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,
-    reason="BUG: conf/data/diabetes.yaml `override /model: ...` resolves to package data.model and "
-    "model is listed after data in conf/config.yaml, so Hydra refuses the override",
-)
 def test_compose_diabetes_selects_a_regressor():
     cfg = compose(["data=diabetes"])
     assert cfg.data.source == "sklearn:diabetes"
@@ -88,8 +82,6 @@ def test_compose_diabetes_selects_a_regressor():
     assert cfg.model._target_ == "sklearn.ensemble.RandomForestRegressor"
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError,
-                   reason="BUG: same as test_compose_diabetes_selects_a_regressor")
 def test_compose_diabetes_with_explicit_model():
     cfg = compose(["data=diabetes", "model=ridge"])
     assert cfg.model._target_ == "sklearn.linear_model.Ridge"
@@ -116,20 +108,11 @@ def test_compose_s3_source_name():
     assert cfg.registry.model_name == "train_model"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `source: ???` in conf/data/file.yaml is merged over wine's value (OmegaConf keeps "
-    "the old value under MISSING), so data=file silently reads sklearn:wine",
-)
 def test_compose_file_data_requires_source():
     with pytest.raises(ConfigError, match=r"data\.source"):
         compose(["data=file"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: data=file without data.target silently keeps wine's target 'target'",
-)
 def test_compose_file_data_requires_target():
     with pytest.raises(ConfigError, match=r"data\.target"):
         compose(["data=file", "data.source=/tmp/x/my_data.csv"])
@@ -180,21 +163,10 @@ def test_validate_cli_bad_syntax():
     assert "\n" not in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,
-    reason="BUG: validate_cli drops '--cfg' but parses its value 'job' as an override (missing EQUAL)",
-)
 def test_validate_cli_accepts_hydra_flags_with_values():
     validate_cli(["--cfg", "job", "seed=1"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=HydraException,
-    reason="BUG: a glob() sweep makes sweep_string_iterator raise HydraException('ConfigLoader is not "
-    "set'), which escapes validate_cli as a non-ConfigError traceback",
-)
 def test_validate_cli_glob_sweep_is_accepted_or_a_config_error():
     try:
         validate_cli(["-m", "model=glob(random*)"])

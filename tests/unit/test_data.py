@@ -177,11 +177,6 @@ def test_header_only_csv_fails_check_frame(tmp_path):
     assert str(info.value) == f"{path}: no data rows (found 0 rows, 3 columns)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pandas renames a repeated CSV header (a, a.1), so check_frame's duplicate-name "
-    "check never sees it and a duplicated column is silently kept under a new name",
-)
 def test_duplicate_csv_header_is_reported(tmp_path):
     path = tmp_path / "dup.csv"
     path.write_text("a,a,target\n1,2,0\n3,4,1\n")

@@ -159,10 +159,6 @@ def test_split_tiny_class(wine, preprocess_cfg):
     assert "at least 3 per class" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the message shows the numpy repr of the label (class np.int64(9)), not the value",
-)
 def test_split_tiny_class_names_the_label_plainly(wine, preprocess_cfg):
     frame = pd.concat([wine, wine.iloc[:2].assign(target=9)], ignore_index=True)
     spec = feature_spec(frame, "target", "classification")

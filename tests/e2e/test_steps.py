@@ -1,0 +1,113 @@
+"""Single steps through `mlflow run . -e <step>`: upstream ids given, picked, or missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import ROOT, Store, error_lines
+
+
+def test_step_without_any_upstream_names_the_step_to_run_first(fresh_store: Store):
+    result = fresh_store.mlflow_run(entry="train")
+    assert result.returncode != 0
+    assert error_lines(result.stderr) == [
+        "error: train: UpstreamError: no finished preprocess run in experiment 0; run it first: "
+        "mlflow run . -e preprocess (or pass -P preprocess_run_id=<id>)"
+    ]
+    run = fresh_store.newest("tags.`mlflow.project.entryPoint` = 'train'")
+    assert run.info.status == "FAILED"
+
+
+@pytest.fixture(scope="module")
+def prepared(store: Store):
+    store.mlflow_run(entry="ingest", check=True)
+    ingest = store.step_runs("ingest")[-1]
+    store.mlflow_run("-P", f"ingest_run_id={ingest.info.run_id}", entry="preprocess", check=True)
+    return ingest, store.step_runs("preprocess")[-1]
+
+
+def test_steps_chain_by_run_id(store: Store, prepared):
+    ingest, preprocess = prepared
+    assert preprocess.data.params["ingest_run_id"] == ingest.info.run_id
+    assert preprocess.data.tags["lineage.ingest_run_id"] == ingest.info.run_id
+    store.mlflow_run("-P", f"preprocess_run_id={preprocess.info.run_id}", entry="train", check=True)
+    train = store.step_runs("train")[-1]
+    assert train.info.status == "FINISHED"
+    assert train.data.params["preprocess_run_id"] == preprocess.info.run_id
+
+
+def test_step_without_id_uses_newest_finished_upstream_and_says_which(store: Store, prepared):
+    _, preprocess = prepared
+    result = store.mlflow_run(entry="train", check=True)
+    assert f"using the newest finished preprocess run {preprocess.info.run_id}" in result.stderr
+    train = store.step_runs("train")[-1]
+    assert train.data.tags["pipeline.preprocess_run_id"] == preprocess.info.run_id
+
+
+def test_upstream_id_of_the_wrong_step_is_refused(store: Store, prepared):
+    ingest, _ = prepared
+    result = store.mlflow_run("-P", f"preprocess_run_id={ingest.info.run_id}", entry="train")
+    assert result.returncode != 0
+    assert error_lines(result.stderr) == [
+        f"error: train: UpstreamError: preprocess_run_id={ingest.info.run_id} is a run of step 'ingest', not 'preprocess'"
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_alone_serves_the_champion_until_interrupted(store: Store, prepared):
+    store.mlflow_run("-P", "steps=train,qa,register", check=True)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "mlflow", "run", ".", "-e", "serve", "--env-manager", "local",
+           "-P", f"overrides=serve.port={port}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=store.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=2) as resp:
+                    assert resp.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "server did not answer /ping"
+                time.sleep(0.5)
+        row = {"columns": ["alcohol", "malic_acid", "ash", "alcalinity_of_ash", "magnesium", "total_phenols",
+                           "flavanoids", "nonflavanoid_phenols", "proanthocyanins", "color_intensity", "hue",
+                           "od280/od315_of_diluted_wines", "proline"],
+               "data": [[13.2, 1.78, 2.14, 11.2, 100.0, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050.0]]}
+        req = urllib.request.Request(f"{base}/invocations", data=json.dumps({"dataframe_split": row}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200
+            assert json.loads(resp.read())["predictions"] == [0]
+        bad = urllib.request.Request(f"{base}/invocations", data=b"{not json",
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(bad, timeout=30)
+        assert err.value.code == 400
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    serve = store.newest("tags.`mlflow.project.entryPoint` = 'serve'")
+    assert serve.data.tags["pipeline.model_uri"] == "models:/wine_model@champion"
+    assert "pipeline.cache_key" not in serve.data.tags
