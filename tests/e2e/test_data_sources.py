@@ -1,0 +1,89 @@
+"""Real-world files and regression through `mlflow run . -e main` with Hydra overrides."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import Store
+
+
+def messy_frame(rows: int = 400, seed: int = 0) -> pd.DataFrame:
+    """Numeric and string columns, missing values everywhere, string labels that depend on the data."""
+    rng = np.random.default_rng(seed)
+    income = rng.normal(50, 15, rows)
+    city = rng.choice(["paris", "lyon", "nice"], rows)
+    age = rng.integers(18, 80, rows).astype(float)
+    score = income / 10 + (city == "paris") * 3 + rng.normal(0, 1, rows)
+    label = np.where(score > np.median(score), "yes", "no")
+    frame = pd.DataFrame({"income": income, "city": city, "age": age, "label": label})
+    frame.loc[rng.choice(rows, 40, replace=False), "income"] = np.nan
+    frame.loc[rng.choice(rows, 40, replace=False), "city"] = None
+    frame.loc[rng.choice(rows, 40, replace=False), "age"] = np.nan
+    return frame
+
+
+@pytest.fixture(scope="module")
+def csv_run(store: Store, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "customers.csv"
+    messy_frame().to_csv(path, index=False)
+    result = store.mlflow_run("-P", f"overrides=model=gradient_boosting data.source={path} data.target=label",
+                              check=True)
+    return path, result, store.newest("tags.`pipeline.role` = 'pipeline'")
+
+
+def test_overrides_reach_every_step(store: Store, csv_run):
+    path, _, parent = csv_run
+    children = store.children(parent.info.run_id)
+    assert len(children) == 6
+    for child in children:
+        assert child.data.params["data.source"] == str(path)
+        assert child.data.params["data.target"] == "label"
+        assert child.data.params["model._target_"] == "sklearn.ensemble.HistGradientBoostingClassifier"
+        assert "model=gradient_boosting" in child.data.params["overrides"]
+
+
+def test_file_model_is_registered_under_the_file_name_and_serves_raw_rows(store: Store, csv_run):
+    _, _, parent = csv_run
+    champion = store.client.get_model_version_by_alias("customers_model", "champion")
+    assert champion.tags["lineage.data_source"].endswith("customers.csv")
+    # The served model takes raw rows: strings, and missing values in any column.
+    serve = [c for c in store.children(parent.info.run_id) if c.data.tags["pipeline.step"] == "serve"][0]
+    smoke = json.load(open(store.client.download_artifacts(serve.info.run_id, "smoke.json", str(store.path))))
+    assert smoke["status"] == 200 and set(smoke["predictions"]) <= {"yes", "no"}
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(store.uri)
+    model = mlflow.pyfunc.load_model("models:/customers_model@champion")
+    raw = pd.DataFrame({"income": [np.nan, 80.0], "city": [None, "marseille"], "age": [30.0, np.nan]})
+    assert set(model.predict(raw)) <= {"yes", "no"}
+
+
+def test_new_content_at_the_same_path_is_new_data(store: Store, csv_run):
+    path, _, first = csv_run
+    before = {c.data.tags["pipeline.step"]: c.info.run_id for c in store.children(first.info.run_id)}
+    messy_frame(seed=1).to_csv(path, index=False)
+    store.mlflow_run("-P", f"overrides=model=gradient_boosting data.source={path} data.target=label",
+                     "-P", "steps=ingest,preprocess", check=True)
+    parent = store.newest("tags.`pipeline.role` = 'pipeline'")
+    children = store.children(parent.info.run_id)
+    assert [c.data.tags.get("pipeline.step") for c in children] == ["ingest", "preprocess"]
+    assert children[0].info.run_id != before["ingest"]
+    assert children[0].data.tags["lineage.data_digest"] != store.client.get_run(before["ingest"]).data.tags["lineage.data_digest"]
+    assert children[1].data.params["ingest_run_id"] == children[0].info.run_id
+
+
+def test_regression_on_diabetes(store: Store):
+    store.mlflow_run("-P", "overrides=data=diabetes", check=True)
+    parent = store.newest("tags.`pipeline.role` = 'pipeline'")
+    children = {c.data.tags["pipeline.step"]: c for c in store.children(parent.info.run_id)}
+    assert children["ingest"].data.tags["data.task"] == "regression"
+    assert children["train"].data.params["model._target_"] == "sklearn.ensemble.RandomForestRegressor"
+    assert children["qa"].data.tags["qa.primary_metric"] == "r2"
+    assert "qa.r2" in children["qa"].data.metrics
+    assert "root_mean_squared_error" in children["qa"].data.metrics
+    champion = store.client.get_model_version_by_alias("diabetes_model", "champion")
+    assert float(champion.tags["qa.r2"]) == pytest.approx(children["qa"].data.metrics["qa.r2"])
