@@ -425,7 +425,7 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"  best: {sweep.get('best_overrides')} ({sweep.get('best_job_run_id')})")
 
     print("\n== checks ==")
-    print(f"step runs executed per scenario: " + "; ".join(
+    print("step runs executed per scenario: " + "; ".join(
         f"{k}: " + " ".join(f"{s}={c}" for s, c in v.items()) for k, v in report["executed"].items()))
     for line in report["checks"] or ["all scenarios executed exactly the expected step runs"]:
         print(f"  {line}")

@@ -120,7 +120,7 @@ def validate_cli(args: list[str]) -> None:
     except Exception as exc:
         raise ConfigError(f"invalid override: {_one_line(exc)}") from exc
     concrete = []
-    for override, text in zip(parsed, overrides):
+    for override, text in zip(parsed, overrides, strict=True):
         if override.is_hydra_override():
             continue
         if override.is_sweep_override():

@@ -18,14 +18,13 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlpipe import cache, handoff
 from mlpipe.config import PROJECT_ROOT, digest, to_container
 from mlpipe.harness import QUIET_ENV
 from mlpipe.errors import PipelineError, StepFailedError, UpstreamError
-from mlpipe.pipeline import AFTER_SWEEP, STEPS, forced_steps, select_steps
+from mlpipe.pipeline import STEPS, forced_steps
 
 ENV_MANAGER_TAG = "mlflow.project.env"
 REUSED_TAG = "pipeline.reused_run_id"

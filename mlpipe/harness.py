@@ -6,7 +6,6 @@ A step module is a recipe `def run(ctx: StepContext) -> None` handed to `step_ma
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -200,7 +199,3 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
 
 def _key_params(params: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in params.items() if k != "overrides"}
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=str)

@@ -3,7 +3,6 @@ stderr, and nothing registered."""
 
 from __future__ import annotations
 
-import pytest
 
 from conftest import Store, error_lines
 

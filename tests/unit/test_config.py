@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from hydra.errors import HydraException
 
 from mlpipe import config
 from mlpipe.config import compose, digest, flatten, select, split_overrides, to_container, validate_cli
