@@ -87,3 +87,45 @@ def test_regression_on_diabetes(store: Store):
     assert "root_mean_squared_error" in children["qa"].data.metrics
     champion = store.client.get_model_version_by_alias("diabetes_model", "champion")
     assert float(champion.tags["qa.r2"]) == pytest.approx(children["qa"].data.metrics["qa.r2"])
+
+
+@pytest.fixture(scope="module")
+def s3(store: Store):
+    """A real S3 endpoint over HTTP on 127.0.0.1 (moto's server mode) and a bucket."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {**store.env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": f"http://{host}:{port}"}
+    client = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_bucket(Bucket="mlpipe-data")
+    yield client, env
+    server.stop()
+
+
+def test_s3_source_is_read_and_its_content_digested(store: Store, s3, tmp_path):
+    client, env = s3
+    uri = "s3://mlpipe-data/sets/customers.csv"
+    overrides = f"overrides=data.source={uri} data.target=label"
+    client.put_object(Bucket="mlpipe-data", Key="sets/customers.csv", Body=messy_frame().to_csv(index=False))
+    store.mlflow_run("-P", "steps=ingest", "-P", overrides, env=env, check=True)
+    first = store.step_runs("ingest")[-1]
+    assert first.data.tags["lineage.data_source"] == uri
+    assert first.data.metrics["data.rows"] == 400
+    # Same key, new content: a new ingest run.
+    client.put_object(Bucket="mlpipe-data", Key="sets/customers.csv",
+                      Body=messy_frame(rows=300).to_csv(index=False))
+    store.mlflow_run("-P", "steps=ingest", "-P", overrides, env=env, check=True)
+    second = store.step_runs("ingest")[-1]
+    assert second.info.run_id != first.info.run_id
+    assert second.data.metrics["data.rows"] == 300
+    assert second.data.tags["lineage.data_digest"] != first.data.tags["lineage.data_digest"]
+    # A key that does not exist is a clear DataError.
+    result = store.mlflow_run("-P", "steps=ingest", "-P", "overrides=data.source=s3://mlpipe-data/nope.csv",
+                              env=env)
+    assert result.returncode != 0
+    assert "step ingest failed" in result.stderr and "s3://mlpipe-data/nope.csv: cannot" in result.stderr

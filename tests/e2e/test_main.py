@@ -110,6 +110,21 @@ def test_model_change_reruns_train_onwards_only(store: Store, cold):
                        "register": "ran", "serve": "ran"}
     train = store.step_runs("train")[-1]
     assert train.data.params["model.n_estimators"] == "50"
+    # A new version becomes challenger; it ties the champion's accuracy, so champion stays.
+    register = store.step_runs("register")[-1]
+    assert register.data.tags["registry.promoted"] == "false"
+    assert "does not beat champion's" in register.data.tags["registry.reason"]
+    assert str(store.client.get_model_version_by_alias("wine_model", "challenger").version) == "2"
+    assert str(store.client.get_model_version_by_alias("wine_model", "champion").version) == "1"
+
+
+def test_promotion_policy_always_moves_the_champion(store: Store, cold):
+    store.mlflow_run("-P", "steps=register", "-P", "overrides=model.n_estimators=50 registry.promotion=always",
+                     check=True)
+    register = store.step_runs("register")[-1]
+    assert register.data.tags["registry.promoted"] == "true"
+    version = register.data.tags["registry.version"]
+    assert str(store.client.get_model_version_by_alias("wine_model", "champion").version) == version != "1"
 
 
 def test_selected_steps_use_matching_finished_upstream(store: Store, cold):
