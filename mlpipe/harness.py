@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -194,7 +195,10 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
             tags[cache.KEY_TAG] = cache.step_key(step, config, _key_params(params), digest)
         mlflow.set_tags(tags)
         ctx = StepContext(step, cfg, config, params, client.get_run(active.info.run_id), upstream, client)
-        recipe(ctx)
+        try:
+            recipe(ctx)
+        finally:
+            shutil.rmtree(ctx.workdir, ignore_errors=True)
 
 
 def _key_params(params: dict[str, str]) -> dict[str, str]:
