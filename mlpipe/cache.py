@@ -18,6 +18,7 @@ from mlpipe.config import PROJECT_ROOT, digest, select
 from mlpipe.pipeline import STEPS
 
 KEY_TAG = "pipeline.cache_key"
+KEY_INPUT_TAG = "pipeline.key_input"
 KEY_VERSION = 1
 # Files outside Python that change what a step does or the environment it runs in.
 ENV_FILES = ("MLproject", "python_env.yaml")
@@ -88,10 +89,13 @@ def step_key(
     step: str,
     config: dict[str, Any],
     params: dict[str, str],
-    data_digest: str | None = None,
+    extra: str | None = None,
     root: Path = PROJECT_ROOT,
 ) -> str:
-    """The cache key of one step execution; `params` excludes `overrides` (the config covers it)."""
+    """The cache key of one step execution; `params` excludes `overrides` (the config covers it).
+
+    `extra` is what the step reads besides config, code and params: ingest's data digest,
+    qa's champion version."""
     return digest(
         {
             "version": KEY_VERSION,
@@ -99,6 +103,6 @@ def step_key(
             "config": select(config, list(STEPS[step].config_keys)),
             "code": code_digest(step, root),
             "params": {k: v for k, v in sorted(params.items()) if k != "overrides"},
-            "data": data_digest,
+            "data": extra,
         }
     )

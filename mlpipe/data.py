@@ -156,6 +156,8 @@ def _read_file(path: str, fmt: str, label: str) -> pd.DataFrame:
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:
             raise DataError(f"{label}: duplicate column names {repeated}")
+        if len(header) == 1:
+            _check_delimiter(header[0], sep, label)
         return pd.read_csv(path, sep=sep)
     except DataError:
         raise
@@ -165,6 +167,20 @@ def _read_file(path: str, fmt: str, label: str) -> pd.DataFrame:
         raise DataError(f"{label}: cannot read as {fmt.upper()}: {' '.join(str(exc).split())}") from exc
     except Exception as exc:  # pyarrow raises its own error types for corrupt files
         raise DataError(f"{label}: cannot read as {fmt.upper()}: {' '.join(str(exc).split())}") from exc
+
+
+# Separators a one-column CSV header is searched for: a hint that the file uses another one.
+OTHER_SEPARATORS = (";", "\t", "|")
+
+
+def _check_delimiter(header: str, sep: str, label: str) -> None:
+    """One column whose name contains another separator: the file is not `sep`-separated."""
+    for other in OTHER_SEPARATORS:
+        if other != sep and other in header:
+            raise DataError(
+                f"{label}: one column {header!r}; the file looks {other!r}-delimited, expected "
+                f"{sep!r}-separated values (convert it, or save it as Parquet)"
+            )
 
 
 def load_source(source: str) -> pd.DataFrame:
@@ -222,3 +238,16 @@ def check_frame(frame: pd.DataFrame, target: str, min_rows: int, label: str) -> 
         raise DataError(
             f"{label}: {labelled} rows with a {target!r} label; at least data.min_rows={min_rows} needed"
         )
+
+
+def profile(frame: pd.DataFrame, dcfg, task: str) -> dict:
+    """`data_profile.json`: what preprocess needs to know about the raw data."""
+    return {
+        "source": str(dcfg.source),
+        "target": dcfg.target,
+        "task": task,
+        "rows": int(frame.shape[0]),
+        "columns": [str(c) for c in frame.columns],
+        "dtypes": {str(c): str(t) for c, t in frame.dtypes.items()},
+        "missing": {str(c): int(n) for c, n in frame.isna().sum().items() if n},
+    }

@@ -116,6 +116,8 @@ class StepContext:
     run: Run
     upstream: Run | None
     client: MlflowClient = field(default_factory=MlflowClient)
+    # What `key_input` returned for this run (ingest: the data digest), or None.
+    key_input: str | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mlpipe-")))
 
     @property
@@ -162,8 +164,12 @@ def log_config(cfg: DictConfig, config: dict[str, Any], params: dict[str, str], 
 
 
 def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params: tuple[str, ...] = (),
-              data_digest: Callable[[DictConfig], str] | None = None, cacheable: Callable[[DictConfig], bool] | None = None) -> None:
-    """Run one step: everything but the recipe itself happens here."""
+              key_input: Callable[[DictConfig], str | None] | None = None,
+              cacheable: Callable[[DictConfig], bool] | None = None) -> None:
+    """Run one step: everything but the recipe itself happens here.
+
+    `key_input` returns what the step depends on beyond its config, code and upstream run
+    (ingest: the data's digest; qa: the champion it is compared with); it enters the cache key."""
     absolute_tracking_uri()
     quiet_warnings()
     args = parse_args(step, extra_params)
@@ -183,18 +189,19 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
             )
             params[spec.upstream_param] = upstream.info.run_id
             mlflow.set_tags({**handoff.lineage(upstream), f"pipeline.{spec.upstream_param}": upstream.info.run_id})
-        digest = data_digest(cfg) if data_digest else None
+        extra = key_input(cfg) if key_input else None
         tags = {
             handoff.CONFIG_DIGEST_TAG: cache.config_digest(step, config),
             f"{handoff.LINEAGE_PREFIX}{step}_run_id": active.info.run_id,
             f"{handoff.LINEAGE_PREFIX}{step}_code_digest": cache.code_digest(step),
         }
-        if digest:
-            tags[f"{handoff.LINEAGE_PREFIX}data_digest"] = digest
+        if extra:
+            tags[cache.KEY_INPUT_TAG] = extra
         if cacheable is None or cacheable(cfg):
-            tags[cache.KEY_TAG] = cache.step_key(step, config, _key_params(params), digest)
+            tags[cache.KEY_TAG] = cache.step_key(step, config, _key_params(params), extra)
         mlflow.set_tags(tags)
-        ctx = StepContext(step, cfg, config, params, client.get_run(active.info.run_id), upstream, client)
+        ctx = StepContext(step, cfg, config, params, client.get_run(active.info.run_id), upstream, client,
+                          key_input=extra)
         try:
             recipe(ctx)
         finally:

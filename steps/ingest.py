@@ -1,36 +1,53 @@
-"""ingest: read `data.source`, check it, hand it over as Parquet with its dataset lineage."""
+"""ingest: read `data.source`, validate it against its schema, hand it over as Parquet with its lineage."""
 
 import mlflow
 
-from mlpipe import data
+from mlpipe import data, schema_store, validation
+from mlpipe.errors import DataError
 from mlpipe.harness import StepContext, step_main
 
 
 def run(ctx: StepContext) -> None:
-    dcfg = ctx.cfg.data
+    dcfg, vcfg = ctx.cfg.data, ctx.config["data"]["validation"]
     source = data.parse_source(dcfg.source)
     frame = data.load_source(dcfg.source)
     data.check_frame(frame, dcfg.target, dcfg.min_rows, label=str(dcfg.source))
     task = data.infer_task(frame[dcfg.target], dcfg.task, dcfg.max_classes)
+
+    schema, schema_from = _reference_schema(ctx)
+    failures = validation.all_failures(frame, schema, dcfg.target, task, vcfg)
+    if schema is None:
+        schema, schema_from = validation.infer_schema(frame, vcfg), "inferred"
+    mlflow.set_tag(schema_store.SCHEMA_FROM_TAG, schema_from)
+    mlflow.log_text(validation.schema_to_yaml(schema), schema_store.SCHEMA_ARTIFACT)
+    mlflow.log_metric("validation.failures", len(failures))
+    if len(failures):
+        mlflow.log_text(failures.to_csv(index=False), "validation/failures.csv")
+        against = "the first-ingest checks" if schema_from == "inferred" else f"the schema from {schema_from}"
+        raise DataError(validation.summarise(failures, str(dcfg.source), against, vcfg["summary_items"]))
+    mlflow.set_tag(schema_store.SCHEMA_STORED_TAG, "true")
 
     ctx.log_frame("raw", frame)
     dataset = mlflow.data.from_pandas(
         frame, source=_dataset_source(ctx, source), targets=dcfg.target, name=dcfg.name
     )
     mlflow.log_input(dataset, context="ingest")
-    profile = {
-        "source": str(dcfg.source),
-        "target": dcfg.target,
-        "task": task,
-        "rows": int(frame.shape[0]),
-        "columns": [str(c) for c in frame.columns],
-        "dtypes": {str(c): str(t) for c, t in frame.dtypes.items()},
-        "missing": {str(c): int(n) for c, n in frame.isna().sum().items() if n},
-    }
-    ctx.log_json("data_profile.json", profile)
+    ctx.log_json("data_profile.json", data.profile(frame, dcfg, task))
     mlflow.log_metrics({"data.rows": frame.shape[0], "data.columns": frame.shape[1]})
-    mlflow.set_tags({"data.task": task, "lineage.data_source": str(dcfg.source)})
+    mlflow.set_tags({"data.task": task, "lineage.data_source": str(dcfg.source), "lineage.data_digest": ctx.key_input})
     ctx.summary(f"rows={frame.shape[0]} task={task}")
+
+
+def _reference_schema(ctx: StepContext):
+    """(schema, where it came from): data.schema if set, else the newest stored one, else (None, "inferred")."""
+    if ctx.cfg.data.schema:
+        text = schema_store.read_configured(ctx.cfg.data.schema)
+        return validation.schema_from_yaml(text, ctx.cfg.data.schema), ctx.cfg.data.schema
+    stored = schema_store.find_stored(ctx.client, ctx.run.info.experiment_id, str(ctx.cfg.data.source))
+    if stored is None:
+        return None, "inferred"
+    run_id, text = stored
+    return validation.schema_from_yaml(text, f"{schema_store.SCHEMA_ARTIFACT} of run {run_id}"), run_id
 
 
 def _dataset_source(ctx: StepContext, source: data.Source) -> str:
@@ -41,4 +58,4 @@ def _dataset_source(ctx: StepContext, source: data.Source) -> str:
 
 
 if __name__ == "__main__":
-    step_main("ingest", run, data_digest=lambda cfg: data.source_digest(cfg.data.source))
+    step_main("ingest", run, key_input=lambda cfg: data.source_digest(cfg.data.source))

@@ -2,7 +2,7 @@
 
 import mlflow
 
-from mlpipe import features, model_io
+from mlpipe import features, model_io, outliers
 from mlpipe.harness import StepContext, step_main
 
 
@@ -12,6 +12,16 @@ def run(ctx: StepContext) -> None:
     spec = features.feature_spec(frame, profile["target"], profile["task"])
     frame = features.normalise_types(frame, spec)
     splits = features.split(frame, spec, ctx.config["preprocess"], ctx.cfg.seed)
+
+    # Outliers: bounds and counts from the training split, the action applied to it alone.
+    ocfg = ctx.config["preprocess"]["outliers"]
+    limits = outliers.bounds(splits["train"], spec.numeric, ocfg)
+    report = outliers.report(splits["train"], limits, ocfg)
+    splits["train"] = outliers.apply(splits["train"], limits, ocfg["action"])
+    ctx.log_json("outliers.json", report)
+    mlflow.log_metrics({"outliers.train_rows_with_outliers": report["rows_with_outliers"],
+                        "outliers.train_values": sum(c["count"] for c in report["columns"].values()),
+                        "outliers.train_rows_dropped": report["rows"] - len(splits["train"])})
 
     preprocessor = features.build_preprocessor(spec, ctx.config["preprocess"])
     train = splits["train"]

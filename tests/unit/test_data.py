@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -175,6 +177,29 @@ def test_header_only_csv_fails_check_frame(tmp_path):
     with pytest.raises(DataError) as info:
         check_frame(frame, "target", 20, str(path))
     assert str(info.value) == f"{path}: no data rows (found 0 rows, 3 columns)"
+
+
+@pytest.mark.parametrize("sep, name", [(";", "';'"), ("|", "'|'")])
+def test_other_delimiter_is_named(tmp_path, sep, name):
+    path = tmp_path / "semi.csv"
+    path.write_text(f"a{sep}b{sep}label\n1{sep}2{sep}x\n")
+    with pytest.raises(DataError, match=f"semi.csv: one column .* looks {re.escape(name)}-delimited"):
+        load_source(str(path))
+
+
+def test_one_column_csv_without_another_delimiter_reads(tmp_path):
+    path = tmp_path / "one.csv"
+    path.write_text("label\n1\n2\n")
+    assert load_source(str(path)).shape == (2, 1)
+
+
+def test_profile_lists_columns_dtypes_and_missing(small_frame):
+    class Cfg:
+        source, target = "x.csv", "label"
+
+    profile = data.profile(small_frame, Cfg, "classification")
+    assert profile["columns"] == ["x", "colour", "label"] and profile["rows"] == 4
+    assert profile["missing"] == {"x": 1, "colour": 1}
 
 
 def test_duplicate_csv_header_is_reported(tmp_path):
