@@ -133,17 +133,23 @@ class Driver:
 
     # -- cache ----------------------------------------------------------------------------------
     def _key(self, step: str, params: dict[str, str]) -> str | None:
-        """None when the source cannot be read: ingest then runs and fails with its own message."""
-        data_digest = None
+        """The key the step will tag itself with (the same `key_input` as the step module uses).
+
+        None when the source cannot be read: ingest then runs and fails with its own message."""
+        extra = None
         if step == "ingest":
             from mlpipe.data import source_digest
 
             try:
-                data_digest = source_digest(self.cfg.data.source)
+                extra = source_digest(self.cfg.data.source)
             except PipelineError:
                 return None
+        elif step == "qa":
+            from mlpipe.registry import champion_marker
+
+            extra = champion_marker(self.client, self.cfg)
         key_params = {k: v for k, v in params.items() if k != "overrides"}
-        return cache.step_key(step, self._config_for(step), key_params, data_digest)
+        return cache.step_key(step, self._config_for(step), key_params, extra)
 
     def _cached(self, key: str) -> Run | None:
         runs = self.client.search_runs(

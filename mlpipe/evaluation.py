@@ -1,8 +1,6 @@
-"""The qa gate's decisions: which metrics to check and whether they pass (pure functions)."""
+"""The qa gate's metric names and directions, as mlflow.models.evaluate reports them (pure)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from mlpipe.errors import ConfigError
 
@@ -16,25 +14,8 @@ GREATER_IS_BETTER = {
 # Our config names -> the names mlflow.models.evaluate logs.
 EVALUATE_NAMES = {"accuracy": "accuracy_score", "f1_score": "f1_score", "roc_auc": "roc_auc",
                   "r2": "r2_score", "rmse": "root_mean_squared_error", "mae": "mean_absolute_error"}
-
-
-@dataclass(frozen=True)
-class Check:
-    metric: str
-    value: float | None
-    threshold: float
-    greater_is_better: bool
-
-    @property
-    def passed(self) -> bool:
-        if self.value is None:
-            return False
-        return self.value >= self.threshold if self.greater_is_better else self.value <= self.threshold
-
-    def describe(self) -> str:
-        op = ">=" if self.greater_is_better else "<="
-        shown = "missing" if self.value is None else f"{self.value:.4f}"
-        return f"{self.metric}={shown} (expected {op} {self.threshold})"
+# The config names that apply to each task.
+TASK_METRICS = {"classification": ("accuracy", "f1_score", "roc_auc"), "regression": ("r2", "rmse", "mae")}
 
 
 def evaluate_name(metric: str) -> str:
@@ -47,16 +28,12 @@ def greater_is_better(metric: str) -> bool:
     return GREATER_IS_BETTER[evaluate_name(metric)]
 
 
-def threshold_checks(metrics: dict[str, float], thresholds: dict[str, float]) -> list[Check]:
-    """One Check per configured threshold, against the metrics mlflow.models.evaluate returned."""
-    checks = []
-    for metric, threshold in thresholds.items():
-        name = evaluate_name(metric)
-        value = metrics.get(name)
-        checks.append(Check(metric, None if value is None else float(value), float(threshold),
-                            GREATER_IS_BETTER[name]))
-    return checks
-
-
-def failures(checks: list[Check]) -> list[Check]:
-    return [c for c in checks if not c.passed]
+def task_metrics(task: str, metrics, key: str) -> list[str]:
+    """`metrics` (config names), each checked to exist and apply to `task`; `key` names the config key."""
+    names = list(metrics)
+    for metric in names:
+        evaluate_name(metric)
+        if metric not in TASK_METRICS[task]:
+            raise ConfigError(f"{key}: {metric!r} does not apply to {task}; expected one of "
+                              f"{', '.join(TASK_METRICS[task])}")
+    return names

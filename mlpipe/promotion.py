@@ -14,8 +14,11 @@ class Decision:
 
 
 def decide(policy: str, metric: str, candidate: float | None, champion: float | None,
-           greater_is_better: bool, has_champion: bool) -> Decision:
-    """`better` promotes only a strict improvement on `metric`; `always` / `never` as named."""
+           greater_is_better: bool, has_champion: bool, validated: bool = True) -> Decision:
+    """`better` promotes only a strict improvement on `metric`; `always` / `never` as named.
+    A version whose qa gate failed (registered through registry.allow_unvalidated) never is."""
+    if not validated:
+        return Decision(False, "qa did not pass (registered through registry.allow_unvalidated)")
     if policy == "always":
         return Decision(True, "registry.promotion=always")
     if policy == "never":

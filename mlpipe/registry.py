@@ -52,3 +52,11 @@ def version_for_uri(client: MlflowClient, model_uri: str) -> ModelVersion | None
         return client.get_model_version(name, version) if name and version.isdigit() else None
     except MlflowException:
         return None
+
+
+def champion_marker(client: MlflowClient, cfg) -> str | None:
+    """Which champion a qa run compares with (part of its cache key), or None when it does not."""
+    if not cfg.qa.champion.enabled:
+        return None
+    version = current(client, cfg.registry.model_name, cfg.registry.champion_alias)
+    return f"champion={cfg.registry.model_name}/{version.version if version else 'none'}"

@@ -8,32 +8,37 @@ from mlpipe.harness import StepContext, step_main
 
 
 def run(ctx: StepContext) -> None:
-    qa_tags = ctx.upstream.data.tags
-    if qa_tags.get("qa.passed") != "true":
-        raise ModelValidationError(f"qa run {ctx.upstream.info.run_id} did not pass the gate; nothing registered")
+    qa_tags, rcfg = ctx.upstream.data.tags, ctx.cfg.registry
+    validated = qa_tags.get("qa.passed") == "true"
+    if not validated and not rcfg.allow_unvalidated:
+        raise ModelValidationError(f"qa run {ctx.upstream.info.run_id} did not pass the gate "
+                                   f"(failed: {qa_tags.get('qa.failed_checks') or 'unknown'}); nothing registered. "
+                                   "To register it anyway: registry.allow_unvalidated=true")
     model_uri = qa_tags.get(handoff.MODEL_URI_TAG)
     if not model_uri:
         raise UpstreamError(f"qa run {ctx.upstream.info.run_id} names no model (tag {handoff.MODEL_URI_TAG})")
-    rcfg = ctx.cfg.registry
     metric = rcfg.compare_metric or qa_tags["qa.primary_metric"]
     value = ctx.upstream.data.metrics.get(f"qa.{metric}")
 
     champion = registry.current(ctx.client, rcfg.model_name, rcfg.champion_alias)
     champion_value = registry.version_metric(champion, metric) if champion else None
     decision = promotion.decide(rcfg.promotion, metric, value, champion_value,
-                                evaluation.greater_is_better(metric), champion is not None)
+                                evaluation.greater_is_better(metric), champion is not None, validated)
 
     lineage = handoff.lineage(ctx.run) | {f"qa.{metric}": "" if value is None else str(value),
                                           "qa.metric": metric, "code.git_commit": ctx.run.data.tags.get("mlflow.source.git.commit", "")}
-    version = registry.register(model_uri, rcfg.model_name, lineage | {"pipeline.register_run_id": ctx.run_id})
-    registry.set_alias(ctx.client, rcfg.model_name, rcfg.challenger_alias, version.version)
+    version = registry.register(model_uri, rcfg.model_name, lineage | {"pipeline.register_run_id": ctx.run_id,
+                                                                       "qa.passed": str(validated).lower()})
+    if validated:
+        registry.set_alias(ctx.client, rcfg.model_name, rcfg.challenger_alias, version.version)
     if decision.promote:
         registry.set_alias(ctx.client, rcfg.model_name, rcfg.champion_alias, version.version)
     version_uri = f"models:/{rcfg.model_name}/{version.version}"
     mlflow.set_tags({"registry.model_name": rcfg.model_name, "registry.version": version.version,
                      "registry.promoted": str(decision.promote).lower(), "registry.reason": decision.reason,
                      handoff.MODEL_URI_TAG: version_uri})
-    ctx.summary(f"v{version.version} {'champion' if decision.promote else rcfg.challenger_alias}: {decision.reason}")
+    role = "champion" if decision.promote else rcfg.challenger_alias if validated else "no alias"
+    ctx.summary(f"v{version.version} {role}: {decision.reason}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import Store
 
-SWEEP = "-m model.max_depth=1 model.n_estimators=1,60"
+# An absolute accuracy mark (off by default in conf/qa) that one stump cannot reach.
+SWEEP = "-m model.max_depth=1 model.n_estimators=1,60 qa.thresholds.classification.accuracy=0.7"
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def test_one_sweep_parent_with_one_nested_pipeline_per_job(store: Store, sweep):
     children = store.children(parent.info.run_id)
     jobs = [c for c in children if c.data.tags.get("pipeline.role") == "sweep-job"]
     assert [j.data.tags["pipeline.overrides"] for j in jobs] == [
-        '["model.max_depth=1", "model.n_estimators=1"]', '["model.max_depth=1", "model.n_estimators=60"]']
+        f'["model.max_depth=1", "model.n_estimators={n}", "qa.thresholds.classification.accuracy=0.7"]' for n in (1, 60)]
     for job in jobs:
         steps = [c.data.tags.get("pipeline.step") or c.data.tags.get("pipeline.cached_step")
                  for c in store.children(job.info.run_id)]
@@ -46,7 +47,8 @@ def test_best_job_is_reported_and_only_its_model_becomes_champion(store: Store, 
     scored = [j for j in jobs if j.info.status == "FINISHED"]
     best = max(scored, key=lambda j: j.data.metrics["pipeline.score"])
     assert parent.data.tags["sweep.best_job_run_id"] == best.info.run_id
-    assert parent.data.tags["sweep.best_overrides"] == "model.max_depth=1 model.n_estimators=60"
+    assert parent.data.tags["sweep.best_overrides"] == \
+        "model.max_depth=1 model.n_estimators=60 qa.thresholds.classification.accuracy=0.7"
     assert parent.data.metrics["sweep.best_accuracy"] == best.data.metrics["pipeline.score"]
     versions = store.client.search_model_versions("name='wine_model'")
     assert len(versions) == 1
@@ -56,15 +58,16 @@ def test_best_job_is_reported_and_only_its_model_becomes_champion(store: Store, 
 
 
 def test_a_job_that_fails_the_gate_is_left_out(store: Store, sweep):
-    """One stump is a weak model: it fails qa's 0.7 accuracy gate; the sweep still finishes."""
+    """One stump is a weak model: it fails the sweep's 0.7 accuracy threshold; the sweep still finishes."""
     _, parent = sweep
     jobs = {j.data.tags["pipeline.overrides"]: j for j in store.children(parent.info.run_id)
             if j.data.tags.get("pipeline.role") == "sweep-job"}
-    weak = jobs['["model.max_depth=1", "model.n_estimators=1"]']
+    weak = jobs['["model.max_depth=1", "model.n_estimators=1", "qa.thresholds.classification.accuracy=0.7"]']
     qa = [r for r in store.step_runs("qa") if r.data.params["model.n_estimators"] == "1"][0]
     assert qa.info.status == "FAILED"
     assert weak.info.status == "FAILED"
     assert "failed the qa gate" in weak.data.tags["error.message"]
+    assert "threshold.accuracy" in qa.data.tags["qa.failed_checks"].split(",")
     assert parent.data.metrics["sweep.jobs"] == 2
     assert parent.data.metrics["sweep.failed_jobs"] == 1
 

@@ -250,7 +250,7 @@ def test_flatten_composed_config():
     assert flat["model._target_"] == "sklearn.ensemble.RandomForestClassifier"
     assert flat["data.name"] == "wine"
     assert flat["model.max_depth"] == "null"
-    assert flat["qa.thresholds.classification.accuracy"] == "0.7"
+    assert flat["qa.thresholds.classification.accuracy"] == "null"
     assert flat["main.force"] == "False"
     assert all(isinstance(v, str) for v in flat.values())
 

@@ -56,3 +56,9 @@ def test_better_lower_is_better():
     assert decide("better", "rmse", 2.0, 3.0, False, True) == Decision(True, "rmse 2.0000 beats champion's 3.0000")
     assert decide("better", "rmse", 3.5, 3.0, False, True).promote is False
     assert decide("better", "rmse", 3.0, 3.0, False, True).promote is False
+
+
+def test_a_version_that_failed_qa_is_never_promoted():
+    for policy in ("always", "better"):
+        decision = decide(policy, "accuracy", 0.99, None, True, False, validated=False)
+        assert decision == Decision(False, "qa did not pass (registered through registry.allow_unvalidated)")
