@@ -132,7 +132,7 @@ class Driver:
         return run
 
     # -- cache ----------------------------------------------------------------------------------
-    def _key(self, step: str, params: dict[str, str]) -> str | None:
+    def _key(self, step: str, params: dict[str, str], outputs: dict[str, Run]) -> str | None:
         """The key the step will tag itself with (the same `key_input` as the step module uses).
 
         None when the source cannot be read: ingest then runs and fails with its own message."""
@@ -147,7 +147,7 @@ class Driver:
         elif step == "qa":
             from mlpipe.registry import champion_marker
 
-            extra = champion_marker(self.client, self.cfg)
+            extra = champion_marker(self.client, self.cfg, outputs["train"].data.tags.get(handoff.MODEL_URI_TAG))
         key_params = {k: v for k, v in params.items() if k != "overrides"}
         return cache.step_key(step, self._config_for(step), key_params, extra)
 
@@ -218,7 +218,7 @@ class Driver:
         for step in steps:
             started = time.monotonic()
             params = self._params(step, outputs)
-            key = self._key(step, params)
+            key = self._key(step, params, outputs)
             # Concurrent pipelines wanting the same step wait here, then find it cached.
             lock = LOCK_DIR / f"{digest([mlflow.get_tracking_uri(), key or step])[:32]}.lock"
             with FileLock(str(lock)):

@@ -164,7 +164,7 @@ def log_config(cfg: DictConfig, config: dict[str, Any], params: dict[str, str], 
 
 
 def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params: tuple[str, ...] = (),
-              key_input: Callable[[DictConfig], str | None] | None = None,
+              key_input: Callable[[DictConfig, Run | None], str | None] | None = None,
               cacheable: Callable[[DictConfig], bool] | None = None) -> None:
     """Run one step: everything but the recipe itself happens here.
 
@@ -189,7 +189,7 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
             )
             params[spec.upstream_param] = upstream.info.run_id
             mlflow.set_tags({**handoff.lineage(upstream), f"pipeline.{spec.upstream_param}": upstream.info.run_id})
-        extra = key_input(cfg) if key_input else None
+        extra = key_input(cfg, upstream) if key_input else None
         tags = {
             handoff.CONFIG_DIGEST_TAG: cache.config_digest(step, config),
             f"{handoff.LINEAGE_PREFIX}{step}_run_id": active.info.run_id,

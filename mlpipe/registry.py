@@ -54,9 +54,17 @@ def version_for_uri(client: MlflowClient, model_uri: str) -> ModelVersion | None
         return None
 
 
-def champion_marker(client: MlflowClient, cfg) -> str | None:
-    """Which champion a qa run compares with (part of its cache key), or None when it does not."""
+def champion_marker(client: MlflowClient, cfg, candidate_model_uri: str | None) -> str | None:
+    """Which other model a qa run compares with (part of its cache key), or None.
+
+    None when there is no champion or the champion is the candidate itself, so a re-run after
+    the candidate became champion still finds its qa run cached."""
     if not cfg.qa.champion.enabled:
         return None
     version = current(client, cfg.registry.model_name, cfg.registry.champion_alias)
-    return f"champion={cfg.registry.model_name}/{version.version if version else 'none'}"
+    if version is None or not candidate_model_uri:
+        return None
+    candidate_id = candidate_model_uri.rsplit("/", 1)[-1]
+    if version.source == candidate_model_uri or getattr(version, "model_id", None) == candidate_id:
+        return None
+    return f"champion={cfg.registry.model_name}/{version.version}"

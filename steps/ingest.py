@@ -58,4 +58,4 @@ def _dataset_source(ctx: StepContext, source: data.Source) -> str:
 
 
 if __name__ == "__main__":
-    step_main("ingest", run, key_input=lambda cfg: data.source_digest(cfg.data.source))
+    step_main("ingest", run, key_input=lambda cfg, _: data.source_digest(cfg.data.source))

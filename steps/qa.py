@@ -74,4 +74,5 @@ def run(ctx: StepContext) -> None:
 
 if __name__ == "__main__":
     # A qa run compared with one champion is stale once the champion moves.
-    step_main("qa", run, key_input=lambda cfg: registry.champion_marker(MlflowClient(), cfg))
+    step_main("qa", run, key_input=lambda cfg, train: registry.champion_marker(
+        MlflowClient(), cfg, train.data.tags.get(handoff.MODEL_URI_TAG)))

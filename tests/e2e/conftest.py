@@ -1,85 +1,11 @@
-"""End-to-end fixtures: a real tracking store per test module, `mlflow run` in a subprocess."""
+"""End-to-end fixtures: a real tracking store per test module. Helpers live in support.py
+(imported by name from the tests: a module named conftest would clash with tests/unit's)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
-class Store:
-    """A SQLite tracking store in a temp dir, and helpers that run the real CLI against it."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.uri = f"sqlite:///{path / 'mlflow.db'}"
-        self.env = {
-            **os.environ,
-            "MLFLOW_TRACKING_URI": self.uri,
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-        }
-        self.env.pop("MLFLOW_RUN_ID", None)
-        self.env.pop("MLFLOW_EXPERIMENT_ID", None)
-        # A new store must be created by one process before concurrent use.
-        self.python("-c", "import mlflow; mlflow.MlflowClient().search_experiments()", check=True)
-
-    def python(self, *args: str, cwd: Path = ROOT, check: bool = False, timeout: float = 600, env=None) -> Result:
-        proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env or self.env, capture_output=True,
-                              text=True, timeout=timeout)
-        result = Result(proc.returncode, proc.stdout, proc.stderr)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{args} exited {proc.returncode}:\n{result.output[-4000:]}")
-        return result
-
-    def mlflow_run(self, *args: str, uri: str = ".", entry: str = "main", env_manager: str | None = "local",
-                   cwd: Path = ROOT, check: bool = False, timeout: float = 900, env=None) -> Result:
-        cmd = ["-m", "mlflow", "run", uri, "-e", entry]
-        if env_manager:
-            cmd += ["--env-manager", env_manager]
-        return self.python(*cmd, *args, cwd=cwd, check=check, timeout=timeout, env=env)
-
-    @property
-    def client(self):
-        from mlflow.tracking import MlflowClient
-
-        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-
-    def runs(self, filter_string: str = "") -> list:
-        return self.client.search_runs(["0"], filter_string=filter_string, order_by=["attributes.start_time ASC"],
-                                       max_results=1000)
-
-    def step_runs(self, step: str) -> list:
-        return self.runs(f"tags.`pipeline.step` = '{step}'")
-
-    def newest(self, filter_string: str):
-        runs = self.runs(filter_string)
-        return runs[-1] if runs else None
-
-    def children(self, parent_run_id: str) -> list:
-        return self.runs(f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
-
-
-def make_store(tmp_path_factory, name: str) -> Store:
-    return Store(tmp_path_factory.mktemp(name))
+from support import Store, make_store
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +17,3 @@ def store(tmp_path_factory) -> Store:
 @pytest.fixture
 def fresh_store(tmp_path_factory) -> Store:
     return make_store(tmp_path_factory, "fresh")
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error: ")]

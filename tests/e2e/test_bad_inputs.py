@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import Store, error_lines
+from support import Store, error_lines
 
 
 def good_frame(rows: int = 120, seed: int = 0) -> pd.DataFrame:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from conftest import ROOT, Store
+from support import ROOT, Store
 
 
 def _copy_project(dst):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import Store
+from support import Store
 
 
 def messy_frame(rows: int = 400, seed: int = 0) -> pd.DataFrame:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import Store
+from support import Store
 
 
 @pytest.mark.parametrize("env_manager", ["uv", None])  # None: MLflow's default, virtualenv

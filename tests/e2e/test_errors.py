@@ -4,7 +4,7 @@ stderr, and nothing registered."""
 from __future__ import annotations
 
 
-from conftest import Store, error_lines
+from support import Store, error_lines
 
 
 def _assert_failed_cleanly(store: Store, result, step: str, error_type: str, words: list[str], entry: str = "main"):

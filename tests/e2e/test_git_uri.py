@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import ROOT, Store
+from support import ROOT, Store
 
 URL = "https://github.com/mlpipe-example/mlpipe"
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import Store
+from support import Store
 
 STEPS = ["ingest", "preprocess", "train", "qa", "register", "serve"]
 

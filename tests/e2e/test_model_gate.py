@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, Store, error_lines
+from support import ROOT, Store, error_lines
 
 FEATURES = ["a", "b", "c", "d"]
 

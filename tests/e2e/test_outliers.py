@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from conftest import Store
+from support import Store
 
 
 def test_drop_removes_outliers_from_the_training_split_only(store: Store, tmp_path):

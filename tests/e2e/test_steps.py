@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, Store, error_lines
+from support import ROOT, Store, error_lines
 
 
 def test_step_without_any_upstream_names_the_step_to_run_first(fresh_store: Store):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import Store
+from support import Store
 
 # An absolute accuracy mark (off by default in conf/qa) that one stump cannot reach.
 SWEEP = "-m model.max_depth=1 model.n_estimators=1,60 qa.thresholds.classification.accuracy=0.7"
