@@ -251,3 +251,23 @@ def profile(frame: pd.DataFrame, dcfg, task: str) -> dict:
         "dtypes": {str(c): str(t) for c, t in frame.dtypes.items()},
         "missing": {str(c): int(n) for c, n in frame.isna().sum().items() if n},
     }
+
+
+def load_batch(source: str, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
+    """A new batch for the drift check (`qa.data_source`): the model's feature columns, numbers
+    in its numeric columns; the target may be absent."""
+    frame = load_source(source)
+    if frame.empty:
+        raise DataError(f"{source}: the batch has no rows")
+    missing = [c for c in numeric + categorical if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: the batch lacks feature column(s) {', '.join(map(repr, missing[:5]))}"
+                        f"{' and more' if len(missing) > 5 else ''} that the model was trained on")
+    for col in numeric:
+        parsed = pd.to_numeric(frame[col], errors="coerce")
+        bad = frame[col][parsed.isna() & frame[col].notna()]
+        if len(bad):
+            raise DataError(f"{source}: numeric column {col!r} has {len(bad)} non-numeric value(s), "
+                            f"e.g. {bad.iloc[0]!r}")
+        frame[col] = parsed.astype("float64")
+    return frame

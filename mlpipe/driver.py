@@ -83,6 +83,8 @@ class Driver:
         self.env_manager = env_manager
         self.client = MlflowClient()
         self.forced = forced_steps(cfg.main.force)
+        # (step, run, outcome) of every step this driver ran, reused or saw fail: their cards.
+        self.card_rows: list[tuple[str, Run, str]] = []
 
     # -- inputs -------------------------------------------------------------------------------
     def _step_overrides(self, step: str) -> dict[str, str]:
@@ -133,21 +135,16 @@ class Driver:
 
     # -- cache ----------------------------------------------------------------------------------
     def _key(self, step: str, params: dict[str, str], outputs: dict[str, Run]) -> str | None:
-        """The key the step will tag itself with (the same `key_input` as the step module uses).
+        """The key the step will tag itself with (the same `keys.key_input` as the step uses).
 
-        None when the source cannot be read: ingest then runs and fails with its own message."""
-        extra = None
-        if step == "ingest":
-            from mlpipe.data import source_digest
+        None when a source cannot be read: the step then runs and fails with its own message."""
+        from mlpipe import keys
 
-            try:
-                extra = source_digest(self.cfg.data.source)
-            except PipelineError:
-                return None
-        elif step == "qa":
-            from mlpipe.registry import champion_marker
-
-            extra = champion_marker(self.client, self.cfg, outputs["train"].data.tags.get(handoff.MODEL_URI_TAG))
+        upstream = STEPS[step].upstream
+        try:
+            extra = keys.key_input(step, self.client, self.cfg, outputs.get(upstream) if upstream else None)
+        except PipelineError:
+            return None
         key_params = {k: v for k, v in params.items() if k != "overrides"}
         return cache.step_key(step, self._config_for(step), key_params, extra)
 
@@ -188,6 +185,7 @@ class Driver:
             failed = self._failed_child(step)
             if failed is None:
                 raise StepFailedError(f"step {step} failed to start: {exc}") from exc
+            self.card_rows.append((step, failed, "ran"))
             tags = failed.data.tags
             why = tags.get("error.message") or "see the run's stderr"
             raise StepFailedError(
@@ -205,33 +203,74 @@ class Driver:
         )
         return runs[0] if runs else None
 
-    def run(self, steps: list[str], outputs: dict[str, Run] | None = None) -> tuple[list[StepResult], dict[str, Run]]:
-        """Run (or reuse) `steps` in order; returns the table rows and each step's run."""
+    def _run_step(self, step: str, outputs: dict[str, Run]) -> StepResult:
         from filelock import FileLock
 
+        started = time.monotonic()
+        params = self._params(step, outputs)
+        key = self._key(step, params, outputs)
+        # Concurrent pipelines wanting the same step wait here, then find it cached.
+        lock = LOCK_DIR / f"{digest([mlflow.get_tracking_uri(), key or step])[:32]}.lock"
+        with FileLock(str(lock)):
+            hit = None if step in self.forced or key is None else self._cached(key)
+            if hit:
+                self._link(step, hit)
+                run, outcome = hit, "cached"
+            else:
+                run, outcome = self._launch(step, params), "ran"
+        outputs[step] = run
+        self.card_rows.append((step, run, outcome))
+        self.client.set_tag(self.parent_run_id, f"pipeline.{step}_run_id", run.info.run_id)
+        return StepResult(step, run.info.run_id, outcome, time.monotonic() - started,
+                          run.data.tags.get(handoff.SUMMARY_TAG, ""), dict(run.data.metrics))
+
+    def publish_cards(self) -> None:
+        """Copy each step's card into the parent run under cards/, with an index page linking them.
+
+        Best effort: a missing card (a step that died before writing one) is listed as such."""
+        import json
+        import shutil
+
+        from mlpipe import cards
+
+        if not self.card_rows:
+            return
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "cards"
+                out.mkdir()
+                rows = []
+                for i, (step, run, outcome) in enumerate(self.card_rows, 1):
+                    href = f"{i:02d}-{step}.html"
+                    try:
+                        got = self.client.download_artifacts(run.info.run_id, cards.CARD_HTML, str(Path(tmp) / str(i)))
+                        shutil.copyfile(got, out / href)
+                    except Exception:  # noqa: BLE001 - no card to copy
+                        href = None
+                    rows.append({"step": step, "run_id": run.info.run_id, "status": run.info.status,
+                                 "outcome": outcome, "href": href,
+                                 "summary": run.data.tags.get(handoff.SUMMARY_TAG)
+                                 or run.data.tags.get("error.message", "")})
+                title = f"pipeline {self.parent_run_id}"
+                (out / "index.html").write_text(cards.render_index(title, rows))
+                (out / "index.json").write_text(json.dumps(rows, indent=1))
+                self.client.log_artifacts(self.parent_run_id, str(out), "cards")
+        except Exception as exc:  # noqa: BLE001 - the pipeline's outcome matters more than its cards
+            print(f"warning: main: report cards not linked: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def run(self, steps: list[str], outputs: dict[str, Run] | None = None) -> tuple[list[StepResult], dict[str, Run]]:
+        """Run (or reuse) `steps` in order; returns the table rows and each step's run."""
         outputs = dict(outputs or {})
         first = STEPS[steps[0]]
         if first.upstream and first.upstream not in outputs:
             outputs[first.upstream] = self._matching_upstream(first.upstream)
         results = []
         LOCK_DIR.mkdir(parents=True, exist_ok=True)
-        for step in steps:
-            started = time.monotonic()
-            params = self._params(step, outputs)
-            key = self._key(step, params, outputs)
-            # Concurrent pipelines wanting the same step wait here, then find it cached.
-            lock = LOCK_DIR / f"{digest([mlflow.get_tracking_uri(), key or step])[:32]}.lock"
-            with FileLock(str(lock)):
-                hit = None if step in self.forced or key is None else self._cached(key)
-                if hit:
-                    self._link(step, hit)
-                    run, outcome = hit, "cached"
-                else:
-                    run, outcome = self._launch(step, params), "ran"
-            outputs[step] = run
-            self.client.set_tag(self.parent_run_id, f"pipeline.{step}_run_id", run.info.run_id)
-            results.append(StepResult(step, run.info.run_id, outcome, time.monotonic() - started,
-                                      run.data.tags.get(handoff.SUMMARY_TAG, ""), dict(run.data.metrics)))
+        try:
+            for step in steps:
+                results.append(self._run_step(step, outputs))
+        finally:
+            self.publish_cards()
         return results, outputs
 
 

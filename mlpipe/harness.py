@@ -24,7 +24,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from mlpipe import cache, handoff
+from mlpipe import cache, cards, handoff, keys
 from mlpipe.config import compose, flatten, split_overrides, to_container
 from mlpipe.errors import PipelineError
 from mlpipe.pipeline import STEPS
@@ -119,6 +119,8 @@ class StepContext:
     # What `key_input` returned for this run (ingest: the data digest), or None.
     key_input: str | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mlpipe-")))
+    # The step's report card: filled by the recipe, logged by step_main (also on failure).
+    card: cards.Card | None = None
 
     @property
     def run_id(self) -> str:
@@ -164,12 +166,11 @@ def log_config(cfg: DictConfig, config: dict[str, Any], params: dict[str, str], 
 
 
 def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params: tuple[str, ...] = (),
-              key_input: Callable[[DictConfig, Run | None], str | None] | None = None,
               cacheable: Callable[[DictConfig], bool] | None = None) -> None:
     """Run one step: everything but the recipe itself happens here.
 
-    `key_input` returns what the step depends on beyond its config, code and upstream run
-    (ingest: the data's digest; qa: the champion it is compared with); it enters the cache key."""
+    What the step depends on beyond its config, code and upstream run (ingest: the data's
+    digest; qa: the champion and the drift batch) comes from `keys.KEY_INPUTS`."""
     absolute_tracking_uri()
     quiet_warnings()
     args = parse_args(step, extra_params)
@@ -189,7 +190,7 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
             )
             params[spec.upstream_param] = upstream.info.run_id
             mlflow.set_tags({**handoff.lineage(upstream), f"pipeline.{spec.upstream_param}": upstream.info.run_id})
-        extra = key_input(cfg, upstream) if key_input else None
+        extra = keys.key_input(step, client, cfg, upstream)
         tags = {
             handoff.CONFIG_DIGEST_TAG: cache.config_digest(step, config),
             f"{handoff.LINEAGE_PREFIX}{step}_run_id": active.info.run_id,
@@ -201,11 +202,35 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
             tags[cache.KEY_TAG] = cache.step_key(step, config, _key_params(params), extra)
         mlflow.set_tags(tags)
         ctx = StepContext(step, cfg, config, params, client.get_run(active.info.run_id), upstream, client,
-                          key_input=extra)
+                          key_input=extra, card=cards.Card(step))
+        ctx.card.inputs.update({k: v for k, v in params.items() if v and k != "overrides"})
+        if args.overrides:
+            ctx.card.inputs["overrides"] = args.overrides
         try:
             recipe(ctx)
+        except KeyboardInterrupt:
+            log_card(ctx, "KILLED", "interrupted")
+            raise
+        except Exception as exc:
+            log_card(ctx, "FAILED", f"{type(exc).__name__}: {one_line(exc)}")
+            raise
+        else:
+            log_card(ctx, "FINISHED", None)
         finally:
             shutil.rmtree(ctx.workdir, ignore_errors=True)
+
+
+def log_card(ctx: StepContext, status: str, error: str | None) -> None:
+    """The step's summary JSON and HTML card; a card that cannot be written never hides the step's
+    own outcome (it is said on stderr instead)."""
+    try:
+        metrics = dict(ctx.client.get_run(ctx.run_id).data.metrics)
+        data = cards.summary(ctx.card, run_id=ctx.run_id, experiment_id=ctx.run.info.experiment_id, status=status,
+                             error=error, metrics=metrics)
+        mlflow.log_dict(data, cards.CARD_JSON)
+        mlflow.log_text(cards.render(data, ctx.card.sections), cards.CARD_HTML)
+    except Exception as exc:  # noqa: BLE001 - the step's result matters more than its card
+        print(f"warning: {ctx.step}: report card not written: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
 
 
 def _key_params(params: dict[str, str]) -> dict[str, str]:

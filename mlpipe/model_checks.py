@@ -136,3 +136,19 @@ def report_metrics(primary: dict[str, float | None], baseline: gate.BaselineTest
     if latency_p95_ms is not None:
         out["qa.latency_p95_ms"] = latency_p95_ms
     return {k: float(v) for k, v in out.items() if v is not None and v == v and abs(v) != float("inf")}
+
+
+def image_artifacts(result) -> dict[str, bytes]:
+    """The PNG plots mlflow.models.evaluate logged (ROC, PR, confusion matrix...), by name."""
+    images = {}
+    for name, artifact in (result.artifacts or {}).items():
+        uri = getattr(artifact, "uri", "") or ""
+        if not uri.endswith(".png"):
+            continue
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+            with open(path, "rb") as fh:
+                images[name.replace("_", " ")] = fh.read()
+        except Exception:  # noqa: BLE001 - a plot we cannot read is left off the card
+            continue
+    return images

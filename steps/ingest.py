@@ -2,13 +2,15 @@
 
 import mlflow
 
-from mlpipe import data, schema_store, validation
+from mlpipe import data, reports, schema_store, validation
 from mlpipe.errors import DataError
 from mlpipe.harness import StepContext, step_main
 
 
 def run(ctx: StepContext) -> None:
     dcfg, vcfg = ctx.cfg.data, ctx.config["data"]["validation"]
+    digest = ctx.key_input.partition(";")[0]  # keys._ingest: "<data digest>[;schema=<digest>]"
+    ctx.card.inputs.update({"data.source": str(dcfg.source), "data digest": digest})
     source = data.parse_source(dcfg.source)
     frame = data.load_source(dcfg.source)
     data.check_frame(frame, dcfg.target, dcfg.min_rows, label=str(dcfg.source))
@@ -21,6 +23,8 @@ def run(ctx: StepContext) -> None:
     mlflow.set_tag(schema_store.SCHEMA_FROM_TAG, schema_from)
     mlflow.log_text(validation.schema_to_yaml(schema), schema_store.SCHEMA_ARTIFACT)
     mlflow.log_metric("validation.failures", len(failures))
+    ctx.card.inputs["schema"] = schema_from
+    reports.ingest(ctx.card, frame, dcfg.target, task, failures, schema_from)
     if len(failures):
         mlflow.log_text(failures.to_csv(index=False), "validation/failures.csv")
         against = "the first-ingest checks" if schema_from == "inferred" else f"the schema from {schema_from}"
@@ -34,7 +38,9 @@ def run(ctx: StepContext) -> None:
     mlflow.log_input(dataset, context="ingest")
     ctx.log_json("data_profile.json", data.profile(frame, dcfg, task))
     mlflow.log_metrics({"data.rows": frame.shape[0], "data.columns": frame.shape[1]})
-    mlflow.set_tags({"data.task": task, "lineage.data_source": str(dcfg.source), "lineage.data_digest": ctx.key_input})
+    mlflow.set_tags({"data.task": task, "lineage.data_source": str(dcfg.source), "lineage.data_digest": digest})
+    ctx.card.outputs.update({"rows": frame.shape[0], "columns": frame.shape[1], "task": task,
+                             "data": "data/raw.parquet", "schema": schema_store.SCHEMA_ARTIFACT})
     ctx.summary(f"rows={frame.shape[0]} task={task}")
 
 
@@ -58,4 +64,4 @@ def _dataset_source(ctx: StepContext, source: data.Source) -> str:
 
 
 if __name__ == "__main__":
-    step_main("ingest", run, key_input=lambda cfg, _: data.source_digest(cfg.data.source))
+    step_main("ingest", run)

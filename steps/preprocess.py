@@ -2,7 +2,7 @@
 
 import mlflow
 
-from mlpipe import features, model_io, outliers
+from mlpipe import drift, features, model_io, outliers, reports
 from mlpipe.harness import StepContext, step_main
 
 
@@ -13,12 +13,22 @@ def run(ctx: StepContext) -> None:
     frame = features.normalise_types(frame, spec)
     splits = features.split(frame, spec, ctx.config["preprocess"], ctx.cfg.seed)
 
+    # The drift reference: the training split as it came in (before any outlier action).
+    dcfg = ctx.config["preprocess"]["drift"]
+    reference = splits["train"][spec.columns]
+    ctx.log_json("drift/reference_profile.json",
+                 drift.reference_profile(reference, spec.numeric, spec.categorical, dcfg["bins"]))
+    if len(reference) > dcfg["reference_rows"]:
+        reference = reference.sample(dcfg["reference_rows"], random_state=ctx.cfg.seed)
+    ctx.log_frame("drift_reference", reference)
+
     # Outliers: bounds and counts from the training split, the action applied to it alone.
     ocfg = ctx.config["preprocess"]["outliers"]
     limits = outliers.bounds(splits["train"], spec.numeric, ocfg)
     report = outliers.report(splits["train"], limits, ocfg)
     splits["train"] = outliers.apply(splits["train"], limits, ocfg["action"])
     ctx.log_json("outliers.json", report)
+    reports.preprocess(ctx.card, splits, spec.target, spec.task, report)
     mlflow.log_metrics({"outliers.train_rows_with_outliers": report["rows_with_outliers"],
                         "outliers.train_values": sum(c["count"] for c in report["columns"].values()),
                         "outliers.train_rows_dropped": report["rows"] - len(splits["train"])})
@@ -36,6 +46,10 @@ def run(ctx: StepContext) -> None:
     model_io.log_transformer(preprocessor, ctx.workdir, "preprocessor", ctx.cfg.serialization)
     mlflow.log_metrics({f"split.{name}_rows": len(part) for name, part in splits.items()}
                        | {"features.out": len(preprocessor.get_feature_names_out())})
+    ctx.card.outputs.update({f"{name} rows": len(part) for name, part in splits.items()}
+                            | {"numeric columns": len(spec.numeric), "categorical columns": len(spec.categorical),
+                               "dropped (empty) columns": ", ".join(spec.dropped) or "none",
+                               "drift reference": "drift/reference_profile.json, data/drift_reference.parquet"})
     ctx.summary(" ".join(f"{name}={len(part)}" for name, part in splits.items()))
 
 

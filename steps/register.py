@@ -10,6 +10,9 @@ from mlpipe.harness import StepContext, step_main
 def run(ctx: StepContext) -> None:
     qa_tags, rcfg = ctx.upstream.data.tags, ctx.cfg.registry
     validated = qa_tags.get("qa.passed") == "true"
+    ctx.card.add_checks([{"name": "qa.passed", "passed": validated, "value": None, "expected": "true",
+                          "note": f"failed checks: {qa_tags.get('qa.failed_checks') or 'none'}"
+                                  + (" (registry.allow_unvalidated=true)" if rcfg.allow_unvalidated else "")}])
     if not validated and not rcfg.allow_unvalidated:
         raise ModelValidationError(f"qa run {ctx.upstream.info.run_id} did not pass the gate "
                                    f"(failed: {qa_tags.get('qa.failed_checks') or 'unknown'}); nothing registered. "
@@ -37,6 +40,13 @@ def run(ctx: StepContext) -> None:
     mlflow.set_tags({"registry.model_name": rcfg.model_name, "registry.version": version.version,
                      "registry.promoted": str(decision.promote).lower(), "registry.reason": decision.reason,
                      handoff.MODEL_URI_TAG: version_uri})
+    ctx.card.inputs.update({"model_uri": model_uri, f"qa.{metric}": value,
+                            f"champion ({rcfg.champion_alias})": f"v{champion.version}" if champion else "none",
+                            f"champion qa.{metric}": champion_value})
+    ctx.card.outputs.update({"registered": f"{rcfg.model_name} v{version.version}", "promoted": decision.promote,
+                             "reason": decision.reason,
+                             "aliases": ", ".join(a for a, on in ((rcfg.champion_alias, decision.promote),
+                                                                  (rcfg.challenger_alias, validated)) if on) or "none"})
     role = "champion" if decision.promote else rcfg.challenger_alias if validated else "no alias"
     ctx.summary(f"v{version.version} {role}: {decision.reason}")
 

@@ -14,6 +14,7 @@ def run(ctx: StepContext) -> None:
     scfg, rcfg = ctx.cfg.serve, ctx.cfg.registry
     model_uri = ctx.params["model_uri"] or f"models:/{rcfg.model_name}@{rcfg.champion_alias}"
     mlflow.set_tag(handoff.MODEL_URI_TAG, model_uri)
+    ctx.card.inputs.update({"model_uri": model_uri, "serve.mode": scfg.mode})
     app = serving.build_app(serving.load(model_uri))
     if scfg.mode == "forever":
         print(f"[mlpipe] serving {model_uri} on http://{scfg.host}:{scfg.port} (Ctrl-C stops)", flush=True)
@@ -25,6 +26,9 @@ def run(ctx: StepContext) -> None:
     with serving.BackgroundServer(app, scfg.host, startup_timeout=scfg.startup_timeout) as url:
         result = serving.smoke(url, rows)
     ctx.log_json("smoke.json", result | {"model_uri": model_uri})
+    ctx.card.add_checks([{"name": "smoke.status", "passed": True, "value": float(result["rows"]),
+                          "expected": "HTTP 200 with one prediction per row", "note": "POST /invocations"}])
+    ctx.card.outputs.update({k: v for k, v in result.items() if not isinstance(v, (list, dict))})
     mlflow.log_metric("serve.smoke_latency_ms", result["latency_ms"])
     ctx.summary(f"{result['rows']} rows -> 200 in {result['latency_ms']:.0f} ms")
 

@@ -3,7 +3,7 @@
 import mlflow
 from mlflow.models import infer_signature
 
-from mlpipe import features, model_io, training
+from mlpipe import features, model_io, reports, training
 from mlpipe.harness import StepContext, step_main
 
 
@@ -24,6 +24,7 @@ def run(ctx: StepContext) -> None:
     if len(cv):
         scores |= {f"cv.{metric}_mean": float(cv.mean()), f"cv.{metric}_std": float(cv.std())}
     mlflow.log_metrics(scores)
+    reports.train(ctx.card, model, cv, metric, scores)
 
     example = X.head(5)
     fmt = model_io.check_format(ctx.cfg.serialization)
@@ -34,6 +35,8 @@ def run(ctx: StepContext) -> None:
     )
     mlflow.set_tags({"pipeline.model_uri": info.model_uri, "model.class": type(estimator).__name__,
                      "data.task": spec.task})
+    ctx.card.outputs.update({"model_uri": info.model_uri, "model": type(estimator).__name__,
+                             "train rows": len(X), "features": len(spec.columns)})
     ctx.summary(f"validation.{metric}={scores[f'validation.{metric}']:.4f}")
 
 

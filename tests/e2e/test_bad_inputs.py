@@ -173,3 +173,64 @@ def test_every_failure_against_the_stored_schema_is_reported_at_once(store: Stor
     assert sorted(failures["index"].dropna()) == [3, 5, 7, 8]
     checks = " ".join(failures["check"])
     assert "isin" in checks and "not_nullable" in checks and "numeric" in checks
+
+
+# -- a schema given in config (data.schema) ---------------------------------------------------
+
+
+def schema_file(store: Store, run, path, edit=None):
+    """The schema a run stored, optionally edited, written to `path` for data.schema."""
+    import yaml
+
+    text = open(store.client.download_artifacts(run.info.run_id, "validation/schema.yaml", str(store.path))).read()
+    schema = yaml.safe_load(text)
+    if edit:
+        edit(schema)
+    path.write_text(yaml.safe_dump(schema))
+    return path
+
+
+def test_data_schema_file_is_used_instead_of_the_stored_one(store: Store, stored, tmp_path):
+    source, first = stored
+    good_frame(seed=4).to_csv(source, index=False)
+    path = schema_file(store, first, tmp_path / "schema.yaml")
+    result = store.mlflow_run("-P", "steps=ingest", "-P",
+                              f"overrides=data.source={source} data.target=label data.schema={path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = store.newest("tags.`pipeline.step` = 'ingest'")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["data.schema_from"] == str(path)
+
+
+def test_data_schema_file_that_rejects_the_data(store: Store, stored, tmp_path):
+    source, first = stored
+    # The configured schema knows no `score` column and allows only two cities.
+    def edit(schema):
+        del schema["columns"]["score"]
+        schema["columns"]["city"]["isin"] = ["lyon", "paris"]
+    path = schema_file(store, first, tmp_path / "strict.yaml", edit)
+    good_frame(seed=5).to_csv(source, index=False)
+    result = store.mlflow_run("-P", "steps=ingest", "-P",
+                              f"overrides=data.source={source} data.target=label data.schema={path}")
+    run = assert_ingest_failed(store, result, "DataError",
+                               [str(source), f"against the schema from {path}", "'score': column added", "'city'",
+                                "'nice'"])
+    assert run.data.tags["data.schema_from"] == str(path)
+    # The card of the failed run says why, with the failures table.
+    card = card_summary(store, run)
+    assert card["status"] == "FAILED" and card["checks_failed"] == ["validation.failures"]
+    assert card["inputs"]["schema"] == str(path)
+
+
+def test_missing_data_schema_file(store: Store, stored, tmp_path):
+    source, _ = stored
+    path = tmp_path / "nope.yaml"
+    result = store.mlflow_run("-P", "steps=ingest", "-P",
+                              f"overrides=data.source={source} data.target=label data.schema={path}")
+    assert_ingest_failed(store, result, "DataError", [str(path), "no such schema file (data.schema)"])
+
+
+def card_summary(store: Store, run) -> dict:
+    import json
+
+    return json.load(open(store.client.download_artifacts(run.info.run_id, "card/summary.json", str(store.path))))

@@ -348,3 +348,27 @@ def test_check_frame_target_only():
 def test_check_frame_no_columns():
     with pytest.raises(DataError, match="no data rows"):
         check_frame(pd.DataFrame(), "target", 1, "t.csv")
+
+
+# -- load_batch: a new batch for the drift check ---------------------------------------------
+
+
+def test_load_batch_keeps_features_and_allows_a_missing_target(tmp_path):
+    path = tmp_path / "batch.csv"
+    pd.DataFrame({"a": ["1.5", "2"], "c": ["x", "y"]}).to_csv(path, index=False)
+    frame = data.load_batch(str(path), ["a"], ["c"])
+    assert frame["a"].tolist() == [1.5, 2.0] and frame["a"].dtype == "float64"
+
+
+def test_load_batch_names_missing_feature_columns(tmp_path):
+    path = tmp_path / "batch.csv"
+    pd.DataFrame({"a": [1.0]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"batch.csv: the batch lacks feature column\(s\) 'b', 'c' that the model"):
+        data.load_batch(str(path), ["a", "b"], ["c"])
+
+
+def test_load_batch_names_text_in_a_numeric_column(tmp_path):
+    path = tmp_path / "batch.csv"
+    pd.DataFrame({"a": ["1.0", "lots", None]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"numeric column 'a' has 1 non-numeric value\(s\), e.g. 'lots'"):
+        data.load_batch(str(path), ["a"], [])
