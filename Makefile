@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine (Python 3.11, git, make):
 #   make run    creates .venv if missing, then runs the whole pipeline
-#   make test   creates .venv if missing, then runs the test suite
+#   make test   creates .venv if missing, then runs the test suite (make test-all: with the slow tests)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -24,6 +24,10 @@ run: $(STAMP)
 	$(BIN)/mlflow run . -e main --env-manager local $(if $(OVERRIDES),-P overrides="$(OVERRIDES)")
 
 test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+# Also the tests marked slow (fresh uv / virtualenv environments for `mlflow run`).
+test-all: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -7,6 +7,7 @@ import pytest
 from support import Store
 
 
+@pytest.mark.slow  # about 2 minutes each on a warm machine; `make test-all` runs them
 @pytest.mark.parametrize("env_manager", ["uv", None])  # None: MLflow's default, virtualenv
 def test_main_passes_its_env_manager_to_every_step(fresh_store: Store, env_manager):
     expected = env_manager or "virtualenv"
