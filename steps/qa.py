@@ -26,7 +26,7 @@ def run(ctx: StepContext) -> None:
 
     # Loaded here, not by evaluate(), to skip a 1 s environment check we do not need.
     model = mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
-    result = model_checks.evaluate(model, test, target, task)
+    result = model_checks.evaluate(model, test, target, task, qa.plot_dpi)
     predictions = model.predict(X)
     thresholds = dict(qa.thresholds[task])
     evaluation.task_metrics(task, thresholds, f"qa.thresholds.{task}")
