@@ -274,12 +274,20 @@ class Driver:
         return results, outputs
 
 
+FIGURES = (("step s", "step.wall_s", "{:.1f}"), ("cpu s", "step.cpu_s", "{:.1f}"), ("peak MB", "step.peak_rss_mb", "{:.0f}"))
+
+
 def format_table(results: list[StepResult]) -> str:
-    """The summary the driver prints: step, run id, cached or ran, duration, key result."""
-    rows = [("step", "run id", "outcome", "seconds", "result")]
-    rows += [(r.step, r.run_id, r.outcome, f"{r.seconds:.1f}", r.summary) for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)) for row in rows]
+    """The summary the driver prints: step, run id, cached or ran, seconds the driver waited, the
+    step's own wall time, CPU time and peak RSS (of the reused run when cached), key result."""
+    header = ("step", "run id", "outcome", "seconds", *(name for name, _, _ in FIGURES), "result")
+    rows = [header]
+    for r in results:
+        figures = [fmt.format(r.metrics[key]) if key in r.metrics else "-" for _, key, fmt in FIGURES]
+        rows.append((r.step, r.run_id, r.outcome, f"{r.seconds:.1f}", *figures, r.summary))
+    last = len(header) - 1
+    widths = [max(len(row[i]) for row in rows) for i in range(last)]
+    lines = ["  ".join(cell.ljust(widths[i]) if i < last else cell for i, cell in enumerate(row)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 6)
     return "\n".join(line.rstrip() for line in lines)
 

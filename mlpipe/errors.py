@@ -51,3 +51,9 @@ class ServingError(PipelineError):
     """The scoring server did not start or did not answer as expected."""
 
     exit_code = 17
+
+
+class ResourceLimitError(PipelineError):
+    """A step went past a `monitor` limit (peak RSS, wall time) with monitor.action=fail."""
+
+    exit_code = 18

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from mlpipe import cache, cards, handoff, keys
+from mlpipe import cache, cards, handoff, keys, monitor
 from mlpipe.config import compose, flatten, split_overrides, to_container
 from mlpipe.errors import PipelineError
 from mlpipe.pipeline import STEPS
@@ -56,16 +55,6 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def resource_metrics(started: float) -> dict[str, float]:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {
-        "step.wall_s": round(time.monotonic() - started, 3),
-        "step.cpu_s": round(usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime, 3),
-        "step.peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-    }
-
-
 def fail_run(run_id: str, exc: BaseException, step: str) -> None:
     """Tag the run with what went wrong, say it in one line on stderr."""
     message = one_line(exc)
@@ -79,29 +68,40 @@ def fail_run(run_id: str, exc: BaseException, step: str) -> None:
             print(f"error: {step}: {type(exc).__name__}: {message}", file=sys.stderr)
 
 
+def _log_usage(started: float) -> None:
+    """The step's resource figures, on FAILED runs too (best effort: the outcome matters more)."""
+    try:
+        mlflow.log_metrics(monitor.usage(started))
+    except Exception as exc:  # noqa: BLE001
+        print(f"warning: resource figures not logged: {one_line(exc)}", file=sys.stderr)
+
+
 @contextmanager
-def guarded_run(step: str, **start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
+def guarded_run(step: str, started: float | None = None, **start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
     """Open (or resume) a run; any error ends it FAILED with tags and a distinct exit code."""
-    started = time.monotonic()
+    started = time.monotonic() if started is None else started
     active = mlflow.start_run(**start_kwargs)
     run_id = active.info.run_id
     try:
         yield active
     except PipelineError as exc:
         fail_run(run_id, exc, step)
+        _log_usage(started)
         mlflow.end_run("FAILED")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print(f"{step}: interrupted", file=sys.stderr)
+        _log_usage(started)
         mlflow.end_run("KILLED")
         sys.exit(130)
     except Exception as exc:  # an unexpected bug: keep the traceback, still end the run cleanly
         traceback.print_exc()
         fail_run(run_id, exc, step)
+        _log_usage(started)
         mlflow.end_run("FAILED")
         sys.exit(1)
     else:
-        mlflow.log_metrics(resource_metrics(started))
+        _log_usage(started)
         mlflow.end_run("FINISHED")
 
 
@@ -121,6 +121,8 @@ class StepContext:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mlpipe-")))
     # The step's report card: filled by the recipe, logged by step_main (also on failure).
     card: cards.Card | None = None
+    # time.monotonic() when the step process began (for its resource figures).
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def run_id(self) -> str:
@@ -176,11 +178,25 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
     args = parse_args(step, extra_params)
     params = {k: v for k, v in vars(args).items()}
     spec = STEPS[step]
-    with guarded_run(step, run_name=os.environ.get("MLPIPE_RUN_NAME") or None) as active:
+    started = time.monotonic()
+    # Composed before the run opens (system metrics are switched on when it does); a bad config
+    # is raised inside the run, so it still ends FAILED with its one-line message.
+    try:
+        cfg, config_error = compose(split_overrides(args.overrides)), None
+    except PipelineError as exc:
+        cfg, config_error = None, exc
+    system_metrics = bool(cfg is not None and cfg.monitor.system_metrics)
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(cfg.monitor.sampling_interval)
+        mlflow.set_system_metrics_samples_before_logging(1)
+    with guarded_run(step, started, run_name=os.environ.get("MLPIPE_RUN_NAME") or None,
+                     log_system_metrics=system_metrics) as active:
         client = MlflowClient()
         mlflow.set_tag(handoff.STEP_TAG, step)
-        cfg = compose(split_overrides(args.overrides))
+        if config_error:
+            raise config_error
         config = to_container(cfg)
+        limits = monitor.Limits.from_config(config["monitor"])
         run = client.get_run(active.info.run_id)
         log_config(cfg, config, params, run)
         upstream = None
@@ -202,12 +218,15 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
             tags[cache.KEY_TAG] = cache.step_key(step, config, _key_params(params), extra)
         mlflow.set_tags(tags)
         ctx = StepContext(step, cfg, config, params, client.get_run(active.info.run_id), upstream, client,
-                          key_input=extra, card=cards.Card(step))
+                          key_input=extra, card=cards.Card(step), started=started)
         ctx.card.inputs.update({k: v for k, v in params.items() if v and k != "overrides"})
         if args.overrides:
             ctx.card.inputs["overrides"] = args.overrides
+        watchdog = monitor.Watchdog(step, limits, started)
         try:
-            recipe(ctx)
+            with watchdog:
+                recipe(ctx)
+                watchdog.final_check()
         except KeyboardInterrupt:
             log_card(ctx, "KILLED", "interrupted")
             raise
@@ -217,6 +236,8 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
         else:
             log_card(ctx, "FINISHED", None)
         finally:
+            if watchdog.warnings:
+                mlflow.set_tag(monitor.WARNING_TAG, "; ".join(watchdog.warnings.values()))
             shutil.rmtree(ctx.workdir, ignore_errors=True)
 
 
@@ -224,7 +245,7 @@ def log_card(ctx: StepContext, status: str, error: str | None) -> None:
     """The step's summary JSON and HTML card; a card that cannot be written never hides the step's
     own outcome (it is said on stderr instead)."""
     try:
-        metrics = dict(ctx.client.get_run(ctx.run_id).data.metrics)
+        metrics = dict(ctx.client.get_run(ctx.run_id).data.metrics) | monitor.usage(ctx.started)
         data = cards.summary(ctx.card, run_id=ctx.run_id, experiment_id=ctx.run.info.experiment_id, status=status,
                              error=error, metrics=metrics)
         mlflow.log_dict(data, cards.CARD_JSON)

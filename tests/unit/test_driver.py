@@ -60,26 +60,28 @@ def test_hydra_argv_bad_quoting():
 
 def test_format_table():
     table = format_table([
-        StepResult("ingest", "abc123", "cached", 1.234, "rows=178 task=classification"),
+        StepResult("ingest", "abc123", "cached", 1.234, "rows=178 task=classification",
+                   {"step.wall_s": 3.14, "step.cpu_s": 4.0, "step.peak_rss_mb": 301.6}),
         StepResult("preprocess", "r2", "ran", 12.0, ""),
     ])
     assert table == (
-        "step        run id  outcome  seconds  result\n"
-        "----------  ------  -------  -------  ------\n"
-        "ingest      abc123  cached   1.2      rows=178 task=classification\n"
-        "preprocess  r2      ran      12.0"
+        "step        run id  outcome  seconds  step s  cpu s  peak MB  result\n"
+        "----------  ------  -------  -------  ------  -----  -------  ------\n"
+        "ingest      abc123  cached   1.2      3.1     4.0    302      rows=178 task=classification\n"
+        "preprocess  r2      ran      12.0     -       -      -"
     )
 
 
 def test_format_table_empty():
-    assert format_table([]) == "step  run id  outcome  seconds  result\n----  ------  -------  -------  ------"
+    assert format_table([]) == ("step  run id  outcome  seconds  step s  cpu s  peak MB  result\n"
+                                "----  ------  -------  -------  ------  -----  -------  ------")
 
 
 def test_format_table_aligns_long_run_ids():
     run_id = "0123456789abcdef0123456789abcdef"
     lines = format_table([StepResult("qa", run_id, "ran", 100.06, "accuracy=0.9722")]).splitlines()
     assert lines[0].index("outcome") == lines[2].index("ran") == len("step") + 2 + len(run_id) + 2
-    assert lines[2].endswith("100.1    accuracy=0.9722")
+    assert lines[2].endswith("100.1    -       -      -        accuracy=0.9722")
 
 
 # -- score_of / overrides_of -------------------------------------------------------------------
