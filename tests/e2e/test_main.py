@@ -66,7 +66,8 @@ def test_steps_log_flat_params_config_yaml_and_datasets(store: Store, cold):
     ingest_artifacts = {a.path for a in store.client.list_artifacts(children["ingest"].info.run_id, "data")}
     assert ingest_artifacts == {"data/raw.parquet"}
     split_artifacts = {a.path for a in store.client.list_artifacts(children["preprocess"].info.run_id, "data")}
-    assert split_artifacts == {"data/train.parquet", "data/validation.parquet", "data/test.parquet"}
+    assert split_artifacts == {"data/train.parquet", "data/validation.parquet", "data/test.parquet",
+                               "data/drift_reference.parquet"}
     # Lineage in the UI: datasets logged as run inputs.
     ingest_inputs = children["ingest"].inputs.dataset_inputs
     assert [d.dataset.name for d in ingest_inputs] == ["wine"]
