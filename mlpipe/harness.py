@@ -51,19 +51,19 @@ def absolute_tracking_uri() -> None:
         mlflow.set_tracking_uri(absolute)
 
 
-def skip_absent_pyspark_imports() -> None:
-    """Make `import pyspark` fail at once when pyspark is not installed.
+def pin_registry_uri() -> None:
+    """Resolve the registry URI once, in the main thread, and pin it.
 
-    MLflow's system-metrics thread builds an MlflowClient at every sample, which tries
-    `from pyspark.sql import SparkSession`. Without pyspark that import walks sys.meta_path each
-    time, through MLflow's import-hook finder and its lock; `mlflow.models.evaluate` holds the same
-    lock while it imports (its post-import hooks), and the two threads deadlocked in qa (seen
-    here: both waiting forever). A None entry in sys.modules ends the failed import before any
-    finder or lock is involved; with pyspark installed nothing changes."""
-    import importlib.util
+    MLflow's system-metrics thread builds an MlflowClient at every sample; with no registry URI
+    set, that looks for an active Spark session with `from pyspark.sql import SparkSession`, an
+    import that (pyspark is not installed) walks sys.meta_path each time under the global import
+    lock, into MLflow's import-hook finder and its lock. `mlflow.models.evaluate` holds that hook
+    lock while it imports, so qa deadlocked (seen here: both threads waiting forever). With the
+    registry URI pinned (the same value MLflow would resolve) the thread imports nothing."""
+    from mlflow.environment_variables import MLFLOW_REGISTRY_URI
 
-    if "pyspark" not in sys.modules and importlib.util.find_spec("pyspark") is None:
-        sys.modules["pyspark"] = None  # type: ignore[assignment]
+    if not MLFLOW_REGISTRY_URI.get():
+        mlflow.set_registry_uri(mlflow.get_registry_uri())
 
 
 def one_line(exc: BaseException) -> str:
@@ -202,7 +202,7 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
         cfg, config_error = None, exc
     system_metrics = bool(cfg is not None and cfg.monitor.system_metrics)
     if system_metrics:
-        skip_absent_pyspark_imports()
+        pin_registry_uri()
         mlflow.set_system_metrics_sampling_interval(cfg.monitor.sampling_interval)
         mlflow.set_system_metrics_samples_before_logging(1)
     with guarded_run(step, started, run_name=os.environ.get("MLPIPE_RUN_NAME") or None,
