@@ -77,7 +77,7 @@ def test_new_content_at_the_same_path_is_new_data(store: Store, csv_run):
 
 
 def test_regression_on_diabetes(store: Store):
-    store.mlflow_run("-P", "overrides=data=diabetes", check=True)
+    store.mlflow_run("-P", "steps=ingest,preprocess,train,qa,register", "-P", "overrides=data=diabetes", check=True)
     parent = store.newest("tags.`pipeline.role` = 'pipeline'")
     children = {c.data.tags["pipeline.step"]: c for c in store.children(parent.info.run_id)}
     assert children["ingest"].data.tags["data.task"] == "regression"

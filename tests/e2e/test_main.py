@@ -1,12 +1,17 @@
-"""`mlflow run . -e main`: the whole pipeline, its caching and step selection, end to end."""
+"""`mlflow run . -e main`: the whole pipeline, its caching and step selection, its report cards
+and the drift gate, end to end. The card and drift tests come last: they read the cold run's
+steps and add a failing qa run."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
+from sklearn.datasets import load_wine
 
-from support import Store
+from support import Store, error_lines
 
 STEPS = ["ingest", "preprocess", "train", "qa", "register", "serve"]
 
@@ -168,3 +173,96 @@ def test_failed_run_is_never_reused(store: Store, cold):
     assert again.info.run_id != failed.info.run_id
     assert again.data.tags["pipeline.cache_key"] == failed.data.tags["pipeline.cache_key"]
     assert "expected >= 1.01" in again.data.tags["error.message"]
+
+
+# -- report cards and drift ----------------------------------------------------------------------
+
+
+def artifact(store: Store, run_id: str, path: str) -> Path:
+    return Path(store.client.download_artifacts(run_id, path, str(store.path)))
+
+
+def cold_steps(store: Store, cold) -> dict:
+    """The cold pipeline's step runs (later tests in this module add newer ones)."""
+    return {c.data.tags["pipeline.step"]: c for c in store.children(cold[1].info.run_id)}
+
+
+def card(store: Store, run) -> dict:
+    return json.loads(artifact(store, run.info.run_id, "card/summary.json").read_text())
+
+
+def test_every_step_logs_a_card_and_a_summary(store: Store, cold):
+    steps = cold_steps(store, cold)
+    for step in STEPS:
+        run = steps[step]
+        data = card(store, run)
+        assert data["step"] == step and data["status"] == "FINISHED" and data["run_id"] == run.info.run_id
+        assert data["checks_failed"] == [], (step, data["checks_failed"])
+        html = artifact(store, run.info.run_id, "card/card.html").read_text()
+        assert html.startswith("<!doctype html>") and f"<h1>{step} " in html
+        assert not re.search(r'(src|href)="(https?:)?//', html), step  # opens offline
+    qa = card(store, steps["qa"])
+    names = {c["name"] for c in qa["checks"]}
+    assert {"baseline.p_value", "inference.serving_input", "inference.latency_p95_ms", "drift.test"} <= names
+    assert {"confusion matrix", "drift: test", "roc curve plot"} <= set(qa["sections"])
+    assert "feature importances" in card(store, steps["train"])["sections"]
+    assert "class balance" in card(store, steps["ingest"])["sections"]
+
+
+def test_the_test_split_does_not_drift(store: Store, cold):
+    qa = cold_steps(store, cold)["qa"]
+    assert qa.data.metrics["qa.drift.test.columns_drifted"] == 0
+    report = json.loads(artifact(store, qa.info.run_id, "qa_report.json").read_text())
+    assert report["drift"]["test"]["columns"] == 13
+
+
+def test_the_parent_links_every_card(store: Store, cold):
+    pipeline = cold[1].info.run_id
+    index = json.loads(artifact(store, pipeline, "cards/index.json").read_text())
+    assert [row["step"] for row in index] == STEPS
+    html = artifact(store, pipeline, "cards/index.html").read_text()
+    for i, step in enumerate(STEPS, 1):
+        name = f"{i:02d}-{step}.html"
+        assert f'href="{name}"' in html
+        copied = artifact(store, pipeline, f"cards/{name}").read_text()
+        assert copied == artifact(store, index[i - 1]["run_id"], "card/card.html").read_text()
+
+
+def wine_batch(path: Path, shift: dict[str, float] | None = None, drop: str | None = None) -> Path:
+    """Wine's feature rows (no target), with columns shifted by a number of standard deviations."""
+    frame = load_wine(as_frame=True).frame.drop(columns=["target"])
+    for col, sds in (shift or {}).items():
+        frame[col] = frame[col] + sds * frame[col].std()
+    if drop:
+        frame = frame.drop(columns=[drop])
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_a_drifted_batch_fails_the_gate_and_nothing_is_registered(store: Store, cold, tmp_path):
+    versions = len(store.client.search_model_versions("name='wine_model'"))
+    batch = wine_batch(tmp_path / "shifted.csv", shift={"alcohol": 2.0, "proline": 1.5})
+    result = store.mlflow_run("-P", f"overrides=qa.data_source={batch}")
+    assert result.returncode != 0
+    qa = store.step_runs("qa")[-1]
+    assert qa.info.status == "FAILED"
+    assert qa.data.tags["qa.failed_checks"] == "drift.batch"
+    message = qa.data.tags["error.message"]
+    assert "drift.batch=2 (expected <= 0 drifted columns)" in message
+    assert "alcohol (psi" in message and "proline (psi" in message
+    (line,) = error_lines(result.stderr)
+    assert "step qa failed" in line and "drift.batch" in line and "alcohol" in line
+    assert qa.data.metrics["qa.drift.batch.columns_drifted"] == 2
+    assert qa.data.metrics["qa.drift.test.columns_drifted"] == 0
+    assert len(store.client.search_model_versions("name='wine_model'")) == versions
+    # The failed qa run's card explains it; the parent still links all the cards so far.
+    data = card(store, qa)
+    assert data["status"] == "FAILED" and data["checks_failed"] == ["drift.batch"]
+    assert "drift: batch" in data["sections"]
+    assert {"drift: batch, alcohol", "drift: batch, proline"} & set(data["sections"])  # the worst column
+    parent = store.newest("tags.`pipeline.role` = 'pipeline'").info.run_id
+    index = json.loads(artifact(store, parent, "cards/index.json").read_text())
+    # (train may rerun: test_force_reruns_the_named_step made a newer preprocess run)
+    assert [r["step"] for r in index] == ["ingest", "preprocess", "train", "qa"]
+    assert index[0]["outcome"] == index[1]["outcome"] == "cached" and index[-1]["outcome"] == "ran"
+    assert index[-1]["status"] == "FAILED" and index[-1]["href"] == "04-qa.html"
