@@ -94,8 +94,7 @@ def step_key(
 ) -> str:
     """The cache key of one step execution; `params` excludes `overrides` (the config covers it).
 
-    `extra` is what the step reads besides config, code and params: ingest's data digest,
-    qa's champion version."""
+    `extra` is what the step reads besides config, code and params (`keys.key_input`)."""
     return digest(
         {
             "version": KEY_VERSION,

@@ -145,8 +145,7 @@ class Driver:
             extra = keys.key_input(step, self.client, self.cfg, outputs.get(upstream) if upstream else None)
         except PipelineError:
             return None
-        key_params = {k: v for k, v in params.items() if k != "overrides"}
-        return cache.step_key(step, self._config_for(step), key_params, extra)
+        return cache.step_key(step, self._config_for(step), params, extra)
 
     def _cached(self, key: str) -> Run | None:
         runs = self.client.search_runs(

@@ -231,7 +231,7 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
         if extra:
             tags[cache.KEY_INPUT_TAG] = extra
         if cacheable is None or cacheable(cfg):
-            tags[cache.KEY_TAG] = cache.step_key(step, config, _key_params(params), extra)
+            tags[cache.KEY_TAG] = cache.step_key(step, config, params, extra)
         mlflow.set_tags(tags)
         ctx = StepContext(step, cfg, config, params, client.get_run(active.info.run_id), upstream, client,
                           key_input=extra, card=cards.Card(step), started=started)
@@ -268,7 +268,3 @@ def log_card(ctx: StepContext, status: str, error: str | None) -> None:
         mlflow.log_text(cards.render(data, ctx.card.sections), cards.CARD_HTML)
     except Exception as exc:  # noqa: BLE001 - the step's result matters more than its card
         print(f"warning: {ctx.step}: report card not written: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
-
-
-def _key_params(params: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in params.items() if k != "overrides"}

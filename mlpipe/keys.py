@@ -15,9 +15,12 @@ from omegaconf import DictConfig
 from mlpipe import handoff
 
 
+SCHEMA_SEPARATOR = ";schema="
+
+
 def _ingest(client: MlflowClient, cfg: DictConfig, upstream: Run | None) -> str | None:
     """The data's content digest, and the data.schema file's when one is given: new data (or an
-    edited schema) at the same path is a new ingest."""
+    edited schema) at the same path is a new ingest. `data_digest` reads the first part back."""
     from mlpipe.data import source_digest
 
     digest = source_digest(cfg.data.source)
@@ -27,8 +30,13 @@ def _ingest(client: MlflowClient, cfg: DictConfig, upstream: Run | None) -> str 
 
         schema = Path(cfg.data.schema)
         content = schema.read_bytes() if schema.is_file() else b"<missing>"
-        digest += f";schema={hashlib.sha256(content).hexdigest()}"
+        digest += SCHEMA_SEPARATOR + hashlib.sha256(content).hexdigest()
     return digest
+
+
+def data_digest(ingest_key_input: str) -> str:
+    """The data's own digest from ingest's key input (without the schema file's)."""
+    return ingest_key_input.partition(SCHEMA_SEPARATOR)[0]
 
 
 def _qa(client: MlflowClient, cfg: DictConfig, train: Run | None) -> str | None:

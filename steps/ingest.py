@@ -2,14 +2,14 @@
 
 import mlflow
 
-from mlpipe import data, reports, schema_store, validation
+from mlpipe import data, keys, reports, schema_store, validation
 from mlpipe.errors import DataError
 from mlpipe.harness import StepContext, step_main
 
 
 def run(ctx: StepContext) -> None:
     dcfg, vcfg = ctx.cfg.data, ctx.config["data"]["validation"]
-    digest = ctx.key_input.partition(";")[0]  # keys._ingest: "<data digest>[;schema=<digest>]"
+    digest = keys.data_digest(ctx.key_input)
     ctx.card.inputs.update({"data.source": str(dcfg.source), "data digest": digest})
     source = data.parse_source(dcfg.source)
     frame = data.load_source(dcfg.source)

@@ -54,18 +54,18 @@ def run(ctx: StepContext) -> None:
     checks += drift_checks
 
     failed = gate.failures(checks)
-    ctx.log_json("qa_report.json", {
-        "passed": not failed, "model_uri": model_uri, "task": task, "test_rows": len(test), "primary_metric": primary,
-        "primary_value": primary_value, "baseline": vars(baseline), "champion": champion, "gaps": gaps,
-        "classes": classes, "drift": drift_report, "checks": [c.as_dict() for c in checks]})
+    report = {"passed": not failed, "model_uri": model_uri, "task": task, "test_rows": len(test),
+              "primary_metric": primary, "primary_value": primary_value, "baseline": vars(baseline),
+              "champion": champion, "gaps": gaps, "classes": classes, "drift": drift_report,
+              "checks": [c.as_dict() for c in checks]}
+    ctx.log_json("qa_report.json", report)
     if classes:
         ctx.log_json("confusion_matrix.json", {"labels": classes["labels"], "matrix": classes["confusion_matrix"]})
     baseline_scores = training.score(task, truth, baseline_rows)
     mlflow.log_metrics(model_checks.report_metrics({primary: primary_value}, baseline, gaps, classes,
                                                    baseline_scores, p95))
     ctx.card.add_checks(checks)
-    reports.qa(ctx.card, {"baseline": vars(baseline), "classes": classes, "drift": drift_report}, truth, predictions,
-               model_checks.image_artifacts(result))
+    reports.qa(ctx.card, report, truth, predictions, model_checks.image_artifacts(result))
     ctx.card.outputs.update({"passed": not failed, primary: primary_value, "report": "qa_report.json"})
     mlflow.set_tags({"pipeline.model_uri": model_uri, "data.task": task, "qa.passed": str(not failed).lower(),
                      "qa.primary_metric": primary, "qa.failed_checks": ",".join(c.name for c in failed)})

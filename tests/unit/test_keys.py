@@ -39,6 +39,7 @@ def test_ingest_key_follows_the_data_and_the_schema_file(client, tmp_path):
     schema.write_text("columns: {}\n")
     with_schema = keys.key_input("ingest", client, cfg(tmp_path, data={"schema": str(schema)}), None)
     assert with_schema.startswith(plain + ";schema=")
+    assert keys.data_digest(with_schema) == keys.data_digest(plain) == plain
     schema.write_text("columns: {a: {}}\n")
     assert keys.key_input("ingest", client, cfg(tmp_path, data={"schema": str(schema)}), None) != with_schema
     (tmp_path / "d.csv").write_text("a,b\n1,3\n")
