@@ -148,12 +148,16 @@ class Driver:
         return cache.step_key(step, self._config_for(step), params, extra)
 
     def _cached(self, key: str) -> Run | None:
+        """The newest FINISHED run with this key, except runs whose artifacts fell back to local
+        disk: once the store is back, their step reruns onto it."""
+        from mlpipe.storage import FALLBACK_TAG
+
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{cache.KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=1,
+            order_by=["attributes.start_time DESC"], max_results=20,
         )
-        return runs[0] if runs else None
+        return next((r for r in runs if r.data.tags.get(FALLBACK_TAG) != "true"), None)
 
     def _link(self, step: str, run: Run) -> None:
         """A nested FINISHED run that points at the reused one, so the parent shows every step."""

@@ -12,7 +12,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlpipe.errors import UpstreamError
+from mlpipe.errors import StorageError, UpstreamError
 
 STEP_TAG = "pipeline.step"
 SUMMARY_TAG = "pipeline.summary"
@@ -64,9 +64,23 @@ def resolve_upstream(client: MlflowClient, experiment_id: str, upstream: str, gi
 
 
 def download(client: MlflowClient, run_id: str, artifact_path: str, dst: str) -> Path:
+    """One artifact of a run, read from where the run says its artifacts are (MLflow's runs:/
+    repository hides the store's own error); an unreachable store is a StorageError."""
+    import mlflow
+
+    from mlpipe.storage import describe, is_transient
+
     try:
-        return Path(client.download_artifacts(run_id, artifact_path, dst))
+        where = client.get_run(run_id).info.artifact_uri
+    except MlflowException as exc:
+        raise UpstreamError(f"run {run_id}: no such run in the tracking store") from exc
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{where.rstrip('/')}/{artifact_path}",
+                                                        dst_path=dst))
     except Exception as exc:
+        if not isinstance(exc, (OSError, MlflowException)) and is_transient(exc):
+            raise StorageError(f"cannot read artifact {artifact_path!r} of run {run_id} from {where}: "
+                               f"{describe(exc)}") from exc
         raise UpstreamError(f"run {run_id} has no readable artifact {artifact_path!r}: {exc}") from exc
 
 

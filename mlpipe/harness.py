@@ -23,9 +23,9 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from mlpipe import cache, cards, handoff, keys, monitor
+from mlpipe import cache, cards, handoff, keys, monitor, storage
 from mlpipe.config import compose, flatten, split_overrides, to_container
-from mlpipe.errors import PipelineError
+from mlpipe.errors import PipelineError, StorageError
 from mlpipe.pipeline import STEPS
 
 ERROR_TYPE_TAG = "error.type"
@@ -109,12 +109,18 @@ def guarded_run(step: str, started: float | None = None, **start_kwargs: Any) ->
         _log_usage(started)
         mlflow.end_run("KILLED")
         sys.exit(130)
-    except Exception as exc:  # an unexpected bug: keep the traceback, still end the run cleanly
-        traceback.print_exc()
-        fail_run(run_id, exc, step)
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in storage.DISK_ERRNOS:
+            # A full or read-only disk while writing: the run ends FAILED (never reused), said in one line.
+            fail_run(run_id, StorageError(f"writing artifacts failed: {exc}"), step)
+            code = StorageError.exit_code
+        else:  # an unexpected bug: keep the traceback, still end the run cleanly
+            traceback.print_exc()
+            fail_run(run_id, exc, step)
+            code = 1
         _log_usage(started)
         mlflow.end_run("FAILED")
-        sys.exit(1)
+        sys.exit(code)
     else:
         _log_usage(started)
         mlflow.end_run("FINISHED")
@@ -200,6 +206,8 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
         cfg, config_error = compose(split_overrides(args.overrides)), None
     except PipelineError as exc:
         cfg, config_error = None, exc
+    if cfg is not None:
+        storage.apply_client_settings(to_container(cfg.storage))
     system_metrics = bool(cfg is not None and cfg.monitor.system_metrics)
     if system_metrics:
         pin_registry_uri()
@@ -214,6 +222,10 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
         config = to_container(cfg)
         limits = monitor.Limits.from_config(config["monitor"])
         run = client.get_run(active.info.run_id)
+        storage.check_run_location(run, config["storage"])
+        # Before anything is written: probe where the artifacts go; fall back or fail.
+        if storage.prepare(client, run, config["storage"], step, mlflow.get_tracking_uri()).fallback:
+            run = client.get_run(active.info.run_id)
         log_config(cfg, config, params, run)
         upstream = None
         if spec.upstream_param:

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from mlpipe import driver
+from mlpipe import driver, storage
 from mlpipe.errors import PipelineError
 from mlpipe.config import to_container
 from mlpipe.harness import absolute_tracking_uri, fail_run, guarded_run, log_config
@@ -25,14 +25,21 @@ def run_job(cfg: DictConfig) -> float | None:
     sweep_run_id = os.environ.get(driver.SWEEP_ENV)
     if sweep_run_id:
         return _sweep_job(cfg, overrides, sweep_run_id)
+    config = to_container(cfg)
+    storage.apply_client_settings(config["storage"])
     with guarded_run("main", run_name=None) as active:
         client = MlflowClient()
         mlflow.set_tags({driver.ROLE_TAG: "pipeline", "pipeline.overrides": json.dumps(overrides)})
         run = client.get_run(active.info.run_id)
-        log_config(cfg, to_container(cfg), {}, run)
+        storage.prepare(client, run, config["storage"], "main", mlflow.get_tracking_uri())
+        log_config(cfg, config, {}, run)
         steps = select_steps(cfg.main.steps)
         env_manager = cfg.main.env_manager or driver.detect_env_manager(client, run.info.run_id)
-        pipeline = driver.Driver(cfg, overrides, run.info.run_id, run.info.experiment_id, env_manager)
+        # storage=s3: the steps run in the experiment whose artifact location is the bucket.
+        experiment_id = storage.ensure_experiment(client, config["storage"]) or run.info.experiment_id
+        if experiment_id != run.info.experiment_id:
+            mlflow.set_tag("pipeline.experiment_id", experiment_id)
+        pipeline = driver.Driver(cfg, overrides, run.info.run_id, experiment_id, env_manager)
         results, outputs = pipeline.run(steps)
         driver.log_summary(client, run.info.run_id, results)
         print(driver.format_table(results))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 from mlpipe import handoff
-from mlpipe.errors import DataError, StorageError
+from mlpipe.errors import DataError, StorageError, UpstreamError
 
 SCHEMA_ARTIFACT = "validation/schema.yaml"
 SCHEMA_STORED_TAG = "validation.schema_stored"
@@ -27,10 +28,11 @@ def find_stored(client: MlflowClient, experiment_id: str, source: str) -> tuple[
     if not runs:
         return None
     run_id = runs[0].info.run_id
-    try:
-        return run_id, Path(client.download_artifacts(run_id, SCHEMA_ARTIFACT)).read_text()
-    except Exception as exc:
-        raise StorageError(f"cannot fetch {SCHEMA_ARTIFACT} of ingest run {run_id}: {exc}") from exc
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return run_id, handoff.download(client, run_id, SCHEMA_ARTIFACT, tmp).read_text()
+        except UpstreamError as exc:
+            raise StorageError(f"cannot fetch {SCHEMA_ARTIFACT} of ingest run {run_id}: {exc}") from exc
 
 
 def read_configured(path: str) -> str:

@@ -3,7 +3,7 @@
 import mlflow
 from mlflow.models import infer_signature
 
-from mlpipe import features, model_io, reports, training
+from mlpipe import features, model_io, reports, storage, training
 from mlpipe.harness import StepContext, step_main
 
 
@@ -28,8 +28,8 @@ def run(ctx: StepContext) -> None:
 
     example = X.head(5)
     fmt = model_io.check_format(ctx.cfg.serialization)
-    info = mlflow.sklearn.log_model(
-        model, name="model", signature=infer_signature(example, model.predict(example)),
+    info = storage.log_model(
+        mlflow.sklearn.log_model, sk_model=model, name="model", signature=infer_signature(example, model.predict(example)),
         input_example=example, serialization_format=fmt, pip_requirements=model_io.pip_requirements(fmt),
         skops_trusted_types=model_io.trusted_types(model) if fmt == "skops" else None,
     )

@@ -26,6 +26,9 @@ class Result:
 class Store:
     """A SQLite tracking store in a temp dir, and helpers that run the real CLI against it."""
 
+    python_exe = sys.executable
+    root = ROOT
+
     def __init__(self, path: Path):
         self.path = path
         self.uri = f"sqlite:///{path / 'mlflow.db'}"

@@ -22,7 +22,7 @@ def test_compose_defaults():
     assert cfg["model"]["random_state"] == 42  # ${seed} is resolved
     assert cfg["serialization"] == "cloudpickle"
     assert "hydra" not in cfg
-    assert set(cfg) == {"data", "preprocess", "model", "train", "qa", "registry", "serve", "main", "monitor",
+    assert set(cfg) == {"data", "preprocess", "model", "train", "qa", "registry", "serve", "main", "monitor", "storage",
                         "seed", "serialization"}
 
 
