@@ -188,11 +188,17 @@ class Driver:
             failed = self._failed_child(step)
             if failed is None:
                 raise StepFailedError(f"step {step} failed to start: {exc}") from exc
+            if failed.info.status == "RUNNING":  # died without ending its run (killed, out of memory)
+                self.client.set_terminated(failed.info.run_id, "FAILED")
+            tags = failed.data.tags
+            if "error.type" not in tags:
+                self.client.set_tag(failed.info.run_id, "error.type", "StepDied")
+                self.client.set_tag(failed.info.run_id, "error.message", DIED)
+            failed = self.client.get_run(failed.info.run_id)
             self.card_rows.append((step, failed, "ran"))
             tags = failed.data.tags
-            why = tags.get("error.message") or "see the run's stderr"
             raise StepFailedError(
-                f"step {step} failed (run {failed.info.run_id}, {tags.get('error.type', 'error')}): {why}"
+                f"step {step} failed (run {failed.info.run_id}, {tags['error.type']}): {tags['error.message']}"
             ) from exc
         finally:
             os.environ.pop(QUIET_ENV, None)
@@ -275,6 +281,11 @@ class Driver:
         finally:
             self.publish_cards()
         return results, outputs
+
+
+# What the driver says of a step process that ended without reporting an error of its own.
+DIED = ("the step process ended without reporting an error (killed, or out of memory?); "
+        "its run is marked FAILED and is never reused")
 
 
 FIGURES = (("step s", "step.wall_s", "{:.1f}"), ("cpu s", "step.cpu_s", "{:.1f}"), ("peak MB", "step.peak_rss_mb", "{:.0f}"))

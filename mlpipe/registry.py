@@ -35,6 +35,20 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
         raise StorageError(f"cannot register {model_uri} as {name!r}: {exc.message}") from exc
 
 
+def promotion_lock(name: str, timeout: float = 600):
+    """Held from reading the champion to moving it, so two pipelines registering the same model at
+    once cannot both promote on a stale comparison. A file lock: it orders pipelines on one
+    machine; MLflow's registry has no compare-and-set for aliases across machines."""
+    import mlflow
+    from filelock import FileLock
+
+    from mlpipe.config import digest
+    from mlpipe.driver import LOCK_DIR
+
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(LOCK_DIR / f"registry-{digest([mlflow.get_registry_uri(), name])[:32]}.lock"), timeout=timeout)
+
+
 def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
     client.set_registered_model_alias(name, alias, version)
 

@@ -1,0 +1,97 @@
+"""Faults with real processes: a step killed with SIGKILL, then resumed; two pipelines at once."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import psutil
+
+from support import Store, error_lines
+
+FAST = "model=logistic_regression train.cv_folds=2 monitor.system_metrics=false"
+
+
+def popen_main(store: Store, overrides: str, steps: str = "ingest,preprocess,train,qa,register"):
+    cmd = [store.python_exe, "-m", "mlflow", "run", ".", "-e", "main", "--env-manager", "local",
+           "-P", f"steps={steps}", "-P", f"overrides={overrides}"]
+    return cmd, subprocess.Popen(cmd, cwd=store.root, env=store.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, start_new_session=True)
+
+
+def step_process(root_pid: int, step: str) -> psutil.Process | None:
+    for proc in psutil.Process(root_pid).children(recursive=True):
+        try:
+            if proc.cmdline()[1:3] == ["-m", f"steps.{step}"]:  # the Python process, not bash -c
+                return proc
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def test_a_killed_step_is_never_reused_and_main_resumes(fresh_store: Store):
+    store = fresh_store
+    cmd, proc = popen_main(store, f"{FAST} data=iris")
+    try:
+        deadline = time.monotonic() + 300
+        # Kill it mid-work: once its run is keyed (config composed, inputs resolved).
+        while (victim := step_process(proc.pid, "train")) is None or not [
+                r for r in store.step_runs("train") if "pipeline.cache_key" in r.data.tags]:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "train never started"
+            time.sleep(0.1)
+        victim.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    (killed,) = store.step_runs("train")
+    (line,) = error_lines(err)
+    assert f"step train failed (run {killed.info.run_id}, StepDied): " in line
+    assert "ended without reporting an error (killed, or out of memory?)" in line, line
+    assert killed.info.status == "FAILED"
+    assert "pipeline.cache_key" in killed.data.tags  # it had a key: only its status keeps it from reuse
+
+    resumed = subprocess.run(cmd, cwd=store.root, env=store.env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    outcomes = dict(re.findall(r"^(\w+) +\w{32} +(ran|cached) ", resumed.stdout, re.M))
+    assert outcomes == {"ingest": "cached", "preprocess": "cached", "train": "ran", "qa": "ran",
+                        "register": "ran"}, resumed.stdout
+    first, second = store.step_runs("train")
+    assert second.info.run_id != killed.info.run_id and second.info.status == "FINISHED"
+
+
+def test_two_pipelines_at_once_both_finish_with_a_consistent_registry(fresh_store: Store):
+    store = fresh_store
+    _, a = popen_main(store, f"{FAST} data=iris registry.model_name=flowers")
+    _, b = popen_main(store, "model=random_forest model.n_estimators=20 train.cv_folds=2 "
+                             "monitor.system_metrics=false data=iris registry.model_name=flowers")
+    results = [p.communicate(timeout=900) for p in (a, b)]
+    for proc, (out, err) in zip((a, b), results):
+        assert proc.returncode == 0, err[-4000:]
+    parents = store.runs("tags.`pipeline.role` = 'pipeline'")
+    assert len(parents) == 2
+    for parent in parents:
+        children = store.children(parent.info.run_id)
+        assert sorted(c.info.run_name.replace(" (cached)", "") for c in children) == sorted(
+            ["ingest", "preprocess", "train", "qa", "register"])
+        assert all(c.info.status == "FINISHED" for c in children)
+    # The shared steps ran once: the second pipeline waited on the lock and reused them.
+    assert len(store.step_runs("ingest")) == 1 and len(store.step_runs("preprocess")) == 1
+    assert len(store.step_runs("train")) == 2
+    # The registry: two versions; the champion is the version whose register run promoted last.
+    versions = {str(v.version): v for v in store.client.search_model_versions("name = 'flowers'")}
+    assert sorted(versions) == ["1", "2"]
+    registers = sorted(store.step_runs("register"), key=lambda r: int(r.data.tags["registry.version"]))
+    promoted = [r.data.tags["registry.version"] for r in registers if r.data.tags["registry.promoted"] == "true"]
+    assert promoted and promoted[0] == "1"
+    champion = store.client.get_model_version_by_alias("flowers", "champion")
+    assert str(champion.version) == promoted[-1]
+    # Each version points at its own pipeline's train run.
+    trains = {r.info.run_id for r in store.step_runs("train")}
+    assert {v.tags["lineage.train_run_id"] for v in versions.values()} == trains
