@@ -162,6 +162,10 @@ class StepContext:
         mlflow.log_artifact(str(path), artifact_path="data")
         return f"data/{name}.parquet"
 
+    def artifact_source(self, path: str) -> str:
+        """This run's artifact `path` as a URI MLflow accepts as a dataset source."""
+        return storage.dataset_source(f"{self.run.info.artifact_uri}/{path}", mlflow.get_tracking_uri())
+
     def log_json(self, name: str, obj: Any) -> None:
         mlflow.log_dict(obj, name)
 

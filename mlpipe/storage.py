@@ -330,6 +330,17 @@ def prepare(client, run, cfg: Mapping[str, Any], step: str, tracking_uri: str) -
     return Placement(target.as_uri(), True, reason)
 
 
+def dataset_source(artifact_uri: str, tracking_uri: str) -> str:
+    """A URI MLflow accepts as a dataset source for a run artifact. A tracking server's proxied
+    `mlflow-artifacts:/<path>` (no source resolver exists for it) becomes the server's HTTP URL
+    for the same file."""
+    prefix = "mlflow-artifacts:"
+    if not artifact_uri.startswith(prefix):
+        return artifact_uri
+    path = urlparse(artifact_uri).path.lstrip("/")
+    return f"{tracking_uri.rstrip('/')}/api/2.0/mlflow-artifacts/artifacts/{path}"
+
+
 # -- the pipeline's experiment ------------------------------------------------------------------
 def ensure_experiment(client, cfg: Mapping[str, Any]) -> str | None:
     """With storage=s3: the id of `storage.experiment`, created with its S3 artifact location on

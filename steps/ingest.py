@@ -59,7 +59,7 @@ def _reference_schema(ctx: StepContext):
 def _dataset_source(ctx: StepContext, source: data.Source) -> str:
     """MLflow needs a real URI; bundled data is recorded as the Parquet copy this run logged."""
     if source.kind == "sklearn":
-        return f"{ctx.run.info.artifact_uri}/data/raw.parquet"
+        return ctx.artifact_source("data/raw.parquet")
     return source.uri
 
 

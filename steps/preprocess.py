@@ -39,7 +39,7 @@ def run(ctx: StepContext) -> None:
 
     for name, part in splits.items():
         ctx.log_frame(name, part[spec.columns + [spec.target]])
-        dataset = mlflow.data.from_pandas(part, source=f"{ctx.run.info.artifact_uri}/data/{name}.parquet",
+        dataset = mlflow.data.from_pandas(part, source=ctx.artifact_source(f"data/{name}.parquet"),
                                           targets=spec.target, name=f"{ctx.cfg.data.name}-{name}")
         mlflow.log_input(dataset, context=name)
     ctx.log_json("feature_spec.json", spec.to_dict())

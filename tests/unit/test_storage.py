@@ -150,3 +150,10 @@ def test_the_fallback_banner_names_the_run_the_reason_and_the_folder():
     text = storage.banner("train", "r1", "s3://b/p", "EndpointConnectionError: x", "file:///fb/1/r1/artifacts")
     assert "STORAGE FALLBACK (train, run r1)" in text and "EndpointConnectionError" in text
     assert "file:///fb/1/r1/artifacts" in text and "storage.fallback=false" in text
+
+
+def test_a_proxied_artifact_becomes_the_servers_http_url_as_a_dataset_source():
+    assert storage.dataset_source("mlflow-artifacts:/0/r1/artifacts/data/raw.parquet", "http://127.0.0.1:5000/") == (
+        "http://127.0.0.1:5000/api/2.0/mlflow-artifacts/artifacts/0/r1/artifacts/data/raw.parquet")
+    assert storage.dataset_source("s3://b/p/r1/artifacts/x.parquet", "sqlite:///x.db") == "s3://b/p/r1/artifacts/x.parquet"
+    assert storage.dataset_source("/tmp/mlruns/0/r1/artifacts/x", "sqlite:///x.db") == "/tmp/mlruns/0/r1/artifacts/x"

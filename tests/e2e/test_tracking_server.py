@@ -1,0 +1,82 @@
+"""Tracking-server mode: a real `mlflow server` (SQLite backend, artifacts proxied to S3 on moto's
+server) that the pipeline reaches through MLFLOW_TRACKING_URI alone. The clients hold no AWS
+credentials. The server is restarted between two steps and the pipeline carries on."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from services import CREDENTIALS, MlflowServer, MotoS3
+from support import BIN, ROOT
+
+BUCKET = "team-server"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("server")
+    s3 = MotoS3(workdir / "moto.log")
+    s3.client().create_bucket(Bucket=BUCKET)
+    env = {**os.environ, **CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3.url, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    mlflow_server = MlflowServer(workdir, f"s3://{BUCKET}/artifacts", env)
+    yield mlflow_server, s3
+    mlflow_server.stop()
+    s3.stop()
+
+
+def client_env(url: str) -> dict[str, str]:
+    """A client that knows only the server's URL: no AWS variables, no S3 endpoint."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AWS_") and k not in ("MLFLOW_S3_ENDPOINT_URL", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
+    return {**env, "MLFLOW_TRACKING_URI": url, "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "AWS_CONFIG_FILE": "/nonexistent",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+
+
+def runs_of(client: MlflowClient, step: str) -> list:
+    try:
+        return client.search_runs(["0"], f"tags.`pipeline.step` = '{step}'")
+    except Exception:  # noqa: BLE001 - the server is restarting
+        return []
+
+
+def test_the_pipeline_runs_unchanged_against_a_server_restarted_between_steps(server):
+    mlflow_server, s3 = server
+    client = MlflowClient(mlflow_server.url)
+    cmd = [str(BIN / "python"), "-m", "mlflow", "run", ".", "-e", "main", "--env-manager", "local",
+           "-P", "steps=ingest,preprocess,train,qa,register",
+           "-P", "overrides=data=iris model=logistic_regression train.cv_folds=2 monitor.system_metrics=false"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=client_env(mlflow_server.url), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not [r for r in runs_of(client, "ingest") if r.info.status == "FINISHED"]:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "ingest did not finish"
+            time.sleep(0.2)
+        mlflow_server.stop()  # between ingest and preprocess: the clients retry with backoff
+        mlflow_server.start()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-4000:]
+    assert mlflow_server.starts == 2
+    outcomes = dict(re.findall(r"^(\w+) +\w{32} +(ran|cached) ", out, re.M))
+    assert outcomes == dict.fromkeys(["ingest", "preprocess", "train", "qa", "register"], "ran"), out
+    keys = set(s3.keys(BUCKET, "artifacts/"))
+    for step in ("ingest", "preprocess", "train", "qa", "register"):
+        (run,) = runs_of(client, step)
+        assert run.info.status == "FINISHED"
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), run.info.artifact_uri
+        assert any(k.endswith(f"{run.info.run_id}/artifacts/card/card.html") for k in keys), step
+    champion = client.get_model_version_by_alias("iris_model", "champion")
+    assert champion.run_id == runs_of(client, "train")[0].info.run_id
+    assert any("/models/" in k and k.endswith("MLmodel") for k in keys)
