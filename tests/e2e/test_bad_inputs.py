@@ -57,35 +57,41 @@ def test_empty_file(store: Store, tmp_path):
     assert_ingest_failed(store, ingest(store, path), "DataError", [str(path), "the file is empty"])
 
 
+@pytest.mark.slow
 def test_header_only(store: Store, tmp_path):
     path = tmp_path / "header.csv"
     path.write_text("income,age,label\n")
     assert_ingest_failed(store, ingest(store, path), "DataError", [str(path), "no data rows", "0 rows"])
 
 
+@pytest.mark.slow
 def test_semicolon_delimited(store: Store, tmp_path):
     path = tmp_path / "semi.csv"
     good_frame().to_csv(path, sep=";", index=False)
     assert_ingest_failed(store, ingest(store, path), "DataError", [str(path), "looks ';'-delimited", "','"])
 
 
+@pytest.mark.slow
 def test_neither_csv_nor_parquet(store: Store, tmp_path):
     path = tmp_path / "data.json"
     good_frame().to_json(path)
     assert_ingest_failed(store, ingest(store, path), "DataError", [str(path), "unsupported file type", "CSV", "Parquet"])
 
 
+@pytest.mark.slow
 def test_duplicate_column_names(store: Store, tmp_path):
     path = tmp_path / "dupes.csv"
     path.write_text("income,age,income,label\n" + "".join(f"{i},{i},{i},{'yes' if i % 2 else 'no'}\n" for i in range(40)))
     assert_ingest_failed(store, ingest(store, path), "DataError", [str(path), "duplicate column names ['income']"])
 
 
+@pytest.mark.slow
 def test_unknown_scheme(store: Store):
     assert_ingest_failed(store, ingest(store, "ftp://host/data.csv"), "ConfigError",
                          ["unsupported scheme 'ftp'", "s3://"])
 
 
+@pytest.mark.slow
 def test_directory_instead_of_a_file(store: Store, tmp_path):
     assert_ingest_failed(store, ingest(store, tmp_path), "DataError", [str(tmp_path), "is a directory"])
 
@@ -93,6 +99,7 @@ def test_directory_instead_of_a_file(store: Store, tmp_path):
 # -- files that read but fail the checks every ingest makes --------------------------------------
 
 
+@pytest.mark.slow
 def test_target_with_a_single_class(store: Store, tmp_path):
     path = tmp_path / "one_class.csv"
     good_frame().assign(label="yes").to_csv(path, index=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import shutil
 import subprocess
 
@@ -24,6 +26,7 @@ def _outcomes(store: Store) -> dict[str, str]:
             for c in store.children(parent.info.run_id)}
 
 
+@pytest.mark.slow
 def test_editing_a_step_file_reruns_that_step(fresh_store: Store, tmp_path):
     project = tmp_path / "project"
     _copy_project(project)

@@ -62,6 +62,7 @@ def test_file_model_is_registered_under_the_file_name_and_serves_raw_rows(store:
     assert set(model.predict(raw)) <= {"yes", "no"}
 
 
+@pytest.mark.slow
 def test_new_content_at_the_same_path_is_new_data(store: Store, csv_run):
     path, _, first = csv_run
     before = {c.data.tags["pipeline.step"]: c.info.run_id for c in store.children(first.info.run_id)}
@@ -76,6 +77,7 @@ def test_new_content_at_the_same_path_is_new_data(store: Store, csv_run):
     assert children[1].data.params["ingest_run_id"] == children[0].info.run_id
 
 
+@pytest.mark.slow
 def test_regression_on_diabetes(store: Store):
     store.mlflow_run("-P", "steps=ingest,preprocess,train,qa,register", "-P", "overrides=data=diabetes", check=True)
     parent = store.newest("tags.`pipeline.role` = 'pipeline'")
@@ -107,6 +109,7 @@ def s3(store: Store):
     server.stop()
 
 
+@pytest.mark.slow
 def test_s3_source_is_read_and_its_content_digested(store: Store, s3, tmp_path):
     client, env = s3
     uri = "s3://mlpipe-data/sets/customers.csv"

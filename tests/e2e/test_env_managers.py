@@ -22,6 +22,7 @@ def test_main_passes_its_env_manager_to_every_step(fresh_store: Store, env_manag
     assert all(c.info.status == "FINISHED" for c in children)
 
 
+@pytest.mark.slow
 def test_local_env_manager_is_passed_too(fresh_store: Store):
     fresh_store.mlflow_run("-P", "steps=ingest", env_manager="local", check=True)
     parent = fresh_store.newest("tags.`pipeline.role` = 'pipeline'")

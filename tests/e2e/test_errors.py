@@ -3,6 +3,8 @@ stderr, and nothing registered."""
 
 from __future__ import annotations
 
+import pytest
+
 
 from support import Store, error_lines
 
@@ -63,6 +65,7 @@ def test_unknown_key_in_a_single_step(store: Store):
     _assert_failed_cleanly(store, result, "ingest", "ConfigError", ["data.bogus"], entry="ingest")
 
 
+@pytest.mark.slow
 def test_classifier_on_a_regression_target(store: Store):
     result = store.mlflow_run("-P", "overrides=data=diabetes model=random_forest")
     _assert_failed_cleanly(store, result, "train", "ConfigError", ["regression", "random_forest_regressor"])

@@ -106,6 +106,7 @@ def test_rerun_reuses_every_step_and_links_them(store: Store, cold):
     assert len(store.client.search_model_versions("name='wine_model'")) == 1
 
 
+@pytest.mark.slow
 def test_model_change_reruns_train_onwards_only(store: Store, cold):
     store.mlflow_run("-P", "overrides=model.n_estimators=50", check=True)
     parent = store.newest("tags.`pipeline.role` = 'pipeline'")
@@ -124,6 +125,7 @@ def test_model_change_reruns_train_onwards_only(store: Store, cold):
     assert str(store.client.get_model_version_by_alias("wine_model", "champion").version) == "1"
 
 
+@pytest.mark.slow
 def test_promotion_policy_always_moves_the_champion(store: Store, cold):
     store.mlflow_run("-P", "steps=register", "-P", "overrides=model.n_estimators=50 registry.promotion=always",
                      check=True)
@@ -133,6 +135,7 @@ def test_promotion_policy_always_moves_the_champion(store: Store, cold):
     assert str(store.client.get_model_version_by_alias("wine_model", "champion").version) == version != "1"
 
 
+@pytest.mark.slow
 def test_selected_steps_use_matching_finished_upstream(store: Store, cold):
     _, first = cold
     preprocess = {c.data.tags["pipeline.step"]: c for c in store.children(first.info.run_id)}["preprocess"]
@@ -153,6 +156,7 @@ def test_non_contiguous_steps_are_refused(store: Store, cold):
     assert "error: main: ConfigError: main.steps must be contiguous: train,register skips qa" in result.stderr
 
 
+@pytest.mark.slow
 def test_force_reruns_the_named_step(store: Store, cold):
     before = len(store.step_runs("ingest"))
     result = store.mlflow_run("-P", "steps=ingest,preprocess", "-P", "overrides=main.force=[preprocess]", check=True)
@@ -161,6 +165,7 @@ def test_force_reruns_the_named_step(store: Store, cold):
     assert " cached " in lines["ingest"] and " ran " in lines["preprocess"]
 
 
+@pytest.mark.slow
 def test_failed_run_is_never_reused(store: Store, cold):
     impossible = "overrides=qa.thresholds.classification.accuracy=1.01"
     first = store.mlflow_run("-P", "steps=qa", "-P", impossible)

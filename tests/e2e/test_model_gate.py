@@ -68,6 +68,7 @@ def test_pure_noise_is_stopped_at_qa_by_the_baseline(noise):
     assert store.step_runs("register") == []
 
 
+@pytest.mark.slow
 def test_allow_unvalidated_registers_the_failed_model_tagged_and_without_aliases(noise):
     store, data, _ = noise
     result = store.mlflow_run("-P", "steps=qa,register", "-P", f"overrides={data} registry.allow_unvalidated=true",
@@ -98,6 +99,7 @@ def small_signal(tmp_path_factory):
                                    f"overrides=model=logistic_regression {data}")
 
 
+@pytest.mark.slow
 def test_small_real_lift_on_thousands_of_rows_passes_and_registers(small_signal):
     store, result = small_signal
     assert result.returncode == 0, result.output[-3000:]
@@ -124,6 +126,7 @@ def clear_signal(tmp_path_factory):
     return store, data
 
 
+@pytest.mark.slow
 def test_a_worse_model_than_the_champion_is_stopped_on_the_same_rows(clear_signal):
     store, data = clear_signal
     champion_qa = store.step_runs("qa")[-1]

@@ -3,6 +3,8 @@ from the training split only (validation and test rows are never changed)."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import numpy as np
@@ -11,6 +13,7 @@ import pandas as pd
 from support import Store
 
 
+@pytest.mark.slow
 def test_drop_removes_outliers_from_the_training_split_only(store: Store, tmp_path):
     rng = np.random.default_rng(0)
     rows = 200

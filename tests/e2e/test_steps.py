@@ -45,6 +45,7 @@ def test_steps_chain_by_run_id(store: Store, prepared):
     assert train.data.params["preprocess_run_id"] == preprocess.info.run_id
 
 
+@pytest.mark.slow
 def test_step_without_id_uses_newest_finished_upstream_and_says_which(store: Store, prepared):
     _, preprocess = prepared
     result = store.mlflow_run(entry="train", check=True)
@@ -53,6 +54,7 @@ def test_step_without_id_uses_newest_finished_upstream_and_says_which(store: Sto
     assert train.data.tags["pipeline.preprocess_run_id"] == preprocess.info.run_id
 
 
+@pytest.mark.slow
 def test_upstream_id_of_the_wrong_step_is_refused(store: Store, prepared):
     ingest, _ = prepared
     result = store.mlflow_run("-P", f"preprocess_run_id={ingest.info.run_id}", entry="train")

@@ -72,6 +72,7 @@ def test_a_job_that_fails_the_gate_is_left_out(store: Store, sweep):
     assert parent.data.metrics["sweep.failed_jobs"] == 1
 
 
+@pytest.mark.slow
 def test_driver_module_sweeps_directly(store: Store, sweep):
     """`python -m steps.main -m ...` is a plain Hydra app: a new sweep parent, reused steps."""
     trains = len(store.step_runs("train"))
