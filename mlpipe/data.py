@@ -39,10 +39,15 @@ def parse_source(source: str) -> Source:
     source = str(source).strip()
     if source.startswith("sklearn:"):
         name = source.split(":", 1)[1]
+        if name == "synthetic" or name.startswith("synthetic?"):
+            from mlpipe import synthetic
+
+            return Source("sklearn", "synthetic?" + synthetic.canonical(synthetic.parse(name.partition("?")[2])))
         if name not in SKLEARN_DATASETS:
             raise ConfigError(
                 f"unknown bundled dataset {source!r} in data.source; expected one of "
                 + ", ".join(f"sklearn:{n}" for n in SKLEARN_DATASETS)
+                + ", sklearn:synthetic?rows=<n>&columns=<n>&task=classification|regression"
             )
         return Source("sklearn", name)
     if source.startswith("s3://"):
@@ -127,10 +132,13 @@ SKLEARN_FILES = {
 
 
 def _sklearn_digest(name: str) -> str:
-    """Hash the bundled files (no sklearn import: the driver's cached path stays fast)."""
+    """Hash the bundled files (no sklearn import: the driver's cached path stays fast); a
+    synthetic source is generated from its parameters alone, so they are its digest."""
     import importlib.util
     from importlib.metadata import version
 
+    if name.startswith("synthetic?"):
+        return hashlib.sha256(f"scikit-learn=={version('scikit-learn')}:{name}".encode()).hexdigest()
     spec = importlib.util.find_spec("sklearn")
     data_dir = Path(spec.origin).parent / "datasets" / "data"
     sha = hashlib.sha256(f"scikit-learn=={version('scikit-learn')}:{name}".encode())
@@ -140,6 +148,10 @@ def _sklearn_digest(name: str) -> str:
 
 
 def load_sklearn(name: str) -> pd.DataFrame:
+    if name.startswith("synthetic?"):
+        from mlpipe import synthetic
+
+        return synthetic.generate(synthetic.parse(name.partition("?")[2]))
     import sklearn.datasets
 
     loader = getattr(sklearn.datasets, f"load_{name}")

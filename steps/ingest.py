@@ -37,7 +37,8 @@ def run(ctx: StepContext) -> None:
     )
     mlflow.log_input(dataset, context="ingest")
     ctx.log_json("data_profile.json", data.profile(frame, dcfg, task))
-    mlflow.log_metrics({"data.rows": frame.shape[0], "data.columns": frame.shape[1]})
+    mlflow.log_metrics({"data.rows": frame.shape[0], "data.columns": frame.shape[1],
+                        "data.memory_mb": float(frame.memory_usage(deep=True).sum()) / 2**20})
     mlflow.set_tags({"data.task": task, "lineage.data_source": str(dcfg.source), "lineage.data_digest": digest})
     ctx.card.outputs.update({"rows": frame.shape[0], "columns": frame.shape[1], "task": task,
                              "data": "data/raw.parquet", "schema": schema_store.SCHEMA_ARTIFACT})

@@ -372,3 +372,36 @@ def test_load_batch_names_text_in_a_numeric_column(tmp_path):
     pd.DataFrame({"a": ["1.0", "lots", None]}).to_csv(path, index=False)
     with pytest.raises(DataError, match=r"numeric column 'a' has 1 non-numeric value\(s\), e.g. 'lots'"):
         data.load_batch(str(path), ["a"], [])
+
+
+# -- sklearn:synthetic -------------------------------------------------------------------------
+
+
+def test_synthetic_source_generates_the_asked_size_and_task():
+    frame = load_source("sklearn:synthetic?rows=500&columns=7&task=regression&informative=3")
+    assert frame.shape == (500, 8)
+    assert list(frame.columns) == ["x0", "x1", "x2", "x3", "x4", "x5", "x6", "target"]
+    assert frame["target"].dtype == "float64" and frame["target"].nunique() > 400
+    labels = load_source("sklearn:synthetic?rows=300&classes=3")["target"]
+    assert sorted(labels.unique()) == [0, 1, 2]
+
+
+def test_synthetic_source_is_deterministic_and_its_parameters_are_its_digest():
+    a = load_source("sklearn:synthetic?rows=200&seed=3")
+    b = load_source("sklearn:synthetic?seed=3&rows=200")
+    assert a.equals(b)
+    assert source_digest("sklearn:synthetic?rows=200&seed=3") == source_digest("sklearn:synthetic?seed=3&rows=200")
+    assert source_digest("sklearn:synthetic?rows=200&seed=3") != source_digest("sklearn:synthetic?rows=201&seed=3")
+    assert not a.equals(load_source("sklearn:synthetic?rows=200&seed=4"))
+
+
+@pytest.mark.parametrize("query, message", [
+    ("rows=10", "rows=10; expected 20 to"),
+    ("rows=many", "rows='many' is not an integer"),
+    ("task=ranking", "task='ranking'; expected classification or regression"),
+    ("informative=30", "informative=30 must be 1..columns (20)"),
+    ("size=5", "unknown parameter 'size'"),
+])
+def test_bad_synthetic_parameters_are_config_errors(query, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_source(f"sklearn:synthetic?{query}")
