@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from mlpipe.config import PROJECT_ROOT, digest, select
 from mlpipe.pipeline import STEPS
+
+# Where the cross-process file locks live (one store's concurrent pipelines and registrations).
+LOCK_DIR = Path(tempfile.gettempdir()) / "mlpipe-locks"
 
 KEY_TAG = "pipeline.cache_key"
 KEY_INPUT_TAG = "pipeline.key_input"

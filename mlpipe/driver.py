@@ -32,7 +32,7 @@ ROLE_TAG = "pipeline.role"
 SWEEP_ENV = "MLPIPE_SWEEP_RUN_ID"
 SWEEP_TAG = "pipeline.sweep_run_id"
 SCORE_METRIC = "pipeline.score"
-LOCK_DIR = Path(tempfile.gettempdir()) / "mlpipe-locks"
+LOCK_DIR = cache.LOCK_DIR
 
 
 @dataclass

@@ -43,7 +43,7 @@ def promotion_lock(name: str, timeout: float = 600):
     from filelock import FileLock
 
     from mlpipe.config import digest
-    from mlpipe.driver import LOCK_DIR
+    from mlpipe.cache import LOCK_DIR
 
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
     return FileLock(str(LOCK_DIR / f"registry-{digest([mlflow.get_registry_uri(), name])[:32]}.lock"), timeout=timeout)

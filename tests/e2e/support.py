@@ -37,6 +37,8 @@ class Store:
             "MLFLOW_TRACKING_URI": self.uri,
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "MLFLOW_DISABLE_TELEMETRY": "true",
+            # System metrics cost about 1 s per step; test_resource_monitoring turns them on.
+            "MLPIPE_SYSTEM_METRICS": "false",
         }
         self.env.pop("MLFLOW_RUN_ID", None)
         self.env.pop("MLFLOW_EXPERIMENT_ID", None)

@@ -13,7 +13,7 @@ def prepared(store: Store):
     # A short sampling interval: MLflow logs system metrics only for full intervals, and on a
     # loaded machine a 1 s interval can miss a 2 s step entirely.
     result = store.mlflow_run("-P", "steps=ingest,preprocess", "-P",
-                              "overrides=monitor.max_rss_mb=50 monitor.sampling_interval=0.2", check=True)
+                              "overrides=monitor.system_metrics=true monitor.max_rss_mb=50 monitor.sampling_interval=0.2", check=True)
     return result, store.step_runs("preprocess")[-1]
 
 

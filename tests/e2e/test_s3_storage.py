@@ -36,8 +36,7 @@ def env_for(store: Store, endpoint: str) -> dict[str, str]:
     return {**store.env, **CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": endpoint}
 
 
-def pipeline(store: Store, endpoint: str, extra: str = "", steps: str = "ingest,preprocess,train,qa,register",
-             **kwargs):
+def pipeline(store: Store, endpoint: str, extra: str = "", steps: str = "ingest,preprocess,train", **kwargs):
     overrides = f"storage=s3 storage.bucket={BUCKET} {FAST} {QUICK_RETRY} {extra}"
     return store.mlflow_run("-P", f"steps={steps}", "-P", f"overrides={overrides}", env=env_for(store, endpoint),
                             **kwargs)
@@ -65,7 +64,7 @@ def step_runs(store: Store, step: str) -> list:
 
 @pytest.fixture(scope="module")
 def on_s3(store: Store, s3):
-    """One pipeline whose data and artifacts are on S3."""
+    """One pipeline (ingest, preprocess, train) whose data and artifacts are on S3."""
     result = pipeline(store, s3.url, f"data.source=s3://{BUCKET}/data/wine.csv data.target=target")
     assert result.returncode == 0, result.output[-4000:]
     return result
@@ -75,7 +74,7 @@ def test_every_step_stores_its_artifacts_in_the_bucket(store: Store, s3, on_s3):
     experiment = store.client.get_experiment_by_name("mlpipe")
     assert experiment.artifact_location == LOCATION
     keys = set(s3.keys(BUCKET, "mlpipe/mlpipe/"))
-    for step in ("ingest", "preprocess", "train", "qa", "register"):
+    for step in ("ingest", "preprocess", "train"):
         (run,) = step_runs(store, step)
         assert run.info.status == "FINISHED"
         assert run.info.artifact_uri == f"{LOCATION}/{run.info.run_id}/artifacts"
@@ -88,16 +87,17 @@ def test_every_step_stores_its_artifacts_in_the_bucket(store: Store, s3, on_s3):
     assert "STORAGE FALLBACK" not in on_s3.stderr
 
 
-def test_the_champion_is_a_model_on_s3_that_loads(store: Store, s3, on_s3, monkeypatch):
+def test_the_model_is_stored_on_s3_and_loads_from_there(store: Store, s3, on_s3, monkeypatch):
     for key, value in {**CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3.url}.items():
         monkeypatch.setenv(key, value)
-    champion = store.client.get_model_version_by_alias("wine_model", "champion")
-    assert champion.source.startswith("models:/m-"), champion.source
-    model = store.client.get_logged_model(champion.source.split("/")[-1])
-    assert model.artifact_location.startswith(f"{LOCATION}/models/")
+    (train,) = step_runs(store, "train")
+    model_uri = train.data.tags["pipeline.model_uri"]
+    model = store.client.get_logged_model(model_uri.split("/")[-1])
+    assert model.artifact_location == f"{LOCATION}/models/{model.model_id}/artifacts"
+    assert f"mlpipe/mlpipe/models/{model.model_id}/artifacts/MLmodel" in s3.keys(BUCKET, "mlpipe/mlpipe/models/")
     mlflow.set_tracking_uri(store.uri)
     try:
-        loaded = mlflow.pyfunc.load_model("models:/wine_model@champion")
+        loaded = mlflow.pyfunc.load_model(model_uri)
     finally:
         mlflow.set_tracking_uri(None)
     rows = load_wine(as_frame=True).frame.drop(columns="target").head(3)
@@ -214,7 +214,7 @@ def test_s3_lost_mid_pipeline_fails_clearly_then_main_resumes(store: Store, s3):
     try:
         overrides = f"storage=s3 storage.bucket={BUCKET} {FAST} {QUICK_RETRY} data=iris"
         cmd = [store.python_exe, "-m", "mlflow", "run", ".", "-e", "main", "--env-manager", "local",
-               "-P", "steps=ingest,preprocess,train,qa", "-P", f"overrides={overrides}"]
+               "-P", "steps=ingest,preprocess,train", "-P", f"overrides={overrides}"]
         proc = subprocess.Popen(cmd, cwd=store.root, env=env_for(store, proxy.url), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
@@ -247,7 +247,8 @@ def test_s3_lost_mid_pipeline_fails_clearly_then_main_resumes(store: Store, s3):
         train = step_runs(store, "train")[-1]
         assert train.info.run_id != failed_train.info.run_id and train.info.status == "FINISHED"
         assert train.data.tags["pipeline.preprocess_run_id"] == preprocess.info.run_id
-        assert "storage.fallback" not in step_runs(store, "qa")[-1].data.tags
+        assert "storage.fallback" not in train.data.tags
+        assert train.info.artifact_uri.startswith(LOCATION)
     finally:
         proxy.down()
 
