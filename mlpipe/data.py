@@ -138,7 +138,7 @@ def _sklearn_digest(name: str) -> str:
     from importlib.metadata import version
 
     if name.startswith("synthetic?"):
-        return hashlib.sha256(f"scikit-learn=={version('scikit-learn')}:{name}".encode()).hexdigest()
+        return hashlib.sha256(f"numpy=={version('numpy')}:{name}".encode()).hexdigest()
     spec = importlib.util.find_spec("sklearn")
     data_dir = Path(spec.origin).parent / "datasets" / "data"
     sha = hashlib.sha256(f"scikit-learn=={version('scikit-learn')}:{name}".encode())
@@ -212,6 +212,14 @@ def load_source(source: str) -> pd.DataFrame:
         except Exception as exc:
             raise DataError(f"{src.location}: cannot download: {' '.join(str(exc).split())}") from exc
         return _read_file(local, fmt, src.location)
+
+
+def frame_digest(frame: pd.DataFrame) -> str:
+    """A digest of every row, for MLflow dataset records. MLflow's own (`from_pandas` without
+    `digest=`) maps `type` over the whole frame: at 1M x 21 that took 6 s and 300 MB more."""
+    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    columns = "\x1f".join(map(str, frame.columns)).encode()
+    return hashlib.sha256(columns + hashed.tobytes()).hexdigest()[:16]
 
 
 def infer_task(target: pd.Series, task: str, max_classes: int) -> str:

@@ -54,13 +54,14 @@ def feature_spec(frame: pd.DataFrame, target: str, task: str) -> FeatureSpec:
 
 def normalise_types(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """Cast categorical columns to strings (missing stays missing) so the model's schema is stable."""
-    out = frame.copy()
+    out = frame.copy(deep=False)  # copy-on-write (pandas 3): changing `out` never changes `frame`
     for col in spec.categorical:
         present = out[col].notna()
         out[col] = out[col].astype("object").where(present, np.nan)
         out.loc[present, col] = out.loc[present, col].map(str)
     for col in spec.numeric:
-        out[col] = out[col].astype("float64")
+        if out[col].dtype != "float64":
+            out[col] = out[col].astype("float64")
     return out
 
 
@@ -90,7 +91,8 @@ def build_preprocessor(spec: FeatureSpec, cfg: dict) -> ColumnTransformer:
 
 def split(frame: pd.DataFrame, spec: FeatureSpec, cfg: dict, seed: int) -> dict[str, pd.DataFrame]:
     """Seeded train/validation/test split of labelled rows, stratified for classification."""
-    labelled = frame[frame[spec.target].notna()].reset_index(drop=True)
+    known = frame[spec.target].notna()
+    labelled = (frame if known.all() else frame[known]).reset_index(drop=True)
     test_size, val_size = float(cfg["test_size"]), float(cfg["validation_size"])
     if not (0 < test_size < 1 and 0 < val_size < 1 and test_size + val_size < 1):
         raise DataError(
@@ -108,15 +110,16 @@ def split(frame: pd.DataFrame, spec: FeatureSpec, cfg: dict, seed: int) -> dict[
                 f"class {smallest!r} of {spec.target!r} has {counts.min()} rows; "
                 "a stratified train/validation/test split needs at least 3 per class"
             )
+    # Split row positions, then copy each part once (splitting frames copies the rest twice).
     try:
         rest, test = train_test_split(
-            labelled, test_size=test_size, random_state=seed, stratify=labels if stratify else None
+            np.arange(len(labelled)), test_size=test_size, random_state=seed, stratify=labels if stratify else None
         )
         rel_val = val_size / (1 - test_size)
         train, validation = train_test_split(
             rest, test_size=rel_val, random_state=seed,
-            stratify=rest[spec.target] if stratify else None,
+            stratify=labels.iloc[rest] if stratify else None,
         )
     except ValueError as exc:
         raise DataError(f"cannot split {len(labelled)} rows: {exc}") from exc
-    return {"train": train, "validation": validation, "test": test}
+    return {"train": labelled.iloc[train], "validation": labelled.iloc[validation], "test": labelled.iloc[test]}

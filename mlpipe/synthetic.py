@@ -1,7 +1,7 @@
 """`sklearn:synthetic?rows=...&columns=...&task=...`: generated data of any size, no download.
 
 The source string carries every parameter, so it is its own content digest: the same string
-(and scikit-learn version) always generates the same rows.
+(and NumPy version: its random generator) always generates the same rows.
 """
 
 from __future__ import annotations
@@ -53,19 +53,32 @@ def column_names(columns: int) -> list[str]:
 
 
 def generate(params: dict[str, object]) -> pd.DataFrame:
-    """The frame: float64 features x00..xNN and `target`, built without a second copy of X."""
-    from sklearn.datasets import make_classification, make_regression
+    """The frame: float64 features x00..xNN (the first `informative` carry the signal) and `target`.
 
+    Drawn column by column into one preallocated block that the DataFrame wraps without a copy,
+    so generating n rows x p columns costs about the frame's own size (scikit-learn's
+    make_classification holds several copies of X: 4.5x the frame's size at 1M x 20, measured).
+    classification: Gaussian clusters around a random centroid per class, 1% of labels flipped;
+    regression: y = X_informative @ w + N(0, noise), w ~ U(0, 100) as in make_regression."""
     rows, columns, informative = int(params["rows"]), int(params["columns"]), int(params["informative"])
-    seed = int(params["seed"])
+    rng = np.random.default_rng(int(params["seed"]))
+    block = np.empty((columns, rows))  # C order: block[j] is column j, contiguous
+    for j in range(columns):
+        rng.standard_normal(out=block[j])
     if params["task"] == "classification":
         classes = int(params["classes"])
-        X, y = make_classification(n_samples=rows, n_features=columns, n_informative=informative,
-                                   n_redundant=0, n_classes=classes, n_clusters_per_class=1 if classes > 2 else 2,
-                                   random_state=seed)
+        y = rng.integers(0, classes, rows)
+        centroids = rng.normal(0.0, 1.0, (classes, informative))
+        for j in range(informative):
+            block[j] += centroids[y, j]
+        flip = rng.random(rows) < 0.01
+        y[flip] = rng.integers(0, classes, int(flip.sum()))
+        target = y.astype(np.int64)
     else:
-        X, y = make_regression(n_samples=rows, n_features=columns, n_informative=informative,
-                               noise=float(params["noise"]), random_state=seed)
-    frame = pd.DataFrame(X, columns=column_names(columns), copy=False)
-    frame["target"] = y.astype(np.int64) if params["task"] == "classification" else y
+        weights = rng.uniform(0.0, 100.0, informative)
+        target = rng.normal(0.0, float(params["noise"]), rows)
+        for j in range(informative):
+            target += weights[j] * block[j]
+    frame = pd.DataFrame(block.T, columns=column_names(columns), copy=False)
+    frame["target"] = target
     return frame

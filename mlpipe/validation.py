@@ -117,7 +117,7 @@ def frame_failures(frame: pd.DataFrame, target: str, task: str, cfg: dict[str, A
         if missing > cfg["max_missing_fraction"]:
             rows.append({"column": name, "check": f"max_missing_fraction({cfg['max_missing_fraction']})",
                          "failure_case": f"{missing:.0%} missing", "index": None})
-    duplicated = frame.duplicated()
+    duplicated = duplicated_rows(frame)
     if n and duplicated.mean() > cfg["max_duplicate_fraction"]:
         rows.append({"column": "*", "check": f"max_duplicate_fraction({cfg['max_duplicate_fraction']})",
                      "failure_case": f"{int(duplicated.sum())} of {n} rows duplicated",
@@ -125,6 +125,18 @@ def frame_failures(frame: pd.DataFrame, target: str, task: str, cfg: dict[str, A
     if task == "classification" and target in frame.columns:
         rows += class_balance_failures(frame[target], target, cfg)
     return _table(rows)
+
+
+def duplicated_rows(frame: pd.DataFrame) -> pd.Series:
+    """`frame.duplicated()` (keep="first") in a fraction of its memory: rows are hashed to one
+    64-bit number each and only rows whose hash repeats are compared exactly. pandas'
+    own factorises every column (8 bytes per cell: 170 MB more at 1M x 21)."""
+    hashed = pd.util.hash_pandas_object(frame, index=False)
+    candidates = np.flatnonzero(hashed.duplicated(keep=False).to_numpy())
+    out = np.zeros(len(frame), dtype=bool)
+    if len(candidates):
+        out[candidates] = frame.iloc[candidates].duplicated().to_numpy()
+    return pd.Series(out, index=frame.index)
 
 
 def numeric_text_failures(frame: pd.DataFrame, min_numeric_fraction: float) -> list[dict]:

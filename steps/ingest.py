@@ -33,7 +33,8 @@ def run(ctx: StepContext) -> None:
 
     ctx.log_frame("raw", frame)
     dataset = mlflow.data.from_pandas(
-        frame, source=_dataset_source(ctx, source), targets=dcfg.target, name=dcfg.name
+        frame, source=_dataset_source(ctx, source), targets=dcfg.target, name=dcfg.name,
+        digest=data.frame_digest(frame),
     )
     mlflow.log_input(dataset, context="ingest")
     ctx.log_json("data_profile.json", data.profile(frame, dcfg, task))

@@ -2,7 +2,7 @@
 
 import mlflow
 
-from mlpipe import drift, features, model_io, outliers, reports
+from mlpipe import data, drift, features, model_io, outliers, reports
 from mlpipe.harness import StepContext, step_main
 
 
@@ -12,6 +12,7 @@ def run(ctx: StepContext) -> None:
     spec = features.feature_spec(frame, profile["target"], profile["task"])
     frame = features.normalise_types(frame, spec)
     splits = features.split(frame, spec, ctx.config["preprocess"], ctx.cfg.seed)
+    del frame  # the splits are copies: keep one set of rows in memory
 
     # The drift reference: the training split as it came in (before any outlier action).
     dcfg = ctx.config["preprocess"]["drift"]
@@ -40,7 +41,8 @@ def run(ctx: StepContext) -> None:
     for name, part in splits.items():
         ctx.log_frame(name, part[spec.columns + [spec.target]])
         dataset = mlflow.data.from_pandas(part, source=ctx.artifact_source(f"data/{name}.parquet"),
-                                          targets=spec.target, name=f"{ctx.cfg.data.name}-{name}")
+                                          targets=spec.target, name=f"{ctx.cfg.data.name}-{name}",
+                                          digest=data.frame_digest(part))
         mlflow.log_input(dataset, context=name)
     ctx.log_json("feature_spec.json", spec.to_dict())
     model_io.log_transformer(preprocessor, ctx.workdir, "preprocessor", ctx.cfg.serialization)

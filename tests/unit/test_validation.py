@@ -284,3 +284,15 @@ def test_configured_schema_file(tmp_path, frame, cfg):
     path.write_text(validation.schema_to_yaml(validation.infer_schema(frame, cfg)))
     schema = validation.schema_from_yaml(schema_store.read_configured(str(path)), str(path))
     assert validation.schema_failures(frame, schema, cfg).empty
+
+
+def test_duplicated_rows_matches_pandas_on_repeats_missing_values_and_mixed_types():
+    from mlpipe.validation import duplicated_rows
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"a": rng.integers(0, 3, 400).astype(float), "b": rng.choice(["x", "y", None], 400),
+                          "c": rng.integers(0, 2, 400)})
+    frame.loc[rng.choice(400, 30, replace=False), "a"] = np.nan
+    assert duplicated_rows(frame).equals(frame.duplicated())
+    unique = pd.DataFrame({"a": np.arange(50.0), "b": ["s"] * 50})
+    assert not duplicated_rows(unique).any() and duplicated_rows(unique).equals(unique.duplicated())
