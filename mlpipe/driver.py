@@ -32,7 +32,6 @@ ROLE_TAG = "pipeline.role"
 SWEEP_ENV = "MLPIPE_SWEEP_RUN_ID"
 SWEEP_TAG = "pipeline.sweep_run_id"
 SCORE_METRIC = "pipeline.score"
-LOCK_DIR = cache.LOCK_DIR
 
 
 @dataclass
@@ -219,7 +218,7 @@ class Driver:
         params = self._params(step, outputs)
         key = self._key(step, params, outputs)
         # Concurrent pipelines wanting the same step wait here, then find it cached.
-        lock = LOCK_DIR / f"{digest([mlflow.get_tracking_uri(), key or step])[:32]}.lock"
+        lock = cache.LOCK_DIR / f"{digest([mlflow.get_tracking_uri(), key or step])[:32]}.lock"
         with FileLock(str(lock)):
             hit = None if step in self.forced or key is None else self._cached(key)
             if hit:
@@ -274,7 +273,7 @@ class Driver:
         if first.upstream and first.upstream not in outputs:
             outputs[first.upstream] = self._matching_upstream(first.upstream)
         results = []
-        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        cache.LOCK_DIR.mkdir(parents=True, exist_ok=True)
         try:
             for step in steps:
                 results.append(self._run_step(step, outputs))

@@ -228,7 +228,7 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
         run = client.get_run(active.info.run_id)
         storage.check_run_location(run, config["storage"])
         # Before anything is written: probe where the artifacts go; fall back or fail.
-        if storage.prepare(client, run, config["storage"], step, mlflow.get_tracking_uri()).fallback:
+        if storage.prepare(client, run, config["storage"], step, mlflow.get_tracking_uri()):
             run = client.get_run(active.info.run_id)
         log_config(cfg, config, params, run)
         upstream = None

@@ -34,7 +34,6 @@ from mlpipe.errors import ConfigError, StorageError
 
 FALLBACK_TAG = "storage.fallback"
 REASON_TAG = "storage.fallback_reason"
-ARTIFACT_URI_TAG = "storage.artifact_uri"
 ORIGINAL_URI_TAG = "storage.original_artifact_uri"
 
 # S3 error codes that no retry can fix: the configuration is wrong.
@@ -244,10 +243,6 @@ def repoint_model(client, model_id: str, uri: str) -> None:
             {SqlLoggedModel.artifact_location: uri})
 
 
-def fallback_active() -> bool:
-    return _FALLBACK_ROOT is not None
-
-
 def log_model(log_fn: Callable[..., Any], **kwargs: Any):
     """`mlflow.<flavor>.log_model(**kwargs)`, stored beside the run when the run fell back.
 
@@ -277,17 +272,9 @@ def banner(step: str, run_id: str, uri: str, reason: str, target: str) -> str:
     ])
 
 
-@dataclass
-class Placement:
-    """Where a run's artifacts are after `prepare`."""
-
-    artifact_uri: str
-    fallback: bool = False
-    reason: str = ""
-
-
-def prepare(client, run, cfg: Mapping[str, Any], step: str, tracking_uri: str) -> Placement:
-    """Probe the run's artifact location before anything is written; fall back or fail."""
+def prepare(client, run, cfg: Mapping[str, Any], step: str, tracking_uri: str) -> bool:
+    """Probe the run's artifact location before anything is written; fall back or fail.
+    True when the run was re-pointed at the local fallback folder."""
     global _FALLBACK_ROOT
     uri = run.info.artifact_uri
     policy = RetryPolicy.from_config(cfg["retry"])
@@ -295,18 +282,18 @@ def prepare(client, run, cfg: Mapping[str, Any], step: str, tracking_uri: str) -
     local = local_path(uri)
     if local is not None:
         check_local_dir(local.parent if not local.exists() else local, min_free, "artifact folder")
-        return Placement(uri)
+        return False
     if not uri.startswith("s3://"):
         # A tracking server's proxied store (mlflow-artifacts:/, http): probe through the server.
         try:
             policy.call(lambda: client.list_artifacts(run.info.run_id), lambda exc: True)
         except Exception as exc:
             raise StorageError(f"artifact store {uri} is not answering: {describe(exc)}") from exc
-        return Placement(uri)
+        return False
     started = time.monotonic()
     try:
         probe_s3(uri, cfg, policy)
-        return Placement(uri)
+        return False
     except Exception as exc:  # noqa: BLE001 - classified below
         reason = describe(exc)
         if not is_transient(exc):
@@ -324,10 +311,9 @@ def prepare(client, run, cfg: Mapping[str, Any], step: str, tracking_uri: str) -
     client.set_tag(run.info.run_id, FALLBACK_TAG, "true")
     client.set_tag(run.info.run_id, REASON_TAG, reason[:5000])
     client.set_tag(run.info.run_id, ORIGINAL_URI_TAG, uri)
-    client.set_tag(run.info.run_id, ARTIFACT_URI_TAG, target.as_uri())
     _FALLBACK_ROOT = root
     print(banner(step, run.info.run_id, uri, reason, target.as_uri()), file=sys.stderr)
-    return Placement(target.as_uri(), True, reason)
+    return True
 
 
 def dataset_source(artifact_uri: str, tracking_uri: str) -> str:
