@@ -1,5 +1,5 @@
-"""A scoring server for one model URI: MLflow's own FastAPI app (same routes and payloads as
-`mlflow models serve`) under uvicorn, in the foreground or in a thread for a smoke test."""
+"""Running an app (mlpipe/server.py) in a background thread for a smoke test, and the smoke test:
+real HTTP requests on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -13,31 +13,10 @@ import urllib.request
 from mlpipe.errors import ServingError
 
 
-def load(model_uri: str):
-    import mlflow
-
-    try:
-        return mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
-    except Exception as exc:
-        raise ServingError(f"cannot load model {model_uri}: {' '.join(str(exc).split())}") from exc
-
-
-def build_app(model):
-    from mlflow.pyfunc import scoring_server
-
-    return scoring_server.init(model)
-
-
 def free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
-
-
-def serve_forever(app, host: str, port: int) -> None:
-    import uvicorn
-
-    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 class BackgroundServer:

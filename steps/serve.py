@@ -1,36 +1,93 @@
-"""serve: a scoring server for `model_uri` (default: the champion alias).
+"""serve: a model server for one or more variants (A/B tests), or the A/B report.
 
-serve.mode=forever serves until interrupted; serve.mode=smoke (what main uses) starts it on a
-free port, sends test rows to /invocations over HTTP, checks the answers and stops."""
+serve.mode=forever serves until SIGINT/SIGTERM; serve.mode=smoke (what main uses) starts it on a
+free port, sends test rows to /invocations over HTTP, checks the answers and stops;
+serve.mode=report computes the A/B report over the serving records (mlpipe/abreport.py)."""
+
+import tempfile
+from pathlib import Path
 
 import mlflow
 
-from mlpipe import handoff, registry, serving
+from mlpipe import abreport, handoff, registry, serving
 from mlpipe.errors import ConfigError
 from mlpipe.harness import StepContext, step_main
+from mlpipe.server import ServeSpec, create_app, load_variants, serve
 
 
 def run(ctx: StepContext) -> None:
-    scfg, rcfg = ctx.cfg.serve, ctx.cfg.registry
+    scfg, rcfg = ctx.config["serve"], ctx.cfg.registry
+    if scfg["mode"] == "report":
+        return report(ctx, scfg)
+    if scfg["mode"] not in ("forever", "smoke"):
+        raise ConfigError(f"serve.mode={scfg['mode']!r}; expected forever, smoke or report")
     model_uri = ctx.params["model_uri"] or f"models:/{rcfg.model_name}@{rcfg.champion_alias}"
-    mlflow.set_tag(handoff.MODEL_URI_TAG, model_uri)
-    ctx.card.inputs.update({"model_uri": model_uri, "serve.mode": scfg.mode})
-    app = serving.build_app(serving.load(model_uri))
-    if scfg.mode == "forever":
-        print(f"[mlpipe] serving {model_uri} on http://{scfg.host}:{scfg.port} (Ctrl-C stops)", flush=True)
-        serving.serve_forever(app, scfg.host, scfg.port)
+    records = abreport.records_path(scfg, mlflow.get_tracking_uri())
+    if scfg["mode"] == "smoke":  # the smoke test's requests are not A/B traffic
+        records = Path(tempfile.mkdtemp(prefix="mlpipe-smoke-")) / "records.db"
+    spec = ServeSpec.from_config(scfg, model_uri, str(records))
+    variants = load_variants(spec)
+    mlflow.set_tag(handoff.MODEL_URI_TAG, variants[0].model_uri)
+    mlflow.set_tags({f"serve.variant.{v.name}": f"{v.model_uri} (version {v.version}, weight {v.weight:g})"
+                     for v in variants})
+    ctx.card.inputs.update({"variants": ", ".join(f"{v.name}={v.model_uri}" for v in variants),
+                            "serve.mode": scfg["mode"], "records": str(records)})
+    if scfg["mode"] == "forever":
+        print(f"[mlpipe] serving {', '.join(f'{v.name}={v.model_uri} (v{v.version})' for v in variants)} on "
+              f"http://{scfg['host']}:{scfg['port']} with {scfg['workers']} worker(s); records: {records}",
+              flush=True)
+        stopped_by = serve(spec, variants, scfg)
+        mlflow.set_tag("serve.stopped_by", stopped_by or "exit")
+        ctx.summary(f"served until {stopped_by or 'exit'}")
         return
-    if scfg.mode != "smoke":
-        raise ConfigError(f"serve.mode={scfg.mode!r}; expected forever or smoke")
-    rows = _test_rows(ctx, model_uri, scfg.smoke_rows)
-    with serving.BackgroundServer(app, scfg.host, startup_timeout=scfg.startup_timeout) as url:
+    rows = _test_rows(ctx, variants[0].model_uri, scfg["smoke_rows"])
+    with serving.BackgroundServer(create_app(spec, variants), scfg["host"],
+                                  startup_timeout=scfg["startup_timeout"]) as url:
         result = serving.smoke(url, rows)
-    ctx.log_json("smoke.json", result | {"model_uri": model_uri})
+    ctx.log_json("smoke.json", result | {"model_uri": variants[0].model_uri})
     ctx.card.add_checks([{"name": "smoke.status", "passed": True, "value": float(result["rows"]),
                           "expected": "HTTP 200 with one prediction per row", "note": "POST /invocations"}])
     ctx.card.outputs.update({k: v for k, v in result.items() if not isinstance(v, (list, dict))})
     mlflow.log_metric("serve.smoke_latency_ms", result["latency_ms"])
     ctx.summary(f"{result['rows']} rows -> 200 in {result['latency_ms']:.0f} ms")
+
+
+def report(ctx: StepContext, scfg: dict) -> None:
+    rcfg, ab = ctx.config["registry"], scfg["ab"]
+    path = abreport.records_path(scfg, mlflow.get_tracking_uri())
+    configured = [v["name"] for v in scfg.get("variants") or []]
+    served = abreport.served_models(path, scfg["experiment"])
+    task = ab["task"] or _task_of(ctx, served, ab.get("control") or next(iter(served), None))
+    result = abreport.build(path, scfg["experiment"], ab, configured, task)
+    ctx.card.inputs.update({"records": str(path), "experiment": scfg["experiment"], "task": task})
+    ctx.log_json("ab/report.json", {k: v for k, v in result.items() if k != "latencies"})
+    abreport.fill_card(ctx.card, result)
+    metrics = {}
+    for arm in result["arms"]:
+        for key in ("requests", "labelled", "accuracy", "mae", "latency_p50_ms", "latency_p99_ms"):
+            if key in arm and arm[key] == arm[key]:  # not NaN
+                metrics[f"ab.{arm['variant']}.{key}"] = float(arm[key])
+    mlflow.log_metrics(metrics)
+    tags = {"ab.recommendation": result["recommendation"][:5000], "ab.winner": result["winner"] or "none"}
+    if ab["promote"] and result["winner"]:
+        moved = abreport.promote(ctx.client, result, served, rcfg["model_name"], rcfg["champion_alias"])
+        tags |= {"ab.promoted_version": moved["version"], "ab.previous_version": moved["previous_version"]}
+        ctx.card.outputs["promoted"] = f"{moved['model']}@{moved['alias']}: {moved['previous_version']} -> " \
+                                       f"{moved['version']}"
+    mlflow.set_tags(tags)
+    ctx.summary(result["recommendation"][:200])
+
+
+def _task_of(ctx: StepContext, served: dict, arm: str | None) -> str:
+    """The task the control's model was trained for (its train run's `data.task` tag)."""
+    if arm and arm in served:
+        version = registry.version_for_uri(ctx.client, served[arm][0])
+        if version is not None and version.run_id:
+            task = ctx.client.get_run(version.run_id).data.tags.get("data.task")
+            if task:
+                return task
+    raise ConfigError("cannot tell the A/B task from the served model; set serve.ab.task to classification or "
+                      "regression")
 
 
 def _test_rows(ctx: StepContext, model_uri: str, n: int):
