@@ -26,6 +26,30 @@ class Variant:
     weight: float = 1.0
 
 
+def configured_variants(scfg: dict) -> list | None:
+    """`serve.variants`, or the list in the YAML file `serve.variants_file` (not both)."""
+    path = scfg.get("variants_file")
+    if not path:
+        return scfg.get("variants")
+    if scfg.get("variants"):
+        raise ConfigError("set serve.variants or serve.variants_file, not both")
+    import yaml
+    from pathlib import Path
+
+    file = Path(str(path)).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"serve.variants_file={path!r}: no such file (from {Path.cwd()})")
+    try:
+        loaded = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"serve.variants_file={path!r} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if isinstance(loaded, dict) and "variants" in loaded:
+        loaded = loaded["variants"]
+    if not isinstance(loaded, list) or not loaded:
+        raise ConfigError(f"serve.variants_file={path!r} must hold a non-empty list of {{name, model_uri, weight}}")
+    return loaded
+
+
 def parse_variants(raw: Sequence[Any] | None, default_uri: str) -> list[Variant]:
     """`serve.variants` -> checked variants; none configured = one variant `default` at `default_uri`."""
     if not raw:

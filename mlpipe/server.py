@@ -367,7 +367,7 @@ class ServeSpec:
 
     @classmethod
     def from_config(cls, scfg: dict, default_uri: str, records_path: str) -> "ServeSpec":
-        variants = abtest.parse_variants(scfg.get("variants"), default_uri)
+        variants = abtest.parse_variants(abtest.configured_variants(scfg), default_uri)
         routing = scfg["routing"]
         if routing["policy"] not in abtest.POLICIES:
             raise ConfigError(f"serve.routing.policy={routing['policy']!r}; expected one of {', '.join(abtest.POLICIES)}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import mlflow
 
-from mlpipe import abreport, handoff, registry, serving
+from mlpipe import abreport, abtest, handoff, registry, serving
 from mlpipe.errors import ConfigError
 from mlpipe.harness import StepContext, step_main
 from mlpipe.server import ServeSpec, create_app, load_variants, serve
@@ -55,7 +55,7 @@ def run(ctx: StepContext) -> None:
 def report(ctx: StepContext, scfg: dict) -> None:
     rcfg, ab = ctx.config["registry"], scfg["ab"]
     path = abreport.records_path(scfg, mlflow.get_tracking_uri())
-    configured = [v["name"] for v in scfg.get("variants") or []]
+    configured = [v["name"] for v in abtest.configured_variants(scfg) or [] if isinstance(v, dict)]
     served = abreport.served_models(path, scfg["experiment"])
     task = ab["task"] or _task_of(ctx, served, ab.get("control") or next(iter(served), None))
     result = abreport.build(path, scfg["experiment"], ab, configured, task)

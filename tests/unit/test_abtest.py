@@ -150,3 +150,28 @@ def test_latency_difference_is_tested():
 def test_unknown_control_is_a_config_error():
     with pytest.raises(ConfigError, match="serve.ab.control='z' is not a variant"):
         abtest.compare([_arm("a", 1, 2)], "classification", control="z", min_samples=1, alpha=0.05)
+
+
+def test_variants_from_a_yaml_file(tmp_path):
+    path = tmp_path / "variants.yaml"
+    path.write_text("- {name: a, model_uri: 'models:/m@champion', weight: 0.9}\n- {name: b, model_uri: 'models:/m/2', weight: 0.1}\n")
+    got = abtest.parse_variants(abtest.configured_variants({"variants": [], "variants_file": str(path)}), "x")
+    assert [(v.name, v.weight) for v in got] == [("a", 0.9), ("b", 0.1)]
+    path.write_text("variants: [{name: c, model_uri: 'runs:/r/model'}]\n")
+    assert abtest.configured_variants({"variants_file": str(path)}) == [{"name": "c", "model_uri": "runs:/r/model"}]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"), ("a: [", "is not valid YAML"), ("{}", "must hold a non-empty list"),
+])
+def test_bad_variants_file_is_a_config_error(tmp_path, content, message):
+    path = tmp_path / "v.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        abtest.configured_variants({"variants": [], "variants_file": str(path)})
+
+
+def test_variants_and_a_file_together_are_refused():
+    with pytest.raises(ConfigError, match="not both"):
+        abtest.configured_variants({"variants": [{"name": "a"}], "variants_file": "x.yaml"})

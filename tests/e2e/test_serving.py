@@ -1,0 +1,365 @@
+"""The model server end to end: `mlflow run . -e serve` in its own process on 127.0.0.1 with two
+variants of a model a pipeline registered, real HTTP clients, `mlflow models serve` beside it
+for the wire format, the A/B report through `mlflow run`, and a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from services import free_port, stop, wait_for_port
+from support import BIN, ROOT, Store, error_lines
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from loadgen import run_load  # noqa: E402
+
+MODEL = "wine_model"
+
+
+def http(url: str, body: bytes | None = None, content_type: str = "application/json", headers: dict | None = None,
+         timeout: float = 30) -> tuple[int, Any, bytes]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type, **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+def records_body(frame: pd.DataFrame) -> bytes:
+    return json.dumps({"dataframe_records": frame.to_dict(orient="records")}).encode()
+
+
+class Server:
+    """A server process started by `mlflow run`, in its own process group, stopped by PID."""
+
+    def __init__(self, store: Store, log: Path, args: list[str], port: int):
+        self.port, self.url, self.log = port, f"http://127.0.0.1:{port}", log
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", *args], cwd=ROOT, env=store.env,
+                                     stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for_port(port, self.proc, timeout=120)
+        except AssertionError:
+            stop(self.proc)
+            raise AssertionError(log.read_text()[-3000:])
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+@pytest.fixture(scope="module")
+def registered(store: Store):
+    """wine_model version 1 (champion) from a pipeline run, and version 2 of the same trained model."""
+    store.mlflow_run("-P", "steps=ingest,preprocess,train,qa,register", check=True)
+    client = store.client
+    v1 = client.get_model_version_by_alias(MODEL, "champion")
+    v2 = client.create_model_version(MODEL, client.get_model_version_download_uri(MODEL, v1.version),
+                                     run_id=v1.run_id)
+    test = store.client.download_artifacts(v1.tags["lineage.preprocess_run_id"], "data/test.parquet", str(store.path))
+    spec = json.load(open(store.client.download_artifacts(v1.tags["lineage.preprocess_run_id"],
+                                                          "feature_spec.json", str(store.path))))
+    rows = pd.read_parquet(test)[spec["numeric"] + spec["categorical"]]
+    return {"v1": str(v1.version), "v2": str(v2.version), "rows": rows}
+
+
+@pytest.fixture(scope="module")
+def ab_server(store: Store, registered, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("ab")
+    variants = workdir / "variants.yaml"
+    variants.write_text(f"- {{name: a, model_uri: 'models:/{MODEL}@champion', weight: 1}}\n"
+                        f"- {{name: b, model_uri: 'models:/{MODEL}/{registered['v2']}', weight: 1}}\n")
+    port = free_port()
+    records = workdir / "records.db"
+    overrides = (f"serve.port={port} serve.variants_file={variants} serve.experiment=e2e serve.records={records} "
+                 "serve.refresh_seconds=1 serve.records_flush_ms=50 serve.limits.max_body_mb=1 "
+                 "serve.limits.body_timeout_s=2")
+    server = Server(store, workdir / "server.log", ["run", ".", "-e", "serve", "--env-manager", "local",
+                                                    "-P", f"overrides={overrides}"], port)
+    server.records = records
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_serve(store: Store, registered, tmp_path_factory):
+    """`mlflow models serve` on the same model, for the wire format."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("mlflow-serve") / "serve.log"
+    server = Server(store, log, ["models", "serve", "-m", f"models:/{MODEL}/{registered['v1']}", "-p", str(port),
+                                 "--env-manager", "local"], port)
+    for _ in range(100):  # it listens before the model is loaded
+        try:
+            if http(f"{server.url}/ping", timeout=5)[0] == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    yield server
+    server.stop()
+
+
+def test_variants_answer_with_their_name_version_and_a_request_id(ab_server, registered):
+    body = records_body(registered["rows"].head(1))
+    seen = {}
+    for i in range(60):
+        status, headers, payload = http(f"{ab_server.url}/invocations", body, headers={"X-Request-Key": f"user-{i}"})
+        assert status == 200 and len(json.loads(payload)["predictions"]) == 1
+        assert len(headers["X-Request-Id"]) == 32
+        seen[headers["X-Variant"]] = headers["X-Model-Version"]
+    assert seen == {"a": registered["v1"], "b": registered["v2"]}
+
+
+def test_the_same_key_always_gets_the_same_variant(ab_server, registered):
+    body = records_body(registered["rows"].head(1))
+    for key in ("alice", "bob", "carol"):
+        variants = {http(f"{ab_server.url}/invocations", body, headers={"X-Request-Key": key})[1]["X-Variant"]
+                    for _ in range(8)}
+        assert len(variants) == 1
+
+
+def test_the_override_header_forces_a_variant(ab_server, registered):
+    body = records_body(registered["rows"].head(1))
+    for name in ("a", "b"):
+        status, headers, _ = http(f"{ab_server.url}/invocations", body, headers={"X-Variant-Override": name})
+        assert status == 200 and headers["X-Variant"] == name
+    status, _, payload = http(f"{ab_server.url}/invocations", body, headers={"X-Variant-Override": "zz"})
+    assert status == 400 and "no variant 'zz'; variants: a, b" in json.loads(payload)["message"]
+
+
+def _payloads(rows: pd.DataFrame) -> list[tuple[str, bytes, str]]:
+    split = json.loads(rows.to_json(orient="split", index=False))
+    bad_type = rows.head(1).astype(object)
+    bad_type.iloc[0, 0] = "lots"
+    parquet = io.BytesIO()
+    rows.to_parquet(parquet, index=False)
+    return [
+        ("dataframe_split", json.dumps({"dataframe_split": split}).encode(), "application/json"),
+        ("dataframe_records", records_body(rows), "application/json"),
+        ("instances", json.dumps({"instances": rows.to_dict(orient="records")}).encode(), "application/json"),
+        ("inputs", json.dumps({"inputs": rows.to_dict(orient="list")}).encode(), "application/json"),
+        ("csv", rows.to_csv(index=False).encode(), "text/csv"),
+        ("parquet", parquet.getvalue(), "application/vnd.apache.parquet"),
+        ("malformed json", b'{"dataframe_split": ', "application/json"),
+        ("no format key", b'{"rows": []}', "application/json"),
+        ("wrong columns", records_body(rows.head(1).rename(columns=lambda c: c + "_x")), "application/json"),
+        ("wrong types", records_body(bad_type), "application/json"),
+        ("wrong content type", b"<rows/>", "application/xml"),
+        ("latin-1 charset", records_body(rows), "application/json; charset=latin-1"),
+    ]
+
+
+def test_wire_compatible_with_mlflow_models_serve(ab_server, mlflow_serve, registered):
+    rows = registered["rows"].head(3)
+    for name, body, ctype in _payloads(rows):
+        ours = http(f"{ab_server.url}/invocations", body, ctype, headers={"X-Variant-Override": "a"})
+        theirs = http(f"{mlflow_serve.url}/invocations", body, ctype)
+        assert ours[0] == theirs[0], f"{name}: ours {ours[0]} {ours[2][:200]!r}, mlflow {theirs[0]} {theirs[2][:200]!r}"
+        if ours[0] == 200:
+            assert json.loads(ours[2]) == json.loads(theirs[2]), name
+        else:
+            assert json.loads(ours[2])["error_code"] == json.loads(theirs[2])["error_code"] if \
+                ours[0] == 400 else ours[2] == theirs[2], name
+    for path in ("/ping", "/health", "/version"):
+        ours, theirs = http(f"{ab_server.url}{path}"), http(f"{mlflow_serve.url}{path}")
+        assert (ours[0], ours[2]) == (theirs[0], theirs[2]) == (200, theirs[2])
+
+
+def _raw_answer(sock: socket.socket, until: bytes = b"}") -> str:
+    data = b""
+    while not data.rstrip().endswith(until):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
+
+
+def test_a_body_over_the_limit_is_413_and_the_server_keeps_serving(ab_server, registered):
+    big = records_body(pd.concat([registered["rows"]] * 200, ignore_index=True))
+    assert len(big) > 1024 * 1024
+    # Declared too large: refused before the body is read.
+    with socket.create_connection(("127.0.0.1", ab_server.port), timeout=10) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(big)}\r\n\r\n".encode() + big[:65536])
+        answer = _raw_answer(sock)
+    assert answer.startswith("HTTP/1.1 413") and "serve.limits.max_body_mb=1" in answer
+    # Chunked, no length given: refused once the limit is passed.
+    with socket.create_connection(("127.0.0.1", ab_server.port), timeout=10) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        for start in range(0, 1024 * 1024 + 65536 * 2, 65536):
+            part = big[start:start + 65536]
+            try:
+                sock.sendall(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+            except OSError:
+                break
+        answer = _raw_answer(sock)
+    assert answer.startswith("HTTP/1.1 413")
+    assert http(f"{ab_server.url}/invocations", records_body(registered["rows"].head(1)))[0] == 200
+
+
+def test_a_slow_client_gets_408_and_others_are_served_meanwhile(ab_server, registered):
+    with socket.create_connection(("127.0.0.1", ab_server.port), timeout=10) as slow:
+        slow.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 500\r\n\r\n{\"dataframe_records\": ")
+        started = time.monotonic()
+        # While it dawdles, a normal client is answered at once.
+        assert http(f"{ab_server.url}/invocations", records_body(registered["rows"].head(1)))[0] == 200
+        assert time.monotonic() - started < 1.5
+        answer = _raw_answer(slow)
+    assert answer.startswith("HTTP/1.1 408") and "body_timeout_s=2" in answer
+
+
+def test_a_burst_of_500_connections_gets_clean_answers(ab_server, registered):
+    result = asyncio.run(run_load(f"{ab_server.url}/invocations", records_body(registered["rows"].head(1)),
+                                  clients=500, seconds=3, timeout=30))
+    assert result["errors"] == 0, result
+    assert result["requests"] >= 500
+    assert http(f"{ab_server.url}/ping")[0] == 200
+
+
+def test_metrics_count_requests_per_variant_and_status(ab_server, registered):
+    body = records_body(registered["rows"].head(1))
+    before = _metric(ab_server, "a", registered["v1"], "200")
+    for _ in range(5):
+        http(f"{ab_server.url}/invocations", body, headers={"X-Variant-Override": "a"})
+    text = http(f"{ab_server.url}/metrics")[2].decode()
+    assert _metric(ab_server, "a", registered["v1"], "200") == before + 5
+    assert f'mlpipe_requests_total{{experiment="e2e",variant="b",model_version="{registered["v2"]}",status="200"}}' \
+        in text
+    assert 'status="413"' in text and 'status="400"' in text
+    assert "mlpipe_request_latency_seconds_bucket" in text and 'le="+Inf"' in text
+
+
+def _metric(server, variant, version, status) -> int:
+    text = http(f"{server.url}/metrics")[2].decode()
+    prefix = f'mlpipe_requests_total{{experiment="e2e",variant="{variant}",model_version="{version}",status="{status}"}}'
+    return next((int(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)), 0)
+
+
+def test_feedback_needs_a_recorded_request(ab_server):
+    status, _, payload = http(f"{ab_server.url}/feedback", json.dumps({"request_id": "nope", "label": 1}).encode())
+    assert status == 404 and "no recorded request 'nope'" in json.loads(payload)["message"]
+    status, _, payload = http(f"{ab_server.url}/feedback", b'{"label": 1}')
+    assert status == 400 and "request_id" in json.loads(payload)["message"]
+
+
+def test_ab_report_finds_the_better_variant_and_promotion_reaches_the_running_server(store: Store, ab_server,
+                                                                                     registered):
+    """Constructed traffic: 25 requests of 10 rows per arm; labels agree with a's predictions on 6 rows
+    in 10 and with b's on 9 in 10 (b serves the same model, so only the labels differ). The report
+    must pick b, move champion to b's version, and the server's champion variant must follow
+    without a restart."""
+    rows = registered["rows"]
+    for name, agree in (("a", 6), ("b", 9)):
+        for i in range(25):
+            part = rows.iloc[[(i * 10 + j) % len(rows) for j in range(10)]]
+            status, headers, payload = http(f"{ab_server.url}/invocations", records_body(part),
+                                            headers={"X-Variant-Override": name})
+            assert status == 200
+            predictions = json.loads(payload)["predictions"]
+            labels = [p if j < agree else (p + 1) % 3 for j, p in enumerate(predictions)]
+            assert http(f"{ab_server.url}/feedback", json.dumps({"request_id": headers["X-Request-Id"],
+                                                                 "label": labels}).encode())[0] == 200
+    overrides = (f"serve.mode=report serve.experiment=e2e serve.records={ab_server.records} "
+                 "serve.ab.min_samples=200 serve.ab.promote=true")
+    result = store.mlflow_run("-P", f"overrides={overrides}", entry="serve")
+    assert result.returncode == 0, result.output[-3000:]
+    run = store.newest("tags.`ab.winner` = 'b'")
+    assert run is not None and run.info.status == "FINISHED"
+    assert run.data.tags["ab.promoted_version"] == registered["v2"]
+    assert run.data.tags["ab.recommendation"].startswith("promote b")
+    assert run.data.metrics["ab.a.accuracy"] == pytest.approx(0.6, abs=0.02)
+    assert run.data.metrics["ab.b.accuracy"] == pytest.approx(0.9, abs=0.02)
+    assert str(store.client.get_model_version_by_alias(MODEL, "champion").version) == registered["v2"]
+    report = json.load(open(store.client.download_artifacts(run.info.run_id, "ab/report.json", str(store.path))))
+    assert report["tests"][0]["p_value"] < 0.001 and report["arms"][0]["labelled"] >= 250
+    card = Path(store.client.download_artifacts(run.info.run_id, "card/card.html", str(store.path))).read_text()
+    assert "promote b" in card and "data:image/png;base64" in card and "<svg" in card
+    # The running server re-resolves models:/wine_model@champion every second.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        _, headers, _ = http(f"{ab_server.url}/invocations", records_body(rows.head(1)),
+                             headers={"X-Variant-Override": "a"})
+        if headers["X-Model-Version"] == registered["v2"]:
+            break
+        time.sleep(0.5)
+    assert headers["X-Model-Version"] == registered["v2"]
+
+
+def test_sigterm_drains_the_request_in_flight(ab_server, registered):
+    """Last in this module: stops the shared server."""
+    row = registered["rows"].head(1)
+    big = json.dumps({"dataframe_split": {"columns": list(row.columns), "data": row.values.tolist() * 10000}}).encode()
+    assert len(big) < 1024 * 1024
+
+    async def go():
+        reader, writer = await asyncio.open_connection("127.0.0.1", ab_server.port)
+        writer.write(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(big)}\r\n\r\n".encode() + big)
+        await writer.drain()
+        await asyncio.sleep(0.3)  # received, being predicted
+        os.killpg(ab_server.proc.pid, signal.SIGTERM)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        length = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0].split(b":")[1])
+        return head, await reader.readexactly(length)
+
+    head, payload = asyncio.run(go())
+    assert head.startswith(b"HTTP/1.1 200") and len(json.loads(payload)["predictions"]) == 10000
+    ab_server.proc.wait(timeout=30)
+    with sqlite3.connect(ab_server.records) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM requests WHERE rows = 10000 AND status = 200").fetchone() == (1,)
+
+
+def test_the_server_run_ended_finished_by_sigterm(store: Store, ab_server):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        runs = store.runs("tags.`serve.stopped_by` = 'SIGTERM'")
+        if runs:
+            break
+        time.sleep(0.5)
+    assert runs and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["serve.variant.a"].startswith(f"models:/{MODEL}@champion")
+
+
+def test_variants_with_different_inputs_stop_start_up(store: Store, registered, tmp_path):
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.dummy import DummyClassifier
+
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0]})
+    model = DummyClassifier().fit(frame, [0, 1, 1])
+    path = tmp_path / "other"
+    mlflow.sklearn.save_model(model, str(path), signature=infer_signature(frame, model.predict(frame)),
+                              pip_requirements=["scikit-learn"])
+    overrides = (f"\"serve.variants=[{{name: a, model_uri: 'models:/{MODEL}@champion'}}, "
+                 f"{{name: odd, model_uri: '{path}'}}]\" serve.port={free_port()}")
+    result = store.mlflow_run("-P", f"overrides={overrides}", entry="serve")
+    assert result.returncode != 0
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "variants 'a' and 'odd' take different inputs" in lines[0] and "[x:double]" in lines[0]
+
+
+def test_a_model_that_cannot_load_stops_start_up(store: Store, registered):
+    result = store.mlflow_run("-P", "model_uri=models:/no_such_model@champion", "-P",
+                              f"overrides=serve.port={free_port()}", entry="serve")
+    assert result.returncode != 0
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "variant 'default': cannot load model models:/no_such_model@champion" in lines[0]
+    failed = store.newest("tags.`pipeline.step` = 'serve' and attributes.status = 'FAILED'")
+    assert failed is not None and "ServingError" in failed.data.tags.get("error.type", "")
