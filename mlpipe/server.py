@@ -381,7 +381,8 @@ class ServeSpec:
                    records=records_path, policy=routing["policy"], key_header=routing["key_header"],
                    override_header=routing["override_header"], batching=dict(scfg["batching"]),
                    limits=dict(limits), refresh_seconds=float(scfg["refresh_seconds"]),
-                   flush_ms=float(scfg["records_flush_ms"]))
+                   flush_ms=float(scfg["records_flush_ms"]),
+                   thompson_refresh_seconds=float(routing["thompson_refresh_seconds"]))
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
