@@ -72,3 +72,18 @@ def test_weighted_routing_without_keys_follows_the_weights(tmp_path, model_paths
     with serving.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1") as url:
         chosen = [_post(url, "/invocations", row)[0]["X-Variant"] for _ in range(400)]
     assert 0.68 < chosen.count("b") / 400 < 0.82
+
+
+def test_a_prediction_over_the_time_limit_is_504_and_recorded(tmp_path, model_paths):
+    import urllib.error
+
+    paths, X = model_paths
+    spec = _spec(tmp_path, paths, "serve.limits.request_timeout_s=0.001", "serve.records_flush_ms=20")
+    many = {"dataframe_records": X.sample(20000, replace=True, random_state=0).to_dict(orient="records")}
+    with serving.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1") as url:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            _post(url, "/invocations", many, {"X-Variant-Override": "a"})
+        metrics = serving.request(f"{url}/metrics", None)[1].decode()
+    assert info.value.code == 504
+    assert "serve.limits.request_timeout_s=0.001" in json.loads(info.value.read())["message"]
+    assert 'variant="a",model_version="unregistered",status="504"} 1' in metrics
