@@ -640,6 +640,26 @@ class _Stopped:
     signal: str | None = None
 
 
+def check_startable(spec: ServeSpec, scfg: dict) -> None:
+    """What would stop uvicorn after the models are loaded, said as one clear error first: the
+    port is taken, the records file cannot be opened, workers is not a positive number."""
+    import socket
+
+    if int(scfg["workers"]) < 1:
+        raise ConfigError(f"serve.workers={scfg['workers']!r}; expected 1 or more")
+    with socket.socket() as sock:
+        try:
+            sock.bind((scfg["host"], int(scfg["port"])))
+        except OSError as exc:
+            raise ServingError(f"cannot listen on {scfg['host']}:{scfg['port']}: {exc.strerror or exc}; "
+                               "choose another serve.port") from None
+    try:
+        records.connect(spec.records).close()
+    except Exception as exc:  # noqa: BLE001 - sqlite3 and OS errors alike
+        raise ServingError(f"cannot open the serving records at {spec.records}: {exc}; set serve.records to a "
+                           "writable file") from None
+
+
 def serve(spec: ServeSpec, variants: list[LiveVariant], scfg: dict) -> str | None:
     """Serves in the foreground until SIGINT/SIGTERM, draining requests in flight first.
     Returns the name of the signal that stopped it."""
@@ -647,6 +667,7 @@ def serve(spec: ServeSpec, variants: list[LiveVariant], scfg: dict) -> str | Non
 
     import uvicorn
 
+    check_startable(spec, scfg)
     stopped = _Stopped()
 
     def note(signum, frame):  # uvicorn re-raises the signal after its shutdown; we just note it
@@ -659,7 +680,13 @@ def serve(spec: ServeSpec, variants: list[LiveVariant], scfg: dict) -> str | Non
             os.environ[SPEC_ENV] = spec.to_json()
             uvicorn.run("mlpipe.server:app_from_env", factory=True, workers=workers, **uvicorn_config(scfg))
         else:
-            uvicorn.Server(uvicorn.Config(create_app(spec, variants), **uvicorn_config(scfg))).run()
+            server = uvicorn.Server(uvicorn.Config(create_app(spec, variants), **uvicorn_config(scfg)))
+            server.run()
+            if not server.started and stopped.signal is None:
+                raise ServingError(f"the server on {scfg['host']}:{scfg['port']} did not start (see the lines above)")
+    except SystemExit as exc:  # uvicorn exits the process when it cannot start
+        raise ServingError(f"the server on {scfg['host']}:{scfg['port']} did not start (exit {exc.code}; "
+                           "see the lines above)") from None
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)

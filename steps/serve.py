@@ -12,7 +12,7 @@ import mlflow
 from mlpipe import abreport, abtest, handoff, registry, serving
 from mlpipe.errors import ConfigError
 from mlpipe.harness import StepContext, step_main
-from mlpipe.server import ServeSpec, create_app, load_variants, serve
+from mlpipe.server import ServeSpec, check_startable, create_app, load_variants, serve
 
 
 def run(ctx: StepContext) -> None:
@@ -33,6 +33,7 @@ def run(ctx: StepContext) -> None:
     ctx.card.inputs.update({"variants": ", ".join(f"{v.name}={v.model_uri}" for v in variants),
                             "serve.mode": scfg["mode"], "records": str(records)})
     if scfg["mode"] == "forever":
+        check_startable(spec, scfg)
         print(f"[mlpipe] serving {', '.join(f'{v.name}={v.model_uri} (v{v.version})' for v in variants)} on "
               f"http://{scfg['host']}:{scfg['port']} with {scfg['workers']} worker(s); records: {records}",
               flush=True)

@@ -87,3 +87,24 @@ def test_a_prediction_over_the_time_limit_is_504_and_recorded(tmp_path, model_pa
     assert info.value.code == 504
     assert "serve.limits.request_timeout_s=0.001" in json.loads(info.value.read())["message"]
     assert 'variant="a",model_version="unregistered",status="504"} 1' in metrics
+
+
+def test_a_taken_port_or_unwritable_records_stop_start_up_with_one_clear_error(tmp_path, model_paths):
+    import socket
+
+    from mlpipe.errors import ServingError
+
+    paths, _ = model_paths
+    spec = _spec(tmp_path, paths)
+    scfg = to_container(compose([]))["serve"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        scfg["port"] = taken.getsockname()[1]
+        with pytest.raises(ServingError, match=rf"cannot listen on 127.0.0.1:{scfg['port']}: .*choose another"):
+            server.serve(spec, [], scfg)
+    scfg["port"] = serving.free_port("127.0.0.1")
+    (tmp_path / "a-file").write_text("not a folder")
+    spec.records = str(tmp_path / "a-file" / "records.db")
+    with pytest.raises(ServingError, match="cannot open the serving records at .*set serve.records"):
+        server.serve(spec, [], scfg)
