@@ -3,7 +3,6 @@ recommendation, and with `serve.ab.promote` the champion alias moved to a signif
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,6 @@ def default_records_path(tracking_uri: str) -> Path:
 def records_path(scfg: dict, tracking_uri: str) -> Path:
     return Path(str(scfg["records"])).expanduser().resolve() if scfg.get("records") else \
         default_records_path(tracking_uri)
-
-
-def served_models(path: Path, experiment: str) -> dict[str, tuple[str, str]]:
-    """Per arm, the (model_uri, model_version) of its most recent answered request."""
-    if not path.is_file():
-        raise DataError(f"no serving records at {path}; start the server (mlflow run . -e serve) and send "
-                        "requests first, or set serve.records to the file the server wrote")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    try:
-        rows = conn.execute("SELECT variant, model_uri, model_version FROM requests WHERE experiment = ? "
-                            "AND status = 200 ORDER BY id", (experiment,)).fetchall()
-    finally:
-        conn.close()
-    return {variant: (uri, version) for variant, uri, version in rows}
 
 
 def outcomes(pairs: list[tuple[Any, Any]], task: str) -> list[float]:

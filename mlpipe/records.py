@@ -166,16 +166,32 @@ def _aligned(predictions: str | None, label: str) -> tuple[list, list]:
     return preds[:n], truth[:n]
 
 
-def labelled_rows(path: str | Path, experiment: str) -> dict[str, Any]:
-    """What the A/B report reads: per variant, the latencies of every answered request and,
-    per labelled row, (prediction, label) pairs."""
+def read_only(path: str | Path) -> sqlite3.Connection:
+    """The records file for reading; a missing file is a DataError that says how to get one."""
     path = Path(path)
     if not path.is_file():
         from mlpipe.errors import DataError
 
         raise DataError(f"no serving records at {path}; start the server (mlflow run . -e serve) and send "
                         "requests first, or set serve.records to the file the server wrote")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+
+
+def served_models(path: str | Path, experiment: str) -> dict[str, tuple[str, str]]:
+    """Per arm, the (model_uri, model_version) of its most recent answered request."""
+    conn = read_only(path)
+    try:
+        rows = conn.execute("SELECT variant, model_uri, model_version FROM requests WHERE experiment = ? "
+                            "AND status = 200 ORDER BY id", (experiment,)).fetchall()
+    finally:
+        conn.close()
+    return {variant: (uri, version) for variant, uri, version in rows}
+
+
+def labelled_rows(path: str | Path, experiment: str) -> dict[str, Any]:
+    """What the A/B report reads: per variant, the latencies of every answered request and,
+    per labelled row, (prediction, label) pairs."""
+    conn = read_only(path)
     try:
         lat = conn.execute("SELECT variant, latency_ms, model_version FROM requests "
                            "WHERE experiment = ? AND status = 200 ORDER BY id", (experiment,)).fetchall()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import mlflow
 
-from mlpipe import abreport, abtest, handoff, registry, serving
+from mlpipe import abreport, abtest, handoff, records, registry, serving
 from mlpipe.errors import ConfigError
 from mlpipe.harness import StepContext, step_main
 from mlpipe.server import ServeSpec, check_startable, create_app, load_variants, serve
@@ -22,20 +22,20 @@ def run(ctx: StepContext) -> None:
     if scfg["mode"] not in ("forever", "smoke"):
         raise ConfigError(f"serve.mode={scfg['mode']!r}; expected forever, smoke or report")
     model_uri = ctx.params["model_uri"] or f"models:/{rcfg.model_name}@{rcfg.champion_alias}"
-    records = abreport.records_path(scfg, mlflow.get_tracking_uri())
+    records_file = abreport.records_path(scfg, mlflow.get_tracking_uri())
     if scfg["mode"] == "smoke":  # the smoke test's requests are not A/B traffic
-        records = Path(tempfile.mkdtemp(prefix="mlpipe-smoke-")) / "records.db"
-    spec = ServeSpec.from_config(scfg, model_uri, str(records))
+        records_file = Path(tempfile.mkdtemp(prefix="mlpipe-smoke-")) / "records.db"
+    spec = ServeSpec.from_config(scfg, model_uri, str(records_file))
     variants = load_variants(spec)
     mlflow.set_tag(handoff.MODEL_URI_TAG, variants[0].model_uri)
     mlflow.set_tags({f"serve.variant.{v.name}": f"{v.model_uri} (version {v.version}, weight {v.weight:g})"
                      for v in variants})
     ctx.card.inputs.update({"variants": ", ".join(f"{v.name}={v.model_uri}" for v in variants),
-                            "serve.mode": scfg["mode"], "records": str(records)})
+                            "serve.mode": scfg["mode"], "records": str(records_file)})
     if scfg["mode"] == "forever":
         check_startable(spec, scfg)
         print(f"[mlpipe] serving {', '.join(f'{v.name}={v.model_uri} (v{v.version})' for v in variants)} on "
-              f"http://{scfg['host']}:{scfg['port']} with {scfg['workers']} worker(s); records: {records}",
+              f"http://{scfg['host']}:{scfg['port']} with {scfg['workers']} worker(s); records: {records_file}",
               flush=True)
         stopped_by = serve(spec, variants, scfg)
         mlflow.set_tag("serve.stopped_by", stopped_by or "exit")
@@ -57,7 +57,7 @@ def report(ctx: StepContext, scfg: dict) -> None:
     rcfg, ab = ctx.config["registry"], scfg["ab"]
     path = abreport.records_path(scfg, mlflow.get_tracking_uri())
     configured = [v["name"] for v in abtest.configured_variants(scfg) or [] if isinstance(v, dict)]
-    served = abreport.served_models(path, scfg["experiment"])
+    served = records.served_models(path, scfg["experiment"])
     task = ab["task"] or _task_of(ctx, served, ab.get("control") or next(iter(served), None))
     result = abreport.build(path, scfg["experiment"], ab, configured, task)
     ctx.card.inputs.update({"records": str(path), "experiment": scfg["experiment"], "task": task})
