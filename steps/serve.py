@@ -4,9 +4,6 @@ serve.mode=forever serves until SIGINT/SIGTERM; serve.mode=smoke (what main uses
 free port, sends test rows to /invocations over HTTP, checks the answers and stops;
 serve.mode=report computes the A/B report over the serving records (mlpipe/abreport.py)."""
 
-import tempfile
-from pathlib import Path
-
 import mlflow
 
 from mlpipe import abreport, abtest, handoff, records, registry, serving
@@ -24,7 +21,7 @@ def run(ctx: StepContext) -> None:
     model_uri = ctx.params["model_uri"] or f"models:/{rcfg.model_name}@{rcfg.champion_alias}"
     records_file = abreport.records_path(scfg, mlflow.get_tracking_uri())
     if scfg["mode"] == "smoke":  # the smoke test's requests are not A/B traffic
-        records_file = Path(tempfile.mkdtemp(prefix="mlpipe-smoke-")) / "records.db"
+        records_file = ctx.workdir / "smoke-records.db"
     spec = ServeSpec.from_config(scfg, model_uri, str(records_file))
     variants = load_variants(spec)
     mlflow.set_tag(handoff.MODEL_URI_TAG, variants[0].model_uri)
