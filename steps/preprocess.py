@@ -11,8 +11,8 @@ def run(ctx: StepContext) -> None:
     frame = ctx.upstream_frame("raw")
     spec = features.feature_spec(frame, profile["target"], profile["task"])
     frame = features.normalise_types(frame, spec)
-    splits = features.split(frame, spec, ctx.config["preprocess"], ctx.cfg.seed)
-    del frame  # the splits are copies: keep one set of rows in memory
+    # consume: the columns move into the splits one at a time, so one set of rows is in memory
+    splits = features.split(frame, spec, ctx.config["preprocess"], ctx.cfg.seed, consume=True)
 
     # The drift reference: the training split as it came in (before any outlier action).
     dcfg = ctx.config["preprocess"]["drift"]
