@@ -200,11 +200,11 @@ MMAP_THRESHOLD_BYTES = 1 << 20
 def return_freed_memory() -> None:
     """Let a step's big arrays go back to the OS when freed, so peak RSS follows the live data.
 
-    Arrow allocates through malloc instead of its own mimalloc pool, which kept what it freed (a
-    Parquet read's buffers) resident and out of NumPy's reach. glibc gives every allocation of
-    1 MB or more its own mapping: by default it raises that threshold after the first big free,
-    and later arrays then stay in the heap after they are freed (at 1M x 20 floats, 300 MB of a
-    freed frame stayed resident through preprocess)."""
+    Arrow allocates through malloc instead of its own mimalloc pool, which kept what it freed
+    resident and out of NumPy's reach (270 MB after a 1M x 20 floats Parquet read was freed).
+    glibc gives every allocation of 1 MB or more its own mapping: by default it raises that
+    threshold after the first big free, and later arrays stay in the heap once freed (130 MB of
+    the raw frame after preprocess split it, measured)."""
     import ctypes
     import ctypes.util
 
