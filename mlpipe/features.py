@@ -89,10 +89,16 @@ def build_preprocessor(spec: FeatureSpec, cfg: dict) -> ColumnTransformer:
     )
 
 
-def split(frame: pd.DataFrame, spec: FeatureSpec, cfg: dict, seed: int) -> dict[str, pd.DataFrame]:
-    """Seeded train/validation/test split of labelled rows, stratified for classification."""
+def split(frame: pd.DataFrame, spec: FeatureSpec, cfg: dict, seed: int, *,
+          consume: bool = False) -> dict[str, pd.DataFrame]:
+    """Seeded train/validation/test split of labelled rows, stratified for classification.
+
+    Each part is indexed by its rows' positions among the labelled rows. With consume=True the
+    columns move out of `frame` into the parts one at a time (`frame` is left without columns),
+    so the rows are held about once while splitting instead of twice."""
     known = frame[spec.target].notna()
-    labelled = (frame if known.all() else frame[known]).reset_index(drop=True)
+    rows = None if known.all() else np.flatnonzero(known.to_numpy())
+    labels = frame[spec.target] if rows is None else frame[spec.target].iloc[rows]
     test_size, val_size = float(cfg["test_size"]), float(cfg["validation_size"])
     if not (0 < test_size < 1 and 0 < val_size < 1 and test_size + val_size < 1):
         raise DataError(
@@ -100,7 +106,6 @@ def split(frame: pd.DataFrame, spec: FeatureSpec, cfg: dict, seed: int) -> dict[
             "and leave rows for training"
         )
     stratify = spec.task == "classification" and cfg["stratify"]
-    labels = labelled[spec.target]
     if stratify:
         counts = labels.value_counts()
         if counts.min() < 3:
@@ -110,10 +115,10 @@ def split(frame: pd.DataFrame, spec: FeatureSpec, cfg: dict, seed: int) -> dict[
                 f"class {smallest!r} of {spec.target!r} has {counts.min()} rows; "
                 "a stratified train/validation/test split needs at least 3 per class"
             )
-    # Split row positions, then copy each part once (splitting frames copies the rest twice).
+    # Split row positions, then copy each column's part once (splitting frames copies the rest twice).
     try:
         rest, test = train_test_split(
-            np.arange(len(labelled)), test_size=test_size, random_state=seed, stratify=labels if stratify else None
+            np.arange(len(labels)), test_size=test_size, random_state=seed, stratify=labels if stratify else None
         )
         rel_val = val_size / (1 - test_size)
         train, validation = train_test_split(
@@ -121,5 +126,18 @@ def split(frame: pd.DataFrame, spec: FeatureSpec, cfg: dict, seed: int) -> dict[
             stratify=labels.iloc[rest] if stratify else None,
         )
     except ValueError as exc:
-        raise DataError(f"cannot split {len(labelled)} rows: {exc}") from exc
-    return {"train": labelled.iloc[train], "validation": labelled.iloc[validation], "test": labelled.iloc[test]}
+        raise DataError(f"cannot split {len(labels)} rows: {exc}") from exc
+    positions = {"train": train, "validation": validation, "test": test}
+    return _take_rows(frame if consume else frame.copy(deep=False), positions, rows)
+
+
+def _take_rows(frame: pd.DataFrame, positions: dict[str, np.ndarray],
+               rows: np.ndarray | None) -> dict[str, pd.DataFrame]:
+    """The parts at `positions` (of `rows` of frame, or of all rows), moving frame's columns out."""
+    parts = {name: pd.DataFrame(index=pd.Index(pos)) for name, pos in positions.items()}
+    for col in list(frame.columns):
+        column = frame.pop(col)
+        for name, pos in positions.items():
+            parts[name][col] = column.iloc[pos if rows is None else rows[pos]].set_axis(parts[name].index)
+        del column  # the source column goes before the next one is copied
+    return parts

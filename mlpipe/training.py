@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import clone, is_classifier, is_regressor
-from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
+from sklearn.metrics import get_scorer
+from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
 from mlpipe.errors import ConfigError, DataError
@@ -78,11 +79,22 @@ def cross_validate(preprocessor, estimator, X: pd.DataFrame, y: pd.Series, task:
     else:
         splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
     pipe = Pipeline([("preprocess", clone(preprocessor)), ("model", clone(estimator))])
-    scores = cross_val_score(pipe, X, y, cv=splitter, scoring=SCORERS[metric])
+    scorer = get_scorer(SCORERS[metric])
+    scores = []
+    # cross_val_score's folds and scores, with one part of a fold in memory at a time
+    # (cross_val_score copies a fold's fitting and scoring rows together).
+    for fit_rows, score_rows in splitter.split(X, y):
+        fitted = clone(pipe).fit(X.iloc[fit_rows], y.iloc[fit_rows])
+        scores.append(scorer(fitted, X.iloc[score_rows], y.iloc[score_rows]))
+    scores = np.array(scores)
     return -scores if SCORERS[metric].startswith("neg_") else scores
 
 
-def fit_model(preprocessor, estimator, X: pd.DataFrame, y: pd.Series) -> Pipeline:
-    """Fit the estimator on the already-fitted preprocessor's output; the result takes raw rows."""
-    fitted = clone(estimator).fit(preprocessor.transform(X), y)
-    return Pipeline([("preprocess", preprocessor), ("model", fitted)])
+def fit_model(preprocessor, estimator, X: pd.DataFrame, y: pd.Series) -> tuple[Pipeline, np.ndarray]:
+    """Fit the estimator on the already-fitted preprocessor's output; the model takes raw rows.
+
+    Also returns the model's predictions for X, from the transform the fit used (what
+    `model.predict(X)` gives, without transforming X a second time)."""
+    transformed = preprocessor.transform(X)
+    fitted = clone(estimator).fit(transformed, y)
+    return Pipeline([("preprocess", preprocessor), ("model", fitted)]), fitted.predict(transformed)

@@ -6,13 +6,22 @@ from mlpipe import data, drift, features, model_io, outliers, reports
 from mlpipe.harness import StepContext, step_main
 
 
+def log_split(ctx: StepContext, spec: features.FeatureSpec, name: str, part) -> None:
+    """One split as a Parquet artifact and as the run's MLflow dataset input."""
+    ctx.log_frame(name, part[spec.columns + [spec.target]])
+    dataset = mlflow.data.from_pandas(part, source=ctx.artifact_source(f"data/{name}.parquet"),
+                                      targets=spec.target, name=f"{ctx.cfg.data.name}-{name}",
+                                      digest=data.frame_digest(part))
+    mlflow.log_input(dataset, context=name)
+
+
 def run(ctx: StepContext) -> None:
     profile = ctx.upstream_json("data_profile.json")
     frame = ctx.upstream_frame("raw")
     spec = features.feature_spec(frame, profile["target"], profile["task"])
     frame = features.normalise_types(frame, spec)
-    splits = features.split(frame, spec, ctx.config["preprocess"], ctx.cfg.seed)
-    del frame  # the splits are copies: keep one set of rows in memory
+    # consume: the columns move into the splits one at a time, so one set of rows is in memory
+    splits = features.split(frame, spec, ctx.config["preprocess"], ctx.cfg.seed, consume=True)
 
     # The drift reference: the training split as it came in (before any outlier action).
     dcfg = ctx.config["preprocess"]["drift"]
@@ -34,25 +43,23 @@ def run(ctx: StepContext) -> None:
                         "outliers.train_values": sum(c["count"] for c in report["columns"].values()),
                         "outliers.train_rows_dropped": report["rows"] - len(splits["train"])})
 
-    preprocessor = features.build_preprocessor(spec, ctx.config["preprocess"])
-    train = splits["train"]
-    preprocessor.fit(train[spec.columns], train[spec.target])
+    rows = {name: len(part) for name, part in splits.items()}
+    for name in rows:
+        log_split(ctx, spec, name, splits[name])
+    train = splits.pop("train")
+    del splits  # logged: only the training rows stay in memory for the fit
 
-    for name, part in splits.items():
-        ctx.log_frame(name, part[spec.columns + [spec.target]])
-        dataset = mlflow.data.from_pandas(part, source=ctx.artifact_source(f"data/{name}.parquet"),
-                                          targets=spec.target, name=f"{ctx.cfg.data.name}-{name}",
-                                          digest=data.frame_digest(part))
-        mlflow.log_input(dataset, context=name)
+    preprocessor = features.build_preprocessor(spec, ctx.config["preprocess"])
+    preprocessor.fit(train[spec.columns], train[spec.target])
     ctx.log_json("feature_spec.json", spec.to_dict())
     model_io.log_transformer(preprocessor, ctx.workdir, "preprocessor", ctx.cfg.serialization)
-    mlflow.log_metrics({f"split.{name}_rows": len(part) for name, part in splits.items()}
+    mlflow.log_metrics({f"split.{name}_rows": n for name, n in rows.items()}
                        | {"features.out": len(preprocessor.get_feature_names_out())})
-    ctx.card.outputs.update({f"{name} rows": len(part) for name, part in splits.items()}
+    ctx.card.outputs.update({f"{name} rows": n for name, n in rows.items()}
                             | {"numeric columns": len(spec.numeric), "categorical columns": len(spec.categorical),
                                "dropped (empty) columns": ", ".join(spec.dropped) or "none",
                                "drift reference": "drift/reference_profile.json, data/drift_reference.parquet"})
-    ctx.summary(" ".join(f"{name}={len(part)}" for name, part in splits.items()))
+    ctx.summary(" ".join(f"{name}={n}" for name, n in rows.items()))
 
 
 if __name__ == "__main__":

@@ -9,24 +9,27 @@ from mlpipe.harness import StepContext, step_main
 
 def run(ctx: StepContext) -> None:
     spec = features.FeatureSpec.from_dict(ctx.upstream_json("feature_spec.json"))
-    train, validation = ctx.upstream_frame("train"), ctx.upstream_frame("validation")
+    train = ctx.upstream_frame("train")
     preprocessor = model_io.load_transformer(ctx.client, ctx.upstream.info.run_id, "preprocessor", ctx.workdir)
     estimator = training.build_estimator(ctx.config["model"], spec.task)
     metric = training.metric_name(spec.task, ctx.cfg.train.metric)
 
     X, y = train[spec.columns], train[spec.target]
     cv = training.cross_validate(preprocessor, estimator, X, y, spec.task, ctx.cfg.train.cv_folds, metric, ctx.cfg.seed)
-    model = training.fit_model(preprocessor, estimator, X, y)
+    model, predicted = training.fit_model(preprocessor, estimator, X, y)
+    example, rows = X.head(5), len(X)
+    del train, X  # the validation split is read once the training rows are gone
 
-    scores = {f"train.{k}": v for k, v in training.score(spec.task, y, model.predict(X)).items()}
+    scores = {f"train.{k}": v for k, v in training.score(spec.task, y, predicted).items()}
+    validation = ctx.upstream_frame("validation")
     scores |= {f"validation.{k}": v for k, v in
                training.score(spec.task, validation[spec.target], model.predict(validation[spec.columns])).items()}
+    del validation
     if len(cv):
         scores |= {f"cv.{metric}_mean": float(cv.mean()), f"cv.{metric}_std": float(cv.std())}
     mlflow.log_metrics(scores)
     reports.train(ctx.card, model, cv, metric, scores)
 
-    example = X.head(5)
     fmt = model_io.check_format(ctx.cfg.serialization)
     info = storage.log_model(
         mlflow.sklearn.log_model, sk_model=model, name="model", signature=infer_signature(example, model.predict(example)),
@@ -36,7 +39,7 @@ def run(ctx: StepContext) -> None:
     mlflow.set_tags({"pipeline.model_uri": info.model_uri, "model.class": type(estimator).__name__,
                      "data.task": spec.task})
     ctx.card.outputs.update({"model_uri": info.model_uri, "model": type(estimator).__name__,
-                             "train rows": len(X), "features": len(spec.columns)})
+                             "train rows": rows, "features": len(spec.columns)})
     ctx.summary(f"validation.{metric}={scores[f'validation.{metric}']:.4f}")
 
 

@@ -149,6 +149,29 @@ def test_split_drops_unlabelled_rows(wine, preprocess_cfg):
     assert used.isdisjoint(range(10))
 
 
+@pytest.mark.parametrize("unlabelled", [False, True])
+def test_split_parts_are_the_labelled_rows_at_their_positions(preprocess_cfg, unlabelled):
+    rng = np.random.default_rng(3)
+    n = 400
+    frame = pd.DataFrame({"x": rng.standard_normal(n), "word": pd.Series(rng.choice(["a", "b"], n), dtype="str"),
+                          "kind": pd.Categorical(rng.choice(["p", "q"], n)), "flag": rng.random(n) < 0.5,
+                          "count": pd.array(rng.integers(0, 5, n), dtype="Int64"),
+                          "target": rng.integers(0, 2, n).astype(float)}, index=np.arange(n) * 3 + 7)
+    if unlabelled:
+        frame.loc[frame.index[::9], "target"] = np.nan
+    labelled = frame[frame["target"].notna()].reset_index(drop=True)
+    spec = feature_spec(frame, "target", "classification")
+    parts = split(frame, spec, preprocess_cfg, seed=5)
+    for name, part in parts.items():
+        pd.testing.assert_frame_equal(part, labelled.iloc[part.index], check_exact=True, obj=name)
+    assert frame.shape == (n, 6)  # not consumed by default
+
+    moved = split(frame, spec, preprocess_cfg, seed=5, consume=True)
+    assert frame.shape == (n, 0)
+    for name, part in parts.items():
+        pd.testing.assert_frame_equal(moved[name], part, check_exact=True, obj=name)
+
+
 def test_split_tiny_class(wine, preprocess_cfg):
     frame = pd.concat([wine, wine.iloc[:2].assign(target=9)], ignore_index=True)
     spec = feature_spec(frame, "target", "classification")

@@ -52,7 +52,7 @@ def fitted_model(preprocess_cfg):
     spec = feature_spec(frame, "target", "classification")
     frame = normalise_types(frame, spec)
     pre = build_preprocessor(spec, preprocess_cfg).fit(frame[spec.columns])
-    return fit_model(pre, LogisticRegression(), frame[spec.columns], frame["target"]), frame[spec.columns]
+    return fit_model(pre, LogisticRegression(), frame[spec.columns], frame["target"])[0], frame[spec.columns]
 
 
 def test_trusted_types_let_skops_load_the_model(fitted_model):

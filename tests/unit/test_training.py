@@ -183,7 +183,9 @@ def test_cross_validate_regression_error_metrics_are_positive(preprocess_cfg):
 def test_fit_model_predicts_raw_rows_with_missing_values(wine_parts):
     spec, parts, pre = wine_parts
     estimator = training.build_estimator(LOGREG, "classification")
-    model = training.fit_model(pre, estimator, parts["train"][spec.columns], parts["train"]["target"])
+    X = parts["train"][spec.columns]
+    model, predicted = training.fit_model(pre, estimator, X, parts["train"]["target"])
+    np.testing.assert_array_equal(predicted, model.predict(X))
     assert isinstance(model, Pipeline)
     assert [name for name, _ in model.steps] == ["preprocess", "model"]
     assert model.named_steps["preprocess"] is pre
@@ -205,7 +207,9 @@ def test_fit_model_regression(preprocess_cfg):
     frame["y"] = 2 * frame["a"] + (frame["kind"] == "q") * 5
     spec = feature_spec(frame, "y", "regression")
     pre = build_preprocessor(spec, preprocess_cfg).fit(frame[spec.columns])
-    model = training.fit_model(pre, training.build_estimator(RIDGE, "regression"), frame[spec.columns], frame["y"])
+    model, predicted = training.fit_model(pre, training.build_estimator(RIDGE, "regression"), frame[spec.columns],
+                                          frame["y"])
+    np.testing.assert_array_equal(predicted, model.predict(frame[spec.columns]))
     predictions = model.predict(pd.DataFrame({"a": [0.0, np.nan], "kind": ["q", "unseen"]}))
     assert predictions[0] == pytest.approx(5.0, abs=0.6)
     assert np.isfinite(predictions).all()

@@ -1,0 +1,48 @@
+"""mlpipe/handoff.py: reading a Parquet hand-off column by column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlpipe.handoff import read_parquet
+
+
+def mixed_frame(rows: int = 50) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    floats = rng.standard_normal(rows)
+    floats[::7] = np.nan
+    words = pd.Series(rng.choice(["red", "green", "blue"], rows), dtype="str")
+    words[::5] = None
+    return pd.DataFrame({
+        "floats": floats,
+        "ints": rng.integers(0, 100, rows),
+        "words": words,
+        "category": pd.Categorical(rng.choice(["a", "b", "c"], rows)),
+        "flags": rng.random(rows) < 0.5,
+        "flags_missing": pd.Series(rng.random(rows) < 0.5, dtype="boolean").mask(np.arange(rows) % 3 == 0),
+        "nullable_ints": pd.array(rng.integers(0, 9, rows), dtype="Int64"),
+        "objects": pd.Series([None if i % 4 == 0 else f"v{i}" for i in range(rows)], dtype=object),
+        "when": pd.date_range("2024-01-01", periods=rows, freq="h"),
+        "empty": np.full(rows, np.nan),
+    })
+
+
+@pytest.mark.parametrize("index", [False, True])
+def test_read_parquet_equals_a_whole_read(tmp_path, index):
+    frame = mixed_frame()
+    if index:
+        frame.index = pd.Index(np.arange(len(frame))[::-1] * 3, name="row")
+    path = tmp_path / "frame.parquet"
+    frame.to_parquet(path, index=index)
+    expected, got = pd.read_parquet(path), read_parquet(path)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert got.dtypes.to_dict() == expected.dtypes.to_dict()
+    assert got.columns.dtype == expected.columns.dtype and got.index.equals(expected.index)
+
+
+def test_read_parquet_single_column_and_range_index(tmp_path):
+    path = tmp_path / "one.parquet"
+    pd.DataFrame({"x": [1.0, 2.0, None]}, index=pd.RangeIndex(10, 13)).to_parquet(path)
+    pd.testing.assert_frame_equal(read_parquet(path), pd.read_parquet(path))
