@@ -290,3 +290,19 @@ def test_preprocessor_numeric_only(wine, preprocess_cfg):
     out = pre.transform(rows)
     assert out.shape == (2, 13)
     assert np.isfinite(out).all()
+
+
+def test_the_columnwise_median_imputer_learns_what_simpleimputers_median_does():
+    from sklearn.impute import SimpleImputer
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(501, 4)), columns=list("abcd"))
+    X.iloc[rng.integers(0, 501, 60), 1] = np.nan
+    X.iloc[:250, 2] = np.nan
+    spec = FeatureSpec(target="y", task="regression", numeric=list("abcd"), categorical=[], dropped=[], classes=[])
+    cfg = {"numeric_impute": "median", "scale_numeric": False, "categorical_impute": "most_frequent",
+           "min_category_frequency": 0.01}
+    fitted = build_preprocessor(spec, cfg).fit(X)
+    imputer = fitted.named_transformers_["numeric"].named_steps["impute"]
+    assert np.array_equal(imputer.statistics_, SimpleImputer(strategy="median").fit(X).statistics_)
+    assert np.array_equal(fitted.transform(X), SimpleImputer(strategy="median").fit_transform(X))
