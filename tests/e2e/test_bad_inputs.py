@@ -121,6 +121,7 @@ def test_text_in_a_numeric_column_on_a_first_ingest(store: Store, tmp_path):
     assert failures["index"].tolist() == [4, 9]
 
 
+@pytest.mark.slow
 def test_a_mostly_missing_column(store: Store, tmp_path):
     path = tmp_path / "sparse.csv"
     frame = good_frame()
@@ -146,6 +147,7 @@ def stored(store: Store, tmp_path_factory):
     return path, run
 
 
+@pytest.mark.slow
 def test_fresh_plausible_data_passes_against_the_stored_schema(store: Store, stored):
     path, first = stored
     good_frame(seed=1).to_csv(path, index=False)
@@ -197,6 +199,7 @@ def schema_file(store: Store, run, path, edit=None):
     return path
 
 
+@pytest.mark.slow
 def test_data_schema_file_is_used_instead_of_the_stored_one(store: Store, stored, tmp_path):
     source, first = stored
     good_frame(seed=4).to_csv(source, index=False)
@@ -229,6 +232,7 @@ def test_data_schema_file_that_rejects_the_data(store: Store, stored, tmp_path):
     assert card["inputs"]["schema"] == str(path)
 
 
+@pytest.mark.slow
 def test_missing_data_schema_file(store: Store, stored, tmp_path):
     source, _ = stored
     path = tmp_path / "nope.yaml"

@@ -55,11 +55,13 @@ def test_unknown_config_key(store: Store):
     assert len(store.runs()) == before + 1  # the driver's own FAILED run, no step started
 
 
+@pytest.mark.slow
 def test_unknown_model_name(store: Store):
     result = store.mlflow_run("-P", "overrides=model=xgboost")
     _assert_failed_cleanly(store, result, "main", "ConfigError", ["model/xgboost", "random_forest"], entry="main")
 
 
+@pytest.mark.slow
 def test_unknown_key_in_a_single_step(store: Store):
     result = store.mlflow_run("-P", "overrides=data.bogus=1", entry="ingest")
     _assert_failed_cleanly(store, result, "ingest", "ConfigError", ["data.bogus"], entry="ingest")

@@ -147,6 +147,7 @@ def test_selected_steps_use_matching_finished_upstream(store: Store, cold):
     assert f"preprocess: using finished run {preprocess.info.run_id}" in result.stderr
 
 
+@pytest.mark.slow
 def test_non_contiguous_steps_are_refused(store: Store, cold):
     result = store.mlflow_run("-P", "steps=train,register")
     assert result.returncode != 0

@@ -337,6 +337,7 @@ def test_the_server_run_ended_finished_by_sigterm(store: Store, ab_server):
     assert runs[0].data.tags["serve.variant.a"].startswith(f"models:/{MODEL}@champion")
 
 
+@pytest.mark.slow
 def test_variants_with_different_inputs_stop_start_up(store: Store, registered, tmp_path):
     import mlflow
     from mlflow.models import infer_signature

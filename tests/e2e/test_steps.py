@@ -16,6 +16,7 @@ import pytest
 from support import ROOT, Store, error_lines
 
 
+@pytest.mark.slow
 def test_step_without_any_upstream_names_the_step_to_run_first(fresh_store: Store):
     result = fresh_store.mlflow_run(entry="train")
     assert result.returncode != 0
@@ -70,6 +71,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_serve_alone_serves_the_champion_until_interrupted(store: Store, prepared):
     store.mlflow_run("-P", "steps=train,qa,register", check=True)
     port = _free_port()
