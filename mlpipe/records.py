@@ -117,13 +117,9 @@ class RecordStore:
         """Correct and wrong labelled rows per variant (label equal to the prediction), for bandits."""
         self.flush()
         with self.lock:
-            frame = _joined(self.conn, experiment)
-        good, bad = [], []
-        for name in variants:
-            outcomes = [o for v, o in zip(frame["variant"], frame["correct"]) if v == name]
-            good.append(sum(outcomes))
-            bad.append(len(outcomes) - sum(outcomes))
-        return good, bad
+            pairs = labelled_pairs(self.conn, experiment)
+        good = [sum(p == t for p, t in pairs.get(name, [])) for name in variants]
+        return good, [len(pairs.get(name, [])) - g for name, g in zip(variants, good)]
 
     def aggregates(self) -> list[tuple]:
         """(experiment, variant, model_version, status, count, latency sum s, bucket counts...)."""
@@ -142,22 +138,21 @@ class RecordStore:
             self.conn.close()
 
 
-def _joined(conn: sqlite3.Connection, experiment: str) -> dict[str, list]:
+def labelled_pairs(conn: sqlite3.Connection, experiment: str) -> dict[str, list[tuple[Any, Any]]]:
+    """Per variant, (prediction, label) for every labelled row of its answered requests."""
     rows = conn.execute(
         "SELECT r.variant, r.predictions, f.label FROM requests r JOIN feedback f ON f.request_id = r.request_id "
-        "WHERE r.experiment = ? AND r.status = 200", (experiment,)).fetchall()
-    out: dict[str, list] = {"variant": [], "correct": []}
+        "WHERE r.experiment = ? AND r.status = 200 ORDER BY f.id", (experiment,)).fetchall()
+    out: dict[str, list[tuple[Any, Any]]] = {}
     for variant, predictions, label in rows:
-        for pred, truth in zip(*_aligned(predictions, label)):
-            out["variant"].append(variant)
-            out["correct"].append(int(pred == truth))
+        out.setdefault(variant, []).extend(zip(*_aligned(predictions, label)))
     return out
 
 
 def _aligned(predictions: str | None, label: str) -> tuple[list, list]:
     """Predictions and labels of one request as two equal-length lists (a scalar label = 1 row)."""
     preds = json.loads(predictions) if predictions else []
-    if isinstance(preds, dict):  # {"predictions": ...} never stored, but be lenient
+    if isinstance(preds, dict):  # the server stores MLflow's whole answer, {"predictions": [...]}
         preds = preds.get("predictions", [])
     truth = json.loads(label)
     truth = truth if isinstance(truth, list) else [truth]
@@ -195,20 +190,15 @@ def labelled_rows(path: str | Path, experiment: str) -> dict[str, Any]:
     try:
         lat = conn.execute("SELECT variant, latency_ms, model_version FROM requests "
                            "WHERE experiment = ? AND status = 200 ORDER BY id", (experiment,)).fetchall()
-        pairs = conn.execute(
-            "SELECT r.variant, r.predictions, f.label FROM requests r JOIN feedback f ON f.request_id = r.request_id "
-            "WHERE r.experiment = ? AND r.status = 200 ORDER BY f.id", (experiment,)).fetchall()
+        pairs = labelled_pairs(conn, experiment)
         errors = conn.execute("SELECT variant, COUNT(*) FROM requests WHERE experiment = ? AND status != 200 "
                               "GROUP BY variant", (experiment,)).fetchall()
     finally:
         conn.close()
-    out: dict[str, Any] = {"latencies": {}, "pairs": {}, "versions": {}, "errors": dict(errors)}
+    out: dict[str, Any] = {"latencies": {}, "pairs": pairs, "versions": {}, "errors": dict(errors)}
     for variant, latency, version in lat:
         out["latencies"].setdefault(variant, []).append(latency)
         out["versions"].setdefault(variant, set()).add(version)
-    for variant, predictions, label in pairs:
-        preds, truth = _aligned(predictions, label)
-        out["pairs"].setdefault(variant, []).extend(zip(preds, truth))
     return out
 
 
