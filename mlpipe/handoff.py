@@ -101,6 +101,15 @@ def read_parquet(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
+    """`frame.to_parquet(path, index=False)` with dictionary encoding for the non-float columns
+    only. Arrow's dictionary builder for a float column of mostly distinct values is discarded
+    after its first megabyte (the column is then stored plain, as it is here), but glibc kept
+    the memory: +43 MB of RSS for good after writing 650k x 21 floats, +1 MB without it."""
+    dictionary = [str(name) for name, dtype in frame.dtypes.items() if not pd.api.types.is_float_dtype(dtype)]
+    frame.to_parquet(path, index=False, use_dictionary=dictionary)
+
+
 def read_frame(client: MlflowClient, run_id: str, artifact_path: str) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         return read_parquet(download(client, run_id, artifact_path, tmp))

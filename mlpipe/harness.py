@@ -158,7 +158,7 @@ class StepContext:
     def log_frame(self, name: str, frame) -> str:
         path = self.workdir / "data" / f"{name}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_parquet(path, index=False)
+        handoff.write_parquet(frame, path)
         mlflow.log_artifact(str(path), artifact_path="data")
         return f"data/{name}.parquet"
 

@@ -1,4 +1,4 @@
-"""mlpipe/handoff.py: reading a Parquet hand-off column by column."""
+"""mlpipe/handoff.py: reading a Parquet hand-off column by column, writing it without float dictionaries."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlpipe.handoff import read_parquet
+import pyarrow.parquet as pq
+
+from mlpipe.handoff import read_parquet, write_parquet
 
 
 def mixed_frame(rows: int = 50) -> pd.DataFrame:
@@ -46,3 +48,23 @@ def test_read_parquet_single_column_and_range_index(tmp_path):
     path = tmp_path / "one.parquet"
     pd.DataFrame({"x": [1.0, 2.0, None]}, index=pd.RangeIndex(10, 13)).to_parquet(path)
     pd.testing.assert_frame_equal(read_parquet(path), pd.read_parquet(path))
+
+
+def test_write_parquet_round_trips_and_keeps_dictionaries_for_non_float_columns(tmp_path):
+    frame = mixed_frame()
+    path = tmp_path / "frame.parquet"
+    write_parquet(frame, path)
+    frame.to_parquet(tmp_path / "plain.parquet", index=False)
+    pd.testing.assert_frame_equal(read_parquet(path), read_parquet(tmp_path / "plain.parquet"), check_exact=True)
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    assert not any("DICTIONARY" in e for e in encodings["floats"] + encodings["empty"]), encodings
+    assert any("DICTIONARY" in e for e in encodings["words"]), encodings
+    assert any("DICTIONARY" in e for e in encodings["category"]), encodings
+
+
+def test_write_parquet_all_float_frame(tmp_path):
+    path = tmp_path / "floats.parquet"
+    frame = pd.DataFrame({"a": [0.5, 0.5, np.nan], "b": [1.0, 2.0, 3.0]})
+    write_parquet(frame, path)
+    pd.testing.assert_frame_equal(pd.read_parquet(path), frame)
