@@ -95,6 +95,10 @@ def fit_model(preprocessor, estimator, X: pd.DataFrame, y: pd.Series) -> tuple[P
 
     Also returns the model's predictions for X, from the transform the fit used (what
     `model.predict(X)` gives, without transforming X a second time)."""
-    transformed = preprocessor.transform(X)
+    return fit_transformed(preprocessor, estimator, preprocessor.transform(X), y)
+
+
+def fit_transformed(preprocessor, estimator, transformed, y: pd.Series) -> tuple[Pipeline, np.ndarray]:
+    """`fit_model` given `preprocessor.transform(X)`, so a caller can let the raw rows go first."""
     fitted = clone(estimator).fit(transformed, y)
     return Pipeline([("preprocess", preprocessor), ("model", fitted)]), fitted.predict(transformed)

@@ -201,6 +201,17 @@ def test_fit_model_predicts_raw_rows_with_missing_values(wine_parts):
     assert training.score("classification", test["target"], predictions)["accuracy"] > 0.9
 
 
+def test_fit_transformed_is_fit_model_on_the_transform(wine_parts):
+    spec, parts, pre = wine_parts
+    estimator = training.build_estimator(LOGREG, "classification")
+    X, y = parts["train"][spec.columns], parts["train"]["target"]
+    model, predicted = training.fit_model(pre, estimator, X, y)
+    again, predicted_again = training.fit_transformed(pre, estimator, pre.transform(X), y)
+    np.testing.assert_array_equal(predicted_again, predicted)
+    np.testing.assert_array_equal(again.named_steps["model"].coef_, model.named_steps["model"].coef_)
+    np.testing.assert_array_equal(again.predict(parts["test"][spec.columns]), model.predict(parts["test"][spec.columns]))
+
+
 def test_fit_model_regression(preprocess_cfg):
     rng = np.random.default_rng(1)
     frame = pd.DataFrame({"a": rng.normal(size=80), "kind": rng.choice(["p", "q"], size=80).astype(object)})
