@@ -97,6 +97,11 @@ def build_preprocessor(spec: FeatureSpec, cfg: dict) -> ColumnTransformer:
     )
 
 
+def fit_preprocessor(spec: FeatureSpec, cfg: dict, frame: pd.DataFrame) -> ColumnTransformer:
+    """`build_preprocessor` fitted on the rows of `frame` (the training split)."""
+    return build_preprocessor(spec, cfg).fit(frame[spec.columns], frame[spec.target])
+
+
 def split(frame: pd.DataFrame, spec: FeatureSpec, cfg: dict, seed: int, *,
           consume: bool = False) -> dict[str, pd.DataFrame]:
     """Seeded train/validation/test split of labelled rows, stratified for classification.

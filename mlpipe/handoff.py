@@ -8,12 +8,12 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlpipe.errors import StorageError, UpstreamError
+from mlpipe.frames import read_parquet, write_parquet  # noqa: F401 - the hand-off's Parquet format
 
 STEP_TAG = "pipeline.step"
 SUMMARY_TAG = "pipeline.summary"
@@ -83,31 +83,6 @@ def download(client: MlflowClient, run_id: str, artifact_path: str, dst: str) ->
             raise StorageError(f"cannot read artifact {artifact_path!r} of run {run_id} from {where}: "
                                f"{describe(exc)}") from exc
         raise UpstreamError(f"run {run_id} has no readable artifact {artifact_path!r}: {exc}") from exc
-
-
-def read_parquet(path: str | Path) -> pd.DataFrame:
-    """`pd.read_parquet(path)` read one column at a time: the same frame (columns, dtypes, index)
-    for about its own size plus one column, where a whole read holds Arrow's table and pandas'
-    copy at once (peak +450 MB for a 160 MB frame, against +200 MB)."""
-    schema = pq.read_schema(path)
-    stored_index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
-    columns = [name for name in schema.names if name not in stored_index]
-    if len(columns) < 2 or len(set(columns)) < len(columns):
-        return pd.read_parquet(path)
-    frame = pd.read_parquet(path, columns=columns[:1], use_threads=False)
-    for name in columns[1:]:
-        part = pd.read_parquet(path, columns=[name], use_threads=False)
-        frame[part.columns[0]] = part.iloc[:, 0]
-    return frame
-
-
-def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
-    """`frame.to_parquet(path, index=False)` with dictionary encoding for the non-float columns
-    only. Arrow's dictionary builder for a float column of mostly distinct values is discarded
-    after its first megabyte (the column is then stored plain, as it is here), but glibc kept
-    the memory: +43 MB of RSS for good after writing 650k x 21 floats, +1 MB without it."""
-    dictionary = [str(name) for name, dtype in frame.dtypes.items() if not pd.api.types.is_float_dtype(dtype)]
-    frame.to_parquet(path, index=False, use_dictionary=dictionary)
 
 
 def read_frame(client: MlflowClient, run_id: str, artifact_path: str) -> pd.DataFrame:

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from mlpipe import cache, cards, handoff, keys, monitor, storage
+from mlpipe.frames import return_freed_memory
 from mlpipe.config import compose, flatten, split_overrides, to_container
 from mlpipe.errors import PipelineError, StorageError
 from mlpipe.pipeline import STEPS
@@ -190,31 +191,6 @@ def log_config(cfg: DictConfig, config: dict[str, Any], params: dict[str, str], 
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
     mlflow.log_params({k: v[:6000] for k, v in flatten(config).items() if k not in logged})
     mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
-
-
-# glibc's mallopt parameter number, and the size from which an allocation gets its own mapping.
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 1 << 20
-
-
-def return_freed_memory() -> None:
-    """Let a step's big arrays go back to the OS when freed, so peak RSS follows the live data.
-
-    Arrow allocates through malloc instead of its own mimalloc pool, which kept what it freed
-    resident and out of NumPy's reach (270 MB after a 1M x 20 floats Parquet read was freed).
-    glibc gives every allocation of 1 MB or more its own mapping: by default it raises that
-    threshold after the first big free, and later arrays stay in the heap once freed (130 MB of
-    the raw frame after preprocess split it, measured)."""
-    import ctypes
-    import ctypes.util
-
-    import pyarrow
-
-    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
-    libc = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc and sys.platform == "linux" else None
-    if mallopt is not None:
-        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params: tuple[str, ...] = (),

@@ -2,17 +2,19 @@
 
 import mlflow
 
-from mlpipe import data, drift, features, model_io, outliers, reports
+from mlpipe import data, drift, features, fit_worker, model_io, outliers, reports
 from mlpipe.harness import StepContext, step_main
 
 
-def log_split(ctx: StepContext, spec: features.FeatureSpec, name: str, part) -> None:
-    """One split as a Parquet artifact and as the run's MLflow dataset input."""
-    ctx.log_frame(name, part[spec.columns + [spec.target]])
+def log_split(ctx: StepContext, spec: features.FeatureSpec, name: str, part):
+    """One split as a Parquet artifact and as the run's MLflow dataset input; returns the
+    Parquet file's local path."""
+    local = ctx.workdir / ctx.log_frame(name, part[spec.columns + [spec.target]])
     dataset = mlflow.data.from_pandas(part, source=ctx.artifact_source(f"data/{name}.parquet"),
                                       targets=spec.target, name=f"{ctx.cfg.data.name}-{name}",
                                       digest=data.frame_digest(part))
     mlflow.log_input(dataset, context=name)
+    return local
 
 
 def run(ctx: StepContext) -> None:
@@ -44,13 +46,16 @@ def run(ctx: StepContext) -> None:
                         "outliers.train_rows_dropped": report["rows"] - len(splits["train"])})
 
     rows = {name: len(part) for name, part in splits.items()}
-    for name in rows:
-        log_split(ctx, spec, name, splits[name])
+    logged = {name: log_split(ctx, spec, name, splits[name]) for name in rows}
     train = splits.pop("train")
     del splits  # logged: only the training rows stay in memory for the fit
 
-    preprocessor = features.build_preprocessor(spec, ctx.config["preprocess"])
-    preprocessor.fit(train[spec.columns], train[spec.target])
+    pcfg = ctx.config["preprocess"]
+    if pcfg["fit_worker"]:
+        del train, reference  # the worker reads the logged training split; this process lets its rows go
+        preprocessor = fit_worker.fit_in_worker(spec, pcfg, logged["train"], ctx.workdir)
+    else:
+        preprocessor = features.fit_preprocessor(spec, pcfg, train)
     ctx.log_json("feature_spec.json", spec.to_dict())
     model_io.log_transformer(preprocessor, ctx.workdir, "preprocessor", ctx.cfg.serialization)
     mlflow.log_metrics({f"split.{name}_rows": n for name, n in rows.items()}

@@ -1,14 +1,13 @@
-"""mlpipe/handoff.py: reading a Parquet hand-off column by column, writing it without float dictionaries."""
+"""mlpipe/frames.py: reading a Parquet hand-off column by column, writing it without float dictionaries."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
-import pyarrow.parquet as pq
-
-from mlpipe.handoff import read_parquet, write_parquet
+from mlpipe.frames import read_parquet, write_parquet
 
 
 def mixed_frame(rows: int = 50) -> pd.DataFrame:
