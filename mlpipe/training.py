@@ -90,12 +90,27 @@ def cross_validate(preprocessor, estimator, X: pd.DataFrame, y: pd.Series, task:
     return -scores if SCORERS[metric].startswith("neg_") else scores
 
 
+def transform(preprocessor, X: pd.DataFrame, chunk_rows: int = 65536):
+    """`preprocessor.transform(X)` a block of rows at a time, into one array: the same values
+    (every transformer here works row by row), with scikit-learn's temporary copies of the
+    numeric block (about two at once) held for one block instead of for all the rows."""
+    first = preprocessor.transform(X.iloc[:chunk_rows])  # dense (features.build_preprocessor)
+    if len(X) <= chunk_rows:
+        return first
+    out = np.empty((len(X), first.shape[1]), dtype=first.dtype)
+    out[:chunk_rows] = first
+    del first
+    for start in range(chunk_rows, len(X), chunk_rows):
+        out[start:start + chunk_rows] = preprocessor.transform(X.iloc[start:start + chunk_rows])
+    return out
+
+
 def fit_model(preprocessor, estimator, X: pd.DataFrame, y: pd.Series) -> tuple[Pipeline, np.ndarray]:
     """Fit the estimator on the already-fitted preprocessor's output; the model takes raw rows.
 
     Also returns the model's predictions for X, from the transform the fit used (what
     `model.predict(X)` gives, without transforming X a second time)."""
-    return fit_transformed(preprocessor, estimator, preprocessor.transform(X), y)
+    return fit_transformed(preprocessor, estimator, transform(preprocessor, X), y)
 
 
 def fit_transformed(preprocessor, estimator, transformed, y: pd.Series) -> tuple[Pipeline, np.ndarray]:

@@ -224,3 +224,17 @@ def test_fit_model_regression(preprocess_cfg):
     predictions = model.predict(pd.DataFrame({"a": [0.0, np.nan], "kind": ["q", "unseen"]}))
     assert predictions[0] == pytest.approx(5.0, abs=0.6)
     assert np.isfinite(predictions).all()
+
+
+# -- transform ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 1000])
+def test_transform_in_blocks_equals_a_whole_transform(wine_parts, chunk_rows):
+    spec, parts, pre = wine_parts
+    X = parts["train"][spec.columns].copy()
+    X.iloc[3, 0] = np.nan
+    whole = pre.transform(X)
+    blocks = training.transform(pre, X, chunk_rows=chunk_rows)
+    assert blocks.shape == whole.shape and blocks.dtype == whole.dtype
+    np.testing.assert_array_equal(blocks, whole)
