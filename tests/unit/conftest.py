@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -37,3 +38,22 @@ def _wine() -> pd.DataFrame:
 def wine(_wine) -> pd.DataFrame:
     """scikit-learn's wine data (178 rows, 13 numeric features, 3 classes in `target`)."""
     return _wine.copy()
+
+
+@pytest.fixture
+def mixed() -> pd.DataFrame:
+    """Numeric, string, boolean and all-empty columns, with missing values and one rare category."""
+    rng = np.random.default_rng(0)
+    n = 200
+    frame = pd.DataFrame({
+        "num": rng.normal(size=n),
+        "count": rng.integers(0, 10, size=n),
+        "cat": rng.choice(["a", "b", "c"], size=n).astype(object),
+        "flag": rng.choice([True, False], size=n),
+        "empty": [np.nan] * n,
+        "target": rng.choice(["yes", "no"], size=n),
+    })
+    frame.loc[0, "num"] = np.nan
+    frame.loc[1, "cat"] = np.nan
+    frame.loc[2, "cat"] = "rare"  # 1 of 200 rows: below min_category_frequency=0.01
+    return frame

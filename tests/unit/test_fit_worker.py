@@ -16,21 +16,10 @@ from mlpipe.frames import write_parquet
 
 
 @pytest.fixture
-def training_rows(tmp_path):
-    rng = np.random.default_rng(3)
-    n = 300
-    frame = pd.DataFrame({
-        "num": rng.normal(size=n),
-        "count": rng.integers(0, 10, size=n),
-        "cat": rng.choice(["a", "b", "c"], size=n).astype(object),
-        "flag": rng.choice([True, False], size=n),
-        "target": rng.choice(["yes", "no"], size=n),
-    })
-    frame.loc[:9, "num"] = np.nan
-    frame.loc[10:12, "cat"] = np.nan
-    frame.loc[13, "cat"] = "rare"
-    spec = feature_spec(frame, "target", "classification")
-    frame = normalise_types(frame, spec)
+def training_rows(mixed, tmp_path):
+    """The `mixed` frame as preprocess holds it, and as the Parquet split it logs."""
+    spec = feature_spec(mixed, "target", "classification")
+    frame = normalise_types(mixed, spec)
     path = tmp_path / "train.parquet"
     write_parquet(frame[spec.columns + [spec.target]], path)
     return spec, frame, path
