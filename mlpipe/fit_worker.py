@@ -26,6 +26,13 @@ from mlpipe import errors
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def wanted(rows_mb: float, min_mb: float | None) -> bool:
+    """Whether `rows_mb` MB of training rows are fitted in a worker (`preprocess.fit_worker_min_mb`)."""
+    if min_mb is not None and float(min_mb) < 0:
+        raise errors.ConfigError(f"preprocess.fit_worker_min_mb={min_mb}: expected a size >= 0 in MB, or null (never)")
+    return min_mb is not None and rows_mb >= float(min_mb)
+
+
 def fit_in_worker(spec, cfg: dict, data: Path, workdir: Path):
     """The preprocessor fitted on the Parquet file `data` (spec.columns + spec.target) by a
     worker process; `workdir` holds the request, the answer and any error."""

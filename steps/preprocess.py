@@ -51,11 +51,13 @@ def run(ctx: StepContext) -> None:
     del splits  # logged: only the training rows stay in memory for the fit
 
     pcfg = ctx.config["preprocess"]
-    if pcfg["fit_worker"]:
+    train_mb = train.memory_usage(deep=True).sum() / 2**20
+    if fit_worker.wanted(train_mb, pcfg["fit_worker_min_mb"]):
         del train, reference  # the worker reads the logged training split; this process lets its rows go
-        preprocessor = fit_worker.fit_in_worker(spec, pcfg, logged["train"], ctx.workdir)
+        preprocessor, fitted_in = fit_worker.fit_in_worker(spec, pcfg, logged["train"], ctx.workdir), "worker"
     else:
-        preprocessor = features.fit_preprocessor(spec, pcfg, train)
+        preprocessor, fitted_in = features.fit_preprocessor(spec, pcfg, train), "step"
+    mlflow.set_tag("preprocess.fitted_in", fitted_in)
     ctx.log_json("feature_spec.json", spec.to_dict())
     model_io.log_transformer(preprocessor, ctx.workdir, "preprocessor", ctx.cfg.serialization)
     mlflow.log_metrics({f"split.{name}_rows": n for name, n in rows.items()}
@@ -63,7 +65,8 @@ def run(ctx: StepContext) -> None:
     ctx.card.outputs.update({f"{name} rows": n for name, n in rows.items()}
                             | {"numeric columns": len(spec.numeric), "categorical columns": len(spec.categorical),
                                "dropped (empty) columns": ", ".join(spec.dropped) or "none",
-                               "drift reference": "drift/reference_profile.json, data/drift_reference.parquet"})
+                               "drift reference": "drift/reference_profile.json, data/drift_reference.parquet",
+                               "transformer fitted in": f"{fitted_in} ({train_mb:.1f} MB of training rows)"})
     ctx.summary(" ".join(f"{name}={n}" for name, n in rows.items()))
 
 

@@ -78,6 +78,7 @@ def test_steps_log_flat_params_config_yaml_and_datasets(store: Store, cold):
     assert [d.dataset.name for d in ingest_inputs] == ["wine"]
     contexts = {t.value for d in children["preprocess"].inputs.dataset_inputs for t in d.tags}
     assert {"train", "validation", "test"} <= contexts
+    assert children["preprocess"].data.tags["preprocess.fitted_in"] == "step"  # wine: below fit_worker_min_mb
     assert train.data.metrics["validation.accuracy"] > 0.7
     assert "cv.accuracy_mean" in train.data.metrics
 

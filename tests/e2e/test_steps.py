@@ -32,7 +32,9 @@ def test_step_without_any_upstream_names_the_step_to_run_first(fresh_store: Stor
 def prepared(store: Store):
     store.mlflow_run(entry="ingest", check=True)
     ingest = store.step_runs("ingest")[-1]
-    store.mlflow_run("-P", f"ingest_run_id={ingest.info.run_id}", entry="preprocess", check=True)
+    # fit_worker_min_mb=0: the transformer is fitted in preprocess's worker process even for wine
+    store.mlflow_run("-P", f"ingest_run_id={ingest.info.run_id}", "-P", "overrides=preprocess.fit_worker_min_mb=0",
+                     entry="preprocess", check=True)
     return ingest, store.step_runs("preprocess")[-1]
 
 
@@ -40,10 +42,12 @@ def test_steps_chain_by_run_id(store: Store, prepared):
     ingest, preprocess = prepared
     assert preprocess.data.params["ingest_run_id"] == ingest.info.run_id
     assert preprocess.data.tags["lineage.ingest_run_id"] == ingest.info.run_id
+    assert preprocess.data.tags["preprocess.fitted_in"] == "worker"
     store.mlflow_run("-P", f"preprocess_run_id={preprocess.info.run_id}", entry="train", check=True)
     train = store.step_runs("train")[-1]
     assert train.info.status == "FINISHED"
     assert train.data.params["preprocess_run_id"] == preprocess.info.run_id
+    assert train.data.metrics["validation.accuracy"] > 0.7  # the worker's transformer serves the model
 
 
 @pytest.mark.slow

@@ -67,3 +67,16 @@ def test_pipeline_errors_keep_their_class():
 def test_how_a_worker_ended_is_said():
     assert fit_worker.ended(-signal.SIGKILL) == "was killed by SIGKILL"
     assert fit_worker.ended(3) == "exited with code 3"
+
+
+@pytest.mark.parametrize(("rows_mb", "min_mb", "expected"),
+                         [(109.0, 32, True), (32.0, 32, True), (31.9, 32, False), (0.0, 0, True), (5000.0, None, False)])
+def test_the_worker_is_wanted_from_the_configured_size(rows_mb, min_mb, expected):
+    assert fit_worker.wanted(rows_mb, min_mb) is expected
+
+
+def test_a_negative_threshold_is_a_config_error():
+    from mlpipe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fit_worker_min_mb=-1"):
+        fit_worker.wanted(10.0, -1)
