@@ -61,7 +61,8 @@ def promote(client, result: dict[str, Any], served: dict[str, tuple[str, str]], 
     """Moves `alias` of `model_name` to the winner's version (under the registry lock)."""
     winner = result["winner"]
     uri, version = served[winner]
-    name = uri[len("models:/"):].split("@")[0].rsplit("/", 1)[0] if uri.startswith("models:/") else None
+    parsed = registry.parse_model_uri(uri)
+    name = parsed[0] if parsed else None
     if name is None or not version.isdigit():
         raise ConfigError(f"cannot promote variant {winner!r}: it serves {uri} (version {version}), not a registered "
                           "model version")

@@ -53,17 +53,30 @@ def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None
     client.set_registered_model_alias(name, alias, version)
 
 
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None] | None:
+    """(name, alias, reference) of a registry URI, or None for any other URI:
+    `models:/<name>@<alias>` -> (name, alias, None); `models:/<name>/<ref>` (a version number,
+    `latest` or a stage) -> (name, None, ref); `models:/<name>` -> (name, None, None)."""
+    if not uri.startswith("models:/"):
+        return None
+    ref = uri[len("models:/"):]
+    name, sep, alias = ref.partition("@")
+    if sep:
+        return name, alias, None
+    name, _, version = ref.rpartition("/")
+    return (name, None, version) if name else (version, None, None)
+
+
 def version_for_uri(client: MlflowClient, model_uri: str) -> ModelVersion | None:
     """The registry version behind `models:/<name>/<version>` or `models:/<name>@<alias>`."""
-    if not model_uri.startswith("models:/"):
+    parsed = parse_model_uri(model_uri)
+    if parsed is None:
         return None
-    ref = model_uri[len("models:/"):]
+    name, alias, ref = parsed
     try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
+        if alias is not None:
             return client.get_model_version_by_alias(name, alias)
-        name, _, version = ref.rpartition("/")
-        return client.get_model_version(name, version) if name and version.isdigit() else None
+        return client.get_model_version(name, ref) if ref and ref.isdigit() else None
     except MlflowException:
         return None
 

@@ -47,16 +47,18 @@ def resolve_version(model_uri: str) -> str:
     `run:<id>` for a `runs:/` URI, else `unregistered`."""
     from mlflow import MlflowClient
 
-    if model_uri.startswith("models:/"):
-        name, sep, ref = model_uri[len("models:/"):].partition("@")
-        if sep:
-            return str(MlflowClient().get_model_version_by_alias(name, ref).version)
-        name, _, version = name.rpartition("/")
-        if version.isdigit():
-            return version
-        if version == "latest" or not name:
-            latest = MlflowClient().search_model_versions(f"name='{name or version}'",
-                                                          order_by=["version_number DESC"], max_results=1)
+    from mlpipe.registry import parse_model_uri
+
+    parsed = parse_model_uri(model_uri)
+    if parsed is not None:
+        name, alias, ref = parsed
+        if alias is not None:
+            return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+        if ref is not None and ref.isdigit():
+            return ref
+        if ref in (None, "latest"):
+            latest = MlflowClient().search_model_versions(f"name='{name}'", order_by=["version_number DESC"],
+                                                          max_results=1)
             return str(latest[0].version) if latest else "unregistered"
     if model_uri.startswith("runs:/"):
         return "run:" + model_uri[len("runs:/"):].split("/")[0]
@@ -589,6 +591,8 @@ def _json_error(status: int, code: str, message: str, headers: dict | None = Non
 async def _refresh_aliases(live: list[LiveVariant], every: float, state: dict) -> None:
     """Every `every` seconds, re-resolve `models:/name@alias` variants; a moved alias loads the
     new version and swaps it in (requests in flight finish on the old one)."""
+    from mlpipe.registry import parse_model_uri
+
     while True:
         await asyncio.sleep(every)
         for v in live:
@@ -598,7 +602,7 @@ async def _refresh_aliases(live: list[LiveVariant], every: float, state: dict) -
                 version = await asyncio.to_thread(resolve_version, v.model_uri)
                 if version == v.version:
                     continue
-                name = v.model_uri[len("models:/"):].partition("@")[0]
+                name = parse_model_uri(v.model_uri)[0]
                 model = await asyncio.to_thread(load_model, f"models:/{name}/{version}", v.name)
                 if schema_of(model) != schema_of(v.model):
                     print(f"[mlpipe] serve: {v.model_uri} moved to version {version}, whose input schema differs; "
