@@ -38,14 +38,16 @@ def fit_in_worker(spec, cfg: dict, data: Path, workdir: Path):
     worker process; `workdir` holds the request, the answer and any error."""
     request = workdir / "fit_worker.json"
     answer, failure = workdir / "fit_worker.pkl", workdir / "fit_worker.error.json"
-    for stale in (answer, failure):
-        stale.unlink(missing_ok=True)
-    request.write_text(json.dumps({"spec": spec.to_dict(), "cfg": cfg, "data": str(data), "answer": str(answer),
-                                   "failure": str(failure)}))
+    files = (request, answer, failure, Path(f"{answer}.partial"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "mlpipe.fit_worker", str(request)], env=env,
-                          capture_output=True, text=True)
     try:
+        for stale in files:
+            stale.unlink(missing_ok=True)
+        request.write_text(json.dumps({"spec": spec.to_dict(), "cfg": cfg, "data": str(data), "answer": str(answer),
+                                       "failure": str(failure)}))
+        # interrupted (Ctrl-C), subprocess.run kills the worker before re-raising
+        proc = subprocess.run([sys.executable, "-m", "mlpipe.fit_worker", str(request)], env=env,
+                              capture_output=True, text=True)
         if proc.returncode == 0 and answer.exists():
             with answer.open("rb") as f:
                 return pickle.load(f)
@@ -54,7 +56,7 @@ def fit_in_worker(spec, cfg: dict, data: Path, workdir: Path):
         raise errors.PipelineError(f"the preprocessor's fit worker {ended(proc.returncode)} without an answer"
                                    + (f"; it said: {last_line(proc.stderr)}" if proc.stderr.strip() else ""))
     finally:
-        for path in (request, answer, failure):
+        for path in files:  # also a worker's half-written answer
             path.unlink(missing_ok=True)
 
 

@@ -24,9 +24,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from mlpipe import cache, cards, handoff, keys, monitor, storage
-from mlpipe.frames import return_freed_memory
 from mlpipe.config import compose, flatten, split_overrides, to_container
 from mlpipe.errors import PipelineError, StorageError
+from mlpipe.frames import return_freed_memory
 from mlpipe.pipeline import STEPS
 
 ERROR_TYPE_TAG = "error.type"
