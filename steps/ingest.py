@@ -2,19 +2,25 @@
 
 import mlflow
 
-from mlpipe import data, keys, reports, schema_store, validation
+from mlpipe.data import sources
+
+from mlpipe.pipeline import key_inputs
+
+from mlpipe.quality import schema_store, validation
+
+from mlpipe.reports import sections
 from mlpipe.errors import DataError
-from mlpipe.harness import StepContext, step_main
+from mlpipe.run.harness import StepContext, step_main
 
 
 def run(ctx: StepContext) -> None:
     dcfg, vcfg = ctx.cfg.data, ctx.config["data"]["validation"]
-    digest = keys.data_digest(ctx.key_input)
+    digest = key_inputs.data_digest(ctx.key_input)
     ctx.card.inputs.update({"data.source": str(dcfg.source), "data digest": digest})
-    source = data.parse_source(dcfg.source)
-    frame = data.load_source(dcfg.source)
-    data.check_frame(frame, dcfg.target, dcfg.min_rows, label=str(dcfg.source))
-    task = data.infer_task(frame[dcfg.target], dcfg.task, dcfg.max_classes)
+    source = sources.parse_source(dcfg.source)
+    frame = sources.load_source(dcfg.source)
+    sources.check_frame(frame, dcfg.target, dcfg.min_rows, label=str(dcfg.source))
+    task = sources.infer_task(frame[dcfg.target], dcfg.task, dcfg.max_classes)
 
     schema, schema_from = _reference_schema(ctx)
     failures = validation.all_failures(frame, schema, dcfg.target, task, vcfg)
@@ -24,7 +30,7 @@ def run(ctx: StepContext) -> None:
     mlflow.log_text(validation.schema_to_yaml(schema), schema_store.SCHEMA_ARTIFACT)
     mlflow.log_metric("validation.failures", len(failures))
     ctx.card.inputs["schema"] = schema_from
-    reports.ingest(ctx.card, frame, dcfg.target, task, failures, schema_from)
+    sections.ingest(ctx.card, frame, dcfg.target, task, failures, schema_from)
     if len(failures):
         mlflow.log_text(failures.to_csv(index=False), "validation/failures.csv")
         against = "the first-ingest checks" if schema_from == "inferred" else f"the schema from {schema_from}"
@@ -34,10 +40,10 @@ def run(ctx: StepContext) -> None:
     ctx.log_frame("raw", frame)
     dataset = mlflow.data.from_pandas(
         frame, source=_dataset_source(ctx, source), targets=dcfg.target, name=dcfg.name,
-        digest=data.frame_digest(frame),
+        digest=sources.frame_digest(frame),
     )
     mlflow.log_input(dataset, context="ingest")
-    ctx.log_json("data_profile.json", data.profile(frame, dcfg, task))
+    ctx.log_json("data_profile.json", sources.profile(frame, dcfg, task))
     mlflow.log_metrics({"data.rows": frame.shape[0], "data.columns": frame.shape[1],
                         "data.memory_mb": float(frame.memory_usage(deep=True).sum()) / 2**20})
     mlflow.set_tags({"data.task": task, "lineage.data_source": str(dcfg.source), "lineage.data_digest": digest})
@@ -58,7 +64,7 @@ def _reference_schema(ctx: StepContext):
     return validation.schema_from_yaml(text, f"{schema_store.SCHEMA_ARTIFACT} of run {run_id}"), run_id
 
 
-def _dataset_source(ctx: StepContext, source: data.Source) -> str:
+def _dataset_source(ctx: StepContext, source: sources.Source) -> str:
     """MLflow needs a real URI; bundled data is recorded as the Parquet copy this run logged."""
     if source.kind == "sklearn":
         return ctx.artifact_source("data/raw.parquet")

@@ -8,8 +8,8 @@ import hydra
 from omegaconf import DictConfig
 
 from mlpipe.config import register_resolvers
-from mlpipe.driver import hydra_argv
-from mlpipe.jobs import preflight, run_job
+from mlpipe.pipeline.driver import hydra_argv
+from mlpipe.pipeline.jobs import preflight, run_job
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

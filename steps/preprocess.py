@@ -2,8 +2,14 @@
 
 import mlflow
 
-from mlpipe import data, drift, features, fit_worker, model_io, outliers, reports
-from mlpipe.harness import StepContext, step_main
+from mlpipe.data import features, fit_worker, outliers, sources
+
+from mlpipe.quality import drift
+
+from mlpipe.reports import sections
+
+from mlpipe.training import model_io
+from mlpipe.run.harness import StepContext, step_main
 
 
 def log_split(ctx: StepContext, spec: features.FeatureSpec, name: str, part):
@@ -12,7 +18,7 @@ def log_split(ctx: StepContext, spec: features.FeatureSpec, name: str, part):
     local = ctx.workdir / ctx.log_frame(name, part[spec.columns + [spec.target]])
     dataset = mlflow.data.from_pandas(part, source=ctx.artifact_source(f"data/{name}.parquet"),
                                       targets=spec.target, name=f"{ctx.cfg.data.name}-{name}",
-                                      digest=data.frame_digest(part))
+                                      digest=sources.frame_digest(part))
     mlflow.log_input(dataset, context=name)
     return local
 
@@ -40,7 +46,7 @@ def run(ctx: StepContext) -> None:
     report = outliers.report(splits["train"], limits, ocfg)
     splits["train"] = outliers.apply(splits["train"], limits, ocfg["action"])
     ctx.log_json("outliers.json", report)
-    reports.preprocess(ctx.card, splits, spec.target, spec.task, report)
+    sections.preprocess(ctx.card, splits, spec.target, spec.task, report)
     mlflow.log_metrics({"outliers.train_rows_with_outliers": report["rows_with_outliers"],
                         "outliers.train_values": sum(c["count"] for c in report["columns"].values()),
                         "outliers.train_rows_dropped": report["rows"] - len(splits["train"])})

@@ -5,15 +5,23 @@ import sys
 
 import mlflow
 
-from mlpipe import data, drift, evaluation, features, gate, handoff, model_checks, reports, training
+from mlpipe.data import features, sources
+
+from mlpipe.quality import drift, gate, metric_names, model_checks
+
+from mlpipe.reports import sections
+
+from mlpipe.run import handoff
+
+from mlpipe.training import estimators
 from mlpipe.errors import ModelValidationError, UpstreamError
-from mlpipe.harness import StepContext, step_main
+from mlpipe.run.harness import StepContext, step_main
 
 
 def run(ctx: StepContext) -> None:
     tags, qa = ctx.upstream.data.tags, ctx.cfg.qa
     model_uri, task = tags.get(handoff.MODEL_URI_TAG), tags.get("data.task")
-    if not model_uri or task not in training.DEFAULT_METRIC:
+    if not model_uri or task not in estimators.DEFAULT_METRIC:
         raise UpstreamError(f"train run {ctx.upstream.info.run_id} has no logged model; rerun: mlflow run . -e train")
     splits = tags["pipeline.preprocess_run_id"]
     train, test = (handoff.read_frame(ctx.client, splits, f"data/{name}.parquet") for name in ("train", "test"))
@@ -21,7 +29,7 @@ def run(ctx: StepContext) -> None:
     target = spec.target
     ctx.card.inputs.update({"model_uri": model_uri, "test rows": len(test), "preprocess run": splits,
                             "qa.data_source": qa.data_source or "none"})
-    primary = evaluation.task_metrics(task, [qa.primary_metric or training.DEFAULT_METRIC[task]], "qa.primary_metric")[0]
+    primary = metric_names.task_metrics(task, [qa.primary_metric or estimators.DEFAULT_METRIC[task]], "qa.primary_metric")[0]
     X, truth = test.drop(columns=[target]), test[target]
 
     # Loaded here, not by evaluate(), to skip a 1 s environment check we do not need.
@@ -29,7 +37,7 @@ def run(ctx: StepContext) -> None:
     result = model_checks.evaluate(model, test, target, task, qa.plot_dpi)
     predictions = model.predict(X)
     thresholds = dict(qa.thresholds[task])
-    evaluation.task_metrics(task, thresholds, f"qa.thresholds.{task}")
+    metric_names.task_metrics(task, thresholds, f"qa.thresholds.{task}")
     checks = model_checks.threshold_checks(result, thresholds)
 
     baseline_rows = gate.baseline_predictions(task, train[target], len(test))
@@ -40,10 +48,10 @@ def run(ctx: StepContext) -> None:
     if qa.champion.enabled:
         champion_checks, champion = model_checks.champion_checks(
             ctx.client, ctx.cfg.registry.model_name, ctx.cfg.registry.champion_alias, model_uri, result, test, target,
-            task, evaluation.task_metrics(task, qa.champion.metrics[task], "qa.champion.metrics"), qa.champion.tolerance)
+            task, metric_names.task_metrics(task, qa.champion.metrics[task], "qa.champion.metrics"), qa.champion.tolerance)
         checks += champion_checks
-    primary_value = result.metrics.get(evaluation.evaluate_name(primary))
-    gaps, gap_checks = gate.gap_checks(primary, evaluation.greater_is_better(primary), ctx.upstream.data.metrics,
+    primary_value = result.metrics.get(metric_names.evaluate_name(primary))
+    gaps, gap_checks = gate.gap_checks(primary, metric_names.greater_is_better(primary), ctx.upstream.data.metrics,
                                        primary_value, dict(qa.overfitting))
     classes = gate.per_class(truth, predictions) if task == "classification" else None
     checks += gap_checks + (gate.class_recall_checks(classes, qa.min_class_recall) if classes else [])
@@ -61,11 +69,11 @@ def run(ctx: StepContext) -> None:
     ctx.log_json("qa_report.json", report)
     if classes:
         ctx.log_json("confusion_matrix.json", {"labels": classes["labels"], "matrix": classes["confusion_matrix"]})
-    baseline_scores = training.score(task, truth, baseline_rows)
+    baseline_scores = estimators.score(task, truth, baseline_rows)
     mlflow.log_metrics(model_checks.report_metrics({primary: primary_value}, baseline, gaps, classes,
                                                    baseline_scores, p95))
     ctx.card.add_checks(checks)
-    reports.qa(ctx.card, report, truth, predictions, model_checks.image_artifacts(result))
+    sections.qa(ctx.card, report, truth, predictions, model_checks.image_artifacts(result))
     ctx.card.outputs.update({"passed": not failed, primary: primary_value, "report": "qa_report.json"})
     mlflow.set_tags({"pipeline.model_uri": model_uri, "data.task": task, "qa.passed": str(not failed).lower(),
                      "qa.primary_metric": primary, "qa.failed_checks": ",".join(c.name for c in failed)})
@@ -89,7 +97,7 @@ def _drift(ctx: StepContext, splits: str, spec: features.FeatureSpec, test) -> t
     reference = handoff.read_frame(ctx.client, splits, "data/drift_reference.parquet")
     batches = {"test": test}
     if qa.data_source:
-        batches["batch"] = data.load_batch(qa.data_source, spec.numeric, spec.categorical)
+        batches["batch"] = sources.load_batch(qa.data_source, spec.numeric, spec.categorical)
     checks, report = [], {}
     for name, frame in batches.items():
         found = drift.compare(profile, reference, frame, qa.drift.alpha, qa.drift.max_psi)

@@ -2,9 +2,13 @@
 
 import mlflow
 
-from mlpipe import evaluation, handoff, promotion, registry
+from mlpipe.quality import metric_names
+
+from mlpipe.registry import promotion, versions
+
+from mlpipe.run import handoff
 from mlpipe.errors import ModelValidationError, UpstreamError
-from mlpipe.harness import StepContext, step_main
+from mlpipe.run.harness import StepContext, step_main
 
 
 def run(ctx: StepContext) -> None:
@@ -23,20 +27,20 @@ def run(ctx: StepContext) -> None:
     metric = rcfg.compare_metric or qa_tags["qa.primary_metric"]
     value = ctx.upstream.data.metrics.get(f"qa.{metric}")
 
-    with registry.promotion_lock(rcfg.model_name):
-        champion = registry.current(ctx.client, rcfg.model_name, rcfg.champion_alias)
-        champion_value = registry.version_metric(champion, metric) if champion else None
+    with versions.promotion_lock(rcfg.model_name):
+        champion = versions.current(ctx.client, rcfg.model_name, rcfg.champion_alias)
+        champion_value = versions.version_metric(champion, metric) if champion else None
         decision = promotion.decide(rcfg.promotion, metric, value, champion_value,
-                                    evaluation.greater_is_better(metric), champion is not None, validated)
+                                    metric_names.greater_is_better(metric), champion is not None, validated)
 
         lineage = handoff.lineage(ctx.run) | {f"qa.{metric}": "" if value is None else str(value),
                                               "qa.metric": metric, "code.git_commit": ctx.run.data.tags.get("mlflow.source.git.commit", "")}
-        version = registry.register(model_uri, rcfg.model_name, lineage | {"pipeline.register_run_id": ctx.run_id,
+        version = versions.register(model_uri, rcfg.model_name, lineage | {"pipeline.register_run_id": ctx.run_id,
                                                                            "qa.passed": str(validated).lower()})
         if validated:
-            registry.set_alias(ctx.client, rcfg.model_name, rcfg.challenger_alias, version.version)
+            versions.set_alias(ctx.client, rcfg.model_name, rcfg.challenger_alias, version.version)
         if decision.promote:
-            registry.set_alias(ctx.client, rcfg.model_name, rcfg.champion_alias, version.version)
+            versions.set_alias(ctx.client, rcfg.model_name, rcfg.champion_alias, version.version)
     version_uri = f"models:/{rcfg.model_name}/{version.version}"
     mlflow.set_tags({"registry.model_name": rcfg.model_name, "registry.version": version.version,
                      "registry.promoted": str(decision.promote).lower(), "registry.reason": decision.reason,

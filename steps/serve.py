@@ -2,14 +2,18 @@
 
 serve.mode=forever serves until SIGINT/SIGTERM; serve.mode=smoke (what main uses) starts it on a
 free port, sends test rows to /invocations over HTTP, checks the answers and stops;
-serve.mode=report computes the A/B report over the serving records (mlpipe/abreport.py)."""
+serve.mode=report computes the A/B report over the serving records (mlpipe/serving/abreport.py)."""
 
 import mlflow
 
-from mlpipe import abreport, abtest, handoff, records, registry, serving
+from mlpipe.registry import versions
+
+from mlpipe.run import handoff
+
+from mlpipe.serving import abreport, abtest, records, smoke
 from mlpipe.errors import ConfigError
-from mlpipe.harness import StepContext, step_main
-from mlpipe.server import ServeSpec, check_startable, create_app, load_variants, serve
+from mlpipe.run.harness import StepContext, step_main
+from mlpipe.serving.server import ServeSpec, check_startable, create_app, load_variants, serve
 
 
 def run(ctx: StepContext) -> None:
@@ -39,9 +43,9 @@ def run(ctx: StepContext) -> None:
         ctx.summary(f"served until {stopped_by or 'exit'}")
         return
     rows = _test_rows(ctx, variants[0].model_uri, scfg["smoke_rows"])
-    with serving.BackgroundServer(create_app(spec, variants), scfg["host"],
+    with smoke.BackgroundServer(create_app(spec, variants), scfg["host"],
                                   startup_timeout=scfg["startup_timeout"]) as url:
-        result = serving.smoke(url, rows)
+        result = smoke.smoke(url, rows)
     ctx.log_json("smoke.json", result | {"model_uri": variants[0].model_uri})
     ctx.card.add_checks([{"name": "smoke.status", "passed": True, "value": float(result["rows"]),
                           "expected": "HTTP 200 with one prediction per row", "note": "POST /invocations"}])
@@ -79,7 +83,7 @@ def report(ctx: StepContext, scfg: dict) -> None:
 def _task_of(ctx: StepContext, served: dict, arm: str | None) -> str:
     """The task the control's model was trained for (its train run's `data.task` tag)."""
     if arm and arm in served:
-        version = registry.version_for_uri(ctx.client, served[arm][0])
+        version = versions.version_for_uri(ctx.client, served[arm][0])
         if version is not None and version.run_id:
             task = ctx.client.get_run(version.run_id).data.tags.get("data.task")
             if task:
@@ -90,7 +94,7 @@ def _task_of(ctx: StepContext, served: dict, arm: str | None) -> str:
 
 def _test_rows(ctx: StepContext, model_uri: str, n: int):
     """Rows from the test split of the model's pipeline, else the model's own input example."""
-    version = registry.version_for_uri(ctx.client, model_uri)
+    version = versions.version_for_uri(ctx.client, model_uri)
     preprocess_run_id = (version.tags or {}).get("lineage.preprocess_run_id") if version else None
     if preprocess_run_id:
         spec = handoff.read_json(ctx.client, preprocess_run_id, "feature_spec.json")

@@ -3,36 +3,42 @@
 import mlflow
 from mlflow.models import infer_signature
 
-from mlpipe import features, model_io, reports, storage, training
-from mlpipe.harness import StepContext, step_main
+from mlpipe.data import features
+
+from mlpipe.reports import sections
+
+from mlpipe.run import storage
+
+from mlpipe.training import estimators, model_io
+from mlpipe.run.harness import StepContext, step_main
 
 
 def run(ctx: StepContext) -> None:
     spec = features.FeatureSpec.from_dict(ctx.upstream_json("feature_spec.json"))
     train = ctx.upstream_frame("train")
     preprocessor = model_io.load_transformer(ctx.client, ctx.upstream.info.run_id, "preprocessor", ctx.workdir)
-    estimator = training.build_estimator(ctx.config["model"], spec.task)
-    metric = training.metric_name(spec.task, ctx.cfg.train.metric)
+    estimator = estimators.build_estimator(ctx.config["model"], spec.task)
+    metric = estimators.metric_name(spec.task, ctx.cfg.train.metric)
 
     X, y = train[spec.columns], train[spec.target].copy()
-    cv = training.cross_validate(preprocessor, estimator, X, y, spec.task, ctx.cfg.train.cv_folds, metric, ctx.cfg.seed)
+    cv = estimators.cross_validate(preprocessor, estimator, X, y, spec.task, ctx.cfg.train.cv_folds, metric, ctx.cfg.seed)
     example, rows = X.head(5).copy(), len(X)  # copies: a view would keep every column alive
-    transformed = training.transform(preprocessor, X)
+    transformed = estimators.transform(preprocessor, X)
     # The raw rows go before the estimator fits on their transform (at 1M rows: 109 MB off the
     # step's peak), and the validation split is read once they are gone.
     del train, X
-    model, predicted = training.fit_transformed(preprocessor, estimator, transformed, y)
+    model, predicted = estimators.fit_transformed(preprocessor, estimator, transformed, y)
     del transformed
 
-    scores = {f"train.{k}": v for k, v in training.score(spec.task, y, predicted).items()}
+    scores = {f"train.{k}": v for k, v in estimators.score(spec.task, y, predicted).items()}
     validation = ctx.upstream_frame("validation")
     scores |= {f"validation.{k}": v for k, v in
-               training.score(spec.task, validation[spec.target], model.predict(validation[spec.columns])).items()}
+               estimators.score(spec.task, validation[spec.target], model.predict(validation[spec.columns])).items()}
     del validation
     if len(cv):
         scores |= {f"cv.{metric}_mean": float(cv.mean()), f"cv.{metric}_std": float(cv.std())}
     mlflow.log_metrics(scores)
-    reports.train(ctx.card, model, cv, metric, scores)
+    sections.train(ctx.card, model, cv, metric, scores)
 
     fmt = model_io.check_format(ctx.cfg.serialization)
     info = storage.log_model(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlpipe.pipeline import STEPS
+from mlpipe.pipeline.spec import STEPS
 
 ROOT = Path(__file__).resolve().parents[2]
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[0-9][^\s;,=<>!~]*)$")

@@ -1,0 +1,131 @@
+"""Cache keys: a step is reused only when everything it depends on is unchanged.
+
+The key covers the entry point, the resolved config the step reads, the content of
+every project source file the step imports (found by following imports, so a dirty
+working tree counts), the environment files, the step's parameters (upstream run
+ids, model URI) and, for ingest, a digest of the source data itself.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from mlpipe.config import PROJECT_ROOT, digest, select
+from mlpipe.pipeline.spec import STEPS
+
+# Where the cross-process file locks live (one store's concurrent pipelines and registrations).
+LOCK_DIR = Path(tempfile.gettempdir()) / "mlpipe-locks"
+
+KEY_TAG = "pipeline.cache_key"
+KEY_INPUT_TAG = "pipeline.key_input"
+KEY_VERSION = 1
+# Files outside Python that change what a step does or the environment it runs in.
+ENV_FILES = ("MLproject", "python_env.yaml")
+LOCAL_PACKAGES = ("mlpipe", "steps")
+
+
+def _module_file(module: str, root: Path) -> Path | None:
+    parts = module.split(".")
+    if parts[0] not in LOCAL_PACKAGES:
+        return None
+    base = root.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _package_of(path: Path, root: Path) -> list[str]:
+    """The dotted package a project file belongs to: mlpipe/run/harness.py -> ["mlpipe", "run"]."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return parts[:-1]  # a module's package, and for an __init__.py the package it defines
+
+
+def _imports(path: Path, root: Path) -> set[str]:
+    """Absolute module names imported by a file (function-level and relative imports included)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = _package_of(path, root)
+                base = package[: len(package) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _with_packages(module: str) -> list[str]:
+    """`mlpipe.run.harness` -> itself and the packages importing it runs: mlpipe, mlpipe.run."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def source_closure(entry: Path, root: Path = PROJECT_ROOT) -> list[Path]:
+    """The project files `entry` depends on: itself plus every local module it imports,
+    with the `__init__.py` of every package on the way (importing mlpipe.run.harness runs
+    mlpipe/__init__.py and mlpipe/run/__init__.py first)."""
+    seen: set[Path] = set()
+    todo = [entry]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in _imports(path, root):
+            for name in _with_packages(module):
+                found = _module_file(name, root)
+                if found and found not in seen:
+                    todo.append(found)
+    return sorted(seen)
+
+
+@lru_cache(maxsize=None)
+def code_digest(step: str, root: Path = PROJECT_ROOT) -> str:
+    """sha256 over the step's source closure and the environment files."""
+    files = source_closure(root / "steps" / f"{step}.py", root)
+    files += [root / name for name in ENV_FILES if (root / name).is_file()]
+    sha = hashlib.sha256()
+    for path in files:
+        sha.update(str(path.relative_to(root)).encode())
+        sha.update(b"\0")
+        sha.update(path.read_bytes())
+        sha.update(b"\0")
+    return sha.hexdigest()
+
+
+def config_digest(step: str, config: dict[str, Any]) -> str:
+    """Digest of the config slice a step reads (used to find a matching upstream run)."""
+    return digest(select(config, list(STEPS[step].config_keys)))
+
+
+def step_key(
+    step: str,
+    config: dict[str, Any],
+    params: dict[str, str],
+    extra: str | None = None,
+    root: Path = PROJECT_ROOT,
+) -> str:
+    """The cache key of one step execution; `params` excludes `overrides` (the config covers it).
+
+    `extra` is what the step reads besides config, code and params (`keys.key_input`)."""
+    return digest(
+        {
+            "version": KEY_VERSION,
+            "step": step,
+            "config": select(config, list(STEPS[step].config_keys)),
+            "code": code_digest(step, root),
+            "params": {k: v for k, v in sorted(params.items()) if k != "overrides"},
+            "data": extra,
+        }
+    )

@@ -1,0 +1,162 @@
+"""The MLflow edge of the qa gate: evaluate, thresholds, the champion on the same rows, inference.
+
+Every function returns `gate.Check`s instead of raising, so qa can log the whole report
+before it fails the run.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.models import MetricThreshold
+
+from mlpipe.quality import gate, metric_names
+
+from mlpipe.registry import versions
+
+MODEL_TYPES = {"classification": "classifier", "regression": "regressor"}
+
+
+def evaluate(model, frame: pd.DataFrame, target: str, task: str, plot_dpi: float | None = None):
+    """mlflow.models.evaluate on `frame`; metrics and plots go to the active run. `plot_dpi` sets
+    matplotlib's savefig.dpi for its PNG plots (MLflow draws some at 175 dpi: about 1 s of
+    rendering per qa run and 3x the bytes of 80 dpi)."""
+    import matplotlib
+
+    settings = {"savefig.dpi": plot_dpi} if plot_dpi else {}
+    with matplotlib.rc_context(settings):
+        return mlflow.models.evaluate(model, frame, targets=target, model_type=MODEL_TYPES[task],
+                                      evaluator_config={"log_model_explainability": False})
+
+
+def validated(result, metric: str, threshold: float, prefix: str, note: str = "") -> gate.Check:
+    """One MetricThreshold through mlflow.validate_evaluation_results, as a Check."""
+    from mlflow.models.evaluation.validation import ModelValidationFailedException
+
+    name = metric_names.evaluate_name(metric)
+    better = metric_names.GREATER_IS_BETTER[name]
+    value = gate.as_number(result.metrics.get(name))
+    expected = f"{'>=' if better else '<='} {threshold:.4g}"
+    if value is None:
+        return gate.Check(f"{prefix}.{metric}", False, None, expected, note or f"evaluate reported no {name}")
+    try:
+        mlflow.validate_evaluation_results({name: MetricThreshold(threshold=float(threshold), greater_is_better=better)},
+                                           result)
+        passed = True
+    except ModelValidationFailedException:
+        passed = False
+    return gate.Check(f"{prefix}.{metric}", passed, value, expected, note)
+
+
+def threshold_checks(result, thresholds: dict[str, float | None]) -> list[gate.Check]:
+    """The absolute thresholds set in conf/qa (null ones are off)."""
+    return [validated(result, metric, threshold, "threshold") for metric, threshold in thresholds.items()
+            if threshold is not None]
+
+
+def champion_checks(client, model_name: str, alias: str, candidate_uri: str, candidate_result, test: pd.DataFrame,
+                    target: str, task: str, metrics: list[str], tolerance: float) -> tuple[list[gate.Check], dict]:
+    """The champion's model evaluated on the same test rows (in a nested run, so its metrics do not
+    overwrite the candidate's); the candidate may trail it by at most `tolerance` per metric.
+    A champion that cannot be compared (other schema or task, fails to load) is skipped with a note."""
+    champion = versions.current(client, model_name, alias)
+    if champion is None:
+        return [], {"note": f"no {model_name}@{alias} yet: nothing to compare"}
+    info = {"version": champion.version, "model_uri": f"models:/{model_name}@{alias}"}
+    if champion.source == candidate_uri:
+        return [], info | {"note": "the candidate is the champion"}
+    champion_metric = (champion.tags or {}).get("qa.metric")
+    if champion_metric and champion_metric not in metric_names.TASK_METRICS[task]:
+        return [], info | {"note": f"skipped: the champion was validated on {champion_metric}, not a {task} metric"}
+    try:
+        model = mlflow.pyfunc.load_model(info["model_uri"], suppress_warnings=True)
+        schema = model.metadata.get_input_schema()
+        columns = set(schema.input_names()) if schema is not None else None
+        if columns is not None and not columns <= set(test.columns) - {target}:
+            missing = sorted(columns - set(test.columns))
+            return [], info | {"note": f"skipped: the champion's input schema needs columns this data lacks: {missing}"}
+        with mlflow.start_run(nested=True, run_name=f"qa: {model_name} v{champion.version} on this test split"):
+            result = evaluate(model, test, target, task, plot_dpi=40)  # its plots are not on any card
+    except Exception as exc:  # an incompatible champion is a note, not a crash of the candidate's qa
+        return [], info | {"note": f"skipped: the champion could not be evaluated on this data: {' '.join(str(exc).split())[:300]}"}
+    checks, values = [], {}
+    for metric in metrics:
+        name = metric_names.evaluate_name(metric)
+        value = gate.as_number(result.metrics.get(name))
+        values[metric] = value
+        if value is None:
+            continue
+        bound = value - tolerance if metric_names.GREATER_IS_BETTER[name] else value + tolerance
+        checks.append(validated(candidate_result, metric, bound, "champion",
+                                f"champion v{champion.version} scores {value:.4f} on the same rows, tolerance {tolerance:g}"))
+    return checks, info | {"metrics": values}
+
+
+def input_example(model, model_uri: str):
+    example = model.input_example
+    return example if example is not None else model.metadata.load_input_example(model_uri)
+
+
+def serving_input_check(model, model_uri: str) -> gate.Check:
+    """The serving payload built from the model's input example is accepted by the model loaded from its URI."""
+    example = input_example(model, model_uri)
+    if example is None:
+        return gate.Check("inference.serving_input", False, None, "an input example logged with the model")
+    payload = mlflow.models.convert_input_example_to_serving_input(example)
+    try:
+        with warnings.catch_warnings():  # deprecated for mlflow.models.predict, which builds a new environment
+            warnings.simplefilter("ignore", FutureWarning)
+            predictions = mlflow.models.validate_serving_input(model_uri, payload)
+    except Exception as exc:  # any failure to load or predict is the finding
+        return gate.Check("inference.serving_input", False, None, "predictions for the serving payload",
+                          " ".join(str(exc).split())[:300])
+    return gate.Check("inference.serving_input", True, float(len(predictions)), f"{len(example)} predictions")
+
+
+def latency(model, frame: pd.DataFrame, rows: int) -> list[float]:
+    """Seconds per single-row predict call over the first `rows` rows (cycled if fewer)."""
+    model.predict(frame.iloc[[0]])  # warm-up: the first call pays one-off lazy imports
+    timings = []
+    for i in range(rows):
+        row = frame.iloc[[i % len(frame)]]
+        started = time.perf_counter()
+        model.predict(row)
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def report_metrics(primary: dict[str, float | None], baseline: gate.BaselineTest | None, gaps: dict[str, float],
+                   classes: dict[str, Any] | None, baseline_scores: dict[str, float],
+                   latency_p95_ms: float | None) -> dict[str, float]:
+    """The qa.* metrics of the report, flat; missing and non-finite values are left out."""
+    out = {f"qa.{k}": v for k, v in primary.items()} | {f"qa.baseline_{k}": v for k, v in baseline_scores.items()}
+    if baseline is not None:
+        out |= {"qa.lift": baseline.lift, "qa.lift_lower_bound": baseline.lift_lower_bound, "qa.p_value": baseline.p_value}
+    out |= {f"qa.{k}": v for k, v in gaps.items()}
+    if classes is not None:
+        for label in classes["labels"]:
+            out[f"qa.recall.{gate.metric_safe(label)}"] = classes["recall"][label]
+            out[f"qa.precision.{gate.metric_safe(label)}"] = classes["precision"][label]
+    if latency_p95_ms is not None:
+        out["qa.latency_p95_ms"] = latency_p95_ms
+    return {k: float(v) for k, v in out.items() if v is not None and v == v and abs(v) != float("inf")}
+
+
+def image_artifacts(result) -> dict[str, bytes]:
+    """The PNG plots mlflow.models.evaluate logged (ROC, PR, confusion matrix...), by name."""
+    images = {}
+    for name, artifact in (result.artifacts or {}).items():
+        uri = getattr(artifact, "uri", "") or ""
+        if not uri.endswith(".png"):
+            continue
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+            with open(path, "rb") as fh:
+                images[name.replace("_", " ")] = fh.read()
+        except Exception:  # noqa: BLE001 - a plot we cannot read is left off the card
+            continue
+    return images

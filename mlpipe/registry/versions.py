@@ -1,0 +1,97 @@
+"""Model registry operations (the MLflow edge of register): versions, aliases, lineage tags."""
+
+from __future__ import annotations
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mlpipe.errors import StorageError
+
+
+def current(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version holding `alias`, or None when the model or the alias does not exist."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def version_metric(version: ModelVersion, metric: str) -> float | None:
+    raw = (version.tags or {}).get(f"qa.{metric}")
+    try:
+        return float(raw) if raw not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
+    """A new version of `name` from a `models:/m-...` URI; the version links to the train run."""
+    import mlflow
+
+    try:
+        return mlflow.register_model(model_uri, name, tags=tags)
+    except MlflowException as exc:
+        raise StorageError(f"cannot register {model_uri} as {name!r}: {exc.message}") from exc
+
+
+def promotion_lock(name: str, timeout: float = 600):
+    """Held from reading the champion to moving it, so two pipelines registering the same model at
+    once cannot both promote on a stale comparison. A file lock: it orders pipelines on one
+    machine; MLflow's registry has no compare-and-set for aliases across machines."""
+    import mlflow
+    from filelock import FileLock
+
+    from mlpipe.config import digest
+    from mlpipe.pipeline.cache import LOCK_DIR
+
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(LOCK_DIR / f"registry-{digest([mlflow.get_registry_uri(), name])[:32]}.lock"), timeout=timeout)
+
+
+def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
+    client.set_registered_model_alias(name, alias, version)
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None] | None:
+    """(name, alias, reference) of a registry URI, or None for any other URI:
+    `models:/<name>@<alias>` -> (name, alias, None); `models:/<name>/<ref>` (a version number,
+    `latest` or a stage) -> (name, None, ref); `models:/<name>` -> (name, None, None)."""
+    if not uri.startswith("models:/"):
+        return None
+    ref = uri[len("models:/"):]
+    name, sep, alias = ref.partition("@")
+    if sep:
+        return name, alias, None
+    name, _, version = ref.rpartition("/")
+    return (name, None, version) if name else (version, None, None)
+
+
+def version_for_uri(client: MlflowClient, model_uri: str) -> ModelVersion | None:
+    """The registry version behind `models:/<name>/<version>` or `models:/<name>@<alias>`."""
+    parsed = parse_model_uri(model_uri)
+    if parsed is None:
+        return None
+    name, alias, ref = parsed
+    try:
+        if alias is not None:
+            return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version(name, ref) if ref and ref.isdigit() else None
+    except MlflowException:
+        return None
+
+
+def champion_marker(client: MlflowClient, cfg, candidate_model_uri: str | None) -> str | None:
+    """Which other model a qa run compares with (part of its cache key), or None.
+
+    None when there is no champion or the champion is the candidate itself, so a re-run after
+    the candidate became champion still finds its qa run cached."""
+    if not cfg.qa.champion.enabled:
+        return None
+    version = current(client, cfg.registry.model_name, cfg.registry.champion_alias)
+    if version is None or not candidate_model_uri:
+        return None
+    candidate_id = candidate_model_uri.rsplit("/", 1)[-1]
+    if version.source == candidate_model_uri or getattr(version, "model_id", None) == candidate_id:
+        return None
+    return f"champion={cfg.registry.model_name}/{version.version}"

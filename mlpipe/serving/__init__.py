@@ -1,0 +1,5 @@
+"""Serving: the REST server (MLflow's wire format, A/B variants, micro-batching, alias
+pick-up), its request records, the A/B statistics and report, and the smoke test.
+
+May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.registry`, `mlpipe.reports`.
+"""

@@ -1,0 +1,129 @@
+"""The A/B report (serve.mode=report): per-arm figures and tests over the serving records, a
+recommendation, and with `serve.ab.promote` the champion alias moved to a significant winner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlpipe.registry import versions
+
+from mlpipe.reports import cards, plots
+
+from mlpipe.serving import abtest, records
+from mlpipe.errors import ConfigError, DataError
+
+
+def default_records_path(tracking_uri: str) -> Path:
+    """Beside a SQLite tracking store, else ~/.mlpipe/serve-records.db."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "serve-records.db"
+    return Path("~/.mlpipe/serve-records.db").expanduser()
+
+
+def records_path(scfg: dict, tracking_uri: str) -> Path:
+    return Path(str(scfg["records"])).expanduser().resolve() if scfg.get("records") else \
+        default_records_path(tracking_uri)
+
+
+def outcomes(pairs: list[tuple[Any, Any]], task: str) -> list[float]:
+    """1/0 per labelled row (classification), |prediction - label| (regression)."""
+    if task == "classification":
+        return [float(p == t) for p, t in pairs]
+    try:
+        return [abs(float(p) - float(t)) for p, t in pairs]
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"regression feedback must be numbers: {exc}") from exc
+
+
+def build(path: Path, experiment: str, ab: dict, configured: list[str], task: str) -> dict[str, Any]:
+    data = records.labelled_rows(path, experiment)
+    arms = list(data["latencies"])
+    if not arms:
+        raise DataError(f"no answered requests for A/B experiment {experiment!r} in {path}")
+    control = ab.get("control") or next((n for n in configured if n in arms), arms[0])
+    if control not in arms:
+        raise ConfigError(f"serve.ab.control={control!r} has no answered requests in {experiment!r}; "
+                          f"arms: {', '.join(arms)}")
+    ordered = [control] + [a for a in arms if a != control]
+    inputs = [{"name": a, "latencies": data["latencies"][a], "outcomes": outcomes(data["pairs"].get(a, []), task)}
+              for a in ordered]
+    result = abtest.compare(inputs, task, control=control, min_samples=int(ab["min_samples"]),
+                            alpha=float(ab["alpha"]))
+    for arm in result["arms"]:
+        arm["errors"] = int(data["errors"].get(arm["variant"], 0))
+        arm["model_versions"] = ", ".join(sorted(data["versions"].get(arm["variant"], set())))
+    result["latencies"] = {a: data["latencies"][a] for a in ordered}
+    result["experiment"] = experiment
+    return result
+
+
+def promote(client, result: dict[str, Any], served: dict[str, tuple[str, str]], model_name: str,
+            alias: str) -> dict[str, str]:
+    """Moves `alias` of `model_name` to the winner's version (under the registry lock)."""
+    winner = result["winner"]
+    uri, version = served[winner]
+    parsed = versions.parse_model_uri(uri)
+    name = parsed[0] if parsed else None
+    if name is None or not version.isdigit():
+        raise ConfigError(f"cannot promote variant {winner!r}: it serves {uri} (version {version}), not a registered "
+                          "model version")
+    if name != model_name:
+        raise ConfigError(f"cannot promote variant {winner!r}: it serves {name} version {version}, not a version of "
+                          f"registry.model_name={model_name!r}")
+    with versions.promotion_lock(model_name):
+        before = versions.current(client, model_name, alias)
+        versions.set_alias(client, model_name, alias, version)
+        client.set_model_version_tag(model_name, version, "ab.promoted_by_experiment", result["experiment"])
+    return {"model": model_name, "alias": alias, "version": version,
+            "previous_version": before.version if before else "none"}
+
+
+def fill_card(card: cards.Card, result: dict[str, Any]) -> None:
+    task = result["task"]
+    measure = "accuracy" if task == "classification" else "mae"
+    header = ["variant", "model versions", "requests", "errors", "labelled", measure, "p50 ms", "p95 ms", "p99 ms"]
+    card.add_table("Arms", header, [[a["variant"], a["model_versions"], a["requests"], a["errors"], a["labelled"],
+                                     a[measure], a["latency_p50_ms"], a["latency_p95_ms"], a["latency_p99_ms"]]
+                                    for a in result["arms"]])
+    card.add_table("Tests against the control", ["challenger", "test", "statistic", "p", "alpha (Bonferroni)",
+                                                 "significant", "latency p (Mann-Whitney U)"],
+                   [[t["challenger"], t["test"], t["statistic"], t["p_value"], t["alpha"], t["significant"],
+                     t["latency_p_value"]] for t in result["tests"]])
+    names = [a["variant"] for a in result["arms"]]
+    card.add_plot(f"{measure} per arm", plots.bars(names, [_num(a[measure]) for a in result["arms"]],
+                                                   f"{measure} per arm"))
+    card.add_plot("latency p50 / p99 (ms)", plots.paired_bars(
+        names, [_num(a["latency_p50_ms"]) for a in result["arms"]],
+        [_num(a["latency_p99_ms"]) for a in result["arms"]], ("p50", "p99"), "latency per arm (ms)"))
+    card.add_image("latency distribution", latency_histogram(result["latencies"]))
+    card.outputs["recommendation"] = result["recommendation"]
+
+
+def _num(value: float) -> float:
+    return 0.0 if value is None or not np.isfinite(value) else float(value)
+
+
+def latency_histogram(latencies: dict[str, list[float]]) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=80)
+    values = [v for vs in latencies.values() for v in vs]
+    bins = np.histogram_bin_edges(values, bins=40) if values else 10
+    for name, vs in latencies.items():
+        ax.hist(vs, bins=bins, alpha=0.5, label=f"{name} (n={len(vs)})")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("requests")
+    ax.legend()
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out.getvalue()

@@ -1,0 +1,81 @@
+"""Running an app (server.py) in a background thread for a smoke test, and the smoke test:
+real HTTP requests on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from mlpipe.errors import ServingError
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class BackgroundServer:
+    """uvicorn in a daemon thread; `with BackgroundServer(app, host) as url:` stops it on exit."""
+
+    def __init__(self, app, host: str, port: int = 0, startup_timeout: float = 60):
+        import uvicorn
+
+        self.host, self.port = host, port or free_port(host)
+        self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.startup_timeout = startup_timeout
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.server.started:
+                try:
+                    status, _ = request(f"{self.url}/ping", None, timeout=5)
+                    if status == 200:
+                        return self.url
+                except OSError:
+                    pass
+            if not self.thread.is_alive():
+                break
+            time.sleep(0.05)
+        self.__exit__(None, None, None)
+        raise ServingError(f"scoring server on {self.url} did not answer /ping within {self.startup_timeout} s")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def request(url: str, payload: dict | None, timeout: float = 30) -> tuple[int, bytes]:
+    """A real HTTP request: GET without payload, POST JSON with it. Returns (status, body)."""
+    data = None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def smoke(url: str, frame) -> dict:
+    """POST rows as `dataframe_split`; the server must answer 200 with one prediction per row."""
+    payload = {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
+    started = time.perf_counter()
+    status, body = request(f"{url}/invocations", payload)
+    latency_ms = (time.perf_counter() - started) * 1000
+    if status != 200:
+        raise ServingError(f"POST {url}/invocations answered {status}: {body[:300]!r}")
+    predictions = json.loads(body).get("predictions")
+    if not isinstance(predictions, list) or len(predictions) != len(frame):
+        raise ServingError(f"POST {url}/invocations returned {predictions!r} for {len(frame)} rows")
+    return {"status": status, "rows": len(frame), "latency_ms": round(latency_ms, 2), "predictions": predictions}

@@ -1,0 +1,95 @@
+"""The serving records: append-only SQLite, feedback joins, Prometheus text."""
+
+import json
+import sqlite3
+
+import pytest
+
+from mlpipe.serving import records
+from mlpipe.errors import DataError
+
+
+def _record(i, variant="a", status=200, latency=12.0, predictions=None, version="1"):
+    return {"request_id": f"r{i}", "ts": 1000.0 + i, "experiment": "exp", "variant": variant,
+            "model_uri": "models:/m@champion", "model_version": version, "status": status, "latency_ms": latency,
+            "rows": 1, "predictions": json.dumps({"predictions": predictions if predictions is not None else [1]})}
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = records.RecordStore(tmp_path / "r.db", flush_ms=50)
+    yield s
+    s.close()
+
+
+def test_appended_records_are_written_and_cannot_be_changed(store, tmp_path):
+    for i in range(5):
+        store.append(_record(i))
+    store.flush()
+    conn = sqlite3.connect(tmp_path / "r.db")
+    assert conn.execute("SELECT COUNT(*) FROM requests").fetchone() == (5,)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("UPDATE requests SET status = 500")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM requests")
+
+
+def test_close_writes_what_is_still_queued(tmp_path):
+    s = records.RecordStore(tmp_path / "q.db", flush_ms=60_000)
+    for i in range(3):
+        s.append(_record(i))
+    s.close()
+    assert sqlite3.connect(tmp_path / "q.db").execute("SELECT COUNT(*) FROM requests").fetchone() == (3,)
+
+
+def test_feedback_joins_a_recorded_request_only(store, tmp_path):
+    store.append(_record(1, predictions=[2]))
+    assert store.add_feedback("r1", 2) is True
+    assert store.add_feedback("nope", 1) is False
+    data = records.labelled_rows(tmp_path / "r.db", "exp")
+    assert data["pairs"] == {"a": [(2, 2)]}
+    assert data["latencies"] == {"a": [12.0]}
+
+
+def test_multi_row_requests_take_a_list_label(store, tmp_path):
+    store.append(_record(1, predictions=[0, 1, 2]))
+    store.add_feedback("r1", [0, 2, 2])
+    assert records.labelled_rows(tmp_path / "r.db", "exp")["pairs"]["a"] == [(0, 0), (1, 2), (2, 2)]
+
+
+def test_feedback_counts_for_the_bandit(store):
+    store.append(_record(1, "a", predictions=[1]))
+    store.append(_record(2, "a", predictions=[1]))
+    store.append(_record(3, "b", predictions=[0]))
+    store.add_feedback("r1", 1)
+    store.add_feedback("r2", 0)
+    store.add_feedback("r3", 0)
+    assert store.feedback_counts("exp", ["a", "b"]) == ([1, 1], [1, 0])
+
+
+def test_failed_requests_count_as_errors_not_latencies(store, tmp_path):
+    store.append(_record(1))
+    store.append(_record(2, status=400))
+    store.flush()
+    data = records.labelled_rows(tmp_path / "r.db", "exp")
+    assert data["errors"] == {"a": 1} and len(data["latencies"]["a"]) == 1
+
+
+def test_missing_records_file_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="no serving records at"):
+        records.labelled_rows(tmp_path / "none.db", "exp")
+
+
+def test_prometheus_text_counts_and_histogram(store):
+    store.append(_record(1, latency=3.0))
+    store.append(_record(2, latency=30.0))
+    store.append(_record(3, status=400, latency=1.0))
+    store.append(_record(4, variant="b", latency=700.0, version="2"))
+    text = records.prometheus(store.aggregates())
+    assert 'mlpipe_requests_total{experiment="exp",variant="a",model_version="1",status="200"} 2' in text
+    assert 'mlpipe_requests_total{experiment="exp",variant="a",model_version="1",status="400"} 1' in text
+    assert 'mlpipe_request_latency_seconds_bucket{experiment="exp",variant="a",model_version="1",le="0.005"} 2' in text
+    assert 'mlpipe_request_latency_seconds_bucket{experiment="exp",variant="a",model_version="1",le="0.05"} 3' in text
+    assert 'mlpipe_request_latency_seconds_count{experiment="exp",variant="b",model_version="2"} 1' in text
+    assert 'mlpipe_request_latency_seconds_bucket{experiment="exp",variant="b",model_version="2",le="0.5"} 0' in text
+    assert "# TYPE mlpipe_request_latency_seconds histogram" in text

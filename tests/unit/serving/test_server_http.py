@@ -1,0 +1,110 @@
+"""The app over real HTTP on 127.0.0.1 (uvicorn in a thread) with pyfunc models saved to tmp_path:
+routing policies and feedback, cheaply, without a pipeline. The full server through `mlflow run`
+is tests/e2e/test_serving.py."""
+
+import json
+
+import mlflow
+import pytest
+from mlflow.models import infer_signature
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+from mlpipe.serving import server, smoke
+from mlpipe.config import compose, to_container
+
+
+@pytest.fixture(scope="module")
+def model_paths(tmp_path_factory):
+    X, y = load_iris(return_X_y=True, as_frame=True)
+    paths = []
+    for name, c in (("a", 1.0), ("b", 0.01)):
+        model = LogisticRegression(C=c, max_iter=500).fit(X, y)
+        path = tmp_path_factory.mktemp("m") / name
+        mlflow.sklearn.save_model(model, str(path), signature=infer_signature(X, model.predict(X)),
+                                  pip_requirements=["scikit-learn"])
+        paths.append(str(path))
+    return paths, X
+
+
+def _spec(tmp_path, paths, *overrides):
+    variants = f"[{{name: a, model_uri: '{paths[0]}'}}, {{name: b, model_uri: '{paths[1]}'}}]"
+    scfg = to_container(compose([f"serve.variants={variants}", *overrides]))["serve"]
+    spec = server.ServeSpec.from_config(scfg, "unused", str(tmp_path / "records.db"))
+    spec.seed = 0  # deterministic random routing
+    return spec
+
+
+def _post(url, path, payload, headers=None):
+    import urllib.request
+
+    req = urllib.request.Request(url + path, data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.headers, json.loads(resp.read())
+
+
+def test_thompson_routing_moves_traffic_to_the_arm_with_better_feedback(tmp_path, model_paths):
+    paths, X = model_paths
+    spec = _spec(tmp_path, paths, "serve.routing.policy=thompson", "serve.routing.thompson_refresh_seconds=0.2",
+                 "serve.records_flush_ms=20")
+    row = {"dataframe_records": X.head(1).to_dict(orient="records")}
+    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1") as url:
+        # Feedback: a is always right, b always wrong (40 labelled requests each).
+        for name in ("a", "b"):
+            for _ in range(40):
+                headers, body = _post(url, "/invocations", row, {"X-Variant-Override": name})
+                prediction = body["predictions"][0]
+                label = prediction if name == "a" else prediction + 1
+                _post(url, "/feedback", {"request_id": headers["X-Request-Id"], "label": label})
+        import time
+
+        time.sleep(1.0)  # the bandit re-reads feedback every 0.2 s
+        chosen = [_post(url, "/invocations", row)[0]["X-Variant"] for _ in range(100)]
+    assert chosen.count("a") >= 95
+
+
+def test_weighted_routing_without_keys_follows_the_weights(tmp_path, model_paths):
+    paths, X = model_paths
+    spec = _spec(tmp_path, paths)
+    spec.variants[1]["weight"] = 3.0
+    row = {"dataframe_records": X.head(1).to_dict(orient="records")}
+    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1") as url:
+        chosen = [_post(url, "/invocations", row)[0]["X-Variant"] for _ in range(400)]
+    assert 0.68 < chosen.count("b") / 400 < 0.82
+
+
+def test_a_prediction_over_the_time_limit_is_504_and_recorded(tmp_path, model_paths):
+    import urllib.error
+
+    paths, X = model_paths
+    spec = _spec(tmp_path, paths, "serve.limits.request_timeout_s=0.001", "serve.records_flush_ms=20")
+    many = {"dataframe_records": X.sample(20000, replace=True, random_state=0).to_dict(orient="records")}
+    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1") as url:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            _post(url, "/invocations", many, {"X-Variant-Override": "a"})
+        metrics = smoke.request(f"{url}/metrics", None)[1].decode()
+    assert info.value.code == 504
+    assert "serve.limits.request_timeout_s=0.001" in json.loads(info.value.read())["message"]
+    assert 'variant="a",model_version="unregistered",status="504"} 1' in metrics
+
+
+def test_a_taken_port_or_unwritable_records_stop_start_up_with_one_clear_error(tmp_path, model_paths):
+    import socket
+
+    from mlpipe.errors import ServingError
+
+    paths, _ = model_paths
+    spec = _spec(tmp_path, paths)
+    scfg = to_container(compose([]))["serve"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        scfg["port"] = taken.getsockname()[1]
+        with pytest.raises(ServingError, match=rf"cannot listen on 127.0.0.1:{scfg['port']}: .*choose another"):
+            server.serve(spec, [], scfg)
+    scfg["port"] = smoke.free_port("127.0.0.1")
+    (tmp_path / "a-file").write_text("not a folder")
+    spec.records = str(tmp_path / "a-file" / "records.db")
+    with pytest.raises(ServingError, match="cannot open the serving records at .*set serve.records"):
+        server.serve(spec, [], scfg)
