@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlpipe.errors import ConfigError
+from mlpipe.errors import ConfigError, one_line
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -64,7 +64,7 @@ def compose(overrides: list[str]) -> DictConfig:
     except ConfigError:
         raise
     except Exception as exc:  # Hydra raises several unrelated types for bad overrides
-        raise ConfigError(f"invalid configuration: {_one_line(exc)}") from exc
+        raise ConfigError(f"invalid configuration: {_hydra_message(exc)}") from exc
     finally:
         GlobalHydra.instance().clear()
     return cfg
@@ -100,8 +100,8 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+def _hydra_message(exc: BaseException) -> str:
+    text = one_line(exc)
     # Hydra appends its search path to "Could not find" errors: noise for a user.
     text = text.split(" Config search path:")[0]
     return text or type(exc).__name__
@@ -118,7 +118,7 @@ def validate_cli(args: list[str]) -> None:
         overrides = get_args_parser().parse_args(args).overrides
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as exc:
-        raise ConfigError(f"invalid override: {_one_line(exc)}") from exc
+        raise ConfigError(f"invalid override: {_hydra_message(exc)}") from exc
     concrete = []
     for override, text in zip(parsed, overrides, strict=True):
         if override.is_hydra_override():

@@ -57,3 +57,8 @@ class ResourceLimitError(PipelineError):
     """A step went past a `monitor` limit (peak RSS, wall time) with monitor.action=fail."""
 
     exit_code = 18
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line (error tags, terminal lines), or its type when it has none."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -3,13 +3,10 @@
 import mlflow
 
 from mlpipe.data import sources
-
-from mlpipe.pipeline import key_inputs
-
-from mlpipe.quality import schema_store, validation
-
-from mlpipe.reports import sections
 from mlpipe.errors import DataError
+from mlpipe.pipeline import key_inputs
+from mlpipe.quality import schema_store, validation
+from mlpipe.reports import sections
 from mlpipe.run.harness import StepContext, step_main
 
 

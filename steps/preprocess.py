@@ -3,13 +3,10 @@
 import mlflow
 
 from mlpipe.data import features, fit_worker, outliers, sources
-
 from mlpipe.quality import drift
-
 from mlpipe.reports import sections
-
-from mlpipe.training import model_io
 from mlpipe.run.harness import StepContext, step_main
+from mlpipe.training import model_io
 
 
 def log_split(ctx: StepContext, spec: features.FeatureSpec, name: str, part):

@@ -6,22 +6,18 @@ import sys
 import mlflow
 
 from mlpipe.data import features, sources
-
-from mlpipe.quality import drift, gate, metric_names, model_checks
-
-from mlpipe.reports import sections
-
-from mlpipe.run import handoff
-
-from mlpipe.training import estimators
 from mlpipe.errors import ModelValidationError, UpstreamError
+from mlpipe.quality import drift, gate, metric_names, model_checks
+from mlpipe.reports import sections
+from mlpipe.run import handoff
 from mlpipe.run.harness import StepContext, step_main
+from mlpipe.training import estimators
 
 
 def run(ctx: StepContext) -> None:
     tags, qa = ctx.upstream.data.tags, ctx.cfg.qa
     model_uri, task = tags.get(handoff.MODEL_URI_TAG), tags.get("data.task")
-    if not model_uri or task not in estimators.DEFAULT_METRIC:
+    if not model_uri or task not in metric_names.DEFAULT_METRIC:
         raise UpstreamError(f"train run {ctx.upstream.info.run_id} has no logged model; rerun: mlflow run . -e train")
     splits = tags["pipeline.preprocess_run_id"]
     train, test = (handoff.read_frame(ctx.client, splits, f"data/{name}.parquet") for name in ("train", "test"))
@@ -29,7 +25,7 @@ def run(ctx: StepContext) -> None:
     target = spec.target
     ctx.card.inputs.update({"model_uri": model_uri, "test rows": len(test), "preprocess run": splits,
                             "qa.data_source": qa.data_source or "none"})
-    primary = metric_names.task_metrics(task, [qa.primary_metric or estimators.DEFAULT_METRIC[task]], "qa.primary_metric")[0]
+    primary = metric_names.task_metrics(task, [qa.primary_metric or metric_names.DEFAULT_METRIC[task]], "qa.primary_metric")[0]
     X, truth = test.drop(columns=[target]), test[target]
 
     # Loaded here, not by evaluate(), to skip a 1 s environment check we do not need.

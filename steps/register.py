@@ -2,12 +2,10 @@
 
 import mlflow
 
-from mlpipe.quality import metric_names
-
-from mlpipe.registry import promotion, versions
-
-from mlpipe.run import handoff
 from mlpipe.errors import ModelValidationError, UpstreamError
+from mlpipe.quality import metric_names
+from mlpipe.registry import promotion, versions
+from mlpipe.run import handoff
 from mlpipe.run.harness import StepContext, step_main
 
 

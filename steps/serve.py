@@ -6,13 +6,11 @@ serve.mode=report computes the A/B report over the serving records (mlpipe/servi
 
 import mlflow
 
-from mlpipe.registry import versions
-
-from mlpipe.run import handoff
-
-from mlpipe.serving import abreport, abtest, records, smoke
 from mlpipe.errors import ConfigError
+from mlpipe.registry import versions
+from mlpipe.run import handoff
 from mlpipe.run.harness import StepContext, step_main
+from mlpipe.serving import abreport, abtest, records, smoke
 from mlpipe.serving.server import ServeSpec, check_startable, create_app, load_variants, serve
 
 

@@ -4,13 +4,10 @@ import mlflow
 from mlflow.models import infer_signature
 
 from mlpipe.data import features
-
 from mlpipe.reports import sections
-
 from mlpipe.run import storage
-
-from mlpipe.training import estimators, model_io
 from mlpipe.run.harness import StepContext, step_main
+from mlpipe.training import estimators, model_io
 
 
 def run(ctx: StepContext) -> None:

@@ -96,7 +96,7 @@ def main(request_path: str) -> int:
         partial.replace(request["answer"])  # the answer exists whole or not at all
         return 0
     except Exception as exc:  # noqa: BLE001 - every failure goes back to the step, named
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        message = errors.one_line(exc)
         Path(request["failure"]).write_text(json.dumps({"type": type(exc).__name__, "message": message}))
         print(f"error: fit worker: {type(exc).__name__}: {message}", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlpipe.errors import ConfigError, DataError
+from mlpipe.errors import ConfigError, DataError, one_line
 
 SKLEARN_DATASETS = ("wine", "breast_cancer", "iris", "digits", "diabetes")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
@@ -87,14 +87,10 @@ def _check_local_file(path: str) -> Path:
 
 
 def _s3_client():
-    import boto3
-    from botocore.config import Config
+    """Timeouts and attempts from `storage.s3_client`, like MLflow's own S3 client."""
+    from mlpipe.run.storage import s3_client
 
-    return boto3.client(
-        "s3",
-        endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None,
-        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3}),
-    )
+    return s3_client()
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -176,9 +172,9 @@ def _read_file(path: str, fmt: str, label: str) -> pd.DataFrame:
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{label}: the file is empty") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
-        raise DataError(f"{label}: cannot read as {fmt.upper()}: {' '.join(str(exc).split())}") from exc
+        raise DataError(f"{label}: cannot read as {fmt.upper()}: {one_line(exc)}") from exc
     except Exception as exc:  # pyarrow raises its own error types for corrupt files
-        raise DataError(f"{label}: cannot read as {fmt.upper()}: {' '.join(str(exc).split())}") from exc
+        raise DataError(f"{label}: cannot read as {fmt.upper()}: {one_line(exc)}") from exc
 
 
 # Separators a one-column CSV header is searched for: a hint that the file uses another one.
@@ -210,7 +206,7 @@ def load_source(source: str) -> pd.DataFrame:
         try:
             _s3_client().download_file(bucket, key, local)
         except Exception as exc:
-            raise DataError(f"{src.location}: cannot download: {' '.join(str(exc).split())}") from exc
+            raise DataError(f"{src.location}: cannot download: {one_line(exc)}") from exc
         return _read_file(local, fmt, src.location)
 
 

@@ -20,13 +20,12 @@ import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from mlpipe.pipeline import cache
-
-from mlpipe.run import handoff
 from mlpipe.config import PROJECT_ROOT, digest, to_container
-from mlpipe.run.harness import QUIET_ENV
 from mlpipe.errors import PipelineError, StepFailedError, UpstreamError
+from mlpipe.pipeline import cache
 from mlpipe.pipeline.spec import STEPS, forced_steps
+from mlpipe.run import handoff
+from mlpipe.run.harness import QUIET_ENV
 
 ENV_MANAGER_TAG = "mlflow.project.env"
 REUSED_TAG = "pipeline.reused_run_id"
@@ -153,12 +152,8 @@ class Driver:
         disk: once the store is back, their step reruns onto it."""
         from mlpipe.run.storage import FALLBACK_TAG
 
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{cache.KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=20,
-        )
-        return next((r for r in runs if r.data.tags.get(FALLBACK_TAG) != "true"), None)
+        return handoff.newest_finished_run(self.client, self.experiment_id, {cache.KEY_TAG: key},
+                                           accept=lambda run: run.data.tags.get(FALLBACK_TAG) != "true")
 
     def _link(self, step: str, run: Run) -> None:
         """A nested FINISHED run that points at the reused one, so the parent shows every step."""

@@ -11,13 +11,12 @@ from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from mlpipe.pipeline import driver
-
-from mlpipe.run import storage
-from mlpipe.errors import PipelineError
 from mlpipe.config import to_container
-from mlpipe.run.harness import absolute_tracking_uri, fail_run, guarded_run, log_config
+from mlpipe.errors import PipelineError
+from mlpipe.pipeline import driver
 from mlpipe.pipeline.spec import AFTER_SWEEP, select_steps
+from mlpipe.run import storage
+from mlpipe.run.harness import absolute_tracking_uri, fail_run, guarded_run, log_config
 
 
 def run_job(cfg: DictConfig) -> float | None:

@@ -17,12 +17,11 @@ from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from mlpipe.pipeline import driver
-
-from mlpipe.quality import metric_names
 from mlpipe.errors import PipelineError, StepFailedError
-from mlpipe.run.harness import absolute_tracking_uri, fail_run
+from mlpipe.pipeline import driver
 from mlpipe.pipeline.spec import AFTER_SWEEP, select_steps
+from mlpipe.quality import metric_names
+from mlpipe.run.harness import absolute_tracking_uri, fail_run
 
 
 class SweepCallback(Callback):

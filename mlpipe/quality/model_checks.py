@@ -14,8 +14,8 @@ import mlflow
 import pandas as pd
 from mlflow.models import MetricThreshold
 
+from mlpipe.errors import one_line
 from mlpipe.quality import gate, metric_names
-
 from mlpipe.registry import versions
 
 MODEL_TYPES = {"classification": "classifier", "regression": "regressor"}
@@ -38,7 +38,7 @@ def validated(result, metric: str, threshold: float, prefix: str, note: str = ""
     from mlflow.models.evaluation.validation import ModelValidationFailedException
 
     name = metric_names.evaluate_name(metric)
-    better = metric_names.GREATER_IS_BETTER[name]
+    better = metric_names.greater_is_better(metric)
     value = gate.as_number(result.metrics.get(name))
     expected = f"{'>=' if better else '<='} {threshold:.4g}"
     if value is None:
@@ -82,7 +82,7 @@ def champion_checks(client, model_name: str, alias: str, candidate_uri: str, can
         with mlflow.start_run(nested=True, run_name=f"qa: {model_name} v{champion.version} on this test split"):
             result = evaluate(model, test, target, task, plot_dpi=40)  # its plots are not on any card
     except Exception as exc:  # an incompatible champion is a note, not a crash of the candidate's qa
-        return [], info | {"note": f"skipped: the champion could not be evaluated on this data: {' '.join(str(exc).split())[:300]}"}
+        return [], info | {"note": f"skipped: the champion could not be evaluated on this data: {one_line(exc)[:300]}"}
     checks, values = [], {}
     for metric in metrics:
         name = metric_names.evaluate_name(metric)
@@ -90,7 +90,7 @@ def champion_checks(client, model_name: str, alias: str, candidate_uri: str, can
         values[metric] = value
         if value is None:
             continue
-        bound = value - tolerance if metric_names.GREATER_IS_BETTER[name] else value + tolerance
+        bound = value - tolerance if metric_names.greater_is_better(metric) else value + tolerance
         checks.append(validated(candidate_result, metric, bound, "champion",
                                 f"champion v{champion.version} scores {value:.4f} on the same rows, tolerance {tolerance:g}"))
     return checks, info | {"metrics": values}
@@ -113,7 +113,7 @@ def serving_input_check(model, model_uri: str) -> gate.Check:
             predictions = mlflow.models.validate_serving_input(model_uri, payload)
     except Exception as exc:  # any failure to load or predict is the finding
         return gate.Check("inference.serving_input", False, None, "predictions for the serving payload",
-                          " ".join(str(exc).split())[:300])
+                          one_line(exc)[:300])
     return gate.Check("inference.serving_input", True, float(len(predictions)), f"{len(example)} predictions")
 
 

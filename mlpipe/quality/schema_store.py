@@ -7,8 +7,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from mlpipe.run import handoff
 from mlpipe.errors import DataError, StorageError, UpstreamError
+from mlpipe.run import handoff
 
 SCHEMA_ARTIFACT = "validation/schema.yaml"
 SCHEMA_STORED_TAG = "validation.schema_stored"
@@ -17,17 +17,11 @@ SCHEMA_FROM_TAG = "data.schema_from"
 
 def find_stored(client: MlflowClient, experiment_id: str, source: str) -> tuple[str, str] | None:
     """(run id, schema YAML) of the newest FINISHED ingest of `source` that stored a schema."""
-    quoted = str(source).replace("\\", "\\\\").replace("'", "\\'")
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=(f"tags.`{handoff.STEP_TAG}` = 'ingest' and attributes.status = 'FINISHED' "
-                       f"and tags.`{SCHEMA_STORED_TAG}` = 'true' and params.`data.source` = '{quoted}'"),
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs:
+    run = handoff.newest_finished_run(client, experiment_id, {handoff.STEP_TAG: "ingest", SCHEMA_STORED_TAG: "true"},
+                                      params={"data.source": source})
+    if run is None:
         return None
-    run_id = runs[0].info.run_id
+    run_id = run.info.run_id
     with tempfile.TemporaryDirectory() as tmp:
         try:
             return run_id, handoff.download(client, run_id, SCHEMA_ARTIFACT, tmp).read_text()

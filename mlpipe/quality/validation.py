@@ -14,7 +14,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from mlpipe.errors import ConfigError, DataError
+from mlpipe.errors import ConfigError, DataError, one_line
 
 FAILURE_COLUMNS = ["column", "check", "failure_case", "index"]
 ADDED = "column added (not in the stored schema)"
@@ -55,7 +55,7 @@ def schema_from_yaml(text: str, label: str) -> pa.DataFrameSchema:
     try:
         return pa.DataFrameSchema.from_yaml(text)
     except Exception as exc:
-        raise DataError(f"{label}: not a pandera YAML schema: {' '.join(str(exc).split())}") from exc
+        raise DataError(f"{label}: not a pandera YAML schema: {one_line(exc)}") from exc
 
 
 def _without_category_checks(schema: pa.DataFrameSchema) -> pa.DataFrameSchema:

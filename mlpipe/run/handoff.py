@@ -6,14 +6,15 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable, Mapping
 
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlpipe.errors import StorageError, UpstreamError
 from mlpipe.data.frames import read_parquet, write_parquet  # noqa: F401 - the hand-off's Parquet format
+from mlpipe.errors import StorageError, UpstreamError
 
 STEP_TAG = "pipeline.step"
 SUMMARY_TAG = "pipeline.summary"
@@ -38,15 +39,28 @@ def get_upstream(client: MlflowClient, upstream: str, run_id: str) -> Run:
     return run
 
 
+def _quoted(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace("'", "\\'")
+
+
+def newest_finished_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, object],
+                        params: Mapping[str, object] | None = None,
+                        accept: Callable[[Run], bool] | None = None, scan: int = 20) -> Run | None:
+    """The newest FINISHED run of the experiment whose tags and params have these values, and
+    that `accept` (when given) takes, looking at the newest `scan` matches."""
+    clauses = ["attributes.status = 'FINISHED'"]
+    clauses += [f"tags.`{key}` = '{_quoted(value)}'" for key, value in tags.items()]
+    clauses += [f"params.`{key}` = '{_quoted(value)}'" for key, value in (params or {}).items()]
+    runs = client.search_runs([experiment_id], filter_string=" and ".join(clauses),
+                              order_by=["attributes.start_time DESC"], max_results=scan if accept else 1)
+    return next((run for run in runs if accept is None or accept(run)), None)
+
+
 def newest_finished(client: MlflowClient, experiment_id: str, step: str,
                     config_digest: str | None = None) -> Run | None:
     """The newest FINISHED run of `step` (optionally with a matching config digest)."""
-    query = f"tags.`{STEP_TAG}` = '{step}' and attributes.status = 'FINISHED'"
-    if config_digest:
-        query += f" and tags.`{CONFIG_DIGEST_TAG}` = '{config_digest}'"
-    runs = client.search_runs([experiment_id], filter_string=query,
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
+    tags = {STEP_TAG: step} | ({CONFIG_DIGEST_TAG: config_digest} if config_digest else {})
+    return newest_finished_run(client, experiment_id, tags)
 
 
 def resolve_upstream(client: MlflowClient, experiment_id: str, upstream: str, given: str | None) -> Run:

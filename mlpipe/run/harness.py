@@ -23,15 +23,13 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from mlpipe.pipeline import cache, key_inputs
-
-from mlpipe.reports import cards
-
-from mlpipe.run import handoff, monitor, storage
 from mlpipe.config import compose, flatten, split_overrides, to_container
-from mlpipe.errors import PipelineError, StorageError
 from mlpipe.data.frames import return_freed_memory
+from mlpipe.errors import PipelineError, StorageError, one_line
+from mlpipe.pipeline import cache, key_inputs
 from mlpipe.pipeline.spec import STEPS
+from mlpipe.reports import cards
+from mlpipe.run import handoff, monitor, storage
 
 ERROR_TYPE_TAG = "error.type"
 ERROR_MESSAGE_TAG = "error.message"
@@ -49,9 +47,9 @@ def quiet_warnings() -> None:
 def absolute_tracking_uri() -> None:
     """A relative sqlite URI would point each step (cwd may differ) at another database."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        absolute = prefix + str(Path(uri[len(prefix):]).resolve())
+    database = storage.sqlite_path(uri)
+    if database and not uri.startswith("sqlite:////"):
+        absolute = f"sqlite:///{database}"
         os.environ["MLFLOW_TRACKING_URI"] = absolute
         mlflow.set_tracking_uri(absolute)
 
@@ -69,10 +67,6 @@ def pin_registry_uri() -> None:
 
     if not MLFLOW_REGISTRY_URI.get():
         mlflow.set_registry_uri(mlflow.get_registry_uri())
-
-
-def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def fail_run(run_id: str, exc: BaseException, step: str) -> None:

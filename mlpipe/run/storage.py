@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
-from mlpipe.errors import ConfigError, StorageError
+from mlpipe.errors import ConfigError, StorageError, one_line
 
 FALLBACK_TAG = "storage.fallback"
 REASON_TAG = "storage.fallback_reason"
@@ -136,19 +136,30 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = one_line(exc)
     return f"{type(exc).__name__}: {text}"
 
 
 # -- probes ------------------------------------------------------------------------------------
-def _probe_client(cfg: Mapping[str, Any]):
+def s3_client(connect_timeout: float | None = None, read_timeout: float | None = None,
+              max_attempts: int | None = None):
+    """The one S3 client factory: at MLFLOW_S3_ENDPOINT_URL (or AWS), with the timeouts and
+    attempts of `storage.s3_client` (boto3's default config, set by `apply_client_settings`)
+    unless given here (the probe's shorter ones)."""
     import boto3
     from botocore.config import Config
 
+    settings = {key: value for key, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout))
+                if value is not None}
+    if max_attempts is not None:
+        settings["retries"] = {"max_attempts": int(max_attempts), "mode": "standard"}
+    return boto3.client("s3", endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None,
+                        config=Config(**settings) if settings else None)
+
+
+def _probe_client(cfg: Mapping[str, Any]):
     probe = cfg["probe"]
-    return boto3.client("s3", endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None, config=Config(
-        connect_timeout=float(probe["connect_timeout"]), read_timeout=float(probe["read_timeout"]),
-        retries={"max_attempts": 1, "mode": "standard"}))
+    return s3_client(float(probe["connect_timeout"]), float(probe["read_timeout"]), max_attempts=1)
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -197,13 +208,20 @@ def local_path(uri: str) -> Path | None:
     return None
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI (relative paths resolved), else None."""
+    prefix = "sqlite:///"
+    return Path(tracking_uri[len(prefix):]).resolve() if tracking_uri.startswith(prefix) else None
+
+
 # -- fallback ----------------------------------------------------------------------------------
 def fallback_root(cfg: Mapping[str, Any], tracking_uri: str) -> Path:
     """`storage.fallback_dir`, else a folder beside a SQLite database, else ~/.mlpipe/fallback."""
     if cfg.get("fallback_dir"):
         return Path(str(cfg["fallback_dir"])).expanduser().resolve()
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "mlruns-fallback"
+    database = sqlite_path(tracking_uri)
+    if database:
+        return database.parent / "mlruns-fallback"
     return Path("~/.mlpipe/fallback").expanduser()
 
 

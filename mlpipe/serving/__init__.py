@@ -1,5 +1,6 @@
 """Serving: the REST server (MLflow's wire format, A/B variants, micro-batching, alias
 pick-up), its request records, the A/B statistics and report, and the smoke test.
 
-May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.registry`, `mlpipe.reports`.
+May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.registry`, `mlpipe.reports`,
+`mlpipe.run.storage` (where the records file sits beside a SQLite store).
 """

@@ -8,18 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from mlpipe.registry import versions
-
-from mlpipe.reports import cards, plots
-
-from mlpipe.serving import abtest, records
 from mlpipe.errors import ConfigError, DataError
+from mlpipe.registry import versions
+from mlpipe.reports import cards, plots
+from mlpipe.run.storage import sqlite_path
+from mlpipe.serving import abtest, records
 
 
 def default_records_path(tracking_uri: str) -> Path:
     """Beside a SQLite tracking store, else ~/.mlpipe/serve-records.db."""
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "serve-records.db"
+    database = sqlite_path(tracking_uri)
+    if database:
+        return database.parent / "serve-records.db"
     return Path("~/.mlpipe/serve-records.db").expanduser()
 
 

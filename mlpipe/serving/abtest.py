@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mlpipe.errors import ConfigError
+from mlpipe.errors import ConfigError, one_line
 
 POLICIES = ("weighted", "thompson")
 
@@ -42,7 +42,7 @@ def configured_variants(scfg: dict) -> list | None:
     try:
         loaded = yaml.safe_load(file.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"serve.variants_file={path!r} is not valid YAML: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"serve.variants_file={path!r} is not valid YAML: {one_line(exc)}") from None
     if isinstance(loaded, dict) and "variants" in loaded:
         loaded = loaded["variants"]
     if not isinstance(loaded, list) or not loaded:

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from mlpipe.errors import ConfigError, ServingError, one_line
 from mlpipe.serving import abtest, records
-from mlpipe.errors import ConfigError, ServingError
 
 SPEC_ENV = "MLPIPE_SERVE_SPEC"
 VARIANT_HEADER, VERSION_HEADER, URI_HEADER, REQUEST_ID_HEADER = (
@@ -38,7 +38,7 @@ def load_model(model_uri: str, variant: str):
     try:
         return mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
     except Exception as exc:  # noqa: BLE001 - any load failure stops start-up with its reason
-        raise ServingError(f"variant {variant!r}: cannot load model {model_uri}: {' '.join(str(exc).split())}"
+        raise ServingError(f"variant {variant!r}: cannot load model {model_uri}: {one_line(exc)}"
                            ) from exc
 
 
@@ -613,7 +613,7 @@ async def _refresh_aliases(live: list[LiveVariant], every: float, state: dict) -
                 print(f"[mlpipe] serve: variant {v.name!r}: {v.model_uri} moved, version {old} -> {version}",
                       file=sys.stderr, flush=True)
             except Exception as exc:  # noqa: BLE001 - keep serving the loaded model
-                print(f"[mlpipe] serve: cannot refresh {v.model_uri}: {' '.join(str(exc).split())}",
+                print(f"[mlpipe] serve: cannot refresh {v.model_uri}: {one_line(exc)}",
                       file=sys.stderr, flush=True)
 
 

@@ -11,12 +11,9 @@ from sklearn.metrics import get_scorer
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from mlpipe.errors import ConfigError, DataError
+from mlpipe.errors import ConfigError, DataError, one_line
+from mlpipe.quality import metric_names
 
-DEFAULT_METRIC = {"classification": "accuracy", "regression": "r2"}
-# sklearn scorer names for the metrics we report.
-SCORERS = {"accuracy": "accuracy", "f1_score": "f1_macro", "r2": "r2",
-           "rmse": "neg_root_mean_squared_error", "mae": "neg_mean_absolute_error"}
 
 
 def build_estimator(model_cfg: dict[str, Any], task: str):
@@ -27,7 +24,7 @@ def build_estimator(model_cfg: dict[str, Any], task: str):
     try:
         estimator = instantiate(model_cfg)
     except Exception as exc:
-        raise ConfigError(f"cannot build model {target!r}: {' '.join(str(exc).split())}") from exc
+        raise ConfigError(f"cannot build model {target!r}: {one_line(exc)}") from exc
     kind = "classification" if is_classifier(estimator) else "regression" if is_regressor(estimator) else None
     if kind is None:
         raise ConfigError(f"model {target!r} is neither a classifier nor a regressor")
@@ -38,15 +35,9 @@ def build_estimator(model_cfg: dict[str, Any], task: str):
     return estimator
 
 
-TASK_METRICS = {"classification": ("accuracy", "f1_score"), "regression": ("r2", "rmse", "mae")}
-
-
 def metric_name(task: str, configured: str | None) -> str:
-    name = configured or DEFAULT_METRIC[task]
-    if name not in TASK_METRICS[task]:
-        raise ConfigError(f"train.metric={name!r} does not apply to {task}; expected one of "
-                          f"{', '.join(TASK_METRICS[task])}")
-    return name
+    """`train.metric`, or the task's default, checked against the metric table."""
+    return metric_names.cv_metric(task, configured).name
 
 
 def score(task: str, y_true, y_pred) -> dict[str, float]:
@@ -79,7 +70,8 @@ def cross_validate(preprocessor, estimator, X: pd.DataFrame, y: pd.Series, task:
     else:
         splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
     pipe = Pipeline([("preprocess", clone(preprocessor)), ("model", clone(estimator))])
-    scorer = get_scorer(SCORERS[metric])
+    scorer_name = metric_names.METRICS[metric].cv_scorer
+    scorer = get_scorer(scorer_name)
     scores = []
     # cross_val_score's folds and scores, with one part of a fold in memory at a time
     # (cross_val_score copies a fold's fitting and scoring rows together).
@@ -87,7 +79,7 @@ def cross_validate(preprocessor, estimator, X: pd.DataFrame, y: pd.Series, task:
         fitted = clone(pipe).fit(X.iloc[fit_rows], y.iloc[fit_rows])
         scores.append(scorer(fitted, X.iloc[score_rows], y.iloc[score_rows]))
     scores = np.array(scores)
-    return -scores if SCORERS[metric].startswith("neg_") else scores
+    return -scores if scorer_name.startswith("neg_") else scores
 
 
 def transform(preprocessor, X: pd.DataFrame, chunk_rows: int = 65536):

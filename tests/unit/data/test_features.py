@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlpipe.errors import DataError
 from mlpipe.data.features import FeatureSpec, build_preprocessor, feature_spec, normalise_types, split
+from mlpipe.errors import DataError
 
 
 # -- feature_spec ------------------------------------------------------------------------------

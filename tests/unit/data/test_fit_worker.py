@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from mlpipe.data import fit_worker
-from mlpipe.errors import PipelineError
 from mlpipe.data.features import feature_spec, fit_preprocessor, normalise_types
 from mlpipe.data.frames import write_parquet
+from mlpipe.errors import PipelineError
 
 
 @pytest.fixture

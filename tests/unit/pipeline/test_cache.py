@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mlpipe.pipeline import cache
 from mlpipe.config import compose, to_container
+from mlpipe.pipeline import cache
 
 
 def _relative(paths, root: Path) -> set[str]:

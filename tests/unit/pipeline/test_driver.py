@@ -7,8 +7,8 @@ import math
 import pytest
 from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 
-from mlpipe.pipeline.driver import StepResult, format_table, hydra_argv, overrides_of, score_of
 from mlpipe.errors import ConfigError
+from mlpipe.pipeline.driver import StepResult, format_table, hydra_argv, overrides_of, score_of
 
 
 def make_run(run_id="r1", status="FINISHED", metrics=None, tags=None) -> Run:

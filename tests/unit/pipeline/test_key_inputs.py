@@ -6,8 +6,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from mlpipe.pipeline import key_inputs
 from mlpipe.errors import DataError
+from mlpipe.pipeline import key_inputs
 
 
 @pytest.fixture

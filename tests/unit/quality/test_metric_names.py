@@ -5,19 +5,35 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from mlpipe.quality import metric_names
 from mlpipe.errors import ConfigError
+from mlpipe.quality import metric_names
 from mlpipe.quality.metric_names import greater_is_better, task_metrics
 
 
-def test_every_config_metric_has_a_direction():
-    for metric, name in metric_names.EVALUATE_NAMES.items():
-        assert name in metric_names.GREATER_IS_BETTER, metric
+def test_one_table_serves_qa_and_train():
+    assert metric_names.TASK_METRICS == {"classification": ("accuracy", "f1_score", "roc_auc"),
+                                         "regression": ("r2", "rmse", "mae")}
+    # train's CV scores hard predictions: every qa metric but roc_auc
+    assert metric_names.CV_METRICS == {"classification": ("accuracy", "f1_score"), "regression": ("r2", "rmse", "mae")}
+    for task, default in metric_names.DEFAULT_METRIC.items():
+        assert default in metric_names.CV_METRICS[task]
 
 
-def test_every_task_metric_is_known():
-    for task, metrics in metric_names.TASK_METRICS.items():
-        assert set(metrics) <= set(metric_names.EVALUATE_NAMES), task
+def test_every_cv_scorer_exists_and_its_sign_matches_the_direction():
+    from sklearn.metrics import get_scorer
+
+    for metric in metric_names.METRICS.values():
+        if metric.cv_scorer:
+            get_scorer(metric.cv_scorer)
+            assert metric.cv_scorer.startswith("neg_") is (not metric.greater_is_better), metric.name
+
+
+def test_cv_metric():
+    assert metric_names.cv_metric("regression", None).name == "r2"
+    assert metric_names.cv_metric("classification", "f1_score").cv_scorer == "f1_macro"
+    with pytest.raises(ConfigError, match=r"train.metric='roc_auc' does not apply to classification; "
+                                          r"expected one of accuracy, f1_score"):
+        metric_names.cv_metric("classification", "roc_auc")
 
 
 @pytest.mark.parametrize(("metric", "expected"), [("accuracy", True), ("f1_score", True), ("roc_auc", True),

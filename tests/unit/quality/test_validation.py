@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlpipe.data import outliers
-
-from mlpipe.quality import validation
 from mlpipe.config import compose, to_container
+from mlpipe.data import outliers
 from mlpipe.errors import ConfigError, DataError
+from mlpipe.quality import validation
 
 
 @pytest.fixture(scope="module")

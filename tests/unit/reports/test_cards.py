@@ -13,7 +13,6 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mlpipe.quality import drift, gate
-
 from mlpipe.reports import cards, plots, sections
 
 

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from mlpipe.run import monitor
 from mlpipe.errors import ConfigError, ResourceLimitError
+from mlpipe.run import monitor
 
 
 def test_usage_has_the_three_figures():

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 
-from mlpipe.run import storage
 from mlpipe.config import compose, to_container
 from mlpipe.errors import ConfigError, StorageError
+from mlpipe.run import storage
 
 
 def client_error(code: str, status: int) -> ClientError:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mlpipe.serving import abtest
 from mlpipe.errors import ConfigError
+from mlpipe.serving import abtest
 
 
 def test_no_variants_means_one_default_variant():

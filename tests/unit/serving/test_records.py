@@ -5,8 +5,8 @@ import sqlite3
 
 import pytest
 
-from mlpipe.serving import records
 from mlpipe.errors import DataError
+from mlpipe.serving import records
 
 
 def _record(i, variant="a", status=200, latency=12.0, predictions=None, version="1"):

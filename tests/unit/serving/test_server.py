@@ -12,9 +12,9 @@ from mlflow.models import infer_signature
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from mlpipe.serving import server
 from mlpipe.config import compose, to_container
 from mlpipe.errors import ConfigError, ServingError
+from mlpipe.serving import server
 
 
 @pytest.fixture(scope="module")

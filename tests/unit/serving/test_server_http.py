@@ -10,8 +10,8 @@ from mlflow.models import infer_signature
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from mlpipe.serving import server, smoke
 from mlpipe.config import compose, to_container
+from mlpipe.serving import server, smoke
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 
-from mlpipe.training import estimators
-from mlpipe.errors import ConfigError, DataError
 from mlpipe.data.features import build_preprocessor, feature_spec, split
+from mlpipe.errors import ConfigError, DataError
+from mlpipe.training import estimators
 
 LOGREG = {"_target_": "sklearn.linear_model.LogisticRegression", "max_iter": 1000}
 RIDGE = {"_target_": "sklearn.linear_model.Ridge", "alpha": 1.0}

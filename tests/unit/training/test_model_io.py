@@ -11,9 +11,9 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import FunctionTransformer
 
-from mlpipe.training import model_io
-from mlpipe.errors import ConfigError
 from mlpipe.data.features import build_preprocessor, feature_spec, normalise_types
+from mlpipe.errors import ConfigError
+from mlpipe.training import model_io
 from mlpipe.training.estimators import fit_model
 
 
