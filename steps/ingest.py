@@ -1,17 +1,16 @@
 """ingest: read `data.source`, validate it against its schema, hand it over as Parquet with its lineage."""
 
-import mlflow
-
 from mlpipe.data import sources
 from mlpipe.errors import DataError
 from mlpipe.pipeline import key_inputs
 from mlpipe.quality import schema_store, validation
 from mlpipe.reports import sections
+from mlpipe.run import outputs
 from mlpipe.run.harness import StepContext, step_main
 
 
 def run(ctx: StepContext) -> None:
-    dcfg, vcfg = ctx.cfg.data, ctx.config["data"]["validation"]
+    dcfg, vcfg = ctx.cfg.data, ctx.section("data.validation")
     digest = key_inputs.data_digest(ctx.key_input)
     ctx.card.inputs.update({"data.source": str(dcfg.source), "data digest": digest})
     source = sources.parse_source(dcfg.source)
@@ -23,29 +22,26 @@ def run(ctx: StepContext) -> None:
     failures = validation.all_failures(frame, schema, dcfg.target, task, vcfg)
     if schema is None:
         schema, schema_from = validation.infer_schema(frame, vcfg), "inferred"
-    mlflow.set_tag(schema_store.SCHEMA_FROM_TAG, schema_from)
-    mlflow.log_text(validation.schema_to_yaml(schema), schema_store.SCHEMA_ARTIFACT)
-    mlflow.log_metric("validation.failures", len(failures))
+    ctx.set_tags({schema_store.SCHEMA_FROM_TAG: schema_from})
+    ctx.log_text(validation.schema_to_yaml(schema), schema_store.SCHEMA_ARTIFACT)
+    ctx.log_metrics({"validation.failures": len(failures)})
     ctx.card.inputs["schema"] = schema_from
     sections.ingest(ctx.card, frame, dcfg.target, task, failures, schema_from)
     if len(failures):
-        mlflow.log_text(failures.to_csv(index=False), "validation/failures.csv")
+        ctx.log_text(failures.to_csv(index=False), "validation/failures.csv")
         against = "the first-ingest checks" if schema_from == "inferred" else f"the schema from {schema_from}"
         raise DataError(validation.summarise(failures, str(dcfg.source), against, vcfg["summary_items"]))
-    mlflow.set_tag(schema_store.SCHEMA_STORED_TAG, "true")
+    ctx.set_tags({schema_store.SCHEMA_STORED_TAG: "true"})
 
     ctx.log_frame("raw", frame)
-    dataset = mlflow.data.from_pandas(
-        frame, source=_dataset_source(ctx, source), targets=dcfg.target, name=dcfg.name,
-        digest=sources.frame_digest(frame),
-    )
-    mlflow.log_input(dataset, context="ingest")
-    ctx.log_json("data_profile.json", sources.profile(frame, dcfg, task))
-    mlflow.log_metrics({"data.rows": frame.shape[0], "data.columns": frame.shape[1],
-                        "data.memory_mb": float(frame.memory_usage(deep=True).sum()) / 2**20})
-    mlflow.set_tags({"data.task": task, "lineage.data_source": str(dcfg.source), "lineage.data_digest": digest})
+    ctx.log_dataset(frame, source=_dataset_source(ctx, source), targets=dcfg.target, name=dcfg.name,
+                    digest=sources.frame_digest(frame), context="ingest")
+    ctx.log_json(outputs.PROFILE_ARTIFACT, sources.profile(frame, dcfg, task))
+    ctx.log_metrics({"data.rows": frame.shape[0], "data.columns": frame.shape[1],
+                     "data.memory_mb": float(frame.memory_usage(deep=True).sum()) / 2**20})
+    ctx.hand_over(outputs.IngestOutput(task=task, data_source=str(dcfg.source), data_digest=digest))
     ctx.card.outputs.update({"rows": frame.shape[0], "columns": frame.shape[1], "task": task,
-                             "data": "data/raw.parquet", "schema": schema_store.SCHEMA_ARTIFACT})
+                             "data": outputs.RAW_ARTIFACT, "schema": schema_store.SCHEMA_ARTIFACT})
     ctx.summary(f"rows={frame.shape[0]} task={task}")
 
 
@@ -64,7 +60,7 @@ def _reference_schema(ctx: StepContext):
 def _dataset_source(ctx: StepContext, source: sources.Source) -> str:
     """MLflow needs a real URI; bundled data is recorded as the Parquet copy this run logged."""
     if source.kind == "sklearn":
-        return ctx.artifact_source("data/raw.parquet")
+        return ctx.artifact_source(outputs.RAW_ARTIFACT)
     return source.uri
 
 

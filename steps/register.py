@@ -1,28 +1,24 @@
 """register: register the qa-passed model with lineage tags, set challenger, maybe move champion."""
 
-import mlflow
-
-from mlpipe.errors import ModelValidationError, UpstreamError
+from mlpipe.errors import ModelValidationError
 from mlpipe.quality import metric_names
 from mlpipe.registry import promotion, versions
-from mlpipe.run import handoff
+from mlpipe.run import handoff, outputs
 from mlpipe.run.harness import StepContext, step_main
 
 
 def run(ctx: StepContext) -> None:
-    qa_tags, rcfg = ctx.upstream.data.tags, ctx.cfg.registry
-    validated = qa_tags.get("qa.passed") == "true"
+    qa, rcfg = ctx.upstream_output(outputs.QaOutput), ctx.cfg.registry
+    validated = qa.passed
     ctx.card.add_checks([{"name": "qa.passed", "passed": validated, "value": None, "expected": "true",
-                          "note": f"failed checks: {qa_tags.get('qa.failed_checks') or 'none'}"
+                          "note": f"failed checks: {qa.failed_checks or 'none'}"
                                   + (" (registry.allow_unvalidated=true)" if rcfg.allow_unvalidated else "")}])
     if not validated and not rcfg.allow_unvalidated:
         raise ModelValidationError(f"qa run {ctx.upstream.info.run_id} did not pass the gate "
-                                   f"(failed: {qa_tags.get('qa.failed_checks') or 'unknown'}); nothing registered. "
+                                   f"(failed: {qa.failed_checks or 'unknown'}); nothing registered. "
                                    "To register it anyway: registry.allow_unvalidated=true")
-    model_uri = qa_tags.get(handoff.MODEL_URI_TAG)
-    if not model_uri:
-        raise UpstreamError(f"qa run {ctx.upstream.info.run_id} names no model (tag {handoff.MODEL_URI_TAG})")
-    metric = rcfg.compare_metric or qa_tags["qa.primary_metric"]
+    model_uri = qa.model_uri
+    metric = rcfg.compare_metric or qa.primary_metric
     value = ctx.upstream.data.metrics.get(f"qa.{metric}")
 
     with versions.promotion_lock(rcfg.model_name):
@@ -40,9 +36,8 @@ def run(ctx: StepContext) -> None:
         if decision.promote:
             versions.set_alias(ctx.client, rcfg.model_name, rcfg.champion_alias, version.version)
     version_uri = f"models:/{rcfg.model_name}/{version.version}"
-    mlflow.set_tags({"registry.model_name": rcfg.model_name, "registry.version": version.version,
-                     "registry.promoted": str(decision.promote).lower(), "registry.reason": decision.reason,
-                     handoff.MODEL_URI_TAG: version_uri})
+    ctx.hand_over(outputs.RegisterOutput(model_name=rcfg.model_name, version=int(version.version),
+                                         promoted=decision.promote, reason=decision.reason, model_uri=version_uri))
     ctx.card.inputs.update({"model_uri": model_uri, f"qa.{metric}": value,
                             f"champion ({rcfg.champion_alias})": f"v{champion.version}" if champion else "none",
                             f"champion qa.{metric}": champion_value})

@@ -1,20 +1,21 @@
 """train: cross-validate, fit on the training split, log the model (raw rows in) with metrics."""
 
-import mlflow
-from mlflow.models import infer_signature
-
 from mlpipe.data import features
 from mlpipe.reports import sections
-from mlpipe.run import storage
+from mlpipe.run import outputs
 from mlpipe.run.harness import StepContext, step_main
 from mlpipe.training import estimators, model_io
 
 
 def run(ctx: StepContext) -> None:
-    spec = features.FeatureSpec.from_dict(ctx.upstream_json("feature_spec.json"))
+    splits = ctx.upstream_output(outputs.PreprocessOutput)
+    spec = features.FeatureSpec.from_dict(ctx.upstream_json(outputs.FEATURE_SPEC_ARTIFACT))
     train = ctx.upstream_frame("train")
+    ctx.log_dataset(train, source=ctx.artifact_source(outputs.split_artifact("train"), ctx.upstream),
+                    targets=spec.target, name=f"{ctx.cfg.data.name}-train", digest=splits.train_digest,
+                    context="training")
     preprocessor = model_io.load_transformer(ctx.client, ctx.upstream.info.run_id, "preprocessor", ctx.workdir)
-    estimator = estimators.build_estimator(ctx.config["model"], spec.task)
+    estimator = estimators.build_estimator(ctx.section("model"), spec.task)
     metric = estimators.metric_name(spec.task, ctx.cfg.train.metric)
 
     X, y = train[spec.columns], train[spec.target].copy()
@@ -34,18 +35,15 @@ def run(ctx: StepContext) -> None:
     del validation
     if len(cv):
         scores |= {f"cv.{metric}_mean": float(cv.mean()), f"cv.{metric}_std": float(cv.std())}
-    mlflow.log_metrics(scores)
+    ctx.log_metrics(scores)
     sections.train(ctx.card, model, cv, metric, scores)
 
     fmt = model_io.check_format(ctx.cfg.serialization)
-    info = storage.log_model(
-        mlflow.sklearn.log_model, sk_model=model, name="model", signature=infer_signature(example, model.predict(example)),
-        input_example=example, serialization_format=fmt, pip_requirements=model_io.pip_requirements(fmt),
-        skops_trusted_types=model_io.trusted_types(model) if fmt == "skops" else None,
-    )
-    mlflow.set_tags({"pipeline.model_uri": info.model_uri, "model.class": type(estimator).__name__,
-                     "data.task": spec.task})
-    ctx.card.outputs.update({"model_uri": info.model_uri, "model": type(estimator).__name__,
+    model_uri = ctx.log_model(model, example, serialization_format=fmt, pip_requirements=model_io.pip_requirements(fmt),
+                              skops_trusted_types=model_io.trusted_types(model) if fmt == "skops" else None)
+    ctx.hand_over(outputs.TrainOutput(model_uri=model_uri, task=spec.task, model_class=type(estimator).__name__,
+                                      preprocess_run_id=ctx.upstream.info.run_id))
+    ctx.card.outputs.update({"model_uri": model_uri, "model": type(estimator).__name__,
                              "train rows": rows, "features": len(spec.columns)})
     ctx.summary(f"validation.{metric}={scores[f'validation.{metric}']:.4f}")
 

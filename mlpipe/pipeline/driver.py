@@ -26,6 +26,7 @@ from mlpipe.pipeline import cache
 from mlpipe.pipeline.spec import STEPS, forced_steps
 from mlpipe.run import handoff
 from mlpipe.run.harness import QUIET_ENV
+from mlpipe.run.outputs import RegisterOutput
 
 ENV_MANAGER_TAG = "mlflow.project.env"
 REUSED_TAG = "pipeline.reused_run_id"
@@ -119,7 +120,7 @@ class Driver:
         if spec.upstream_param:
             params[spec.upstream_param] = outputs[spec.upstream].info.run_id
         elif step == "serve":
-            params["model_uri"] = outputs["register"].data.tags[handoff.MODEL_URI_TAG]
+            params["model_uri"] = RegisterOutput.from_run(outputs["register"]).model_uri
         return params
 
     def _matching_upstream(self, step: str) -> Run:

@@ -18,7 +18,6 @@ from mlpipe.errors import StorageError, UpstreamError
 
 STEP_TAG = "pipeline.step"
 SUMMARY_TAG = "pipeline.summary"
-MODEL_URI_TAG = "pipeline.model_uri"
 CONFIG_DIGEST_TAG = "pipeline.config_digest"
 LINEAGE_PREFIX = "lineage."
 

@@ -29,7 +29,7 @@ from mlpipe.errors import PipelineError, StorageError, one_line
 from mlpipe.pipeline import cache, key_inputs
 from mlpipe.pipeline.spec import STEPS
 from mlpipe.reports import cards
-from mlpipe.run import handoff, monitor, storage
+from mlpipe.run import handoff, monitor, outputs, storage
 
 ERROR_TYPE_TAG = "error.type"
 ERROR_MESSAGE_TAG = "error.message"
@@ -127,11 +127,11 @@ def guarded_run(step: str, started: float | None = None, **start_kwargs: Any) ->
 
 @dataclass
 class StepContext:
-    """What a step recipe gets: its config, its run, its upstream run and artifact helpers."""
+    """What a step recipe gets: its config, its run, its upstream run, and the only ways to write
+    to the run (metrics, tags, artifacts, datasets, the model, the typed hand-off)."""
 
     step: str
     cfg: DictConfig
-    config: dict[str, Any]
     params: dict[str, str]
     run: Run
     upstream: Run | None
@@ -148,11 +148,45 @@ class StepContext:
     def run_id(self) -> str:
         return self.run.info.run_id
 
-    def upstream_frame(self, name: str) -> "Any":
-        return handoff.read_frame(self.client, self.upstream.info.run_id, f"data/{name}.parquet")
+    @property
+    def tracking_uri(self) -> str:
+        return mlflow.get_tracking_uri()
 
-    def upstream_json(self, name: str) -> dict:
-        return handoff.read_json(self.client, self.upstream.info.run_id, name)
+    def section(self, key: str) -> dict[str, Any]:
+        """A config section as a plain dict (resolved), for core functions that take dicts."""
+        return to_container(OmegaConf.select(self.cfg, key, throw_on_missing=True))
+
+    # -- reading ----------------------------------------------------------------------------
+    def upstream_frame(self, name: str, run_id: str | None = None) -> "Any":
+        return handoff.read_frame(self.client, run_id or self.upstream.info.run_id, f"data/{name}.parquet")
+
+    def upstream_json(self, name: str, run_id: str | None = None) -> dict:
+        return handoff.read_json(self.client, run_id or self.upstream.info.run_id, name)
+
+    def upstream_output(self, kind: type[outputs.T], run: Run | None = None) -> outputs.T:
+        """The typed hand-off of the upstream run (or of `run`)."""
+        return kind.from_run(run or self.upstream)
+
+    def artifact_source(self, path: str, run: Run | None = None) -> str:
+        """The artifact `path` of this run (or of `run`) as a URI MLflow accepts as a dataset source."""
+        return storage.dataset_source(f"{(run or self.run).info.artifact_uri}/{path}", self.tracking_uri)
+
+    # -- writing: the only writer of a step's run ------------------------------------------
+    def hand_over(self, output: outputs.StepOutput) -> None:
+        """The step's typed outputs, as tags its readers parse with `from_run`."""
+        mlflow.set_tags(output.tags())
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_text(self, text: str, path: str) -> None:
+        mlflow.log_text(text, path)
+
+    def log_json(self, name: str, obj: Any) -> None:
+        mlflow.log_dict(obj, name)
 
     def log_frame(self, name: str, frame) -> str:
         path = self.workdir / "data" / f"{name}.parquet"
@@ -161,12 +195,25 @@ class StepContext:
         mlflow.log_artifact(str(path), artifact_path="data")
         return f"data/{name}.parquet"
 
-    def artifact_source(self, path: str) -> str:
-        """This run's artifact `path` as a URI MLflow accepts as a dataset source."""
-        return storage.dataset_source(f"{self.run.info.artifact_uri}/{path}", mlflow.get_tracking_uri())
+    def log_files(self, paths: list[Path], artifact_path: str | None = None) -> None:
+        for path in paths:
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
-    def log_json(self, name: str, obj: Any) -> None:
-        mlflow.log_dict(obj, name)
+    def log_dataset(self, frame, *, source: str, name: str, digest: str, context: str,
+                    targets: str | None = None) -> None:
+        """`frame` as a dataset input of the run (MLflow's lineage: the UI's Datasets column)."""
+        dataset = mlflow.data.from_pandas(frame, source=source, targets=targets, name=name, digest=digest)
+        mlflow.log_input(dataset, context=context)
+
+    def log_model(self, model, example, **kwargs: Any) -> str:
+        """The fitted scikit-learn model (raw rows in) with its signature and input example;
+        `kwargs` go to mlflow.sklearn.log_model. Returns the model's URI."""
+        from mlflow.models import infer_signature
+
+        info = storage.log_model(mlflow.sklearn.log_model, sk_model=model, name="model",
+                                 signature=infer_signature(example, model.predict(example)),
+                                 input_example=example, **kwargs)
+        return info.model_uri
 
     def summary(self, text: str) -> None:
         """The short result the driver's table shows for this step."""
@@ -249,7 +296,7 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
         if cacheable is None or cacheable(cfg):
             tags[cache.KEY_TAG] = cache.step_key(step, config, params, extra)
         mlflow.set_tags(tags)
-        ctx = StepContext(step, cfg, config, params, client.get_run(active.info.run_id), upstream, client,
+        ctx = StepContext(step, cfg, params, client.get_run(active.info.run_id), upstream, client,
                           key_input=extra, card=cards.Card(step), started=started)
         ctx.card.inputs.update({k: v for k, v in params.items() if v and k != "overrides"})
         if args.overrides:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpipe.errors import ConfigError, DataError
+from mlpipe.errors import ConfigError, DataError, UpstreamError
 from mlpipe.registry import versions
 from mlpipe.reports import cards, plots
 from mlpipe.run.storage import sqlite_path
@@ -79,6 +79,31 @@ def promote(client, result: dict[str, Any], served: dict[str, tuple[str, str]], 
         client.set_model_version_tag(model_name, version, "ab.promoted_by_experiment", result["experiment"])
     return {"model": model_name, "alias": alias, "version": version,
             "previous_version": before.version if before else "none"}
+
+
+def task_of(client, served: dict[str, tuple[str, str]], arm: str | None) -> str:
+    """The task the control's model was trained for (its train run's hand-off)."""
+    from mlpipe.run.outputs import TrainOutput
+
+    if arm and arm in served:
+        version = versions.version_for_uri(client, served[arm][0])
+        if version is not None and version.run_id:
+            try:
+                return TrainOutput.from_run(client.get_run(version.run_id)).task
+            except UpstreamError:
+                pass  # a model this pipeline's train did not make: the config must say
+    raise ConfigError("cannot tell the A/B task from the served model; set serve.ab.task to classification or "
+                      "regression")
+
+
+def arm_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """Per-arm figures as run metrics (`ab.<variant>.<figure>`), NaN left out."""
+    metrics = {}
+    for arm in result["arms"]:
+        for key in ("requests", "labelled", "accuracy", "mae", "latency_p50_ms", "latency_p99_ms"):
+            if key in arm and arm[key] == arm[key]:  # not NaN
+                metrics[f"ab.{arm['variant']}.{key}"] = float(arm[key])
+    return metrics
 
 
 def fill_card(card: cards.Card, result: dict[str, Any]) -> None:

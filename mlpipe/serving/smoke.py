@@ -79,3 +79,27 @@ def smoke(url: str, frame) -> dict:
     if not isinstance(predictions, list) or len(predictions) != len(frame):
         raise ServingError(f"POST {url}/invocations returned {predictions!r} for {len(frame)} rows")
     return {"status": status, "rows": len(frame), "latency_ms": round(latency_ms, 2), "predictions": predictions}
+
+
+def smoke_test(app, host: str, rows, startup_timeout: float) -> dict:
+    """serve.mode=smoke: the app on a free port in this process, `rows` sent over HTTP, stopped."""
+    with BackgroundServer(app, host, startup_timeout=startup_timeout) as url:
+        return smoke(url, rows)
+
+
+def test_rows(client, model_uri: str, n: int):
+    """Rows from the test split of the model's pipeline, else the model's own input example."""
+    import mlflow
+    from mlflow.models import Model
+
+    from mlpipe.registry import versions
+    from mlpipe.run import handoff, outputs
+
+    version = versions.version_for_uri(client, model_uri)
+    preprocess_run_id = (version.tags or {}).get("lineage.preprocess_run_id") if version else None
+    if preprocess_run_id:
+        spec = handoff.read_json(client, preprocess_run_id, outputs.FEATURE_SPEC_ARTIFACT)
+        test = handoff.read_frame(client, preprocess_run_id, outputs.split_artifact("test"))
+        return test[spec["numeric"] + spec["categorical"]].head(n)
+    example = Model.load(model_uri).load_input_example(mlflow.artifacts.download_artifacts(model_uri))
+    return example.head(n)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
-
 from mlpipe.errors import ConfigError, UpstreamError
 
 FORMATS = ("cloudpickle", "skops")
@@ -37,8 +35,9 @@ def trusted_types(obj) -> list[str]:
     return [t for t in untrusted if t.startswith(TRUSTED_PREFIXES)]
 
 
-def log_transformer(obj, workdir: Path, name: str, fmt: str) -> None:
-    """Log a fitted transformer as `<name>.<fmt>` plus `<name>.json` saying how to load it."""
+def save_transformer(obj, workdir: Path, name: str, fmt: str) -> list[Path]:
+    """A fitted transformer as `<name>.<fmt>` plus `<name>.json` saying how to load it, in
+    `workdir`; the step logs both files."""
     path = workdir / f"{name}.{fmt}"
     if check_format(fmt) == "skops":
         import skops.io as sio
@@ -48,8 +47,9 @@ def log_transformer(obj, workdir: Path, name: str, fmt: str) -> None:
         import cloudpickle
 
         path.write_bytes(cloudpickle.dumps(obj))
-    mlflow.log_artifact(str(path))
-    mlflow.log_dict({"format": fmt, "file": path.name}, f"{name}.json")
+    meta = workdir / f"{name}.json"
+    meta.write_text(json.dumps({"format": fmt, "file": path.name}))
+    return [path, meta]
 
 
 def load_transformer(client, run_id: str, name: str, workdir: Path):

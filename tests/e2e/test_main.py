@@ -78,6 +78,14 @@ def test_steps_log_flat_params_config_yaml_and_datasets(store: Store, cold):
     assert [d.dataset.name for d in ingest_inputs] == ["wine"]
     contexts = {t.value for d in children["preprocess"].inputs.dataset_inputs for t in d.tags}
     assert {"train", "validation", "test"} <= contexts
+    # The model's run says which data made it and which judged it: the same splits, same digests.
+    digests = {(d.dataset.name, d.dataset.digest) for d in children["preprocess"].inputs.dataset_inputs}
+    for step, context, split in (("train", "training", "train"), ("qa", "evaluation", "test")):
+        # (qa's mlflow.models.evaluate also logs its own unnamed "dataset", without a context)
+        [used] = [d for d in children[step].inputs.dataset_inputs
+                  if [t.value for t in d.tags if t.key == "mlflow.data.context"] == [context]]
+        assert (used.dataset.name, used.dataset.digest) == (f"wine-{split}", children["preprocess"].data.tags[f"data.{split}_digest"])
+        assert (used.dataset.name, used.dataset.digest) in digests
     assert children["preprocess"].data.tags["preprocess.fitted_in"] == "step"  # wine: below fit_worker_min_mb
     assert train.data.metrics["validation.accuracy"] > 0.7
     assert "cv.accuracy_mean" in train.data.metrics
