@@ -25,7 +25,7 @@ from mlpipe.errors import PipelineError, StepFailedError, UpstreamError
 from mlpipe.pipeline import cache
 from mlpipe.pipeline.spec import STEPS, forced_steps
 from mlpipe.run import handoff
-from mlpipe.run.harness import QUIET_ENV
+from mlpipe.run.harness import ERROR_MESSAGE_TAG, ERROR_TYPE_TAG, QUIET_ENV
 from mlpipe.run.outputs import RegisterOutput
 
 ENV_MANAGER_TAG = "mlflow.project.env"
@@ -188,14 +188,14 @@ class Driver:
             if failed.info.status == "RUNNING":  # died without ending its run (killed, out of memory)
                 self.client.set_terminated(failed.info.run_id, "FAILED")
             tags = failed.data.tags
-            if "error.type" not in tags:
-                self.client.set_tag(failed.info.run_id, "error.type", "StepDied")
-                self.client.set_tag(failed.info.run_id, "error.message", DIED)
+            if ERROR_TYPE_TAG not in tags:
+                self.client.set_tag(failed.info.run_id, ERROR_TYPE_TAG, "StepDied")
+                self.client.set_tag(failed.info.run_id, ERROR_MESSAGE_TAG, DIED)
             failed = self.client.get_run(failed.info.run_id)
             self.card_rows.append((step, failed, "ran"))
             tags = failed.data.tags
             raise StepFailedError(
-                f"step {step} failed (run {failed.info.run_id}, {tags['error.type']}): {tags['error.message']}"
+                f"step {step} failed (run {failed.info.run_id}, {tags[ERROR_TYPE_TAG]}): {tags[ERROR_MESSAGE_TAG]}"
             ) from exc
         finally:
             os.environ.pop(QUIET_ENV, None)
@@ -256,7 +256,7 @@ class Driver:
                     rows.append({"step": step, "run_id": run.info.run_id, "status": run.info.status,
                                  "outcome": outcome, "href": href,
                                  "summary": run.data.tags.get(handoff.SUMMARY_TAG)
-                                 or run.data.tags.get("error.message", "")})
+                                 or run.data.tags.get(ERROR_MESSAGE_TAG, "")})
                 title = f"pipeline {self.parent_run_id}"
                 (out / "index.html").write_text(cards.render_index(title, rows))
                 (out / "index.json").write_text(json.dumps(rows, indent=1))

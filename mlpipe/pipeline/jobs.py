@@ -12,11 +12,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from mlpipe.config import to_container
-from mlpipe.errors import PipelineError
 from mlpipe.pipeline import driver
 from mlpipe.pipeline.spec import AFTER_SWEEP, select_steps
 from mlpipe.run import storage
-from mlpipe.run.harness import absolute_tracking_uri, fail_run, guarded_run, log_config
+from mlpipe.run.harness import absolute_tracking_uri, guarded_run, log_config
 
 
 def run_job(cfg: DictConfig) -> float | None:
@@ -56,13 +55,12 @@ def _sweep_job(cfg: DictConfig, overrides: list[str], sweep_run_id: str) -> floa
     sweep = client.get_run(sweep_run_id)
     job_num = HydraConfig.get().job.num
     steps = [s for s in select_steps(cfg.main.steps) if s not in AFTER_SWEEP]
-    active = mlflow.start_run(
-        experiment_id=sweep.info.experiment_id, parent_run_id=sweep_run_id, run_name=f"job-{job_num}",
-        tags={driver.ROLE_TAG: "sweep-job", driver.SWEEP_TAG: sweep_run_id,
-              "pipeline.overrides": json.dumps(overrides), "pipeline.job_num": str(job_num)},
-    )
-    run_id = active.info.run_id
-    try:
+    with guarded_run(f"job-{job_num}", contain=True,
+                     experiment_id=sweep.info.experiment_id, parent_run_id=sweep_run_id, run_name=f"job-{job_num}",
+                     tags={driver.ROLE_TAG: "sweep-job", driver.SWEEP_TAG: sweep_run_id,
+                           "pipeline.overrides": json.dumps(overrides), "pipeline.job_num": str(job_num)}) as active:
+        # A PipelineError ends this job's run FAILED and leaves it out of the choice; the sweep goes on.
+        run_id = active.info.run_id
         log_config(cfg, to_container(cfg), {}, client.get_run(run_id))
         env_manager = cfg.main.env_manager or driver.detect_env_manager(client, sweep_run_id)
         pipeline = driver.Driver(cfg, overrides, run_id, sweep.info.experiment_id, env_manager)
@@ -75,16 +73,8 @@ def _sweep_job(cfg: DictConfig, overrides: list[str], sweep_run_id: str) -> floa
         if score:
             mlflow.set_tag("pipeline.score_metric", score[0])
             mlflow.log_metric(driver.SCORE_METRIC, score[1])
-        mlflow.end_run("FINISHED")
-        return score[1] if score else math.nan
-    except PipelineError as exc:
-        # One bad job does not stop the sweep: it is marked FAILED and left out of the choice.
-        fail_run(run_id, exc, f"job-{job_num}")
-        mlflow.end_run("FAILED")
-        return math.nan
-    except BaseException:
-        mlflow.end_run("FAILED")
-        raise
+            return score[1]
+    return math.nan
 
 
 def preflight(argv: list[str]) -> None:

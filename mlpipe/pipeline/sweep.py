@@ -21,7 +21,7 @@ from mlpipe.errors import PipelineError, StepFailedError
 from mlpipe.pipeline import driver
 from mlpipe.pipeline.spec import AFTER_SWEEP, select_steps
 from mlpipe.quality import metric_names
-from mlpipe.run.harness import absolute_tracking_uri, fail_run
+from mlpipe.run.harness import absolute_tracking_uri, terminate
 
 
 class SweepCallback(Callback):
@@ -53,11 +53,10 @@ class SweepCallback(Callback):
         except Exception as exc:
             if not isinstance(exc, PipelineError):
                 traceback.print_exc()
-            fail_run(self.sweep_run_id, exc, "sweep")
-            MlflowClient().set_terminated(self.sweep_run_id, "FAILED")
+            terminate(self.sweep_run_id, "sweep", exc)
             sys.exit(getattr(exc, "exit_code", 1))
         if self.owns_run:
-            MlflowClient().set_terminated(self.sweep_run_id, "FINISHED")
+            terminate(self.sweep_run_id, "sweep")
 
 
 def _experiment_id() -> str:

@@ -90,9 +90,21 @@ def _log_usage(started: float) -> None:
         print(f"warning: resource figures not logged: {one_line(exc)}", file=sys.stderr)
 
 
+def terminate(run_id: str, step: str, exc: BaseException | None = None) -> None:
+    """End a run that is not this process's active one (a sweep parent): FINISHED, or FAILED
+    with the error tags when `exc` is given."""
+    if exc is not None:
+        fail_run(run_id, exc, step)
+    MlflowClient().set_terminated(run_id, "FINISHED" if exc is None else "FAILED")
+
+
 @contextmanager
-def guarded_run(step: str, started: float | None = None, **start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
-    """Open (or resume) a run; any error ends it FAILED with tags and a distinct exit code."""
+def guarded_run(step: str, started: float | None = None, contain: bool = False,
+                **start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
+    """Open (or resume) a run; any error ends it FAILED with tags and a distinct exit code.
+
+    With `contain`, a PipelineError ends the run FAILED and goes no further (the `with` block is
+    left, the process goes on): one failed sweep job does not stop the sweep."""
     started = time.monotonic() if started is None else started
     active = mlflow.start_run(**start_kwargs)
     run_id = active.info.run_id
@@ -102,7 +114,8 @@ def guarded_run(step: str, started: float | None = None, **start_kwargs: Any) ->
         fail_run(run_id, exc, step)
         _log_usage(started)
         mlflow.end_run("FAILED")
-        sys.exit(exc.exit_code)
+        if not contain:
+            sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print(f"{step}: interrupted", file=sys.stderr)
         _log_usage(started)
