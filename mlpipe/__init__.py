@@ -8,7 +8,8 @@
 - `registry/`: versions, aliases, promotion
 - `serving/`: the server, records, A/B tests
 - `reports/`: report cards and plots
-- `config.py` and `errors.py`: shared by every part
+- `config.py` (composition), `schema.py` (the types and ranges of every config key) and
+  `errors.py`: shared by every part
 
 `steps/` (one module per MLproject entry point) imports this package; nothing here imports `steps/`.
 """

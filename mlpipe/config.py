@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mlpipe import schema
 from mlpipe.errors import ConfigError, one_line
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +27,10 @@ def _source_stem(source: str) -> str:
 
 
 def register_resolvers() -> None:
+    """The `source_stem` resolver and the config schema (mlpipe/schema.py) in Hydra's ConfigStore."""
     if not OmegaConf.has_resolver("source_stem"):
         OmegaConf.register_new_resolver("source_stem", _source_stem)
+    schema.register()
 
 
 register_resolvers()
@@ -61,13 +64,70 @@ def compose(overrides: list[str]) -> DictConfig:
         if missing:
             raise ConfigError(f"missing required value(s) {', '.join(missing)}; set them in overrides")
         OmegaConf.resolve(cfg)
+        OmegaConf.to_object(cfg)  # builds mlpipe/schema.py's dataclasses: ranges and choices
+        unknown = schema.unknown_keys(to_container(cfg))
+        if unknown:
+            raise ConfigError(_suggest(unknown[0], overrides))
     except ConfigError:
         raise
     except Exception as exc:  # Hydra raises several unrelated types for bad overrides
-        raise ConfigError(f"invalid configuration: {_hydra_message(exc)}") from exc
+        raise ConfigError(_unknown_key_message(exc, overrides) or f"invalid configuration: {_hydra_message(exc)}") \
+            from exc
     finally:
         GlobalHydra.instance().clear()
     return cfg
+
+
+def _unknown_key_message(exc: BaseException, overrides: list[str]) -> str | None:
+    """"unknown config key model.n_estimator; did you mean model.n_estimators?" for an override
+    of a key that does not exist, with the closest key of the config it was meant for."""
+    import re
+
+    text = one_line(exc)
+    found = re.search(r"full_key: ([\w.]+)", text) if "not in struct" in text else None
+    found = found or re.search(r"Could not override '([\w.]+)'", text)
+    if not found:
+        return None
+    return _suggest(found.group(1), overrides)
+
+
+def _suggest(key: str, overrides: list[str]) -> str:
+    import difflib
+
+    rest = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+    try:
+        keys = list(flatten(to_container(compose(rest))))
+    except ConfigError:  # another override is bad too: suggest from the defaults
+        keys = list(flatten(to_container(compose([]))))
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if close:
+        return f"unknown config key {key}; did you mean {close[0]}?"
+    parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    children = sorted({k[len(parent):].split(".", 1)[0] for k in keys if k.startswith(parent)})
+    return f"unknown config key {key}; {parent.rstrip('.') or 'the config'} has {', '.join(children) or 'no keys'}"
+
+
+def check_model_params(model: dict[str, Any]) -> None:
+    """Every `model.<key>` is a constructor argument of `model._target_` (a `+model.x=...`
+    override passes Hydra, whose model group has no fixed keys), with the closest as a hint."""
+    import difflib
+    import inspect
+
+    from hydra.utils import get_class
+
+    target = model.get("_target_")
+    try:
+        params = inspect.signature(get_class(str(target))).parameters
+    except Exception:  # noqa: BLE001 - a class that cannot be imported is said by train, which builds it
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for key in model:
+        if key != "_target_" and key not in params:
+            close = difflib.get_close_matches(key, list(params), n=1, cutoff=0.6)
+            raise ConfigError(f"unknown config key model.{key}: {target} takes no argument {key!r}"
+                              + (f"; did you mean model.{close[0]}?" if close else
+                                 f"; it takes {', '.join(params)}"))
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
@@ -102,6 +162,9 @@ def digest(obj: Any) -> str:
 
 def _hydra_message(exc: BaseException) -> str:
     text = one_line(exc)
+    if exc.__cause__ is not None and text.startswith("Error merging override"):
+        # Hydra's own line names the override; its cause says what is wrong with the value
+        text += ": " + one_line(exc.__cause__).split(" full_key:")[0]
     # Hydra appends its search path to "Could not find" errors: noise for a user.
     text = text.split(" Config search path:")[0]
     return text or type(exc).__name__
@@ -131,4 +194,4 @@ def validate_cli(args: list[str]) -> None:
             concrete.append(f"{override.get_key_element()}={first}")
         else:
             concrete.append(text)
-    compose(concrete)
+    check_model_params(to_container(compose(concrete))["model"])

@@ -21,7 +21,7 @@ def run(ctx: StepContext) -> None:
     metric = rcfg.compare_metric or qa.primary_metric
     value = ctx.upstream.data.metrics.get(f"qa.{metric}")
 
-    with versions.promotion_lock(rcfg.model_name):
+    with versions.promotion_lock(rcfg.model_name, rcfg.lock_timeout_s):
         champion = versions.current(ctx.client, rcfg.model_name, rcfg.champion_alias)
         champion_value = versions.version_metric(champion, metric) if champion else None
         decision = promotion.decide(rcfg.promotion, metric, value, champion_value,

@@ -38,7 +38,7 @@ def run(ctx: StepContext) -> None:
         ctx.summary(f"served until {stopped_by or 'exit'}")
         return
     rows = smoke.test_rows(ctx.client, variants[0].model_uri, scfg["smoke_rows"])
-    result = smoke.smoke_test(create_app(spec, variants), scfg["host"], rows, scfg["startup_timeout"])
+    result = smoke.smoke_test(create_app(spec, variants), scfg, rows)
     ctx.log_json("smoke.json", result | {"model_uri": variants[0].model_uri})
     ctx.card.add_checks([{"name": "smoke.status", "passed": True, "value": float(result["rows"]),
                           "expected": "HTTP 200 with one prediction per row", "note": "POST /invocations"}])
@@ -57,11 +57,12 @@ def report(ctx: StepContext, scfg: dict) -> None:
     result = abreport.build(path, scfg["experiment"], ab, configured, task)
     ctx.card.inputs.update({"records": str(path), "experiment": scfg["experiment"], "task": task})
     ctx.log_json("ab/report.json", {k: v for k, v in result.items() if k != "latencies"})
-    abreport.fill_card(ctx.card, result)
+    abreport.fill_card(ctx.card, result, ab)
     ctx.log_metrics(abreport.arm_metrics(result))
     tags = {"ab.recommendation": result["recommendation"][:5000], "ab.winner": result["winner"] or "none"}
     if ab["promote"] and result["winner"]:
-        moved = abreport.promote(ctx.client, result, served, rcfg["model_name"], rcfg["champion_alias"])
+        moved = abreport.promote(ctx.client, result, served, rcfg["model_name"], rcfg["champion_alias"],
+                                rcfg["lock_timeout_s"])
         tags |= {"ab.promoted_version": moved["version"], "ab.previous_version": moved["previous_version"]}
         ctx.card.outputs["promoted"] = f"{moved['model']}@{moved['alias']}: {moved['previous_version']} -> " \
                                        f"{moved['version']}"

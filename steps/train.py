@@ -20,7 +20,7 @@ def run(ctx: StepContext) -> None:
 
     X, y = train[spec.columns], train[spec.target].copy()
     cv = estimators.cross_validate(preprocessor, estimator, X, y, spec.task, ctx.cfg.train.cv_folds, metric, ctx.cfg.seed)
-    example, rows = X.head(5).copy(), len(X)  # copies: a view would keep every column alive
+    example, rows = X.head(ctx.cfg.train.input_example_rows).copy(), len(X)  # copies: a view would keep every column alive
     transformed = estimators.transform(preprocessor, X)
     # The raw rows go before the estimator fits on their transform (at 1M rows: 109 MB off the
     # step's peak), and the validation split is read once they are gone.

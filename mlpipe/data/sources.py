@@ -13,7 +13,12 @@ import pandas as pd
 
 from mlpipe.errors import ConfigError, DataError, one_line
 
-SKLEARN_DATASETS = ("wine", "breast_cancer", "iris", "digits", "diabetes")
+# The files scikit-learn reads for each bundled dataset, under sklearn/datasets/data.
+SKLEARN_FILES = {
+    "wine": ("wine_data.csv",), "breast_cancer": ("breast_cancer.csv",), "iris": ("iris.csv",),
+    "digits": ("digits.csv.gz",), "diabetes": ("diabetes_data_raw.csv.gz", "diabetes_target.csv.gz"),
+}
+SKLEARN_DATASETS = tuple(SKLEARN_FILES)  # what `sklearn:<name>` can name
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -118,13 +123,6 @@ def source_digest(source: str) -> str:
             raise DataError(f"{src.location}: cannot read object: {exc}") from exc
         return hashlib.sha256(f"{head['ETag']}:{head['ContentLength']}".encode()).hexdigest()
     return _sklearn_digest(src.location)
-
-
-# The files scikit-learn reads for each bundled dataset, under sklearn/datasets/data.
-SKLEARN_FILES = {
-    "wine": ("wine_data.csv",), "breast_cancer": ("breast_cancer.csv",), "iris": ("iris.csv",),
-    "digits": ("digits.csv.gz",), "diabetes": ("diabetes_data_raw.csv.gz", "diabetes_target.csv.gz"),
-}
 
 
 def _sklearn_digest(name: str) -> str:

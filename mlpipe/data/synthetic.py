@@ -14,6 +14,9 @@ import pandas as pd
 from mlpipe.errors import ConfigError
 
 TASKS = ("classification", "regression")
+# What a source string that leaves a parameter out means. Part of the source format, not config:
+# the string is its own digest, so its meaning must not move with conf/ (conf/data/synthetic.yaml
+# writes every parameter into the string it builds).
 DEFAULTS: dict[str, object] = {"task": "classification", "rows": 10_000, "columns": 20, "informative": 10,
                                "classes": 2, "noise": 10.0, "seed": 0}
 MAX_ROWS = 100_000_000

@@ -63,7 +63,8 @@ def assess(client, qa, registry, model, model_uri: str, task: str, train_target:
     if qa.champion.enabled:
         champion_checks, champion = model_checks.champion_checks(
             client, registry.model_name, registry.champion_alias, model_uri, result, test, target,
-            task, metric_names.task_metrics(task, qa.champion.metrics[task], "qa.champion.metrics"), qa.champion.tolerance)
+            task, metric_names.task_metrics(task, qa.champion.metrics[task], "qa.champion.metrics"), qa.champion.tolerance,
+            qa.champion.plot_dpi)
         checks += champion_checks
     primary_value = result.metrics.get(metric_names.evaluate_name(primary))
     gaps, gap_checks = gate.gap_checks(primary, metric_names.greater_is_better(primary), train_metrics,

@@ -59,7 +59,8 @@ def threshold_checks(result, thresholds: dict[str, float | None]) -> list[gate.C
 
 
 def champion_checks(client, model_name: str, alias: str, candidate_uri: str, candidate_result, test: pd.DataFrame,
-                    target: str, task: str, metrics: list[str], tolerance: float) -> tuple[list[gate.Check], dict]:
+                    target: str, task: str, metrics: list[str], tolerance: float,
+                    plot_dpi: float | None) -> tuple[list[gate.Check], dict]:
     """The champion's model evaluated on the same test rows (in a nested run, so its metrics do not
     overwrite the candidate's); the candidate may trail it by at most `tolerance` per metric.
     A champion that cannot be compared (other schema or task, fails to load) is skipped with a note."""
@@ -80,7 +81,7 @@ def champion_checks(client, model_name: str, alias: str, candidate_uri: str, can
             missing = sorted(columns - set(test.columns))
             return [], info | {"note": f"skipped: the champion's input schema needs columns this data lacks: {missing}"}
         with mlflow.start_run(nested=True, run_name=f"qa: {model_name} v{champion.version} on this test split"):
-            result = evaluate(model, test, target, task, plot_dpi=40)  # its plots are not on any card
+            result = evaluate(model, test, target, task, plot_dpi)  # its plots are not on any card
     except Exception as exc:  # an incompatible champion is a note, not a crash of the candidate's qa
         return [], info | {"note": f"skipped: the champion could not be evaluated on this data: {one_line(exc)[:300]}"}
     checks, values = [], {}

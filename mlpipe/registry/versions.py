@@ -35,7 +35,7 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
         raise StorageError(f"cannot register {model_uri} as {name!r}: {exc.message}") from exc
 
 
-def promotion_lock(name: str, timeout: float = 600):
+def promotion_lock(name: str, timeout: float):
     """Held from reading the champion to moving it, so two pipelines registering the same model at
     once cannot both promote on a stale comparison. A file lock: it orders pipelines on one
     machine; MLflow's registry has no compare-and-set for aliases across machines."""

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mlpipe.errors import ConfigError, ResourceLimitError
+from mlpipe.errors import ResourceLimitError
 
 ACTIONS = ("warn", "fail")
 LIMIT_SIGNAL = signal.SIGUSR1
@@ -31,21 +31,15 @@ WARNING_TAG = "monitor.warnings"
 
 @dataclass(frozen=True)
 class Limits:
-    max_rss_mb: float | None = None
-    max_step_seconds: float | None = None
-    action: str = "warn"
-    poll_seconds: float = 0.5
+    max_rss_mb: float | None
+    max_step_seconds: float | None
+    action: str
+    poll_seconds: float
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "Limits":
-        action = cfg.get("action", "warn")
-        if action not in ACTIONS:
-            raise ConfigError(f"monitor.action={action!r}; expected one of {', '.join(ACTIONS)}")
-        for key in ("max_rss_mb", "max_step_seconds"):
-            value = cfg.get(key)
-            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-                raise ConfigError(f"monitor.{key}={value!r}; expected a positive number or null")
-        return cls(cfg.get("max_rss_mb"), cfg.get("max_step_seconds"), action, float(cfg.get("poll_seconds", 0.5)))
+        """`conf/monitor` (types, ranges and choices checked when composed: mlpipe/schema.py)."""
+        return cls(cfg["max_rss_mb"], cfg["max_step_seconds"], cfg["action"], float(cfg["poll_seconds"]))
 
     @property
     def active(self) -> bool:

@@ -52,17 +52,15 @@ _FALLBACK_ROOT: Path | None = None
 class RetryPolicy:
     """Exponential backoff with jitter: wait min(initial * 2**n + U(0, jitter), max_wait)."""
 
-    attempts: int = 4
-    initial_wait: float = 0.5
-    max_wait: float = 5.0
-    jitter: float = 0.5
+    attempts: int
+    initial_wait: float
+    max_wait: float
+    jitter: float
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "RetryPolicy":
-        policy = cls(int(cfg["attempts"]), float(cfg["initial_wait"]), float(cfg["max_wait"]), float(cfg["jitter"]))
-        if policy.attempts < 1 or policy.initial_wait < 0 or policy.max_wait < 0 or policy.jitter < 0:
-            raise ConfigError(f"storage.retry={dict(cfg)}: attempts must be >= 1 and waits >= 0")
-        return policy
+        """`storage.retry` (ranges checked when composed: mlpipe/schema.py)."""
+        return cls(int(cfg["attempts"]), float(cfg["initial_wait"]), float(cfg["max_wait"]), float(cfg["jitter"]))
 
     def call(self, fn: Callable[[], Any], retry_if: Callable[[BaseException], bool],
              sleep: Callable[[float], None] = time.sleep) -> Any:

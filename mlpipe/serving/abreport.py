@@ -61,7 +61,7 @@ def build(path: Path, experiment: str, ab: dict, configured: list[str], task: st
 
 
 def promote(client, result: dict[str, Any], served: dict[str, tuple[str, str]], model_name: str,
-            alias: str) -> dict[str, str]:
+            alias: str, lock_timeout_s: float) -> dict[str, str]:
     """Moves `alias` of `model_name` to the winner's version (under the registry lock)."""
     winner = result["winner"]
     uri, version = served[winner]
@@ -73,7 +73,7 @@ def promote(client, result: dict[str, Any], served: dict[str, tuple[str, str]], 
     if name != model_name:
         raise ConfigError(f"cannot promote variant {winner!r}: it serves {name} version {version}, not a version of "
                           f"registry.model_name={model_name!r}")
-    with versions.promotion_lock(model_name):
+    with versions.promotion_lock(model_name, lock_timeout_s):
         before = versions.current(client, model_name, alias)
         versions.set_alias(client, model_name, alias, version)
         client.set_model_version_tag(model_name, version, "ab.promoted_by_experiment", result["experiment"])
@@ -106,7 +106,8 @@ def arm_metrics(result: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def fill_card(card: cards.Card, result: dict[str, Any]) -> None:
+def fill_card(card: cards.Card, result: dict[str, Any], ab: dict[str, Any]) -> None:
+    """The tables, bar charts and latency histogram (`serve.ab.plot_dpi`, `latency_bins`)."""
     task = result["task"]
     measure = "accuracy" if task == "classification" else "mae"
     header = ["variant", "model versions", "requests", "errors", "labelled", measure, "p50 ms", "p95 ms", "p99 ms"]
@@ -123,7 +124,7 @@ def fill_card(card: cards.Card, result: dict[str, Any]) -> None:
     card.add_plot("latency p50 / p99 (ms)", plots.paired_bars(
         names, [_num(a["latency_p50_ms"]) for a in result["arms"]],
         [_num(a["latency_p99_ms"]) for a in result["arms"]], ("p50", "p99"), "latency per arm (ms)"))
-    card.add_image("latency distribution", latency_histogram(result["latencies"]))
+    card.add_image("latency distribution", latency_histogram(result["latencies"], ab["plot_dpi"], ab["latency_bins"]))
     card.outputs["recommendation"] = result["recommendation"]
 
 
@@ -131,7 +132,7 @@ def _num(value: float) -> float:
     return 0.0 if value is None or not np.isfinite(value) else float(value)
 
 
-def latency_histogram(latencies: dict[str, list[float]]) -> bytes:
+def latency_histogram(latencies: dict[str, list[float]], dpi: float, bins: int) -> bytes:
     import io
 
     import matplotlib
@@ -139,11 +140,11 @@ def latency_histogram(latencies: dict[str, list[float]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=80)
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=dpi)
     values = [v for vs in latencies.values() for v in vs]
-    bins = np.histogram_bin_edges(values, bins=40) if values else 10
+    edges = np.histogram_bin_edges(values, bins=bins) if values else bins
     for name, vs in latencies.items():
-        ax.hist(vs, bins=bins, alpha=0.5, label=f"{name} (n={len(vs)})")
+        ax.hist(vs, bins=edges, alpha=0.5, label=f"{name} (n={len(vs)})")
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("requests")
     ax.legend()

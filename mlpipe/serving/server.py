@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -355,30 +355,23 @@ class ServeSpec:
     """Everything a server process needs, JSON-able (worker processes read it from SPEC_ENV)."""
 
     variants: list[dict]
-    experiment: str = "default"
-    records: str = "serve-records.db"
-    policy: str = "weighted"
-    key_header: str = "X-Request-Key"
-    override_header: str = "X-Variant-Override"
-    batching: dict = field(default_factory=lambda: {"enabled": True, "max_rows": 64, "max_wait_ms": 2})
-    limits: dict = field(default_factory=lambda: {"max_body_mb": 10, "body_timeout_s": 30, "request_timeout_s": 60})
-    refresh_seconds: float = 30
-    flush_ms: float = 200
-    thompson_refresh_seconds: float = 5
-    seed: int | None = None
+    experiment: str
+    records: str
+    policy: str
+    key_header: str
+    override_header: str
+    batching: dict
+    limits: dict
+    refresh_seconds: float
+    flush_ms: float
+    thompson_refresh_seconds: float
+    seed: int | None = None  # tests: a seeded router
 
     @classmethod
     def from_config(cls, scfg: dict, default_uri: str, records_path: str) -> "ServeSpec":
         variants = abtest.parse_variants(abtest.configured_variants(scfg), default_uri)
-        routing = scfg["routing"]
-        if routing["policy"] not in abtest.POLICIES:
-            raise ConfigError(f"serve.routing.policy={routing['policy']!r}; expected one of {', '.join(abtest.POLICIES)}")
-        limits = scfg["limits"]
-        for key in ("max_body_mb", "body_timeout_s", "request_timeout_s"):
-            if not (isinstance(limits[key], (int, float)) and limits[key] > 0):
-                raise ConfigError(f"serve.limits.{key}={limits[key]!r}; expected a number > 0")
-        if int(scfg["batching"]["max_rows"]) < 1 or float(scfg["batching"]["max_wait_ms"]) < 0:
-            raise ConfigError("serve.batching: max_rows must be >= 1 and max_wait_ms >= 0")
+        # types and ranges were checked when the config was composed (mlpipe/schema.py)
+        routing, limits = scfg["routing"], scfg["limits"]
         return cls(variants=[v.__dict__ for v in variants], experiment=str(scfg["experiment"]),
                    records=records_path, policy=routing["policy"], key_header=routing["key_header"],
                    override_header=routing["override_header"], batching=dict(scfg["batching"]),

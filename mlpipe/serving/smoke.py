@@ -20,13 +20,13 @@ def free_port(host: str) -> int:
 
 
 class BackgroundServer:
-    """uvicorn in a daemon thread; `with BackgroundServer(app, host) as url:` stops it on exit."""
+    """uvicorn in a daemon thread; `with BackgroundServer(app, host, ...) as url:` stops it on exit."""
 
-    def __init__(self, app, host: str, port: int = 0, startup_timeout: float = 60):
+    def __init__(self, app, host: str, *, startup_timeout: float, log_level: str, port: int = 0):
         import uvicorn
 
         self.host, self.port = host, port or free_port(host)
-        self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level=log_level))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.startup_timeout = startup_timeout
 
@@ -67,11 +67,11 @@ def request(url: str, payload: dict | None, timeout: float = 30) -> tuple[int, b
         return err.code, err.read()
 
 
-def smoke(url: str, frame) -> dict:
+def smoke(url: str, frame, timeout: float) -> dict:
     """POST rows as `dataframe_split`; the server must answer 200 with one prediction per row."""
     payload = {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
     started = time.perf_counter()
-    status, body = request(f"{url}/invocations", payload)
+    status, body = request(f"{url}/invocations", payload, timeout)
     latency_ms = (time.perf_counter() - started) * 1000
     if status != 200:
         raise ServingError(f"POST {url}/invocations answered {status}: {body[:300]!r}")
@@ -81,10 +81,11 @@ def smoke(url: str, frame) -> dict:
     return {"status": status, "rows": len(frame), "latency_ms": round(latency_ms, 2), "predictions": predictions}
 
 
-def smoke_test(app, host: str, rows, startup_timeout: float) -> dict:
-    """serve.mode=smoke: the app on a free port in this process, `rows` sent over HTTP, stopped."""
-    with BackgroundServer(app, host, startup_timeout=startup_timeout) as url:
-        return smoke(url, rows)
+def smoke_test(app, scfg: dict, rows) -> dict:
+    """serve.mode=smoke: the app on a free port in this process, `rows` sent over HTTP, stopped
+    (`serve.host`, `startup_timeout`, `smoke_request_timeout`, `log_level`)."""
+    with BackgroundServer(app, scfg["host"], startup_timeout=scfg["startup_timeout"], log_level=scfg["log_level"]) as url:
+        return smoke(url, rows, scfg["smoke_request_timeout"])
 
 
 def test_rows(client, model_uri: str, n: int):

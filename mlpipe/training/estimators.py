@@ -20,7 +20,10 @@ def build_estimator(model_cfg: dict[str, Any], task: str):
     """Instantiate `model` config (`_target_` + constructor args) and check it fits the task."""
     from hydra.utils import instantiate
 
+    from mlpipe.config import check_model_params
+
     target = model_cfg.get("_target_")
+    check_model_params(model_cfg)
     try:
         estimator = instantiate(model_cfg)
     except Exception as exc:
@@ -29,10 +32,28 @@ def build_estimator(model_cfg: dict[str, Any], task: str):
     if kind is None:
         raise ConfigError(f"model {target!r} is neither a classifier nor a regressor")
     if kind != task:
-        hint = "a classifier (random_forest, gradient_boosting, logistic_regression)" if task == "classification" \
-            else "a regressor (random_forest_regressor, gradient_boosting_regressor, ridge)"
-        raise ConfigError(f"model {target!r} does a {kind} task but the data's task is {task}; choose {hint}")
+        what = "a classifier" if task == "classification" else "a regressor"
+        raise ConfigError(f"model {target!r} does a {kind} task but the data's task is {task}; choose {what} "
+                          f"({', '.join(model_choices(task))})")
     return estimator
+
+
+def model_choices(task: str) -> list[str]:
+    """The model configs in conf/model whose estimator does `task` (for error hints)."""
+    import yaml
+    from hydra.utils import get_class
+
+    from mlpipe.config import CONF_DIR
+
+    names = []
+    for path in sorted((CONF_DIR / "model").glob("*.yaml")):
+        try:
+            estimator = get_class(yaml.safe_load(path.read_text())["_target_"])()
+        except Exception:  # noqa: BLE001 - a config we cannot read is no suggestion
+            continue
+        if (is_classifier(estimator) if task == "classification" else is_regressor(estimator)):
+            names.append(path.stem)
+    return names
 
 
 def metric_name(task: str, configured: str | None) -> str:

@@ -77,7 +77,8 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_serve_alone_serves_the_champion_until_interrupted(store: Store, prepared):
-    store.mlflow_run("-P", "steps=train,qa,register", check=True)
+    # the same preprocess config as `prepared`, so main finds its run
+    store.mlflow_run("-P", "steps=train,qa,register", "-P", "overrides=preprocess.fit_worker_min_mb=0", check=True)
     port = _free_port()
     cmd = [sys.executable, "-m", "mlflow", "run", ".", "-e", "serve", "--env-manager", "local",
            "-P", f"overrides=serve.port={port}"]

@@ -133,16 +133,47 @@ def test_compose_is_repeatable():
         ["-m", "model.n_estimators=10,20", "seed=1,2"],
         ["--multirun", "model=gradient_boosting,random_forest"],
         ["-m", "seed=range(1,3)"],
-        ["hydra.verbose=true", "+extra=1"],
+        ["hydra.verbose=true"],
     ],
 )
 def test_validate_cli_accepts(args):
     assert validate_cli(args) is None
 
 
-def test_validate_cli_unknown_key():
-    with pytest.raises(ConfigError, match=r"Could not override 'model\.bogus'"):
-        validate_cli(["model.bogus=1"])
+@pytest.mark.parametrize(("args", "message"), [
+    (["model.n_estimator=10"], "unknown config key model.n_estimator; did you mean model.n_estimators?"),
+    (["+model.n_estimator=10"], "unknown config key model.n_estimator: sklearn.ensemble.RandomForestClassifier takes "
+                                "no argument 'n_estimator'; did you mean model.n_estimators?"),
+    (["-m", "qa.baseline.alfa=0.1,0.2"], "unknown config key qa.baseline.alfa; did you mean qa.baseline.alpha?"),
+    (["+qa.baseline.alfa=0.1"], "unknown config key qa.baseline.alfa; did you mean qa.baseline.alpha?"),
+    (["+extra=1"], "unknown config key extra; the config has data, main, model, monitor, preprocess, qa, registry, "
+                   "seed, serialization, serve, storage, train"),
+])
+def test_validate_cli_rejects_an_unknown_key_with_the_closest_one(args, message):
+    with pytest.raises(ConfigError) as info:
+        validate_cli(args)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("qa.drift.alpha=2", "qa.drift.alpha=2.0: expected a value > 0 and < 1"),
+    ("serve.port=70000", "serve.port=70000: expected a value >= 0 and <= 65535"),
+    ("serialization=pickle", "serialization='pickle'; expected one of cloudpickle, skops"),
+    ("preprocess.fit_worker_min_mb=-1", "preprocess.fit_worker_min_mb=-1.0: expected a value >= 0"),
+    ("monitor.action=stop", "monitor.action='stop'; expected one of warn, fail"),
+    ("storage.retry.attempts=0", "storage.retry.attempts=0: expected a value >= 1"),
+    ("preprocess.test_size=abc", "Value 'abc' of type 'str' could not be converted to Float"),
+])
+def test_compose_rejects_a_wrong_type_or_range_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        compose([override])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_compose_rejects_a_validation_split_that_leaves_no_training_rows():
+    with pytest.raises(ConfigError, match=r"preprocess.validation_size \+ preprocess.test_size = 1.1; expected < 1"):
+        compose(["preprocess.test_size=0.5", "preprocess.validation_size=0.6"])
 
 
 def test_validate_cli_checks_first_sweep_value():

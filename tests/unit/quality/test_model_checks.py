@@ -22,7 +22,7 @@ class FakeClient:
 
 def champion(client, task="classification"):
     return model_checks.champion_checks(client, "m", "champion", "models:/m-new", None, pd.DataFrame(), "y", task,
-                                        ["accuracy"], 0.05)
+                                        ["accuracy"], 0.05, 40)
 
 
 def test_no_champion_is_a_note():

@@ -79,11 +79,6 @@ def test_outages_are_transient_and_configuration_errors_are_not(exc, transient):
     assert storage.is_transient(exc) is transient
 
 
-def test_retry_settings_are_checked():
-    with pytest.raises(ConfigError, match="attempts must be >= 1"):
-        storage.RetryPolicy.from_config({"attempts": 0, "initial_wait": 1, "max_wait": 1, "jitter": 0})
-
-
 def test_the_s3_location_joins_bucket_prefix_and_experiment():
     assert storage.s3_location(s3_cfg()) == "s3://team-bucket/mlpipe/mlpipe"
     assert storage.s3_location(s3_cfg(prefix="/a/b/", experiment="e")) == "s3://team-bucket/a/b/e"

@@ -176,11 +176,11 @@ def test_spec_from_the_default_config():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("serve.routing.policy=random", "serve.routing.policy='random'"),
-    ("serve.limits.max_body_mb=0", "serve.limits.max_body_mb=0"),
-    ("serve.batching.max_rows=0", "serve.batching"),
+    ("serve.routing.policy=random", "serve.routing.policy='random'; expected one of weighted, thompson"),
+    ("serve.limits.max_body_mb=0", "serve.limits.max_body_mb=0.0: expected a value > 0"),
+    ("serve.batching.max_rows=0", "serve.batching.max_rows=0: expected a value >= 1"),
 ])
-def test_bad_serve_settings_are_config_errors(override, message):
-    scfg = to_container(compose([override]))["serve"]
-    with pytest.raises(ConfigError, match=message):
-        server.ServeSpec.from_config(scfg, "models:/m@champion", "/tmp/r.db")
+def test_bad_serve_settings_are_config_errors_when_composed(override, message):
+    with pytest.raises(ConfigError) as info:
+        compose([override])
+    assert str(info.value) == message

@@ -49,7 +49,7 @@ def test_thompson_routing_moves_traffic_to_the_arm_with_better_feedback(tmp_path
     spec = _spec(tmp_path, paths, "serve.routing.policy=thompson", "serve.routing.thompson_refresh_seconds=0.2",
                  "serve.records_flush_ms=20")
     row = {"dataframe_records": X.head(1).to_dict(orient="records")}
-    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1") as url:
+    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1", startup_timeout=60, log_level="warning") as url:
         # Feedback: a is always right, b always wrong (40 labelled requests each).
         for name in ("a", "b"):
             for _ in range(40):
@@ -69,7 +69,7 @@ def test_weighted_routing_without_keys_follows_the_weights(tmp_path, model_paths
     spec = _spec(tmp_path, paths)
     spec.variants[1]["weight"] = 3.0
     row = {"dataframe_records": X.head(1).to_dict(orient="records")}
-    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1") as url:
+    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1", startup_timeout=60, log_level="warning") as url:
         chosen = [_post(url, "/invocations", row)[0]["X-Variant"] for _ in range(400)]
     assert 0.68 < chosen.count("b") / 400 < 0.82
 
@@ -80,7 +80,7 @@ def test_a_prediction_over_the_time_limit_is_504_and_recorded(tmp_path, model_pa
     paths, X = model_paths
     spec = _spec(tmp_path, paths, "serve.limits.request_timeout_s=0.001", "serve.records_flush_ms=20")
     many = {"dataframe_records": X.sample(20000, replace=True, random_state=0).to_dict(orient="records")}
-    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1") as url:
+    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1", startup_timeout=60, log_level="warning") as url:
         with pytest.raises(urllib.error.HTTPError) as info:
             _post(url, "/invocations", many, {"X-Variant-Override": "a"})
         metrics = smoke.request(f"{url}/metrics", None)[1].decode()

@@ -58,7 +58,7 @@ def test_build_estimator_regressor_for_classification():
         estimators.build_estimator(RIDGE, "classification")
     message = str(info.value)
     assert "'sklearn.linear_model.Ridge' does a regression task but the data's task is classification" in message
-    assert "random_forest, gradient_boosting, logistic_regression" in message
+    assert "choose a classifier (gradient_boosting, logistic_regression, random_forest)" in message
 
 
 def test_build_estimator_classifier_for_regression():
@@ -66,15 +66,15 @@ def test_build_estimator_classifier_for_regression():
         estimators.build_estimator(LOGREG, "regression")
     message = str(info.value)
     assert "does a classification task but the data's task is regression" in message
-    assert "random_forest_regressor, gradient_boosting_regressor, ridge" in message
+    assert "choose a regressor (gradient_boosting_regressor, random_forest_regressor, ridge)" in message
 
 
 def test_build_estimator_unknown_argument():
     with pytest.raises(ConfigError) as info:
         estimators.build_estimator({**RIDGE, "bogus": 1}, "regression")
     message = str(info.value)
-    assert message.startswith("cannot build model 'sklearn.linear_model.Ridge'")
-    assert "bogus" in message
+    assert message.startswith("unknown config key model.bogus: sklearn.linear_model.Ridge takes no argument 'bogus'; "
+                              "it takes alpha, fit_intercept")
     assert "\n" not in message
 
 
