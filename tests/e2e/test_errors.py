@@ -48,11 +48,22 @@ def test_missing_target_column(store: Store, tmp_path):
     _assert_failed_cleanly(store, result, "ingest", "DataError", ["'label' not found", "a, b, c"])
 
 
-def test_unknown_config_key(store: Store):
+@pytest.mark.parametrize("override", ["model.n_estimator=10", "+model.n_estimator=10"])
+def test_unknown_config_key_is_refused_with_the_closest_key_before_any_step(store: Store, override):
+    """Hydra's own hint (`+model.n_estimator=10`) would lead into a run that fails two steps later."""
     before = len(store.runs())
-    result = store.mlflow_run("-P", "overrides=model.bogus=1")
-    _assert_failed_cleanly(store, result, "main", "ConfigError", ["model.bogus"], entry="main")
+    result = store.mlflow_run("-P", f"overrides={override}")
+    _assert_failed_cleanly(store, result, "main", "ConfigError",
+                           ["unknown config key model.n_estimator", "did you mean model.n_estimators?"], entry="main")
     assert len(store.runs()) == before + 1  # the driver's own FAILED run, no step started
+
+
+def test_a_value_out_of_range_is_refused_naming_the_key_before_any_step(store: Store):
+    before = len(store.runs())
+    result = store.mlflow_run("-P", "overrides=qa.drift.alpha=1.5")
+    _assert_failed_cleanly(store, result, "main", "ConfigError", ["qa.drift.alpha=1.5: expected a value > 0 and < 1"],
+                           entry="main")
+    assert len(store.runs()) == before + 1
 
 
 @pytest.mark.slow
