@@ -279,6 +279,7 @@ class MainConfig(Checked):
     steps: Any = MISSING  # "all", "train,qa" or a list
     force: Any = MISSING  # true, false or a list of steps
     env_manager: Optional[str] = spec(choices=("local", "virtualenv", "uv", "conda"))
+    log: str = spec(choices=("quiet", "full"))
 
 
 @dataclass

@@ -28,11 +28,20 @@ def version_metric(version: ModelVersion, metric: str) -> float | None:
 def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
     """A new version of `name` from a `models:/m-...` URI; the version links to the train run."""
     import mlflow
+    from mlflow.utils import logging_utils
 
+    # register_model prints "Successfully registered model ..." past the log level; quiet under
+    # main.log=quiet (MLFLOW_LOGGING_LEVEL=ERROR), where register's own summary says it
+    quiet = logging_utils.get_mlflow_log_level() == "ERROR"
+    if quiet:
+        logging_utils.disable_logging()
     try:
         return mlflow.register_model(model_uri, name, tags=tags)
     except MlflowException as exc:
         raise StorageError(f"cannot register {model_uri} as {name!r}: {exc.message}") from exc
+    finally:
+        if quiet:
+            logging_utils.enable_logging()
 
 
 def promotion_lock(name: str, timeout: float):

@@ -59,6 +59,25 @@ def test_cold_run_registers_a_champion_with_lineage(store: Store, cold):
     assert children["train"].data.tags["pipeline.model_uri"].startswith("models:/m-")
 
 
+def test_the_terminal_shows_one_line_per_step_the_table_and_no_mlflow_chatter(cold):
+    result, _ = cold
+    for step in STEPS:
+        assert f"[mlpipe] {step} ran in " in result.stdout
+    assert "step        run id" in result.stdout
+    # main.log=quiet: MLflow's own lines from the driver and the steps are left out (the outer
+    # `mlflow run` process says its own two lines before the driver starts)
+    for chatter in ("Running command 'python -m steps.ingest", "INFO mlflow.tracking.fluent", "Active model is set",
+                    "WARNING mlflow.sklearn", "Successfully registered model"):
+        assert chatter not in result.output, chatter
+
+
+@pytest.mark.slow
+def test_main_log_full_shows_mlflow_lines_too(store: Store):
+    result = store.mlflow_run("-P", "steps=ingest", "-P", "overrides=main.log=full main.force=[ingest]", check=True)
+    assert "Running command 'python -m steps.ingest" in result.output
+    assert "[mlpipe] ingest " in result.stdout
+
+
 def test_steps_log_flat_params_config_yaml_and_datasets(store: Store, cold):
     _, parent = cold
     children = {c.data.tags["pipeline.step"]: c for c in store.children(parent.info.run_id)}
