@@ -155,27 +155,6 @@ def test_validate_cli_rejects_an_unknown_key_with_the_closest_one(args, message)
     assert str(info.value) == message
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("qa.drift.alpha=2", "qa.drift.alpha=2.0: expected a value > 0 and < 1"),
-    ("serve.port=70000", "serve.port=70000: expected a value >= 0 and <= 65535"),
-    ("serialization=pickle", "serialization='pickle'; expected one of cloudpickle, skops"),
-    ("preprocess.fit_worker_min_mb=-1", "preprocess.fit_worker_min_mb=-1.0: expected a value >= 0"),
-    ("monitor.action=stop", "monitor.action='stop'; expected one of warn, fail"),
-    ("storage.retry.attempts=0", "storage.retry.attempts=0: expected a value >= 1"),
-    ("preprocess.test_size=abc", "Value 'abc' of type 'str' could not be converted to Float"),
-])
-def test_compose_rejects_a_wrong_type_or_range_naming_the_key(override, message):
-    with pytest.raises(ConfigError) as info:
-        compose([override])
-    assert message in str(info.value)
-    assert "\n" not in str(info.value)
-
-
-def test_compose_rejects_a_validation_split_that_leaves_no_training_rows():
-    with pytest.raises(ConfigError, match=r"preprocess.validation_size \+ preprocess.test_size = 1.1; expected < 1"):
-        compose(["preprocess.test_size=0.5", "preprocess.validation_size=0.6"])
-
-
 def test_validate_cli_checks_first_sweep_value():
     with pytest.raises(ConfigError) as info:
         validate_cli(["-m", "model=xgboost,ridge"])

@@ -4,8 +4,7 @@ import time
 
 import pytest
 
-from mlpipe.config import compose
-from mlpipe.errors import ConfigError, ResourceLimitError
+from mlpipe.errors import ResourceLimitError
 from mlpipe.run import monitor
 
 
@@ -20,17 +19,6 @@ def test_usage_has_the_three_figures():
     figures = monitor.usage(started)
     assert set(figures) == {"step.wall_s", "step.cpu_s", "step.peak_rss_mb"}
     assert figures["step.wall_s"] >= 2 and figures["step.cpu_s"] > 0 and figures["step.peak_rss_mb"] > 10
-
-
-@pytest.mark.parametrize("override, message", [
-    ("monitor.action=stop", "monitor.action='stop'; expected one of warn, fail"),
-    ("monitor.max_rss_mb=-1", "monitor.max_rss_mb=-1.0: expected a value > 0"),
-    ("monitor.max_step_seconds=ten", "Value 'ten' of type 'str' could not be converted to Float"),
-])
-def test_bad_limits_are_config_errors_when_composed(override, message):
-    with pytest.raises(ConfigError) as info:
-        compose([override])
-    assert message in str(info.value)
 
 
 def test_breaches_name_the_limit():

@@ -173,14 +173,3 @@ def test_spec_from_the_default_config():
     spec = server.ServeSpec.from_config(scfg, "models:/m@champion", "/tmp/r.db")
     assert spec.variants == [{"name": "default", "model_uri": "models:/m@champion", "weight": 1.0}]
     assert server.ServeSpec.from_json(spec.to_json()) == spec
-
-
-@pytest.mark.parametrize("override, message", [
-    ("serve.routing.policy=random", "serve.routing.policy='random'; expected one of weighted, thompson"),
-    ("serve.limits.max_body_mb=0", "serve.limits.max_body_mb=0.0: expected a value > 0"),
-    ("serve.batching.max_rows=0", "serve.batching.max_rows=0: expected a value >= 1"),
-])
-def test_bad_serve_settings_are_config_errors_when_composed(override, message):
-    with pytest.raises(ConfigError) as info:
-        compose([override])
-    assert str(info.value) == message
