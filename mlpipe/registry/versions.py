@@ -6,15 +6,34 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlpipe.errors import StorageError
+from mlpipe.errors import StorageError, one_line
+
+
+def _absent(exc: MlflowException) -> bool:
+    """The model, the version or the alias does not exist: the one lookup failure that means "none"."""
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    # a missing alias of an existing model (SQL store and server alike)
+    text = str(exc)
+    return exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in text and "not found" in text
+
+
+def lookup(what: str, fn):
+    """`fn()`, None when what it looks up does not exist; any other failure (a server error, a
+    timeout, a refused login, no connection: after MLflow's HTTP retries) is a StorageError,
+    never "none", so nothing is promoted or compared on a registry that did not answer."""
+    try:
+        return fn()
+    except MlflowException as exc:
+        if _absent(exc):
+            return None
+        raise StorageError(f"the model registry did not answer the lookup of {what} ({exc.error_code}): "
+                           f"{one_line(exc)[:300]}; no alias was moved") from exc
 
 
 def current(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     """The version holding `alias`, or None when the model or the alias does not exist."""
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    return lookup(f"{name}@{alias}", lambda: client.get_model_version_by_alias(name, alias))
 
 
 def version_metric(version: ModelVersion, metric: str) -> float | None:
@@ -82,12 +101,9 @@ def version_for_uri(client: MlflowClient, model_uri: str) -> ModelVersion | None
     if parsed is None:
         return None
     name, alias, ref = parsed
-    try:
-        if alias is not None:
-            return client.get_model_version_by_alias(name, alias)
-        return client.get_model_version(name, ref) if ref and ref.isdigit() else None
-    except MlflowException:
-        return None
+    if alias is not None:
+        return current(client, name, alias)
+    return lookup(model_uri, lambda: client.get_model_version(name, ref)) if ref and ref.isdigit() else None
 
 
 def champion_marker(client: MlflowClient, cfg, candidate_model_uri: str | None) -> str | None:

@@ -135,6 +135,12 @@ class TcpProxy:
 
     def down(self) -> None:
         if self._listener is not None:
+            # shutdown first: close() alone leaves a thread blocked in accept() on a socket that
+            # still takes connections (Linux), so the endpoint would not be gone
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         with self._lock:

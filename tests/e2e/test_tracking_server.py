@@ -79,3 +79,51 @@ def test_the_pipeline_runs_unchanged_against_a_server_restarted_between_steps(se
         assert any(k.endswith(f"{run.info.run_id}/artifacts/card/card.html") for k in keys), step
     model_id = runs_of(client, "train")[0].data.tags["pipeline.model_uri"].split("/")[-1]
     assert any(k.endswith(f"/models/{model_id}/artifacts/MLmodel") for k in keys), sorted(keys)[:20]
+
+
+def test_a_registry_that_stops_answering_fails_register_and_moves_no_alias(server):
+    """The registry (MLFLOW_REGISTRY_URI, through a TCP proxy to the same server) stops answering
+    between qa and register: register fails with one line naming the lookup, `champion` stays,
+    and main, once the registry is back, reuses ingest..qa and finishes from register."""
+    from services import TcpProxy
+
+    mlflow_server, _ = server
+    client = MlflowClient(mlflow_server.url, registry_uri=mlflow_server.url)
+    client.create_experiment("registry-outage")
+    proxy = TcpProxy(mlflow_server.port)
+    env = client_env(mlflow_server.url) | {"MLFLOW_REGISTRY_URI": proxy.url}
+    overrides = ("model=logistic_regression train.cv_folds=2 monitor.system_metrics=false "
+                 "storage.http.max_retries=1 storage.http.backoff_factor=0")
+    cmd = [str(BIN / "python"), "-m", "mlflow", "run", ".", "-e", "main", "--env-manager", "local",
+           "--experiment-name", "registry-outage"]
+
+    def main(steps: str, promotion: str = "always") -> subprocess.CompletedProcess:
+        # promotion=always after the first run: a register that would move champion (a new key, so it runs)
+        return subprocess.run([*cmd, "-P", f"steps={steps}", "-P", f"overrides={overrides} registry.promotion={promotion}"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    try:
+        first = main("ingest,preprocess,train,qa,register", promotion="better")
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert str(client.get_model_version_by_alias("wine_model", "champion").version) == "1"
+
+        proxy.down()
+        failed = main("register")
+        assert failed.returncode != 0, failed.stdout[-3000:] + failed.stderr[-3000:]
+        errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, failed.stderr[-3000:]
+        assert "step register failed" in errors[0] and "StorageError" in errors[0]
+        assert "the model registry did not answer the lookup of wine_model@champion" in errors[0]
+        assert "no alias was moved" in errors[0]
+        assert str(client.get_model_version_by_alias("wine_model", "champion").version) == "1"
+        assert len(client.search_model_versions("name='wine_model'")) == 1
+
+        proxy.up()
+        again = main("ingest,preprocess,train,qa,register")
+        assert again.returncode == 0, again.stderr[-3000:]
+    finally:
+        proxy.down()
+    outcomes = dict(re.findall(r"^(\w+) +\w{32} +(ran|cached) ", again.stdout, re.M))
+    assert outcomes == {"ingest": "cached", "preprocess": "cached", "train": "cached", "qa": "cached",
+                        "register": "ran"}, again.stdout
+    assert str(client.get_model_version_by_alias("wine_model", "champion").version) == "2"

@@ -57,3 +57,25 @@ def mixed() -> pd.DataFrame:
     frame.loc[1, "cat"] = np.nan
     frame.loc[2, "cat"] = "rare"  # 1 of 200 rows: below min_category_frequency=0.01
     return frame
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """A real SQLite-backed registry: model `m`, version 1 (a logged DummyClassifier) holding
+    alias `champion`. Returns .client, .version and .model_uri (the logged model's URI)."""
+    from types import SimpleNamespace
+
+    import mlflow
+    from mlflow import MlflowClient
+    from sklearn.dummy import DummyClassifier
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri, registry_uri=uri)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(DummyClassifier().fit([[0], [1]], [0, 1]), name="model")
+    client.create_registered_model("m")
+    version = client.create_model_version("m", info.model_uri, model_id=info.model_id)
+    client.set_registered_model_alias("m", "champion", version.version)
+    yield SimpleNamespace(client=client, version=version, model_uri=info.model_uri)
+    mlflow.set_tracking_uri(None)

@@ -1,44 +1,47 @@
-"""mlpipe/quality/model_checks.py: the champion comparison's skip rules and threshold validation (no store)."""
+"""mlpipe/quality/model_checks.py: the champion comparison against a real SQLite registry (skip rules, a registry that does not answer) and threshold validation."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pandas as pd
-from mlflow.exceptions import MlflowException
+import pytest
 
 from mlpipe.quality import model_checks
 
 
-class FakeClient:
-    def __init__(self, version=None):
-        self.version = version
-
-    def get_model_version_by_alias(self, name, alias):
-        if self.version is None:
-            raise MlflowException(f"no alias {alias} on {name}")
-        return self.version
-
-
-def champion(client, task="classification"):
-    return model_checks.champion_checks(client, "m", "champion", "models:/m-new", None, pd.DataFrame(), "y", task,
+def champion(client, candidate="models:/m-new", task="classification"):
+    return model_checks.champion_checks(client, "m", "champion", candidate, None, pd.DataFrame(), "y", task,
                                         ["accuracy"], 0.05, 40)
 
 
-def test_no_champion_is_a_note():
-    assert champion(FakeClient()) == ([], {"note": "no m@champion yet: nothing to compare"})
+def test_no_champion_is_a_note(registry):
+    registry.client.delete_registered_model_alias("m", "champion")
+    assert champion(registry.client) == ([], {"note": "no m@champion yet: nothing to compare"})
 
 
-def test_champion_of_another_task_is_skipped_with_a_note():
-    version = SimpleNamespace(version="3", source="models:/m-old", tags={"qa.metric": "r2"})
-    checks, info = champion(FakeClient(version))
-    assert checks == [] and info["version"] == "3"
+def test_champion_of_another_task_is_skipped_with_a_note(registry):
+    registry.client.set_model_version_tag("m", registry.version.version, "qa.metric", "r2")
+    checks, info = champion(registry.client)
+    assert checks == [] and str(info["version"]) == "1"
     assert info["note"] == "skipped: the champion was validated on r2, not a classification metric"
 
 
-def test_the_candidate_itself_is_not_compared():
-    version = SimpleNamespace(version="1", source="models:/m-new", tags={})
-    assert champion(FakeClient(version))[1]["note"] == "the candidate is the champion"
+def test_the_candidate_itself_is_not_compared(registry):
+    assert champion(registry.client, candidate=registry.model_uri)[1]["note"] == "the candidate is the champion"
+
+
+def test_a_registry_that_does_not_answer_fails_the_champion_check(monkeypatch):
+    import socket
+
+    from mlflow import MlflowClient
+
+    from mlpipe.errors import StorageError
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(StorageError, match="the model registry did not answer the lookup of m@champion"):
+        champion(MlflowClient(f"http://127.0.0.1:{port}", registry_uri=f"http://127.0.0.1:{port}"))
 
 
 def test_thresholds_through_validate_evaluation_results():

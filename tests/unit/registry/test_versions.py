@@ -19,3 +19,39 @@ from mlpipe.registry.versions import parse_model_uri
 ])
 def test_parse_model_uri(uri, expected):
     assert parse_model_uri(uri) == expected
+
+
+# -- lookups against a real registry: only "does not exist" means none ------------------------
+def test_a_missing_model_alias_or_version_is_none(registry):
+    from mlpipe.registry import versions
+
+    registry = registry.client
+    assert str(versions.current(registry, "m", "champion").version) == "1"
+    assert versions.current(registry, "m", "challenger") is None  # the model exists, the alias does not
+    assert versions.current(registry, "no_such_model", "champion") is None
+    assert versions.version_for_uri(registry, "models:/m/7") is None
+    assert str(versions.version_for_uri(registry, "models:/m@champion").version) == "1"
+
+
+def test_a_registry_that_does_not_answer_is_a_storage_error_never_no_champion(monkeypatch):
+    """A connection refused (a stopped tracking server) after MLflow's HTTP retries: an error that
+    names the lookup, so register cannot promote with no comparison."""
+    import socket
+
+    from mlflow import MlflowClient
+
+    from mlpipe.errors import StorageError
+    from mlpipe.registry import versions
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = MlflowClient(f"http://127.0.0.1:{port}", registry_uri=f"http://127.0.0.1:{port}")
+    for call in (lambda: versions.current(client, "m", "champion"),
+                 lambda: versions.version_for_uri(client, "models:/m/3")):
+        with pytest.raises(StorageError) as info:
+            call()
+        message = str(info.value)
+        assert message.startswith("the model registry did not answer the lookup of m")
+        assert "no alias was moved" in message and "\n" not in message
