@@ -358,6 +358,7 @@ class Config(Checked):
     storage: StorageConfig = MISSING
     seed: int = MISSING
     serialization: str = spec(choices=("cloudpickle", "skops"))
+    skops_trusted_types: List[str] = MISSING
 
 
 def unknown_keys(data: Any, kind: Any = Config, prefix: str = "") -> list[str]:

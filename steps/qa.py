@@ -3,14 +3,13 @@ rows, overfitting gaps, per-class recall, inference and drift checks; the report
 
 import sys
 
-import mlflow
-
 from mlpipe.data import features, sources
 from mlpipe.errors import ModelValidationError
 from mlpipe.quality import assessment
 from mlpipe.reports import sections
 from mlpipe.run import outputs
 from mlpipe.run.harness import StepContext, step_main
+from mlpipe.training import model_io
 
 
 def run(ctx: StepContext) -> None:
@@ -25,11 +24,12 @@ def run(ctx: StepContext) -> None:
                             "preprocess run": splits_run.info.run_id, "qa.data_source": qa.data_source or "none"})
     assessment.primary_metric(qa, trained.task)  # a bad qa.primary_metric fails before the model loads
 
-    # Loaded here, not by evaluate(), to skip a 1 s environment check we do not need.
-    model = mlflow.pyfunc.load_model(trained.model_uri, suppress_warnings=True)
+    # Loaded here, past the trust boundary, not by evaluate() (its 1 s environment check is not needed).
+    model = model_io.load_model(trained.model_uri, ctx.cfg.serialization, ctx.cfg.skops_trusted_types)
     result = assessment.assess(ctx.client, qa, ctx.cfg.registry, model, trained.model_uri, trained.task,
                                train[spec.target], test, spec.target, ctx.upstream.data.metrics,
-                               _drift_inputs(ctx, splits_run.info.run_id, spec, test))
+                               _drift_inputs(ctx, splits_run.info.run_id, spec, test),
+                               (ctx.cfg.serialization, ctx.cfg.skops_trusted_types))
 
     ctx.log_json("qa_report.json", result.report)
     if result.classes:

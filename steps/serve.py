@@ -21,7 +21,7 @@ def run(ctx: StepContext) -> None:
     # the smoke test's requests are not A/B traffic
     records_file = ctx.workdir / "smoke-records.db" if scfg["mode"] == "smoke" else \
         abreport.records_path(scfg, ctx.tracking_uri)
-    spec = ServeSpec.from_config(scfg, model_uri, str(records_file))
+    spec = ServeSpec.from_config(scfg, model_uri, str(records_file), ctx.cfg.serialization, ctx.section("skops_trusted_types"))
     variants = load_variants(spec)
     ctx.set_tags({outputs.MODEL_URI_TAG: variants[0].model_uri}
                  | {f"serve.variant.{v.name}": f"{v.model_uri} (version {v.version}, weight {v.weight:g})"

@@ -14,7 +14,8 @@ def run(ctx: StepContext) -> None:
     ctx.log_dataset(train, source=ctx.artifact_source(outputs.split_artifact("train"), ctx.upstream),
                     targets=spec.target, name=f"{ctx.cfg.data.name}-train", digest=splits.train_digest,
                     context="training")
-    preprocessor = model_io.load_transformer(ctx.client, ctx.upstream.info.run_id, "preprocessor", ctx.workdir)
+    preprocessor = model_io.load_transformer(ctx.client, ctx.upstream.info.run_id, "preprocessor", ctx.workdir,
+                                             ctx.cfg.serialization, ctx.cfg.skops_trusted_types)
     estimator = estimators.build_estimator(ctx.section("model"), spec.task)
     metric = estimators.metric_name(spec.task, ctx.cfg.train.metric)
 
@@ -40,7 +41,7 @@ def run(ctx: StepContext) -> None:
 
     fmt = model_io.check_format(ctx.cfg.serialization)
     model_uri = ctx.log_model(model, example, serialization_format=fmt, pip_requirements=model_io.pip_requirements(fmt),
-                              skops_trusted_types=model_io.trusted_types(model) if fmt == "skops" else None)
+                              skops_trusted_types=model_io.trusted_types(model, ctx.cfg.skops_trusted_types) if fmt == "skops" else None)
     ctx.hand_over(outputs.TrainOutput(model_uri=model_uri, task=spec.task, model_class=type(estimator).__name__,
                                       preprocess_run_id=ctx.upstream.info.run_id))
     ctx.card.outputs.update({"model_uri": model_uri, "model": type(estimator).__name__,

@@ -27,11 +27,13 @@ STEPS: dict[str, StepSpec] = {
     spec.name: spec
     for spec in (
         StepSpec("ingest", None, ("data",)),
-        StepSpec("preprocess", "ingest", ("data", "preprocess", "seed", "serialization")),
-        StepSpec("train", "preprocess", ("model", "train", "seed", "serialization")),
-        StepSpec("qa", "train", ("qa",)),
+        StepSpec("preprocess", "ingest", ("data", "preprocess", "seed", "serialization", "skops_trusted_types")),
+        StepSpec("train", "preprocess", ("model", "train", "seed", "serialization", "skops_trusted_types")),
+        # qa and serve load models past the trust boundary: its settings enter their keys
+        StepSpec("qa", "train", ("qa", "serialization", "skops_trusted_types")),
         StepSpec("register", "qa", ("qa", "registry")),
-        StepSpec("serve", "register", ("serve", "registry"), takes_run_id=False),
+        StepSpec("serve", "register", ("serve", "registry", "serialization", "skops_trusted_types"),
+                 takes_run_id=False),
     )
 }
 ORDER = tuple(STEPS)

@@ -45,8 +45,10 @@ def primary_metric(qa, task: str) -> str:
 
 
 def assess(client, qa, registry, model, model_uri: str, task: str, train_target: pd.Series, test: pd.DataFrame,
-           target: str, train_metrics: dict[str, float], drift_inputs: DriftInputs | None) -> Assessment:
-    """Baseline, thresholds, champion, overfitting gaps, per-class recall, inference and drift."""
+           target: str, train_metrics: dict[str, float], drift_inputs: DriftInputs | None,
+           trust: tuple[str, list[str]]) -> Assessment:
+    """Baseline, thresholds, champion, overfitting gaps, per-class recall, inference and drift;
+    `trust` is (serialization, skops_trusted_types) for loading the champion."""
     primary = primary_metric(qa, task)
     X, truth = test.drop(columns=[target]), test[target]
     result = model_checks.evaluate(model, test, target, task, qa.plot_dpi)
@@ -64,7 +66,7 @@ def assess(client, qa, registry, model, model_uri: str, task: str, train_target:
         champion_checks, champion = model_checks.champion_checks(
             client, registry.model_name, registry.champion_alias, model_uri, result, test, target,
             task, metric_names.task_metrics(task, qa.champion.metrics[task], "qa.champion.metrics"), qa.champion.tolerance,
-            qa.champion.plot_dpi)
+            qa.champion.plot_dpi, trust)
         checks += champion_checks
     primary_value = result.metrics.get(metric_names.evaluate_name(primary))
     gaps, gap_checks = gate.gap_checks(primary, metric_names.greater_is_better(primary), train_metrics,

@@ -17,6 +17,7 @@ from mlflow.models import MetricThreshold
 from mlpipe.errors import one_line
 from mlpipe.quality import gate, metric_names
 from mlpipe.registry import versions
+from mlpipe.training import model_io
 
 MODEL_TYPES = {"classification": "classifier", "regression": "regressor"}
 
@@ -60,7 +61,7 @@ def threshold_checks(result, thresholds: dict[str, float | None]) -> list[gate.C
 
 def champion_checks(client, model_name: str, alias: str, candidate_uri: str, candidate_result, test: pd.DataFrame,
                     target: str, task: str, metrics: list[str], tolerance: float,
-                    plot_dpi: float | None) -> tuple[list[gate.Check], dict]:
+                    plot_dpi: float | None, trust: tuple[str, list[str]]) -> tuple[list[gate.Check], dict]:
     """The champion's model evaluated on the same test rows (in a nested run, so its metrics do not
     overwrite the candidate's); the candidate may trail it by at most `tolerance` per metric.
     A champion that cannot be compared (other schema or task, fails to load) is skipped with a note."""
@@ -73,8 +74,9 @@ def champion_checks(client, model_name: str, alias: str, candidate_uri: str, can
     champion_metric = (champion.tags or {}).get("qa.metric")
     if champion_metric and champion_metric not in metric_names.TASK_METRICS[task]:
         return [], info | {"note": f"skipped: the champion was validated on {champion_metric}, not a {task} metric"}
+    # past the trust boundary; a refused champion fails qa (an UpstreamError), it is not skipped
+    model = model_io.load_model(info["model_uri"], *trust)
     try:
-        model = mlflow.pyfunc.load_model(info["model_uri"], suppress_warnings=True)
         schema = model.metadata.get_input_schema()
         columns = set(schema.input_names()) if schema is not None else None
         if columns is not None and not columns <= set(test.columns) - {target}:

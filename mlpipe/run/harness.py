@@ -165,9 +165,9 @@ class StepContext:
     def tracking_uri(self) -> str:
         return mlflow.get_tracking_uri()
 
-    def section(self, key: str) -> dict[str, Any]:
-        """A config section as a plain dict (resolved), for core functions that take dicts."""
-        return to_container(OmegaConf.select(self.cfg, key, throw_on_missing=True))
+    def section(self, key: str) -> Any:
+        """A config section as plain dicts and lists (resolved), for core functions that take them."""
+        return OmegaConf.to_container(OmegaConf.select(self.cfg, key, throw_on_missing=True), resolve=True)
 
     # -- reading ----------------------------------------------------------------------------
     def upstream_frame(self, name: str, run_id: str | None = None) -> "Any":

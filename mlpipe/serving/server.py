@@ -32,11 +32,13 @@ VARIANT_HEADER, VERSION_HEADER, URI_HEADER, REQUEST_ID_HEADER = (
 
 # -- loading ------------------------------------------------------------------------------------
 
-def load_model(model_uri: str, variant: str):
-    import mlflow
+def load_model(model_uri: str, variant: str, spec: "ServeSpec"):
+    """The variant's model, loaded only past the trust boundary (`serialization`,
+    `skops_trusted_types`: training/model_io.load_model)."""
+    from mlpipe.training import model_io
 
     try:
-        return mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
+        return model_io.load_model(model_uri, spec.serialization, spec.trusted_types)
     except Exception as exc:  # noqa: BLE001 - any load failure stops start-up with its reason
         raise ServingError(f"variant {variant!r}: cannot load model {model_uri}: {one_line(exc)}"
                            ) from exc
@@ -365,10 +367,14 @@ class ServeSpec:
     refresh_seconds: float
     flush_ms: float
     thompson_refresh_seconds: float
+    # the trust boundary for model files (top-level `serialization`, `skops_trusted_types`)
+    serialization: str
+    trusted_types: list[str]
     seed: int | None = None  # tests: a seeded router
 
     @classmethod
-    def from_config(cls, scfg: dict, default_uri: str, records_path: str) -> "ServeSpec":
+    def from_config(cls, scfg: dict, default_uri: str, records_path: str, serialization: str,
+                    trusted_types: list[str]) -> "ServeSpec":
         variants = abtest.parse_variants(abtest.configured_variants(scfg), default_uri)
         # types and ranges were checked when the config was composed (mlpipe/schema.py)
         routing, limits = scfg["routing"], scfg["limits"]
@@ -377,7 +383,8 @@ class ServeSpec:
                    override_header=routing["override_header"], batching=dict(scfg["batching"]),
                    limits=dict(limits), refresh_seconds=float(scfg["refresh_seconds"]),
                    flush_ms=float(scfg["records_flush_ms"]),
-                   thompson_refresh_seconds=float(routing["thompson_refresh_seconds"]))
+                   thompson_refresh_seconds=float(routing["thompson_refresh_seconds"]),
+                   serialization=serialization, trusted_types=list(trusted_types))
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -391,7 +398,7 @@ def load_variants(spec: ServeSpec) -> list[LiveVariant]:
     """Loads every variant (a failure names the variant and the URI) and checks their schemas."""
     loaded = []
     for v in spec.variants:
-        model = load_model(v["model_uri"], v["name"])
+        model = load_model(v["model_uri"], v["name"], spec)
         try:
             version = resolve_version(v["model_uri"])
         except Exception as exc:  # noqa: BLE001
@@ -435,7 +442,7 @@ def create_app(spec: ServeSpec, variants: list[LiveVariant] | None = None):
             v.batcher.start()
         tasks = []
         if spec.refresh_seconds > 0 and any("@" in v.model_uri for v in live):
-            tasks.append(asyncio.create_task(_refresh_aliases(live, spec.refresh_seconds, state)))
+            tasks.append(asyncio.create_task(_refresh_aliases(live, spec, state)))
         if spec.policy == "thompson":
             tasks.append(asyncio.create_task(_refresh_bandit(state, spec)))
         try:
@@ -581,13 +588,13 @@ def _json_error(status: int, code: str, message: str, headers: dict | None = Non
                     headers=headers)
 
 
-async def _refresh_aliases(live: list[LiveVariant], every: float, state: dict) -> None:
+async def _refresh_aliases(live: list[LiveVariant], spec: "ServeSpec", state: dict) -> None:
     """Every `every` seconds, re-resolve `models:/name@alias` variants; a moved alias loads the
     new version and swaps it in (requests in flight finish on the old one)."""
     from mlpipe.registry.versions import parse_model_uri
 
     while True:
-        await asyncio.sleep(every)
+        await asyncio.sleep(spec.refresh_seconds)
         for v in live:
             if "@" not in v.model_uri:
                 continue
@@ -596,7 +603,7 @@ async def _refresh_aliases(live: list[LiveVariant], every: float, state: dict) -
                 if version == v.version:
                     continue
                 name = parse_model_uri(v.model_uri)[0]
-                model = await asyncio.to_thread(load_model, f"models:/{name}/{version}", v.name)
+                model = await asyncio.to_thread(load_model, f"models:/{name}/{version}", v.name, spec)
                 if schema_of(model) != schema_of(v.model):
                     print(f"[mlpipe] serve: {v.model_uri} moved to version {version}, whose input schema differs; "
                           f"still serving version {v.version}", file=sys.stderr, flush=True)

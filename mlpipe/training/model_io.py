@@ -8,7 +8,6 @@ from pathlib import Path
 from mlpipe.errors import ConfigError, UpstreamError
 
 FORMATS = ("cloudpickle", "skops")
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.", "collections.", "scipy.")
 # What a logged model needs to load and predict. Pinned to the versions running now:
 # MLflow's own inference runs the model in a subprocess and costs about 10 s a step.
 MODEL_PACKAGES = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "cloudpickle")
@@ -27,12 +26,23 @@ def pip_requirements(fmt: str) -> list[str]:
     return [f"{name}=={version(name)}" for name in names]
 
 
-def trusted_types(obj) -> list[str]:
-    """The types skops will not load by default that `obj` needs: scikit-learn/numpy ones only."""
+def untrusted(types, allowed) -> list[str]:
+    """The `types` (skops names) that are not in the exact allow-list `skops_trusted_types`."""
+    return sorted(set(types) - set(allowed))
+
+
+def trusted_types(obj, allowed) -> list[str]:
+    """The types outside skops's own safe set that `obj` needs, each checked to be on the
+    allow-list (`skops_trusted_types`, exact names: a prefix such as `builtins.` would admit
+    `builtins.eval`); what the logged model lists for skops to load it."""
     import skops.io as sio
 
-    untrusted = sio.get_untrusted_types(data=sio.dumps(obj))
-    return [t for t in untrusted if t.startswith(TRUSTED_PREFIXES)]
+    needed = sio.get_untrusted_types(data=sio.dumps(obj))
+    refused = untrusted(needed, allowed)
+    if refused:
+        raise ConfigError(f"the fitted model holds types outside skops_trusted_types: {', '.join(refused)}; "
+                          "add them to skops_trusted_types in conf/config.yaml if you trust them")
+    return sorted(needed)
 
 
 def save_transformer(obj, workdir: Path, name: str, fmt: str) -> list[Path]:
@@ -52,19 +62,58 @@ def save_transformer(obj, workdir: Path, name: str, fmt: str) -> list[Path]:
     return [path, meta]
 
 
-def load_transformer(client, run_id: str, name: str, workdir: Path):
+def load_transformer(client, run_id: str, name: str, workdir: Path, fmt: str, allowed):
+    """The transformer a run logged, loaded the way `serialization` (fmt) says, never the way the
+    artifact says: with skops nothing is unpickled, and a file holding a type outside
+    `skops_trusted_types` is refused before it is loaded."""
     from mlpipe.run.handoff import download
 
     meta = json.loads(download(client, run_id, f"{name}.json", str(workdir)).read_text())
+    if meta.get("format") != check_format(fmt) or meta.get("file") != f"{name}.{fmt}":
+        raise UpstreamError(f"run {run_id}: {meta.get('file')} is a {meta.get('format')} file but serialization={fmt}: "
+                            "refused, nothing loaded; rerun preprocess with this serialization")
     path = download(client, run_id, meta["file"], str(workdir))
-    if meta["format"] == "cloudpickle":
+    if fmt == "cloudpickle":
         import cloudpickle
 
         return cloudpickle.loads(path.read_bytes())
     import skops.io as sio
 
-    untrusted = sio.get_untrusted_types(file=path)
-    foreign = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
-    if foreign:
-        raise UpstreamError(f"run {run_id}: {meta['file']} holds types outside scikit-learn/numpy: {foreign}")
-    return sio.load(path, trusted=untrusted)
+    needed = sio.get_untrusted_types(file=path)
+    refused = untrusted(needed, allowed)
+    if refused:
+        raise UpstreamError(f"run {run_id}: {meta['file']} holds types outside skops_trusted_types: "
+                            f"{', '.join(refused)}; refused, nothing loaded")
+    return sio.load(path, trusted=needed)
+
+
+def load_model(model_uri: str, fmt: str, allowed):
+    """A logged scikit-learn model as MLflow's pyfunc, loaded from the very files that were checked:
+    in the configured format (`serialization`), and with skops every type the file holds, and
+    every type its MLmodel tells skops to trust, on the allow-list (MLflow loads a skops file
+    trusting what its MLmodel lists, and the MLmodel is as writable as the model). A refusal
+    names the model, the file and the types; nothing is loaded."""
+    import tempfile
+
+    import mlflow
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="mlpipe-model-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        flavor = (yaml.safe_load((local / "MLmodel").read_text()) or {}).get("flavors", {}).get("sklearn")
+        if flavor is None:
+            raise UpstreamError(f"{model_uri} is not a scikit-learn model (no sklearn flavor in its MLmodel): refused")
+        found, name = flavor.get("serialization_format"), flavor.get("pickled_model")
+        if fmt == "skops" and found != "skops":
+            raise UpstreamError(f"{model_uri}: {name} is a {found} file but serialization=skops: refused, "
+                                "nothing unpickled")
+        if found == "skops":
+            import skops.io as sio
+
+            refused = untrusted(set(flavor.get("skops_trusted_types") or [])
+                                | set(sio.get_untrusted_types(file=local / name)), allowed)
+            if refused:
+                raise UpstreamError(f"{model_uri}: {name} holds or trusts types outside skops_trusted_types: "
+                                    f"{', '.join(refused)}; refused, nothing loaded")
+        # serialization=cloudpickle: a pickle is loaded, as configured (docs/quality.md, the trust model)
+        return mlflow.pyfunc.load_model(str(local), suppress_warnings=True)

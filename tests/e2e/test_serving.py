@@ -364,3 +364,27 @@ def test_a_model_that_cannot_load_stops_start_up(store: Store, registered):
     assert len(lines) == 1 and "variant 'default': cannot load model models:/no_such_model@champion" in lines[0]
     failed = store.newest("tags.`pipeline.step` = 'serve' and attributes.status = 'FAILED'")
     assert failed is not None and "ServingError" in failed.data.tags.get("error.type", "")
+
+
+EVIL_MODEL = """
+import mlflow
+from sklearn.preprocessing import FunctionTransformer
+# what anyone with write access to the store can log: a skops file holding builtins.eval, and an
+# MLmodel that tells skops to trust it
+with mlflow.start_run():
+    info = mlflow.sklearn.log_model(FunctionTransformer(func=eval), name="model", serialization_format="skops",
+                                    skops_trusted_types=["builtins.eval"])
+mlflow.register_model(info.model_uri, "evil")
+"""
+
+
+def test_a_model_holding_an_untrusted_type_is_refused_at_start_up(store: Store):
+    store.python("-c", EVIL_MODEL, check=True)
+    result = store.mlflow_run("-P", "model_uri=models:/evil/1", "-P", "overrides=serve.mode=smoke", entry="serve")
+    assert result.returncode != 0
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].startswith("error: serve: ServingError: variant 'default': cannot load model models:/evil/1: ")
+    assert "holds or trusts types outside skops_trusted_types: builtins.eval; refused, nothing loaded" in errors[0]
+    run = store.newest("tags.`mlflow.project.entryPoint` = 'serve'")
+    assert run.info.status == "FAILED" and run.data.tags["error.type"] == "ServingError"

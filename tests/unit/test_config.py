@@ -23,7 +23,7 @@ def test_compose_defaults():
     assert cfg["serialization"] == "cloudpickle"
     assert "hydra" not in cfg
     assert set(cfg) == {"data", "preprocess", "model", "train", "qa", "registry", "serve", "main", "monitor", "storage",
-                        "seed", "serialization"}
+                        "seed", "serialization", "skops_trusted_types"}
 
 
 def test_compose_model_group_switches_target():
@@ -147,7 +147,7 @@ def test_validate_cli_accepts(args):
     (["-m", "qa.baseline.alfa=0.1,0.2"], "unknown config key qa.baseline.alfa; did you mean qa.baseline.alpha?"),
     (["+qa.baseline.alfa=0.1"], "unknown config key qa.baseline.alfa; did you mean qa.baseline.alpha?"),
     (["+extra=1"], "unknown config key extra; the config has data, main, model, monitor, preprocess, qa, registry, "
-                   "seed, serialization, serve, storage, train"),
+                   "seed, serialization, serve, skops_trusted_types, storage, train"),
 ])
 def test_validate_cli_rejects_an_unknown_key_with_the_closest_one(args, message):
     with pytest.raises(ConfigError) as info:

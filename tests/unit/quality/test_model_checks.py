@@ -10,7 +10,7 @@ from mlpipe.quality import model_checks
 
 def champion(client, candidate="models:/m-new", task="classification"):
     return model_checks.champion_checks(client, "m", "champion", candidate, None, pd.DataFrame(), "y", task,
-                                        ["accuracy"], 0.05, 40)
+                                        ["accuracy"], 0.05, 40, ("cloudpickle", []))
 
 
 def test_no_champion_is_a_note(registry):

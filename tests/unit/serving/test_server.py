@@ -2,6 +2,7 @@
 schema checks, the spec from config. Real pyfunc models saved to tmp_path."""
 
 import asyncio
+from types import SimpleNamespace
 import json
 
 import mlflow
@@ -165,11 +166,11 @@ def test_variants_with_different_schemas_are_refused(iris_model, other_model):
 
 def test_a_model_that_cannot_load_names_the_variant(tmp_path):
     with pytest.raises(ServingError, match=r"variant 'b': cannot load model .*nowhere"):
-        server.load_model(str(tmp_path / "nowhere"), "b")
+        server.load_model(str(tmp_path / "nowhere"), "b", SimpleNamespace(serialization="cloudpickle", trusted_types=[]))
 
 
 def test_spec_from_the_default_config():
     scfg = to_container(compose([]))["serve"]
-    spec = server.ServeSpec.from_config(scfg, "models:/m@champion", "/tmp/r.db")
+    spec = server.ServeSpec.from_config(scfg, "models:/m@champion", "/tmp/r.db", "cloudpickle", [])
     assert spec.variants == [{"name": "default", "model_uri": "models:/m@champion", "weight": 1.0}]
     assert server.ServeSpec.from_json(spec.to_json()) == spec

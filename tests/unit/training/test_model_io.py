@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib.metadata import version
 
 import numpy as np
@@ -12,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import FunctionTransformer
 
 from mlpipe.data.features import build_preprocessor, feature_spec, normalise_types
-from mlpipe.errors import ConfigError
+from mlpipe.errors import ConfigError, UpstreamError
 from mlpipe.training import model_io
 from mlpipe.training.estimators import fit_model
 
@@ -55,13 +56,20 @@ def fitted_model(preprocess_cfg):
     return fit_model(pre, LogisticRegression(), frame[spec.columns], frame["target"])[0], frame[spec.columns]
 
 
-def test_trusted_types_let_skops_load_the_model(fitted_model):
+@pytest.fixture(scope="module")
+def allowed():
+    """The real allow-list, conf/config.yaml's skops_trusted_types."""
+    from mlpipe.config import compose
+
+    return list(compose([]).skops_trusted_types)
+
+
+def test_trusted_types_let_skops_load_the_model(fitted_model, allowed):
     import skops.io as sio
 
     model, X = fitted_model
-    trusted = model_io.trusted_types(model)
-    assert trusted  # a fitted pipeline holds types skops does not trust by default
-    assert all(t.startswith(model_io.TRUSTED_PREFIXES) for t in trusted)
+    trusted = model_io.trusted_types(model, allowed)
+    assert trusted and set(trusted) <= set(allowed)  # a fitted pipeline holds types skops does not trust by default
     payload = sio.dumps(model)
     loaded = sio.loads(payload, trusted=trusted)
     assert loaded.predict(X).tolist() == model.predict(X).tolist()
@@ -69,9 +77,58 @@ def test_trusted_types_let_skops_load_the_model(fitted_model):
         sio.loads(payload)
 
 
-def test_trusted_types_leave_out_foreign_types():
-    import skops.io as sio
+@pytest.mark.parametrize("func", [eval, os.system], ids=["builtins.eval", "posix.system"])
+def test_a_type_off_the_allow_list_is_refused_by_exact_name(func, allowed):
+    """`builtins.` as a prefix would admit builtins.eval: the list holds exact names."""
+    with pytest.raises(ConfigError, match=r"types outside skops_trusted_types: (builtins\.eval|posix\.system)"):
+        model_io.trusted_types(FunctionTransformer(func=func), allowed)
 
-    obj = FunctionTransformer(func=json.dumps)
-    assert "json.dumps" in sio.get_untrusted_types(data=sio.dumps(obj))
-    assert "json.dumps" not in model_io.trusted_types(obj)
+
+@pytest.fixture
+def evil_model(tmp_path):
+    """A scikit-learn model saved by MLflow as skops, whose file holds builtins.eval and whose
+    MLmodel tells skops to trust it (what anyone with write access to the store can log)."""
+    import mlflow
+
+    path = tmp_path / "evil"
+    mlflow.sklearn.save_model(FunctionTransformer(func=eval), str(path), serialization_format="skops",
+                              skops_trusted_types=["builtins.eval"])
+    return path
+
+
+def test_a_model_holding_an_untrusted_type_is_refused_before_it_loads(evil_model, allowed):
+    with pytest.raises(UpstreamError) as info:
+        model_io.load_model(str(evil_model), "skops", allowed)
+    assert "model.skops holds or trusts types outside skops_trusted_types: builtins.eval; refused" in str(info.value)
+    with pytest.raises(UpstreamError, match="builtins.eval"):  # with serialization=cloudpickle too
+        model_io.load_model(str(evil_model), "cloudpickle", allowed)
+
+
+def test_a_pickle_is_refused_under_serialization_skops(tmp_path, fitted_model, allowed):
+    import mlflow
+
+    mlflow.sklearn.save_model(fitted_model[0], str(tmp_path / "m"), serialization_format="cloudpickle")
+    with pytest.raises(UpstreamError, match=r"model.pkl is a cloudpickle file but serialization=skops: refused, "
+                                            r"nothing unpickled"):
+        model_io.load_model(str(tmp_path / "m"), "skops", allowed)
+    assert model_io.load_model(str(tmp_path / "m"), "cloudpickle", allowed).predict(fitted_model[1]).shape
+
+
+def test_the_transformer_loader_follows_the_config_not_the_artifact(registry, tmp_path, fitted_model, allowed):
+    """A preprocess run that logged a pickle: serialization=skops refuses it without unpickling."""
+    import mlflow
+
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(_saved(tmp_path, fitted_model[0], "cloudpickle")))
+    with pytest.raises(UpstreamError, match=rf"run {run.info.run_id}: preprocessor.cloudpickle is a cloudpickle file "
+                                            r"but serialization=skops: refused"):
+        model_io.load_transformer(registry.client, run.info.run_id, "preprocessor", tmp_path / "w", "skops", allowed)
+    assert model_io.load_transformer(registry.client, run.info.run_id, "preprocessor", tmp_path / "w2", "cloudpickle",
+                                     allowed) is not None
+
+
+def _saved(tmp_path, obj, fmt):
+    folder = tmp_path / f"saved-{fmt}"
+    folder.mkdir()
+    model_io.save_transformer(obj, folder, "preprocessor", fmt)
+    return folder
