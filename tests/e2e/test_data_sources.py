@@ -30,8 +30,10 @@ def messy_frame(rows: int = 400, seed: int = 0) -> pd.DataFrame:
 def csv_run(store: Store, tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "customers.csv"
     messy_frame().to_csv(path, index=False)
-    result = store.mlflow_run("-P", f"overrides=model=gradient_boosting data.source={path} data.target=label",
-                              check=True)
+    # serialization=skops: the whole pipeline (a categorical column, gradient boosting) past the
+    # trust boundary, every file checked against skops_trusted_types before it loads
+    result = store.mlflow_run("-P", f"overrides=model=gradient_boosting data.source={path} data.target=label "
+                                    "serialization=skops", check=True)
     return path, result, store.newest("tags.`pipeline.role` = 'pipeline'")
 
 
@@ -58,6 +60,7 @@ def test_file_model_is_registered_under_the_file_name_and_serves_raw_rows(store:
 
     mlflow.set_tracking_uri(store.uri)
     model = mlflow.pyfunc.load_model("models:/customers_model@champion")
+    assert model.metadata.flavors["sklearn"]["serialization_format"] == "skops"
     raw = pd.DataFrame({"income": [np.nan, 80.0], "city": [None, "marseille"], "age": [30.0, np.nan]})
     assert set(model.predict(raw)) <= {"yes", "no"}
 
