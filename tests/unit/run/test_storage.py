@@ -49,9 +49,14 @@ def test_retry_waits_grow_exponentially_with_bounded_jitter_and_a_cap():
     with pytest.raises(EndpointConnectionError):
         storage.RetryPolicy(6, 0.5, 3.0, 0.25).call(fn, storage.is_transient, sleep=sleeps.append)
     assert fn.calls == 6 and len(sleeps) == 5
+    jitters = []
     for n, wait in enumerate(sleeps):
         base = min(0.5 * 2**n, 3.0)
         assert base <= wait <= min(base + 0.25, 3.0) or wait == 3.0
+        if 0.5 * 2**n + 0.25 < 3.0:  # below the cap, the jitter shows
+            jitters.append(wait - base)
+    # U(0, 0.25) each time: three zeros would mean no jitter at all (probability 0)
+    assert len(jitters) == 3 and any(j > 0 for j in jitters)
 
 
 def test_a_configuration_error_is_not_retried():
