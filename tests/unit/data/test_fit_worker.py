@@ -25,12 +25,20 @@ def training_rows(mixed, tmp_path):
     return spec, frame, path
 
 
-def test_the_worker_fits_what_the_step_would(training_rows, preprocess_cfg, tmp_path):
+def test_the_worker_fits_what_the_step_would(training_rows, preprocess_cfg, tmp_path, monkeypatch):
     spec, frame, path = training_rows
     work = tmp_path / "work"
     work.mkdir()
-    in_worker = fit_worker.fit_in_worker(spec, preprocess_cfg, path, work)
     in_step = fit_preprocessor(spec, preprocess_cfg, frame)
+    # The fit must happen in another process: here, fitting is now broken.
+    from mlpipe.data import features
+
+    def no_fit_in_this_process(*args, **kwargs):
+        raise AssertionError("the preprocessor was fitted in the calling process, not in a worker")
+
+    monkeypatch.setattr(features, "fit_preprocessor", no_fit_in_this_process)
+    monkeypatch.setattr(features, "build_preprocessor", no_fit_in_this_process)
+    in_worker = fit_worker.fit_in_worker(spec, preprocess_cfg, path, work)
     assert in_worker.get_feature_names_out().tolist() == in_step.get_feature_names_out().tolist()
     assert "cat_infrequent_sklearn" in in_worker.get_feature_names_out()
     np.testing.assert_array_equal(in_worker.transform(frame[spec.columns]), in_step.transform(frame[spec.columns]))
