@@ -55,3 +55,21 @@ def test_a_registry_that_does_not_answer_is_a_storage_error_never_no_champion(mo
         message = str(info.value)
         assert message.startswith("the model registry did not answer the lookup of m")
         assert "no alias was moved" in message and "\n" not in message
+
+
+def test_the_champion_enters_qa_s_cache_key_unless_it_is_the_candidate(registry):
+    """qa's key input: a qa result is stale once another model is champion, and reused once the
+    candidate itself became champion."""
+    from omegaconf import OmegaConf
+
+    from mlpipe.registry import versions
+
+    cfg = OmegaConf.create({"qa": {"champion": {"enabled": True}},
+                            "registry": {"model_name": "m", "champion_alias": "champion"}})
+    assert versions.champion_marker(registry.client, cfg, "models:/m-another") == "champion=m/1"
+    assert versions.champion_marker(registry.client, cfg, registry.model_uri) is None
+    registry.client.delete_registered_model_alias("m", "champion")
+    assert versions.champion_marker(registry.client, cfg, "models:/m-another") is None
+    cfg.qa.champion.enabled = False
+    registry.client.set_registered_model_alias("m", "champion", "1")
+    assert versions.champion_marker(registry.client, cfg, "models:/m-another") is None
