@@ -272,8 +272,10 @@ def predict_batch(model, input_schema, requests: list[tuple[bytes, str | None]],
                     parts = split_predictions(model.predict(frame), [len(rows) for _, rows in chunk])
                     for (i, rows), part in zip(chunk, parts):
                         answers[i] = Answer(part, len(rows))
-                except Exception:  # noqa: BLE001 - answered one by one below
-                    pass
+                except Exception as exc:  # noqa: BLE001 - answered one by one below, each with its own error
+                    print(f"[mlpipe] serve: a merged predict call of {len(chunk)} requests failed "
+                          f"({type(exc).__name__}: {one_line(exc)[:200]}); answering them one by one",
+                          file=sys.stderr, flush=True)
             chunk = [member] if member is not None else []
     for i, (body, content_type) in enumerate(requests):
         if answers[i] is None:

@@ -122,7 +122,7 @@ def test_batches_respect_max_rows(iris_model):
     assert [list(a.predictions) for a in answers] == [list(model.predict(X.iloc[i:i + 3])) for i in range(0, 30, 3)]
 
 
-def test_one_bad_request_in_a_batch_fails_alone(iris_model):
+def test_one_bad_request_in_a_batch_fails_alone_and_says_why_the_batch_split(iris_model, capsys):
     model, X = iris_model
     schema = model.metadata.get_input_schema()
     bad = X.head(1).astype(object)
@@ -135,6 +135,9 @@ def test_one_bad_request_in_a_batch_fails_alone(iris_model):
     status, body = server.error_payload(answers[1].error)
     assert status == 400 and "sepal length (cm)" in json.loads(body)["message"]
     assert answers[3].http[0] == 415
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("[mlpipe] serve: a merged predict call of 3 requests failed (")
+    assert said[0].endswith("); answering them one by one")
 
 
 def test_micro_batcher_merges_concurrent_requests(iris_model):
