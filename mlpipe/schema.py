@@ -147,6 +147,7 @@ class BaselineConfig(Checked):
 class ChampionConfig(Checked):
     KEY = "qa.champion"
     enabled: bool = MISSING
+    on_incompatible: str = spec(choices=("fail", "replace"))
     tolerance: float = spec(ge=0)
     metrics: Dict[str, List[str]] = MISSING
     plot_dpi: Optional[float] = spec(gt=0)

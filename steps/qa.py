@@ -42,7 +42,8 @@ def run(ctx: StepContext) -> None:
     ctx.card.outputs.update({"passed": passed, result.primary: result.primary_value, "report": "qa_report.json"})
     ctx.hand_over(outputs.QaOutput(passed=passed, model_uri=trained.model_uri, task=trained.task,
                                    primary_metric=result.primary,
-                                   failed_checks=",".join(c.name for c in result.failed)))
+                                   failed_checks=",".join(c.name for c in result.failed),
+                                   champion_replaced=bool(result.report["champion"].get("replaced"))))
     message = (f"model {trained.model_uri} failed the qa gate on {len(test)} test rows: "
                + "; ".join(c.describe() for c in result.failed))
     if result.failed and not qa.allow_unvalidated:

@@ -25,7 +25,8 @@ def run(ctx: StepContext) -> None:
         champion = versions.current(ctx.client, rcfg.model_name, rcfg.champion_alias)
         champion_value = versions.version_metric(champion, metric) if champion else None
         decision = promotion.decide(rcfg.promotion, metric, value, champion_value,
-                                    metric_names.greater_is_better(metric), champion is not None, validated)
+                                    metric_names.greater_is_better(metric), champion is not None, validated,
+                                    replaces=qa.champion_replaced)
 
         lineage = handoff.lineage(ctx.run) | {f"qa.{metric}": "" if value is None else str(value),
                                               "qa.metric": metric, "code.git_commit": ctx.run.data.tags.get("mlflow.source.git.commit", "")}

@@ -66,7 +66,7 @@ def assess(client, qa, registry, model, model_uri: str, task: str, train_target:
         champion_checks, champion = model_checks.champion_checks(
             client, registry.model_name, registry.champion_alias, model_uri, result, test, target,
             task, metric_names.task_metrics(task, qa.champion.metrics[task], "qa.champion.metrics"), qa.champion.tolerance,
-            qa.champion.plot_dpi, trust)
+            qa.champion.plot_dpi, trust, qa.champion.on_incompatible)
         checks += champion_checks
     primary_value = result.metrics.get(metric_names.evaluate_name(primary))
     gaps, gap_checks = gate.gap_checks(primary, metric_names.greater_is_better(primary), train_metrics,

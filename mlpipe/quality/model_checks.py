@@ -61,10 +61,13 @@ def threshold_checks(result, thresholds: dict[str, float | None]) -> list[gate.C
 
 def champion_checks(client, model_name: str, alias: str, candidate_uri: str, candidate_result, test: pd.DataFrame,
                     target: str, task: str, metrics: list[str], tolerance: float,
-                    plot_dpi: float | None, trust: tuple[str, list[str]]) -> tuple[list[gate.Check], dict]:
+                    plot_dpi: float | None, trust: tuple[str, list[str]],
+                    on_incompatible: str) -> tuple[list[gate.Check], dict]:
     """The champion's model evaluated on the same test rows (in a nested run, so its metrics do not
     overwrite the candidate's); the candidate may trail it by at most `tolerance` per metric.
-    A champion that cannot be compared (other schema or task, fails to load) is skipped with a note."""
+    A champion this data cannot score (another task, missing columns, a failed evaluation) is
+    the check `champion.compatible`: failed with on_incompatible=fail, passed and `replaced`
+    with on_incompatible=replace."""
     champion = versions.current(client, model_name, alias)
     if champion is None:
         return [], {"note": f"no {model_name}@{alias} yet: nothing to compare"}
@@ -73,19 +76,22 @@ def champion_checks(client, model_name: str, alias: str, candidate_uri: str, can
         return [], info | {"note": "the candidate is the champion"}
     champion_metric = (champion.tags or {}).get("qa.metric")
     if champion_metric and champion_metric not in metric_names.TASK_METRICS[task]:
-        return [], info | {"note": f"skipped: the champion was validated on {champion_metric}, not a {task} metric"}
+        return incompatible(info, f"the champion was validated on {champion_metric}, not a {task} metric",
+                            on_incompatible)
     # past the trust boundary; a refused champion fails qa (an UpstreamError), it is not skipped
     model = model_io.load_model(info["model_uri"], *trust)
+    schema = model.metadata.get_input_schema()
+    columns = set(schema.input_names()) if schema is not None else None
+    if columns is not None and not columns <= set(test.columns) - {target}:
+        missing = sorted(columns - set(test.columns))
+        return incompatible(info, f"the champion's input schema needs columns this data lacks: {missing}",
+                            on_incompatible)
     try:
-        schema = model.metadata.get_input_schema()
-        columns = set(schema.input_names()) if schema is not None else None
-        if columns is not None and not columns <= set(test.columns) - {target}:
-            missing = sorted(columns - set(test.columns))
-            return [], info | {"note": f"skipped: the champion's input schema needs columns this data lacks: {missing}"}
         with mlflow.start_run(nested=True, run_name=f"qa: {model_name} v{champion.version} on this test split"):
             result = evaluate(model, test, target, task, plot_dpi)  # its plots are not on any card
-    except Exception as exc:  # an incompatible champion is a note, not a crash of the candidate's qa
-        return [], info | {"note": f"skipped: the champion could not be evaluated on this data: {one_line(exc)[:300]}"}
+    except Exception as exc:  # noqa: BLE001 - a champion this data cannot score is a decision below
+        return incompatible(info, f"the champion could not be evaluated on this data: {one_line(exc)[:300]}",
+                            on_incompatible)
     checks, values = [], {}
     for metric in metrics:
         name = metric_names.evaluate_name(metric)
@@ -97,6 +103,15 @@ def champion_checks(client, model_name: str, alias: str, candidate_uri: str, can
         checks.append(validated(candidate_result, metric, bound, "champion",
                                 f"champion v{champion.version} scores {value:.4f} on the same rows, tolerance {tolerance:g}"))
     return checks, info | {"metrics": values}
+
+
+def incompatible(info: dict, reason: str, on_incompatible: str) -> tuple[list[gate.Check], dict]:
+    """The champion this data cannot score, as the check `champion.compatible`."""
+    replace = on_incompatible == "replace"
+    note = (f"replaced: {reason} (qa.champion.on_incompatible=replace)" if replace else
+            f"{reason}; to let this model take over: qa.champion.on_incompatible=replace")
+    check = gate.Check("champion.compatible", replace, None, "a champion this data can score", note)
+    return [check], info | {"note": note, "replaced": replace}
 
 
 def input_example(model, model_uri: str):

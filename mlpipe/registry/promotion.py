@@ -14,11 +14,14 @@ class Decision:
 
 
 def decide(policy: str, metric: str, candidate: float | None, champion: float | None,
-           greater_is_better: bool, has_champion: bool, validated: bool = True) -> Decision:
+           greater_is_better: bool, has_champion: bool, validated: bool = True, replaces: bool = False) -> Decision:
     """`better` promotes only a strict improvement on `metric`; `always` / `never` as named.
-    A version whose qa gate failed (registered through registry.allow_unvalidated) never is."""
+    A version whose qa gate failed (registered through registry.allow_unvalidated) never is; one
+    that qa let replace a champion this data cannot score (`replaces`) is, unless `never`."""
     if not validated:
         return Decision(False, "qa did not pass (registered through registry.allow_unvalidated)")
+    if replaces and policy != "never":
+        return Decision(True, "replaces a champion this data cannot score (qa.champion.on_incompatible=replace)")
     if policy == "always":
         return Decision(True, "registry.promotion=always")
     if policy == "never":

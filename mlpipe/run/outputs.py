@@ -118,6 +118,8 @@ class QaOutput(StepOutput):
     task: str = tag("data.task", choices=TASKS)
     primary_metric: str = tag("qa.primary_metric")
     failed_checks: str = tag("qa.failed_checks")
+    # the champion could not score this data and qa.champion.on_incompatible=replace let this model take over
+    champion_replaced: bool = tag("qa.champion_replaced", bool)
 
 
 @dataclass(frozen=True)

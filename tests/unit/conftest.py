@@ -72,8 +72,9 @@ def registry(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri, registry_uri=uri)
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(DummyClassifier().fit([[0], [1]], [0, 1]), name="model")
+    X = pd.DataFrame({"x0": [0.0, 1.0]})
+    with mlflow.start_run():  # the input example gives the model a signature: one column, x0
+        info = mlflow.sklearn.log_model(DummyClassifier().fit(X, [0, 1]), name="model", input_example=X)
     client.create_registered_model("m")
     version = client.create_model_version("m", info.model_uri, model_id=info.model_id)
     client.set_registered_model_alias("m", "champion", version.version)

@@ -8,9 +8,10 @@ import pytest
 from mlpipe.quality import model_checks
 
 
-def champion(client, candidate="models:/m-new", task="classification"):
-    return model_checks.champion_checks(client, "m", "champion", candidate, None, pd.DataFrame(), "y", task,
-                                        ["accuracy"], 0.05, 40, ("cloudpickle", []))
+def champion(client, candidate="models:/m-new", task="classification", on_incompatible="fail", test=None):
+    return model_checks.champion_checks(client, "m", "champion", candidate, None,
+                                        pd.DataFrame() if test is None else test, "y", task,
+                                        ["accuracy"], 0.05, 40, ("cloudpickle", []), on_incompatible)
 
 
 def test_no_champion_is_a_note(registry):
@@ -18,11 +19,23 @@ def test_no_champion_is_a_note(registry):
     assert champion(registry.client) == ([], {"note": "no m@champion yet: nothing to compare"})
 
 
-def test_champion_of_another_task_is_skipped_with_a_note(registry):
+def test_a_champion_of_another_task_fails_qa_unless_replacing_is_allowed(registry):
     registry.client.set_model_version_tag("m", registry.version.version, "qa.metric", "r2")
-    checks, info = champion(registry.client)
-    assert checks == [] and str(info["version"]) == "1"
-    assert info["note"] == "skipped: the champion was validated on r2, not a classification metric"
+    (check,), info = champion(registry.client)
+    assert (check.name, check.passed, check.expected) == ("champion.compatible", False, "a champion this data can score")
+    assert check.note == ("the champion was validated on r2, not a classification metric; "
+                          "to let this model take over: qa.champion.on_incompatible=replace")
+    assert info["replaced"] is False and str(info["version"]) == "1"
+    (check,), info = champion(registry.client, on_incompatible="replace")
+    assert check.passed and info["replaced"] is True
+    assert check.note == "replaced: the champion was validated on r2, not a classification metric " \
+                         "(qa.champion.on_incompatible=replace)"
+
+
+def test_a_champion_needing_columns_this_data_lacks_is_incompatible(registry):
+    """The registry's champion takes one column `x0` (a DummyClassifier fitted on [[0], [1]])."""
+    (check,), info = champion(registry.client, test=pd.DataFrame({"other": [1.0, 2.0], "y": [0, 1]}))
+    assert not check.passed and "input schema needs columns this data lacks" in check.note
 
 
 def test_the_candidate_itself_is_not_compared(registry):

@@ -62,3 +62,10 @@ def test_a_version_that_failed_qa_is_never_promoted():
     for policy in ("always", "better"):
         decision = decide(policy, "accuracy", 0.99, None, True, False, validated=False)
         assert decision == Decision(False, "qa did not pass (registered through registry.allow_unvalidated)")
+
+
+def test_a_version_that_replaces_an_incompatible_champion_is_promoted_unless_never():
+    decision = decide("better", "r2", 0.4, 0.9, True, True, replaces=True)
+    assert decision.promote and "qa.champion.on_incompatible=replace" in decision.reason
+    assert not decide("never", "r2", 0.4, 0.9, True, True, replaces=True).promote
+    assert not decide("better", "r2", 0.4, 0.9, True, True, validated=False, replaces=True).promote
