@@ -36,8 +36,9 @@ def run(ctx: StepContext) -> None:
     ctx.log_frame("raw", frame)
     ctx.log_dataset(frame, source=_dataset_source(ctx, source), targets=dcfg.target, name=dcfg.name,
                     digest=sources.frame_digest(frame), context="ingest")
-    ctx.log_json(outputs.PROFILE_ARTIFACT, sources.profile(frame, dcfg, task))
-    ctx.log_metrics({"data.rows": frame.shape[0], "data.columns": frame.shape[1],
+    profile = sources.profile(frame, dcfg, task)
+    ctx.log_json(outputs.PROFILE_ARTIFACT, profile)
+    ctx.log_metrics({"data.rows": frame.shape[0], "data.columns": frame.shape[1], "data.duplicate_rows": profile["duplicate_rows"],
                      "data.memory_mb": float(frame.memory_usage(deep=True).sum()) / 2**20})
     ctx.hand_over(outputs.IngestOutput(task=task, data_source=str(dcfg.source), data_digest=digest))
     ctx.card.outputs.update({"rows": frame.shape[0], "columns": frame.shape[1], "task": task,

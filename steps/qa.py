@@ -5,7 +5,7 @@ import sys
 
 from mlpipe.data import features, sources
 from mlpipe.errors import ModelValidationError
-from mlpipe.quality import assessment
+from mlpipe.quality import assessment, gate
 from mlpipe.reports import sections
 from mlpipe.run import outputs
 from mlpipe.run.harness import StepContext, step_main
@@ -45,7 +45,7 @@ def run(ctx: StepContext) -> None:
                                    failed_checks=",".join(c.name for c in result.failed),
                                    champion_replaced=bool(result.report["champion"].get("replaced"))))
     message = (f"model {trained.model_uri} failed the qa gate on {len(test)} test rows: "
-               + "; ".join(c.describe() for c in result.failed))
+               + gate.failure_line(result.failed, trained.task))
     if result.failed and not qa.allow_unvalidated:
         raise ModelValidationError(message)
     if result.failed:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -59,3 +60,15 @@ def return_freed_memory() -> None:
     mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc and sys.platform == "linux" else None
     if mallopt is not None:
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def duplicated_rows(frame: pd.DataFrame) -> pd.Series:
+    """`frame.duplicated()` (keep="first") in a fraction of its memory: rows are hashed to one
+    64-bit number each and only rows whose hash repeats are compared exactly. pandas'
+    own factorises every column (8 bytes per cell: 170 MB more at 1M x 21)."""
+    hashed = pd.util.hash_pandas_object(frame, index=False)
+    candidates = np.flatnonzero(hashed.duplicated(keep=False).to_numpy())
+    out = np.zeros(len(frame), dtype=bool)
+    if len(candidates):
+        out[candidates] = frame.iloc[candidates].duplicated().to_numpy()
+    return pd.Series(out, index=frame.index)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mlpipe.data.frames import duplicated_rows
 from mlpipe.errors import ConfigError, DataError, one_line
 
 # The files scikit-learn reads for each bundled dataset, under sklearn/datasets/data.
@@ -264,6 +265,8 @@ def profile(frame: pd.DataFrame, dcfg, task: str) -> dict:
         "columns": [str(c) for c in frame.columns],
         "dtypes": {str(c): str(t) for c, t in frame.dtypes.items()},
         "missing": {str(c): int(n) for c, n in frame.isna().sum().items() if n},
+        # rows that repeat an earlier row exactly (data.validation.max_duplicate_fraction bounds them)
+        "duplicate_rows": int(duplicated_rows(frame).sum()),
     }
 
 

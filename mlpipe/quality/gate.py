@@ -126,6 +126,26 @@ def baseline_check(result: BaselineTest, alpha: float) -> Check:
     return Check("baseline.p_value", result.p_value < alpha, result.p_value, f"< {alpha:g}", note)
 
 
+def relax_hint(name: str, task: str) -> str:
+    """The override that changes the check `name` (as qa_report.json names it) for `task`."""
+    group, _, rest = name.partition(".")
+    hints = {
+        "baseline": "qa.baseline.alpha=<alpha>",
+        "threshold": f"qa.thresholds.{task}.{rest}=<value>",
+        "champion": "qa.champion.on_incompatible=replace" if rest == "compatible" else "qa.champion.tolerance=<tolerance>",
+        "overfitting": f"qa.overfitting.max_{rest}=<limit>",
+        "class_recall": "qa.min_class_recall=<recall>",
+        "inference": "qa.inference.p95_budget_ms=<ms>" if rest == "latency_p95_ms" else "registry.allow_unvalidated=true",
+        "drift": "qa.drift.max_drifted_columns=<count>",
+    }
+    return hints.get(group, "registry.allow_unvalidated=true")
+
+
+def failure_line(checks: list[Check], task: str) -> str:
+    """Every failed check, what was expected, and the override that changes it."""
+    return "; ".join(f"{c.describe()} (to change: {relax_hint(c.name, task)})" for c in checks)
+
+
 # --- overfitting ---------------------------------------------------------------------------
 
 def gap_checks(metric: str, greater_is_better: bool, train_metrics: dict[str, float], test_value: float | None,

@@ -14,6 +14,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
+from mlpipe.data.frames import duplicated_rows
 from mlpipe.errors import ConfigError, DataError, one_line
 
 FAILURE_COLUMNS = ["column", "check", "failure_case", "index"]
@@ -120,23 +121,11 @@ def frame_failures(frame: pd.DataFrame, target: str, task: str, cfg: dict[str, A
     duplicated = duplicated_rows(frame)
     if n and duplicated.mean() > cfg["max_duplicate_fraction"]:
         rows.append({"column": "*", "check": f"max_duplicate_fraction({cfg['max_duplicate_fraction']})",
-                     "failure_case": f"{int(duplicated.sum())} of {n} rows duplicated",
+                     "failure_case": f"{int(duplicated.sum())} of {n} rows duplicated ({duplicated.mean():.1%})",
                      "index": int(np.flatnonzero(duplicated.to_numpy())[0])})
     if task == "classification" and target in frame.columns:
         rows += class_balance_failures(frame[target], target, cfg)
     return _table(rows)
-
-
-def duplicated_rows(frame: pd.DataFrame) -> pd.Series:
-    """`frame.duplicated()` (keep="first") in a fraction of its memory: rows are hashed to one
-    64-bit number each and only rows whose hash repeats are compared exactly. pandas'
-    own factorises every column (8 bytes per cell: 170 MB more at 1M x 21)."""
-    hashed = pd.util.hash_pandas_object(frame, index=False)
-    candidates = np.flatnonzero(hashed.duplicated(keep=False).to_numpy())
-    out = np.zeros(len(frame), dtype=bool)
-    if len(candidates):
-        out[candidates] = frame.iloc[candidates].duplicated().to_numpy()
-    return pd.Series(out, index=frame.index)
 
 
 def numeric_text_failures(frame: pd.DataFrame, min_numeric_fraction: float) -> list[dict]:
@@ -191,17 +180,36 @@ def _table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FAILURE_COLUMNS)
 
 
+# The override that changes each check, by the start of its name in failures.csv; a check of the
+# stored schema not listed here changes with a schema of your own (data.schema).
+RELAX = {
+    "max_missing_fraction(": "data.validation.max_missing_fraction=<fraction>",
+    "max_duplicate_fraction(": "data.validation.max_duplicate_fraction=<fraction>",
+    "min_classes(": "data.validation.min_classes=<count>",
+    "min_class_fraction(": "data.validation.min_class_fraction=<fraction>",
+    "numeric (text in a numeric column)": "data.validation.numeric_text_fraction=<fraction>",
+    "isin(": "data.validation.new_categories=allow",
+}
+SCHEMA_RELAX = "data.schema=<a pandera YAML schema>"
+
+
+def relax_hint(check: str) -> str:
+    """The override that changes `check` (a failures.csv check name)."""
+    return next((key for start, key in RELAX.items() if check.startswith(start)), SCHEMA_RELAX)
+
+
 def summarise(failures: pd.DataFrame, label: str, against: str, items: int) -> str:
     """One line: how many failures, and the first few (column, check) groups with an example."""
     groups = []
     for (column, check), part in failures.groupby(["column", "check"], sort=False, dropna=False):
         example = part["failure_case"].iloc[0]
         if check in (ADDED, REMOVED):
-            groups.append(f"{column!r}: {check}")
+            text = f"{column!r}: {check}"
         elif pd.isna(example):  # a missing value: the row says more than `nan`
-            groups.append(f"{column!r}: {check} failed for {len(part)} value(s), e.g. row {part['index'].iloc[0]}")
+            text = f"{column!r}: {check} failed for {len(part)} value(s), e.g. row {part['index'].iloc[0]}"
         else:
-            groups.append(f"{column!r}: {check} failed for {len(part)} value(s), e.g. {example!r}")
+            text = f"{column!r}: {check} failed for {len(part)} value(s), e.g. {example!r}"
+        groups.append(f"{text} (to change: {relax_hint(str(check))})")
     shown = "; ".join(groups[:items]) + (f"; and {len(groups) - items} more" if len(groups) > items else "")
     return (f"{label}: {len(failures)} validation failure(s) against {against}: {shown} "
             "(all of them: validation/failures.csv)")

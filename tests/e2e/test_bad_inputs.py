@@ -245,3 +245,28 @@ def card_summary(store: Store, run) -> dict:
     import json
 
     return json.load(open(store.client.download_artifacts(run.info.run_id, "card/summary.json", str(store.path))))
+
+
+def test_survey_answers_repeat_rows_and_pass_with_the_count_reported(store: Store, tmp_path):
+    """3000 respondents, eight questions answered on a skewed 1-5 scale: many identical rows (about
+    30%; data.validation.max_duplicate_fraction=0.1 stopped them), while a file appended to itself
+    fails and says which key changes the limit."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    answers = {f"q{i}": rng.choice([1, 2, 3, 4, 5], 3000, p=[0.6, 0.2, 0.1, 0.05, 0.05]) for i in range(8)}
+    survey = pd.DataFrame(answers).assign(label=lambda f: np.where(f["q0"] + f["q1"] > 3, "yes", "no"))
+    duplicated = int(survey.duplicated().sum())
+    assert duplicated > 300
+    path = tmp_path / "survey.csv"
+    survey.to_csv(path, index=False)
+    assert ingest(store, path).returncode == 0
+    run = store.newest("tags.`pipeline.step` = 'ingest'")
+    assert run.info.status == "FINISHED" and run.data.metrics["data.duplicate_rows"] == duplicated
+
+    twice = tmp_path / "twice.csv"
+    pd.concat([survey, survey]).to_csv(twice, index=False)
+    assert_ingest_failed(store, ingest(store, twice), "DataError",
+                         ["max_duplicate_fraction(0.4) failed", "rows duplicated", "(to change: "
+                          "data.validation.max_duplicate_fraction=<fraction>)"])

@@ -148,3 +148,26 @@ def test_a_worse_model_than_the_champion_is_stopped_on_the_same_rows(clear_signa
     assert champion["expected"] == f">= {champion_score - tolerance:.4g}"
     assert "champion.accuracy=" in qa.data.tags["error.message"]
     assert len(versions(store, "clear_model")) == 1
+
+
+@pytest.mark.slow
+def test_a_champion_this_data_cannot_score_is_a_decision(fresh_store: Store):
+    """One registered model name, a regression champion (diabetes), then a classifier (wine):
+    qa fails on champion.compatible naming the setting; with it, the classifier takes over."""
+    shared = "registry.model_name=shared main.steps=[ingest,preprocess,train,qa,register] model.n_estimators=10"
+    fresh_store.mlflow_run("-P", f"overrides=data=diabetes {shared}", check=True)
+    result = fresh_store.mlflow_run("-P", f"overrides=data=wine {shared}")
+    assert result.returncode != 0
+    (line,) = error_lines(result.stderr)
+    assert "champion.compatible=missing (expected a champion this data can score)" in line
+    assert "to let this model take over: qa.champion.on_incompatible=replace" in line
+    assert str(fresh_store.client.get_model_version_by_alias("shared", "champion").version) == "1"
+
+    fresh_store.mlflow_run("-P", f"overrides=data=wine {shared} qa.champion.on_incompatible=replace", check=True)
+    qa = fresh_store.step_runs("qa")[-1]
+    assert qa.data.tags["qa.champion_replaced"] == "true"
+    assert report(fresh_store, qa)["champion"]["note"].startswith("replaced: ")
+    register = fresh_store.step_runs("register")[-1]
+    assert register.data.tags["registry.promoted"] == "true"
+    assert str(fresh_store.client.get_model_version_by_alias("shared", "champion").version) == \
+        register.data.tags["registry.version"]

@@ -192,3 +192,26 @@ def test_default_qa_config_has_a_level_and_every_limit(project_root):
     assert set(qa["overfitting"]) == {"max_train_test_gap", "max_train_validation_gap", "max_validation_test_gap",
                                       "max_cv_std"}
     assert qa["inference"]["latency_rows"] > 0 and qa["inference"]["p95_budget_ms"] > 0
+
+
+CHECK_NAMES = ["baseline.p_value", "threshold.accuracy", "threshold.roc_auc", "champion.accuracy", "champion.compatible",
+               "overfitting.train_test_gap", "overfitting.train_validation_gap", "overfitting.validation_test_gap",
+               "overfitting.cv_std", "class_recall.2", "inference.serving_input", "inference.latency_p95_ms",
+               "drift.test", "drift.batch"]
+
+
+@pytest.mark.parametrize("name", CHECK_NAMES)
+def test_every_model_check_names_an_override_that_exists(name):
+    """The key a failed check names composes against conf/ (its <placeholder> replaced by a value)."""
+    from mlpipe.config import compose
+
+    key, _, value = gate.relax_hint(name, "classification").partition("=")
+    value = {"<count>": "1", "<ms>": "100"}.get(value, "0.5" if value.startswith("<") else value)
+    compose([f"{key}={value}"])  # a ConfigError for a key that does not exist
+
+
+def test_the_failure_line_says_how_to_change_each_check():
+    checks = [gate.Check("baseline.p_value", False, 0.41, "< 0.05"), gate.Check("drift.batch", False, 2.0, "<= 0")]
+    assert gate.failure_line(checks, "regression") == (
+        "baseline.p_value=0.41 (expected < 0.05) (to change: qa.baseline.alpha=<alpha>); "
+        "drift.batch=2 (expected <= 0) (to change: qa.drift.max_drifted_columns=<count>)")

@@ -168,12 +168,28 @@ def test_mostly_missing_column(frame, cfg):
     assert validation.frame_failures(bad, "label", "classification", {**cfg, "max_missing_fraction": 0.95}).empty
 
 
-def test_duplicate_rows(frame, cfg):
-    bad = pd.concat([frame, frame.iloc[:20]], ignore_index=True)
-    failures = validation.frame_failures(bad, "label", "classification", cfg)
-    assert checks_of(failures) == [("*", "max_duplicate_fraction(0.1)")]
-    assert failures["index"].tolist() == [100]
-    assert validation.frame_failures(bad, "label", "classification", {**cfg, "max_duplicate_fraction": 0.2}).empty
+def test_duplicate_rows_fail_only_above_the_limit(frame, cfg):
+    survey = pd.concat([frame, frame.iloc[:20]], ignore_index=True)  # 20 of 120 rows repeated: 16.7%
+    assert validation.frame_failures(survey, "label", "classification", cfg).empty  # the default limit, 0.4
+    twice = pd.concat([frame, frame], ignore_index=True)  # a file appended to itself: 50%
+    failures = validation.frame_failures(twice, "label", "classification", cfg)
+    assert checks_of(failures) == [("*", "max_duplicate_fraction(0.4)")]
+    assert failures["failure_case"].tolist() == ["100 of 200 rows duplicated (50.0%)"] and failures["index"].tolist() == [100]
+    assert validation.frame_failures(twice, "label", "classification", {**cfg, "max_duplicate_fraction": 0.5}).empty
+    line = validation.summarise(failures, "survey.csv", "the first-ingest checks", 3)
+    assert line.endswith("e.g. '100 of 200 rows duplicated (50.0%)' (to change: "
+                         "data.validation.max_duplicate_fraction=<fraction>) (all of them: validation/failures.csv)")
+
+
+@pytest.mark.parametrize("check", ["max_missing_fraction(0.5)", "max_duplicate_fraction(0.4)", "min_classes(2)",
+                                   "min_class_fraction(0.05)", "numeric (text in a numeric column)", "isin(['a'])",
+                                   "in_range(0, 1)", "not_nullable", "coerce_dtype('float64')", validation.ADDED])
+def test_every_data_check_names_an_override_that_exists(check):
+    """The key a failure names composes against conf/ (its <placeholder> replaced by a value)."""
+    hint = validation.relax_hint(check)
+    key, _, value = hint.partition("=")
+    value = {"<fraction>": "0.5", "<count>": "2", "<a pandera YAML schema>": "/tmp/schema.yaml"}.get(value, value)
+    assert to_container(compose([f"{key}={value}"]))  # raises ConfigError for a key that does not exist
 
 
 def test_single_class(frame, cfg):
