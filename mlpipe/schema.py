@@ -115,6 +115,7 @@ class PreprocessConfig(Checked):
     categorical_impute: str = spec(choices=("most_frequent", "constant"))
     scale_numeric: bool = MISSING
     fit_worker_min_mb: Optional[float] = spec(ge=0)
+    fit_worker_timeout_s: float = spec(gt=0)
     min_category_frequency: float = spec(ge=0, lt=1)
     outliers: OutliersConfig = MISSING
     drift: ReferenceConfig = MISSING
@@ -281,6 +282,7 @@ class MainConfig(Checked):
     force: Any = MISSING  # true, false or a list of steps
     env_manager: Optional[str] = spec(choices=("local", "virtualenv", "uv", "conda"))
     log: str = spec(choices=("quiet", "full"))
+    step_lock_timeout_s: float = spec(gt=0)
 
 
 @dataclass

@@ -46,8 +46,13 @@ def fit_in_worker(spec, cfg: dict, data: Path, workdir: Path):
         request.write_text(json.dumps({"spec": spec.to_dict(), "cfg": cfg, "data": str(data), "answer": str(answer),
                                        "failure": str(failure)}))
         # interrupted (Ctrl-C), subprocess.run kills the worker before re-raising
-        proc = subprocess.run([sys.executable, "-m", "mlpipe.data.fit_worker", str(request)], env=env,
-                              capture_output=True, text=True)
+        timeout = float(cfg["fit_worker_timeout_s"])
+        try:
+            proc = subprocess.run([sys.executable, "-m", "mlpipe.data.fit_worker", str(request)], env=env,
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:  # subprocess.run has killed the worker
+            raise errors.PipelineError(f"the preprocessor's fit worker ran over preprocess.fit_worker_timeout_s="
+                                       f"{timeout:g} s and was stopped; raise it for bigger data") from None
         if proc.returncode == 0 and answer.exists():
             with answer.open("rb") as f:
                 return pickle.load(f)

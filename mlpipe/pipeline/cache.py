@@ -11,11 +11,13 @@ from __future__ import annotations
 import ast
 import hashlib
 import tempfile
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from mlpipe.config import PROJECT_ROOT, digest, select
+from mlpipe.errors import StorageError
 from mlpipe.pipeline.spec import STEPS
 
 # Where the cross-process file locks live (one store's concurrent pipelines and registrations).
@@ -129,3 +131,21 @@ def step_key(
             "data": extra,
         }
     )
+
+
+@contextmanager
+def bounded_lock(path, timeout: float, holder: str, key: str, consequence: str):
+    """A file lock waited for at most `timeout` seconds (the config `key`); then a StorageError
+    that names who holds it, the key and what was (not) done."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise StorageError(f"{holder} has held {path} for over {timeout:g} s ({key}); {consequence}. "
+                           f"Raise {key} if it is still working") from None
+    try:
+        yield
+    finally:
+        lock.release()

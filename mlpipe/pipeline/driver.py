@@ -220,14 +220,13 @@ class Driver:
         return runs[0] if runs else None
 
     def _run_step(self, step: str, outputs: dict[str, Run]) -> StepResult:
-        from filelock import FileLock
-
         started = time.monotonic()
         params = self._params(step, outputs)
         key = self._key(step, params, outputs)
         # Concurrent pipelines wanting the same step wait here, then find it cached.
         lock = cache.LOCK_DIR / f"{digest([mlflow.get_tracking_uri(), key or step])[:32]}.lock"
-        with FileLock(str(lock)):
+        with cache.bounded_lock(lock, self.cfg.main.step_lock_timeout_s, f"another pipeline running step {step}",
+                                "main.step_lock_timeout_s", f"step {step} did not run"):
             hit = None if step in self.forced or key is None else self._cached(key)
             if hit:
                 self._link(step, hit)

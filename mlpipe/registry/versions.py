@@ -68,13 +68,14 @@ def promotion_lock(name: str, timeout: float):
     once cannot both promote on a stale comparison. A file lock: it orders pipelines on one
     machine; MLflow's registry has no compare-and-set for aliases across machines."""
     import mlflow
-    from filelock import FileLock
 
     from mlpipe.config import digest
-    from mlpipe.pipeline.cache import LOCK_DIR
+    from mlpipe.pipeline.cache import LOCK_DIR, bounded_lock
 
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(LOCK_DIR / f"registry-{digest([mlflow.get_registry_uri(), name])[:32]}.lock"), timeout=timeout)
+    path = LOCK_DIR / f"registry-{digest([mlflow.get_registry_uri(), name])[:32]}.lock"
+    return bounded_lock(path, timeout, f"another register or A/B promotion of {name!r} on this machine",
+                        "registry.lock_timeout_s", "nothing was registered and no alias moved")
 
 
 def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:

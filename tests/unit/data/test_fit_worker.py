@@ -58,6 +58,15 @@ def test_a_worker_exception_comes_back_as_a_pipeline_error_naming_it(training_ro
     assert not list(tmp_path.glob("fit_worker*"))
 
 
+def test_a_worker_over_its_time_is_stopped_naming_the_key(training_rows, preprocess_cfg, tmp_path):
+    spec, _, path = training_rows
+    with pytest.raises(PipelineError) as caught:
+        fit_worker.fit_in_worker(spec, {**preprocess_cfg, "fit_worker_timeout_s": 0.01}, path, tmp_path)
+    assert str(caught.value) == ("the preprocessor's fit worker ran over preprocess.fit_worker_timeout_s=0.01 s and was "
+                                 "stopped; raise it for bigger data")
+    assert not list(tmp_path.glob("fit_worker*"))
+
+
 def test_a_missing_training_split_is_named(training_rows, preprocess_cfg, tmp_path):
     spec, _, _ = training_rows
     with pytest.raises(PipelineError, match=r"FileNotFoundError: .*nowhere\.parquet"):

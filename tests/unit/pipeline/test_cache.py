@@ -233,3 +233,34 @@ def test_config_digest_uses_the_step_slice(base_config):
     other_model = to_container(compose(["model=gradient_boosting"]))
     assert cache.config_digest("preprocess", other_model) == cache.config_digest("preprocess", base_config)
     assert cache.config_digest("train", other_model) != cache.config_digest("train", base_config)
+
+
+def test_a_lock_held_elsewhere_is_waited_for_within_its_bound_then_named(tmp_path):
+    """Another process holds the lock: the wait ends after `timeout` with a StorageError naming
+    the holder, the config key and what was not done; once it is free the lock is taken."""
+    import subprocess
+    import sys
+    import time
+
+    from mlpipe.errors import StorageError
+
+    path = tmp_path / "step.lock"
+    holder = subprocess.Popen([sys.executable, "-c", f"from filelock import FileLock; import time\n"
+                               f"with FileLock({str(path)!r}):\n    print('held', flush=True); time.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with pytest.raises(StorageError) as info:
+            with cache.bounded_lock(path, 0.5, "another pipeline running step train", "main.step_lock_timeout_s",
+                                    "step train did not run"):
+                pass
+        assert 0.5 <= time.monotonic() - started < 5
+        assert str(info.value) == (f"another pipeline running step train has held {path} for over 0.5 s "
+                                   "(main.step_lock_timeout_s); step train did not run. Raise "
+                                   "main.step_lock_timeout_s if it is still working")
+    finally:
+        holder.kill()
+        holder.wait()
+    with cache.bounded_lock(path, 5, "x", "main.step_lock_timeout_s", "y"):
+        pass
