@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from mlpipe.config import register_resolvers
 from mlpipe.pipeline.driver import hydra_argv
 from mlpipe.pipeline.jobs import preflight, run_job
+from mlpipe.data.frames import stop_with_parent
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -19,6 +20,7 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     register_resolvers()
+    stop_with_parent()  # a killed `mlflow run` takes the driver, and so its steps, with it
     sys.argv = hydra_argv(sys.argv)
     preflight(sys.argv)
     main()

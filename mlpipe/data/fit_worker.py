@@ -87,7 +87,9 @@ def last_line(text: str) -> str:
 
 
 def main(request_path: str) -> int:
-    from mlpipe.data.frames import read_parquet, return_freed_memory
+    from mlpipe.data.frames import read_parquet, return_freed_memory, stop_with_parent
+
+    stop_with_parent()  # a killed step does not leave its worker fitting
 
     request = json.loads(Path(request_path).read_text())
     try:

@@ -1,5 +1,6 @@
 """Frames on disk and in memory: the Parquet hand-off format, read and written with the least
-memory, and the process setting that lets freed frames leave RSS. Imports pandas and Arrow
+memory, and the process settings of a step (freed frames leave RSS; the step stops with the
+process that started it). Imports pandas and Arrow
 only, so a lean worker process (`mlpipe.data.fit_worker`) can use it without MLflow."""
 
 from __future__ import annotations
@@ -40,6 +41,23 @@ def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
 # glibc's mallopt parameter number, and the size from which an allocation gets its own mapping.
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def stop_with_parent() -> None:
+    """Linux: SIGTERM reaches this process when the process that started it dies (`mlflow run`
+    killed, the driver gone), so no step or worker outlives its launcher. The server drains on
+    SIGTERM and ends its run FINISHED; any other step stops at once (its run is left RUNNING, as
+    after SIGKILL). Elsewhere, nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import os
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent was already gone before the request
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def return_freed_memory() -> None:

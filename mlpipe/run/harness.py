@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from mlpipe.config import compose, flatten, split_overrides, to_container
-from mlpipe.data.frames import return_freed_memory
+from mlpipe.data.frames import return_freed_memory, stop_with_parent
 from mlpipe.errors import PipelineError, StorageError, one_line
 from mlpipe.pipeline import cache, key_inputs
 from mlpipe.pipeline.spec import STEPS
@@ -258,6 +258,7 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
     What the step depends on beyond its config, code and upstream run (ingest: the data's
     digest; qa: the champion and the drift batch) comes from `keys.KEY_INPUTS`."""
     return_freed_memory()
+    stop_with_parent()
     absolute_tracking_uri()
     quiet_warnings()
     args = parse_args(step, extra_params)

@@ -65,6 +65,31 @@ def test_a_killed_step_is_never_reused_and_main_resumes(fresh_store: Store):
     assert second.info.run_id != killed.info.run_id and second.info.status == "FINISHED"
 
 
+def test_sigterm_to_the_outer_mlflow_run_leaves_no_step_process(fresh_store: Store):
+    """`kill <pid of mlflow run>` mid-train: the driver and the step get SIGTERM from their
+    launcher's death and exit; no process is left working on a pipeline nobody waits for."""
+    store = fresh_store
+    _, proc = popen_main(store, f"{FAST} data=iris", steps="ingest,preprocess,train")
+    try:
+        deadline = time.monotonic() + 300
+        while (step := step_process(proc.pid, "train")) is None or not [
+                r for r in store.step_runs("train") if "pipeline.cache_key" in r.data.tags]:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "train never started"
+            time.sleep(0.1)
+        family = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGTERM)  # the outer process only, not its group
+        proc.wait(timeout=60)
+        _, alive = psutil.wait_procs(family, timeout=60)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    (train,) = store.step_runs("train")
+    assert train.info.status != "FINISHED"  # it stopped mid-work
+
+
 def test_two_pipelines_at_once_both_finish_with_a_consistent_registry(fresh_store: Store):
     store = fresh_store
     _, a = popen_main(store, f"{FAST} data=iris registry.model_name=flowers")

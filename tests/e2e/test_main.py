@@ -72,8 +72,9 @@ def test_the_terminal_shows_one_line_per_step_the_table_and_no_mlflow_chatter(co
 
 
 @pytest.mark.slow
-def test_main_log_full_shows_mlflow_lines_too(store: Store, cold):  # after cold: it must not make cold's steps cached
-    result = store.mlflow_run("-P", "steps=ingest", "-P", "overrides=main.log=full main.force=[ingest]", check=True)
+def test_main_log_full_shows_mlflow_lines_too(fresh_store: Store):
+    # its own store: a run here must not change what this module's other tests find cached
+    result = fresh_store.mlflow_run("-P", "steps=ingest", "-P", "overrides=main.log=full", check=True)
     assert "Running command 'python -m steps.ingest" in result.output
     assert "[mlpipe] ingest " in result.stdout
 

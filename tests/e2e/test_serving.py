@@ -388,3 +388,25 @@ def test_a_model_holding_an_untrusted_type_is_refused_at_start_up(store: Store):
     assert "holds or trusts types outside skops_trusted_types: builtins.eval; refused, nothing loaded" in errors[0]
     run = store.newest("tags.`mlflow.project.entryPoint` = 'serve'")
     assert run.info.status == "FAILED" and run.data.tags["error.type"] == "ServingError"
+
+
+def test_sigterm_to_the_outer_mlflow_run_stops_the_server_and_leaves_no_process(store: Store, registered, tmp_path):
+    """What a process manager or `kill <pid>` does: SIGTERM to `mlflow run` alone. The server
+    process gets SIGTERM too (it stops with its launcher), drains, frees the port, and ends its
+    run FINISHED with serve.stopped_by."""
+    import psutil
+
+    port = free_port()
+    server = Server(store, tmp_path / "serve.log", ["run", ".", "-e", "serve", "--env-manager", "local",
+                                                    "-P", f"overrides=serve.port={port} serve.refresh_seconds=0"], port)
+    children = psutil.Process(server.proc.pid).children(recursive=True)
+    assert children, "the serve step runs in a process of its own"
+    server.proc.send_signal(signal.SIGTERM)  # the outer process only, not its group
+    server.proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(children, timeout=60)
+    assert not alive, [p.cmdline() for p in alive]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # the port is free again
+    run = store.newest("tags.`mlflow.project.entryPoint` = 'serve'")
+    assert run.info.status == "FINISHED", (run.info.status, (tmp_path / "serve.log").read_text()[-2000:])
+    assert run.data.tags["serve.stopped_by"] == "SIGTERM"
