@@ -43,7 +43,9 @@ def build(path: Path, experiment: str, ab: dict, configured: list[str], task: st
     arms = list(data["latencies"])
     if not arms:
         raise DataError(f"no answered requests for A/B experiment {experiment!r} in {path}")
-    control = ab.get("control") or next((n for n in configured if n in arms), arms[0])
+    # the command line's serve.ab.control, else the control the server recorded when it started
+    control = ab.get("control") or records.served_control(path, experiment) or \
+        next((n for n in configured if n in arms), arms[0])
     if control not in arms:
         raise ConfigError(f"serve.ab.control={control!r} has no answered requests in {experiment!r}; "
                           f"arms: {', '.join(arms)}")
@@ -104,6 +106,21 @@ def arm_metrics(result: dict[str, Any]) -> dict[str, float]:
             if key in arm and arm[key] == arm[key]:  # not NaN
                 metrics[f"ab.{arm['variant']}.{key}"] = float(arm[key])
     return metrics
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The verdict and one line per arm, as the terminal shows them (control first)."""
+    measure = "accuracy" if result["task"] == "classification" else "mae"
+    rows = [["variant", "model versions", "requests", "errors", "labelled", measure, "p50 ms", "p99 ms"]]
+    for arm in result["arms"]:
+        value = arm.get(measure, float("nan"))
+        rows.append([arm["variant"] + (" (control)" if arm["variant"] == result["control"] else ""),
+                     arm["model_versions"] or "-", str(arm["requests"]), str(arm["errors"]), str(arm["labelled"]),
+                     "-" if value != value else f"{value:.4f}", f"{arm['latency_p50_ms']:.1f}",
+                     f"{arm['latency_p99_ms']:.1f}"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join([f"A/B experiment {result['experiment']}: {result['recommendation']}", *lines])
 
 
 def fill_card(card: cards.Card, result: dict[str, Any], ab: dict[str, Any]) -> None:

@@ -38,6 +38,13 @@ CREATE TABLE IF NOT EXISTS feedback (
     label TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
+CREATE TABLE IF NOT EXISTS experiments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    experiment TEXT NOT NULL,
+    variants TEXT NOT NULL,
+    control TEXT NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS requests_append_only_u BEFORE UPDATE ON requests
     BEGIN SELECT RAISE(ABORT, 'serving records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS requests_append_only_d BEFORE DELETE ON requests
@@ -76,6 +83,15 @@ class RecordStore:
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._writer, name="mlpipe-records", daemon=True)
         self.thread.start()
+
+    def record_experiment(self, experiment: str, variants: Sequence[dict[str, Any]], control: str) -> None:
+        """What a server starts serving for `experiment`: its variants (name, model URI, weight)
+        and the control the A/B report compares them with."""
+        import json
+
+        with self.lock:
+            self.conn.execute("INSERT INTO experiments (ts, experiment, variants, control) VALUES (?, ?, ?, ?)",
+                              (time.time(), experiment, json.dumps(list(variants)), control))
 
     def append(self, record: dict[str, Any]) -> None:
         self.queue.put(tuple(record[c] for c in COLUMNS))
@@ -170,6 +186,19 @@ def read_only(path: str | Path) -> sqlite3.Connection:
         raise DataError(f"no serving records at {path}; start the server (mlflow run . -e serve) and send "
                         "requests first, or set serve.records to the file the server wrote")
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+
+
+def served_control(path: str | Path, experiment: str) -> str | None:
+    """The control of the newest server started for `experiment` (None: no server recorded one)."""
+    conn = read_only(path)
+    try:
+        row = conn.execute("SELECT control FROM experiments WHERE experiment = ? ORDER BY id DESC LIMIT 1",
+                           (experiment,)).fetchone()
+    except sqlite3.OperationalError:  # a records file from before servers recorded their experiment
+        return None
+    finally:
+        conn.close()
+    return row[0] if row else None
 
 
 def served_models(path: str | Path, experiment: str) -> dict[str, tuple[str, str]]:

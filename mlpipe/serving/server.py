@@ -369,6 +369,8 @@ class ServeSpec:
     refresh_seconds: float
     flush_ms: float
     thompson_refresh_seconds: float
+    # the variant the A/B report compares the others with (serve.ab.control, else the first)
+    control: str
     # the trust boundary for model files (top-level `serialization`, `skops_trusted_types`)
     serialization: str
     trusted_types: list[str]
@@ -386,7 +388,8 @@ class ServeSpec:
                    limits=dict(limits), refresh_seconds=float(scfg["refresh_seconds"]),
                    flush_ms=float(scfg["records_flush_ms"]),
                    thompson_refresh_seconds=float(routing["thompson_refresh_seconds"]),
-                   serialization=serialization, trusted_types=list(trusted_types))
+                   serialization=serialization, trusted_types=list(trusted_types),
+                   control=_control(scfg, variants))
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -394,6 +397,14 @@ class ServeSpec:
     @classmethod
     def from_json(cls, text: str) -> "ServeSpec":
         return cls(**json.loads(text))
+
+
+def _control(scfg: dict, variants) -> str:
+    names = [v.name for v in variants]
+    control = scfg["ab"]["control"] or names[0]
+    if control not in names:
+        raise ConfigError(f"serve.ab.control={control!r} is not a served variant; variants: {', '.join(names)}")
+    return control
 
 
 def load_variants(spec: ServeSpec) -> list[LiveVariant]:
@@ -437,6 +448,7 @@ def create_app(spec: ServeSpec, variants: list[LiveVariant] | None = None):
         state["weights"] = [v.weight for v in live]
         state["schema"] = live[0].model.metadata.get_input_schema()
         state["store"] = records.RecordStore(spec.records, spec.flush_ms)
+        state["store"].record_experiment(spec.experiment, spec.variants, spec.control)
         state["bandit"] = ([0] * len(live), [0] * len(live))
         for v in live:
             v.batcher = MicroBatcher(v, state["schema"], spec.batching["max_rows"], spec.batching["max_wait_ms"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import os
 import signal
 import socket
@@ -264,9 +265,10 @@ def test_ab_report_finds_the_better_variant_and_promotion_reaches_the_running_se
     """Constructed traffic: 25 requests of 10 rows per arm; labels agree with a's predictions on 6 rows
     in 10 and with b's on 9 in 10 (b serves the same model, so only the labels differ). The report
     must pick b, move champion to b's version, and the server's champion variant must follow
-    without a restart."""
+    without a restart. b's traffic comes first and the report is run as README shows it (no
+    variants file): the control is the one the server recorded, a, not the first arm seen."""
     rows = registered["rows"]
-    for name, agree in (("a", 6), ("b", 9)):
+    for name, agree in (("b", 9), ("a", 6)):
         for i in range(25):
             part = rows.iloc[[(i * 10 + j) % len(rows) for j in range(10)]]
             status, headers, payload = http(f"{ab_server.url}/invocations", records_body(part),
@@ -283,7 +285,9 @@ def test_ab_report_finds_the_better_variant_and_promotion_reaches_the_running_se
     run = store.newest("tags.`ab.winner` = 'b'")
     assert run is not None and run.info.status == "FINISHED"
     assert run.data.tags["ab.promoted_version"] == registered["v2"]
-    assert run.data.tags["ab.recommendation"].startswith("promote b")
+    assert run.data.tags["ab.recommendation"].startswith("promote b: better than a")
+    assert "A/B experiment e2e: promote b: better than a" in result.stdout
+    assert re.search(r"^a \(control\) +\S+ +25 +0 +250 +0\.6000 ", result.stdout, re.M), result.stdout
     assert run.data.metrics["ab.a.accuracy"] == pytest.approx(0.6, abs=0.02)
     assert run.data.metrics["ab.b.accuracy"] == pytest.approx(0.9, abs=0.02)
     assert str(store.client.get_model_version_by_alias(MODEL, "champion").version) == registered["v2"]

@@ -93,3 +93,25 @@ def test_prometheus_text_counts_and_histogram(store):
     assert 'mlpipe_request_latency_seconds_count{experiment="exp",variant="b",model_version="2"} 1' in text
     assert 'mlpipe_request_latency_seconds_bucket{experiment="exp",variant="b",model_version="2",le="0.5"} 0' in text
     assert "# TYPE mlpipe_request_latency_seconds histogram" in text
+
+
+def test_the_newest_server_of_an_experiment_names_its_control(tmp_path):
+    path = tmp_path / "records.db"
+    store = records.RecordStore(path, flush_ms=10)
+    try:
+        store.record_experiment("ab", [{"name": "a", "model_uri": "models:/m/1", "weight": 1.0}], "a")
+        store.record_experiment("other", [{"name": "x", "model_uri": "models:/m/1", "weight": 1.0}], "x")
+        store.record_experiment("ab", [{"name": "b", "model_uri": "models:/m/2", "weight": 1.0}], "b")
+    finally:
+        store.close()
+    assert records.served_control(path, "ab") == "b"
+    assert records.served_control(path, "other") == "x"
+    assert records.served_control(path, "never") is None
+
+
+def test_a_records_file_from_before_servers_recorded_their_control_still_reads(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    sqlite3.connect(path).execute("CREATE TABLE requests (id INTEGER)").connection.commit()
+    assert records.served_control(path, "ab") is None
