@@ -32,17 +32,23 @@ def step_process(root_pid: int, step: str) -> psutil.Process | None:
     return None
 
 
+def keyed_step(store: Store, proc: subprocess.Popen, step: str) -> psutil.Process:
+    """The step's process, once its run is keyed (config composed, inputs resolved)."""
+    deadline = time.monotonic() + 300
+    while (found := step_process(proc.pid, step)) is None or not [
+            r for r in store.step_runs(step) if "pipeline.cache_key" in r.data.tags]:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{step} never started"
+        time.sleep(0.1)
+    return found
+
+
 def test_a_killed_step_is_never_reused_and_main_resumes(fresh_store: Store):
     store = fresh_store
     cmd, proc = popen_main(store, f"{FAST} data=iris", steps="ingest,preprocess,train")
     try:
-        deadline = time.monotonic() + 300
         # Kill it mid-work: once its run is keyed (config composed, inputs resolved).
-        while (victim := step_process(proc.pid, "train")) is None or not [
-                r for r in store.step_runs("train") if "pipeline.cache_key" in r.data.tags]:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "train never started"
-            time.sleep(0.1)
+        victim = keyed_step(store, proc, "train")
         victim.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=300)
     finally:
@@ -71,12 +77,7 @@ def test_sigterm_to_the_outer_mlflow_run_leaves_no_step_process(fresh_store: Sto
     store = fresh_store
     _, proc = popen_main(store, f"{FAST} data=iris", steps="ingest,preprocess,train")
     try:
-        deadline = time.monotonic() + 300
-        while (step := step_process(proc.pid, "train")) is None or not [
-                r for r in store.step_runs("train") if "pipeline.cache_key" in r.data.tags]:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "train never started"
-            time.sleep(0.1)
+        keyed_step(store, proc, "train")
         family = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGTERM)  # the outer process only, not its group
         proc.wait(timeout=60)

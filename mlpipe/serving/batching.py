@@ -1,0 +1,271 @@
+"""Parsing and micro-batching for the server: each request body goes through MLflow's own
+`scoring_server.invocations` (content type, JSON/CSV/Parquet, the model's schema) with a
+capturing stand-in model; concurrent same-shaped JSON frames are merged into one predict call.
+No HTTP here: the app (server.py) hands bodies in and gets `Answer`s back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlpipe.errors import one_line
+
+
+# -- parsing with MLflow's own code ------------------------------------------------------------
+
+class _Capture:
+    """Stands in for the model in `scoring_server.invocations`: MLflow parses the body (content
+    type, JSON/CSV/Parquet, schema-guided types) and hands the result to `predict`, which keeps it."""
+
+    def __init__(self, metadata):
+        self.metadata = metadata
+        self.data = self.params = None
+
+    def predict(self, data, params=None):
+        self.data, self.params = data, params
+        return []
+
+
+def parse(body: bytes, content_type: str | None, metadata, input_schema) -> tuple[Any, Any] | tuple[None, tuple]:
+    """(data, params) or (None, (status, text, mimetype)) for what MLflow answers without predicting."""
+    from mlflow.pyfunc import scoring_server
+
+    capture = _Capture(metadata)
+    result = scoring_server.invocations(body, content_type or "", capture, input_schema)
+    if result.status != 200:
+        return None, (result.status, result.response, result.mimetype)
+    return capture.data, capture.params
+
+
+def error_payload(exc: BaseException) -> tuple[int, str]:
+    """What MLflow's server answers for an exception raised while parsing or predicting."""
+    import traceback
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+    if not isinstance(exc, MlflowException):
+        exc = MlflowException(
+            "Encountered an unexpected error while evaluating the model. Verify that the serialized input "
+            f"Dataframe is compatible with the model for inference. Error: {type(exc).__name__}: {exc}",
+            error_code=BAD_REQUEST, stack_trace="".join(traceback.format_exception(exc)))
+    return exc.get_http_status_code(), exc.serialize_as_json()
+
+
+# -- micro-batching -----------------------------------------------------------------------------
+
+MERGEABLE = ("dataframe_records", "dataframe_split")
+
+
+def merge_key(body: bytes, content_type: str | None) -> tuple[tuple, list] | None:
+    """For a plain JSON `dataframe_records` / `dataframe_split` body whose rows all have the same
+    columns: ((format, columns), rows). Requests with the same key can be parsed as one payload.
+    Anything else (CSV, Parquet, instances/inputs, params, ragged rows, bad JSON) returns None and
+    is parsed alone, by MLflow, exactly as `mlflow models serve` would."""
+    if not content_type:
+        return None
+    mime, _, rest = content_type.partition(";")
+    if mime.strip().lower() != "application/json" or (rest and rest.strip().lower() != "charset=utf-8"):
+        return None
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(payload, dict) or len(payload) != 1:
+        return None
+    fmt, value = next(iter(payload.items()))
+    if fmt == "dataframe_records":
+        if not isinstance(value, list) or not value or not all(isinstance(r, dict) for r in value):
+            return None
+        columns = tuple(value[0])
+        if any(tuple(r) != columns for r in value):
+            return None
+        return (fmt, columns), value
+    if fmt == "dataframe_split":
+        if not isinstance(value, dict) or set(value) - {"columns", "data", "index"} or \
+                not isinstance(value.get("columns"), list) or not isinstance(value.get("data"), list):
+            return None
+        columns, rows = tuple(value["columns"]), value["data"]
+        if not rows or not all(isinstance(r, list) and len(r) == len(columns) for r in rows):
+            return None
+        return (fmt, columns), rows
+    return None
+
+
+def merged_payload(key: tuple, parts: list[list]) -> dict:
+    fmt, columns = key
+    rows = [row for part in parts for row in part]
+    return {fmt: rows} if fmt == "dataframe_records" else {fmt: {"columns": list(columns), "data": rows}}
+
+
+def split_predictions(raw: Any, sizes: list[int]) -> list[Any]:
+    """One batch's predictions cut back into the requests' parts, in order."""
+    import pandas as pd
+
+    total = sum(sizes)
+    if isinstance(raw, (pd.DataFrame, pd.Series)):
+        if len(raw) != total:
+            raise ValueError(f"{len(raw)} predictions for {total} rows")
+        raw = raw.reset_index(drop=True)
+        cut = lambda a, b: raw.iloc[a:b].reset_index(drop=True)  # noqa: E731
+    elif isinstance(raw, (np.ndarray, list)):
+        if len(raw) != total:
+            raise ValueError(f"{len(raw)} predictions for {total} rows")
+        cut = lambda a, b: raw[a:b]  # noqa: E731
+    else:
+        raise ValueError(f"cannot split predictions of type {type(raw).__name__}")
+    parts, start = [], 0
+    for n in sizes:
+        parts.append(cut(start, start + n))
+        start += n
+    return parts
+
+
+@dataclass
+class Answer:
+    """One request's outcome: predictions and their row count, MLflow's own non-200 answer
+    (status, text, mimetype), or the exception to report."""
+
+    predictions: Any = None
+    rows: int = 0
+    version: str | None = None
+    http: tuple | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class _Item:
+    body: bytes
+    content_type: str | None
+    future: asyncio.Future
+
+
+def _predict_one(model, input_schema, body: bytes, content_type: str | None) -> Answer:
+    """Exactly what `mlflow models serve` does for one request: MLflow parses, the model predicts."""
+    import inspect
+
+    try:
+        data, params = parse(body, content_type, model.metadata, input_schema)
+        if data is None:
+            return Answer(http=params)
+        if params and "params" in inspect.signature(model.predict).parameters:
+            raw = model.predict(data, params=params)
+        else:
+            raw = model.predict(data)
+        return Answer(raw, len(data) if hasattr(data, "__len__") else 0)
+    except Exception as exc:  # noqa: BLE001 - the request's own error
+        return Answer(error=exc)
+
+
+def predict_batch(model, input_schema, requests: list[tuple[bytes, str | None]], max_rows: int) -> list[Answer]:
+    """Runs in the predict thread. Same-shaped JSON frames (see merge_key) are merged into one
+    payload, parsed once by MLflow (`infer_and_parse_data` with the model's schema) and predicted
+    once, at most `max_rows` rows per call; everything else, and every request of a merged call
+    that failed, is answered alone by `_predict_one`, so one bad request never fails the others
+    and each gets the error MLflow would give it."""
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+    answers: list[Answer | None] = [None] * len(requests)
+    groups: dict[tuple, list[tuple[int, list]]] = {}
+    mergeable = input_schema is not None and len(requests) > 1
+    for i, (body, content_type) in enumerate(requests):
+        found = merge_key(body, content_type) if mergeable else None
+        if found is not None:
+            groups.setdefault(found[0], []).append((i, found[1]))
+    for key, members in groups.items():
+        chunk: list[tuple[int, list]] = []
+        for member in members + [None]:
+            if member is not None and (not chunk or sum(len(r) for _, r in chunk) + len(member[1]) <= max_rows):
+                chunk.append(member)
+                continue
+            if len(chunk) > 1:
+                try:
+                    frame = infer_and_parse_data(merged_payload(key, [rows for _, rows in chunk]), input_schema)
+                    parts = split_predictions(model.predict(frame), [len(rows) for _, rows in chunk])
+                    for (i, rows), part in zip(chunk, parts):
+                        answers[i] = Answer(part, len(rows))
+                except Exception as exc:  # noqa: BLE001 - answered one by one below, each with its own error
+                    print(f"[mlpipe] serve: a merged predict call of {len(chunk)} requests failed "
+                          f"({type(exc).__name__}: {one_line(exc)[:200]}); answering them one by one",
+                          file=sys.stderr, flush=True)
+            chunk = [member] if member is not None else []
+    for i, (body, content_type) in enumerate(requests):
+        if answers[i] is None:
+            answers[i] = _predict_one(model, input_schema, body, content_type)
+    return answers
+
+
+class MicroBatcher:
+    """Merges concurrent requests to one variant into one predict call.
+
+    A batch starts with the first waiting request and takes whatever else is waiting, up to
+    `max_rows` requests (and rows per predict call), waiting at most `max_wait_ms` for more; while
+    the model predicts (in a worker thread), new requests queue, so batches grow with the load
+    and shrink to one request when it is quiet. enabled=false: one request per call."""
+
+    def __init__(self, variant: LiveVariant, input_schema, max_rows: int, max_wait_ms: float, enabled: bool = True):
+        self.variant, self.input_schema = variant, input_schema
+        self.max_rows, self.max_wait = max(1, int(max_rows)), max_wait_ms / 1000
+        self.limit = self.max_rows if enabled else 1
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"predict-{variant.name}")
+        self.queue: asyncio.Queue | None = None
+        self.task: asyncio.Task | None = None
+        self.batches = 0
+        self.requests = 0
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def submit(self, body: bytes, content_type: str | None) -> Answer:
+        item = _Item(body, content_type, asyncio.get_running_loop().create_future())
+        await self.queue.put(item)
+        return await item.future
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.limit:
+                try:
+                    batch.append(self.queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except (asyncio.TimeoutError, TimeoutError):
+                    break
+            batch = [item for item in batch if not item.future.done()]  # timed out meanwhile
+            if not batch:
+                continue
+            self.batches += 1
+            self.requests += len(batch)
+            # One model for the whole batch, even if an alias moves meanwhile.
+            model, version = self.variant.model, self.variant.version
+            try:
+                answers = await loop.run_in_executor(
+                    self.executor, predict_batch, model, self.input_schema,
+                    [(item.body, item.content_type) for item in batch], self.max_rows)
+            except Exception as exc:  # noqa: BLE001 - delivered to every waiting request
+                answers = [Answer(error=exc) for _ in batch]
+            for item, answer in zip(batch, answers):
+                answer.version = version
+                if not item.future.done():
+                    item.future.set_result(answer)
+
+    def close(self) -> None:
+        if self.task:
+            self.task.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,132 @@
+"""mlpipe/serving/batching.py: MLflow's parsing reused, batching and splitting, the micro-batcher.
+Real pyfunc models (tests/unit/serving/conftest.py)."""
+
+import asyncio
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlpipe.serving import batching, server
+
+
+def _parse(model, body, ctype="application/json"):
+    return batching.parse(body if isinstance(body, bytes) else json.dumps(body).encode(), ctype, model.metadata,
+                        model.metadata.get_input_schema())
+
+
+def test_every_mlflow_payload_format_parses_to_the_same_frame(iris_model):
+    model, X = iris_model
+    rows = X.head(3)
+    split = json.loads(rows.to_json(orient="split", index=False))
+    formats = [{"dataframe_split": split}, {"dataframe_records": rows.to_dict(orient="records")},
+               {"instances": rows.to_dict(orient="records")}, {"inputs": rows.to_dict(orient="list")}]
+    for payload in formats:
+        data, params = _parse(model, payload)
+        assert np.allclose(np.asarray(pd.DataFrame(data)[list(X.columns)], dtype=float), rows.to_numpy())
+    csv, _ = _parse(model, rows.to_csv(index=False).encode(), "text/csv")
+    assert csv.shape == (3, 4)
+    parquet, _ = _parse(model, rows.to_parquet(index=False), "application/vnd.apache.parquet")
+    assert parquet.shape == (3, 4)
+
+
+def test_wrong_content_type_is_mlflows_415(iris_model):
+    data, (status, text, _) = _parse(iris_model[0], b"x", "application/xml")
+    assert data is None and status == 415 and "only supports" in text
+
+
+def test_malformed_json_is_mlflows_400(iris_model):
+    with pytest.raises(Exception) as info:
+        _parse(iris_model[0], b"{not json")
+    status, body = batching.error_payload(info.value)
+    assert status == 400 and "valid JSON" in json.loads(body)["message"]
+
+
+def test_split_predictions_cuts_arrays_frames_and_lists():
+    assert [p.tolist() for p in batching.split_predictions(np.arange(6), [1, 2, 3])] == [[0], [1, 2], [3, 4, 5]]
+    parts = batching.split_predictions(pd.Series([5, 6, 7], index=[10, 11, 12]), [2, 1])
+    assert [p.tolist() for p in parts] == [[5, 6], [7]] and list(parts[1].index) == [0]
+    assert batching.split_predictions([1, 2], [1, 1]) == [[1], [2]]
+    with pytest.raises(ValueError, match="3 predictions for 4 rows"):
+        batching.split_predictions(np.arange(3), [2, 2])
+
+
+def _records(frame):
+    return json.dumps({"dataframe_records": frame.to_dict(orient="records")}).encode()
+
+
+def _split(frame):
+    return json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}).encode()
+
+
+def test_merge_key_only_for_plain_json_frames_with_equal_columns(iris_model):
+    _, X = iris_model
+    key, rows = batching.merge_key(_records(X.head(2)), "application/json")
+    assert key == ("dataframe_records", tuple(X.columns)) and len(rows) == 2
+    key, rows = batching.merge_key(_split(X.head(3)), "application/json; charset=utf-8")
+    assert key == ("dataframe_split", tuple(X.columns)) and len(rows) == 3
+    ragged = json.dumps({"dataframe_records": [{"a": 1}, {"b": 2}]}).encode()
+    with_params = json.dumps({"dataframe_records": [{"a": 1}], "params": {"k": 1}}).encode()
+    for body, ctype in [(ragged, "application/json"), (with_params, "application/json"),
+                        (_records(X.head(1)), "text/csv"), (b"{bad", "application/json"),
+                        (json.dumps({"inputs": {"a": [1]}}).encode(), "application/json"),
+                        (_records(X.head(1)), "application/json; charset=latin-1"), (_records(X.head(1)), None)]:
+        assert batching.merge_key(body, ctype) is None
+
+
+def test_a_batch_answers_like_single_calls(iris_model):
+    model, X = iris_model
+    schema = model.metadata.get_input_schema()
+    frames = [X.iloc[[i]] for i in range(0, 150, 15)] + [X.iloc[20:25]]
+    requests = [(_records(f) if i % 2 else _split(f), "application/json") for i, f in enumerate(frames)]
+    answers = batching.predict_batch(model, schema, requests, max_rows=64)
+    for frame, answer in zip(frames, answers):
+        assert answer.error is None and answer.rows == len(frame)
+        assert list(answer.predictions) == list(model.predict(frame))
+
+
+def test_batches_respect_max_rows(iris_model):
+    model, X = iris_model
+    schema = model.metadata.get_input_schema()
+    requests = [(_records(X.iloc[i:i + 3]), "application/json") for i in range(0, 30, 3)]
+    answers = batching.predict_batch(model, schema, requests, max_rows=7)
+    assert [list(a.predictions) for a in answers] == [list(model.predict(X.iloc[i:i + 3])) for i in range(0, 30, 3)]
+
+
+def test_one_bad_request_in_a_batch_fails_alone_and_says_why_the_batch_split(iris_model, capsys):
+    model, X = iris_model
+    schema = model.metadata.get_input_schema()
+    bad = X.head(1).astype(object)
+    bad.iloc[0, 0] = "not-a-number"
+    requests = [(_records(X.iloc[[0]]), "application/json"), (_records(bad), "application/json"),
+                (_records(X.iloc[[100]]), "application/json"), (b"x", "application/xml")]
+    answers = batching.predict_batch(model, schema, requests, max_rows=64)
+    assert list(answers[0].predictions) == list(model.predict(X.iloc[[0]]))
+    assert list(answers[2].predictions) == list(model.predict(X.iloc[[100]]))
+    status, body = batching.error_payload(answers[1].error)
+    assert status == 400 and "sepal length (cm)" in json.loads(body)["message"]
+    assert answers[3].http[0] == 415
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("[mlpipe] serve: a merged predict call of 3 requests failed (")
+    assert said[0].endswith("); answering them one by one")
+
+
+def test_micro_batcher_merges_concurrent_requests(iris_model):
+    model, X = iris_model
+    variant = server.LiveVariant("a", "uri", 1.0, model, "7")
+
+    async def go():
+        batcher = batching.MicroBatcher(variant, model.metadata.get_input_schema(), max_rows=64, max_wait_ms=20)
+        batcher.start()
+        try:
+            answers = await asyncio.gather(*(batcher.submit(_records(X.iloc[[i]]), "application/json")
+                                             for i in range(40)))
+        finally:
+            batcher.close()
+        return answers, batcher.batches
+
+    answers, batches = asyncio.run(go())
+    assert [int(a.predictions[0]) for a in answers] == [int(p) for p in model.predict(X.iloc[:40])]
+    assert {a.version for a in answers} == {"7"}
+    assert batches < 40 / 4  # merged, not one predict per request
