@@ -287,7 +287,9 @@ def test_ab_report_finds_the_better_variant_and_promotion_reaches_the_running_se
     assert run.data.tags["ab.promoted_version"] == registered["v2"]
     assert run.data.tags["ab.recommendation"].startswith("promote b: better than a")
     assert "A/B experiment e2e: promote b: better than a" in result.stdout
-    assert re.search(r"^a \(control\) +\S+ +25 +0 +250 +0\.6000 ", result.stdout, re.M), result.stdout
+    # one line per arm, the control first and marked (requests and errors include this module's other tests)
+    assert re.search(r"^a \(control\) +\S+ +\d+ +\d+ +250 +0\.6000 ", result.stdout, re.M), result.stdout
+    assert re.search(r"^b +\S+ +\d+ +\d+ +250 +0\.9000 ", result.stdout, re.M), result.stdout
     assert run.data.metrics["ab.a.accuracy"] == pytest.approx(0.6, abs=0.02)
     assert run.data.metrics["ab.b.accuracy"] == pytest.approx(0.9, abs=0.02)
     assert str(store.client.get_model_version_by_alias(MODEL, "champion").version) == registered["v2"]
