@@ -1,6 +1,7 @@
 """ingest: read `data.source`, validate it against its schema, hand it over as Parquet with its lineage."""
 
 from mlpipe.data import sources
+from mlpipe.data.frames import duplicated_rows
 from mlpipe.errors import DataError
 from mlpipe.pipeline import key_inputs
 from mlpipe.quality import schema_store, validation
@@ -19,7 +20,8 @@ def run(ctx: StepContext) -> None:
     task = sources.infer_task(frame[dcfg.target], dcfg.task, dcfg.max_classes)
 
     schema, schema_from = _reference_schema(ctx)
-    failures = validation.all_failures(frame, schema, dcfg.target, task, vcfg)
+    duplicated = duplicated_rows(frame)  # one row hash: the duplicate check and the profile's count
+    failures = validation.all_failures(frame, schema, dcfg.target, task, vcfg, duplicated)
     if schema is None:
         schema, schema_from = validation.infer_schema(frame, vcfg), "inferred"
     ctx.set_tags({schema_store.SCHEMA_FROM_TAG: schema_from})
@@ -36,7 +38,7 @@ def run(ctx: StepContext) -> None:
     ctx.log_frame("raw", frame)
     ctx.log_dataset(frame, source=_dataset_source(ctx, source), targets=dcfg.target, name=dcfg.name,
                     digest=sources.frame_digest(frame), context="ingest")
-    profile = sources.profile(frame, dcfg, task)
+    profile = sources.profile(frame, dcfg, task, int(duplicated.sum()))
     ctx.log_json(outputs.PROFILE_ARTIFACT, profile)
     ctx.log_metrics({"data.rows": frame.shape[0], "data.columns": frame.shape[1], "data.duplicate_rows": profile["duplicate_rows"],
                      "data.memory_mb": float(frame.memory_usage(deep=True).sum()) / 2**20})

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlpipe.data.frames import duplicated_rows
 from mlpipe.errors import ConfigError, DataError, one_line
 
 # The files scikit-learn reads for each bundled dataset, under sklearn/datasets/data.
@@ -255,7 +254,7 @@ def check_frame(frame: pd.DataFrame, target: str, min_rows: int, label: str) -> 
         )
 
 
-def profile(frame: pd.DataFrame, dcfg, task: str) -> dict:
+def profile(frame: pd.DataFrame, dcfg, task: str, duplicate_rows: int) -> dict:
     """`data_profile.json`: what preprocess needs to know about the raw data."""
     return {
         "source": str(dcfg.source),
@@ -266,7 +265,7 @@ def profile(frame: pd.DataFrame, dcfg, task: str) -> dict:
         "dtypes": {str(c): str(t) for c, t in frame.dtypes.items()},
         "missing": {str(c): int(n) for c, n in frame.isna().sum().items() if n},
         # rows that repeat an earlier row exactly (data.validation.max_duplicate_fraction bounds them)
-        "duplicate_rows": int(duplicated_rows(frame).sum()),
+        "duplicate_rows": int(duplicate_rows),
     }
 
 

@@ -108,9 +108,11 @@ def schema_failures(frame: pd.DataFrame, schema: pa.DataFrameSchema, cfg: dict[s
     return _table(rows)
 
 
-def frame_failures(frame: pd.DataFrame, target: str, task: str, cfg: dict[str, Any]) -> pd.DataFrame:
+def frame_failures(frame: pd.DataFrame, target: str, task: str, cfg: dict[str, Any],
+                   duplicated: pd.Series | None = None) -> pd.DataFrame:
     """The checks that hold for every ingest whatever the schema: stray text in numeric columns,
-    missing values, duplicate rows, class balance. Thresholds come from `cfg`."""
+    missing values, duplicate rows, class balance. Thresholds come from `cfg`; `duplicated` is
+    `duplicated_rows(frame)` when the caller has it already (one row hash per ingest)."""
     rows: list[dict] = []
     rows += numeric_text_failures(frame, cfg["numeric_text_fraction"])
     n = len(frame)
@@ -118,7 +120,7 @@ def frame_failures(frame: pd.DataFrame, target: str, task: str, cfg: dict[str, A
         if missing > cfg["max_missing_fraction"]:
             rows.append({"column": name, "check": f"max_missing_fraction({cfg['max_missing_fraction']})",
                          "failure_case": f"{missing:.0%} missing", "index": None})
-    duplicated = duplicated_rows(frame)
+    duplicated = duplicated_rows(frame) if duplicated is None else duplicated
     if n and duplicated.mean() > cfg["max_duplicate_fraction"]:
         rows.append({"column": "*", "check": f"max_duplicate_fraction({cfg['max_duplicate_fraction']})",
                      "failure_case": f"{int(duplicated.sum())} of {n} rows duplicated ({duplicated.mean():.1%})",
@@ -163,10 +165,10 @@ def class_balance_failures(labels: pd.Series, target: str, cfg: dict[str, Any]) 
 
 
 def all_failures(frame: pd.DataFrame, schema: pa.DataFrameSchema | None, target: str, task: str,
-                 cfg: dict[str, Any]) -> pd.DataFrame:
+                 cfg: dict[str, Any], duplicated: pd.Series | None = None) -> pd.DataFrame:
     """Schema failures (when there is a reference schema) and the every-ingest checks, each case once."""
     parts = [schema_failures(frame, schema, cfg)] if schema is not None else []
-    parts.append(frame_failures(frame, target, task, cfg))
+    parts.append(frame_failures(frame, target, task, cfg, duplicated))
     parts = [p for p in parts if not p.empty]
     if not parts:
         return _table([])

@@ -197,8 +197,9 @@ def test_profile_lists_columns_dtypes_and_missing(small_frame):
     class Cfg:
         source, target = "x.csv", "label"
 
-    profile = sources.profile(small_frame, Cfg, "classification")
+    profile = sources.profile(small_frame, Cfg, "classification", 0)
     assert profile["columns"] == ["x", "colour", "label"] and profile["rows"] == 4
+    assert profile["duplicate_rows"] == 0
     assert profile["missing"] == {"x": 1, "colour": 1}
 
 
