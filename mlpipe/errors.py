@@ -59,6 +59,13 @@ class ResourceLimitError(PipelineError):
     exit_code = 18
 
 
+class UntrustedModelError(PipelineError):
+    """A model is not the one the qa gate validated (no passing qa run, another source, changed
+    files): refused before anything in it is loaded."""
+
+    exit_code = 19
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's text on one line (error tags, terminal lines), or its type when it has none."""
     return " ".join(str(exc).split()) or type(exc).__name__

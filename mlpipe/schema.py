@@ -260,6 +260,8 @@ class ServeConfig(Checked):
     log_level: str = spec(choices=("critical", "error", "warning", "info", "debug", "trace"))
     variants: List[Any] = MISSING
     variants_file: Optional[str] = MISSING
+    # load models no passing qa run vouches for (registry/provenance.py)
+    allow_unvalidated: bool = MISSING
     experiment: str = MISSING
     routing: RoutingConfig = MISSING
     batching: BatchingConfig = MISSING

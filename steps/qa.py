@@ -24,8 +24,9 @@ def run(ctx: StepContext) -> None:
                             "preprocess run": splits_run.info.run_id, "qa.data_source": qa.data_source or "none"})
     assessment.primary_metric(qa, trained.task)  # a bad qa.primary_metric fails before the model loads
 
-    # Loaded here, past the trust boundary, not by evaluate() (its 1 s environment check is not needed).
-    model = model_io.load_model(trained.model_uri, ctx.cfg.serialization, ctx.cfg.skops_trusted_types)
+    # Loaded here, past the trust boundary, not by evaluate() (its 1 s environment check is not needed);
+    # the digest of the files it validates is what serve and register check the model against later.
+    model, digest = model_io.load_model(trained.model_uri, ctx.cfg.serialization, ctx.cfg.skops_trusted_types)
     result = assessment.assess(ctx.client, qa, ctx.cfg.registry, model, trained.model_uri, trained.task,
                                train[spec.target], test, spec.target, ctx.upstream.data.metrics,
                                _drift_inputs(ctx, splits_run.info.run_id, spec, test),
@@ -43,7 +44,8 @@ def run(ctx: StepContext) -> None:
     ctx.hand_over(outputs.QaOutput(passed=passed, model_uri=trained.model_uri, task=trained.task,
                                    primary_metric=result.primary,
                                    failed_checks=",".join(c.name for c in result.failed),
-                                   champion_replaced=bool(result.report["champion"].get("replaced"))))
+                                   champion_replaced=bool(result.report["champion"].get("replaced")),
+                                   model_digest=digest))
     message = (f"model {trained.model_uri} failed the qa gate on {len(test)} test rows: "
                + gate.failure_line(result.failed, trained.task))
     if result.failed and not qa.allow_unvalidated:

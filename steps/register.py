@@ -2,7 +2,7 @@
 
 from mlpipe.errors import ModelValidationError
 from mlpipe.quality import metric_names
-from mlpipe.registry import promotion, versions
+from mlpipe.registry import promotion, provenance, versions
 from mlpipe.run import handoff, outputs
 from mlpipe.run.harness import StepContext, step_main
 
@@ -18,6 +18,8 @@ def run(ctx: StepContext) -> None:
                                    f"(failed: {qa.failed_checks or 'unknown'}); nothing registered. "
                                    "To register it anyway: registry.allow_unvalidated=true")
     model_uri = qa.model_uri
+    # the very files qa validated, not files swapped since (registry/provenance.py)
+    provenance.check_files(model_uri, qa.model_digest, "nothing registered; rerun train and qa")
     metric = rcfg.compare_metric or qa.primary_metric
     value = ctx.upstream.data.metrics.get(f"qa.{metric}")
 

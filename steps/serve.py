@@ -35,6 +35,8 @@ def run(ctx: StepContext) -> None:
               flush=True)
         stopped_by = serve(spec, variants, scfg)
         ctx.set_tags({"serve.stopped_by": stopped_by or "exit"})
+        if stopped_by == "SIGINT":  # Ctrl-C: `mlflow run` would leave the run FAILED
+            ctx.finished_after_interrupt()
         ctx.summary(f"served until {stopped_by or 'exit'}")
         return
     rows = smoke.test_rows(ctx.client, variants[0].model_uri, scfg["smoke_rows"])

@@ -16,7 +16,7 @@ from mlflow.models import MetricThreshold
 
 from mlpipe.errors import one_line
 from mlpipe.quality import gate, metric_names
-from mlpipe.registry import versions
+from mlpipe.registry import provenance, versions
 from mlpipe.training import model_io
 
 MODEL_TYPES = {"classification": "classifier", "regression": "regressor"}
@@ -78,8 +78,11 @@ def champion_checks(client, model_name: str, alias: str, candidate_uri: str, can
     if champion_metric and champion_metric not in metric_names.TASK_METRICS[task]:
         return incompatible(info, f"the champion was validated on {champion_metric}, not a {task} metric",
                             on_incompatible)
-    # past the trust boundary; a refused champion fails qa (an UpstreamError), it is not skipped
-    model = model_io.load_model(info["model_uri"], *trust)
+    # past the trust boundary: only a champion qa validated, its files unchanged (registry/provenance.py);
+    # a refused champion fails qa (an UntrustedModelError), it is not skipped
+    proof = provenance.validated(client, f"models:/{model_name}/{champion.version}",
+                                 f"move {model_name}@{alias} to a version qa validated")
+    model, _ = model_io.load_model(proof.load_uri, *trust, expect_digest=proof.digest)
     schema = model.metadata.get_input_schema()
     columns = set(schema.input_names()) if schema is not None else None
     if columns is not None and not columns <= set(test.columns) - {target}:

@@ -23,7 +23,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from mlpipe.config import compose, flatten, split_overrides, to_container
+from mlpipe.config import PROJECT_ROOT, compose, flatten, split_overrides, to_container
 from mlpipe.data.frames import return_freed_memory, stop_with_parent
 from mlpipe.errors import PipelineError, StorageError, one_line
 from mlpipe.pipeline import cache, key_inputs
@@ -231,6 +231,19 @@ class StepContext:
     def summary(self, text: str) -> None:
         """The short result the driver's table shows for this step."""
         mlflow.set_tag(handoff.SUMMARY_TAG, text)
+
+    def finished_after_interrupt(self) -> None:
+        """After Ctrl-C: keeps this run FINISHED once `mlflow run` (this process's launcher) has
+        exited and wrongly marked it FAILED (mlpipe/run/interrupted.py). A process of its own,
+        in its own session so that the terminal's Ctrl-C does not reach it."""
+        import subprocess
+
+        launcher = os.getppid()
+        if launcher == 1:
+            return
+        subprocess.Popen([sys.executable, "-m", "mlpipe.run.interrupted", self.run_id, str(launcher)],
+                         cwd=str(PROJECT_ROOT), start_new_session=True, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def parse_args(step: str, extra: tuple[str, ...]) -> argparse.Namespace:

@@ -120,6 +120,9 @@ class QaOutput(StepOutput):
     failed_checks: str = tag("qa.failed_checks")
     # the champion could not score this data and qa.champion.on_incompatible=replace let this model take over
     champion_replaced: bool = tag("qa.champion_replaced", bool)
+    # sha256 of the model files qa loaded and validated (training/model_io.files_digest): what
+    # serve, register and qa's champion load check a model's files against (registry/provenance.py)
+    model_digest: str = tag("qa.model_digest")
 
 
 @dataclass(frozen=True)

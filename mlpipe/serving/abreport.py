@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mlpipe.errors import ConfigError, DataError, UpstreamError
-from mlpipe.registry import versions
+from mlpipe.registry import provenance, versions
 from mlpipe.reports import cards, plots
 from mlpipe.run.storage import sqlite_path
 from mlpipe.serving import abtest, records
@@ -75,12 +75,16 @@ def promote(client, result: dict[str, Any], served: dict[str, tuple[str, str]], 
     if name != model_name:
         raise ConfigError(f"cannot promote variant {winner!r}: it serves {name} version {version}, not a version of "
                           f"registry.model_name={model_name!r}")
+    # only a version qa validated, its files unchanged, may take the alias (registry/provenance.py)
+    proof = provenance.validated(client, f"models:/{model_name}/{version}",
+                                 f"{model_name}@{alias} was not moved; promote a version qa validated")
+    provenance.check_files(proof.load_uri, proof.digest, f"{model_name}@{alias} was not moved")
     with versions.promotion_lock(model_name, lock_timeout_s):
         before = versions.current(client, model_name, alias)
         versions.set_alias(client, model_name, alias, version)
         client.set_model_version_tag(model_name, version, "ab.promoted_by_experiment", result["experiment"])
     return {"model": model_name, "alias": alias, "version": version,
-            "previous_version": before.version if before else "none"}
+            "previous_version": str(before.version) if before else "none"}
 
 
 def task_of(client, served: dict[str, tuple[str, str]], arm: str | None) -> str:

@@ -31,13 +31,28 @@ VARIANT_HEADER, VERSION_HEADER, URI_HEADER, REQUEST_ID_HEADER = (
 
 # -- loading ------------------------------------------------------------------------------------
 
-def load_model(model_uri: str, variant: str, spec: "ServeSpec"):
-    """The variant's model, loaded only past the trust boundary (`serialization`,
-    `skops_trusted_types`: training/model_io.load_model)."""
+def load_model(model_uri: str, variant: str, spec: "ServeSpec") -> tuple[Any, str]:
+    """The variant's model and the version it is, loaded only past the trust boundary: a model
+    qa validated, its files unchanged since (registry/provenance.py; `serve.allow_unvalidated`
+    skips that), in the configured format (`serialization`, `skops_trusted_types`:
+    training/model_io.load_model). An alias is pinned to its version before anything is read."""
+    from mlflow import MlflowClient
+
+    from mlpipe.registry import provenance
+    from mlpipe.registry.versions import parse_model_uri
     from mlpipe.training import model_io
 
     try:
-        return model_io.load_model(model_uri, spec.serialization, spec.trusted_types)
+        if spec.allow_unvalidated:
+            version = resolve_version(model_uri)
+            parsed = parse_model_uri(model_uri)
+            pinned = f"models:/{parsed[0]}/{version}" if parsed and parsed[1] is not None else model_uri
+            return model_io.load_model(pinned, spec.serialization, spec.trusted_types)[0], version
+        proof = provenance.validated(MlflowClient(), model_uri,
+                                     "serve a version qa validated, or set serve.allow_unvalidated=true")
+        model, _ = model_io.load_model(proof.load_uri, spec.serialization, spec.trusted_types,
+                                       expect_digest=proof.digest)
+        return model, proof.version or resolve_version(model_uri)
     except Exception as exc:  # noqa: BLE001 - any load failure stops start-up with its reason
         raise ServingError(f"variant {variant!r}: cannot load model {model_uri}: {one_line(exc)}"
                            ) from exc
@@ -120,6 +135,8 @@ class ServeSpec:
     # the trust boundary for model files (top-level `serialization`, `skops_trusted_types`)
     serialization: str
     trusted_types: list[str]
+    # serve.allow_unvalidated: load models no passing qa run vouches for (registry/provenance.py)
+    allow_unvalidated: bool = False
     seed: int | None = None  # tests: a seeded router
 
     @classmethod
@@ -135,7 +152,7 @@ class ServeSpec:
                    flush_ms=float(scfg["records_flush_ms"]),
                    thompson_refresh_seconds=float(routing["thompson_refresh_seconds"]),
                    serialization=serialization, trusted_types=list(trusted_types),
-                   control=_control(scfg, variants))
+                   allow_unvalidated=bool(scfg["allow_unvalidated"]), control=_control(scfg, variants))
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -157,11 +174,7 @@ def load_variants(spec: ServeSpec) -> list[LiveVariant]:
     """Loads every variant (a failure names the variant and the URI) and checks their schemas."""
     loaded = []
     for v in spec.variants:
-        model = load_model(v["model_uri"], v["name"], spec)
-        try:
-            version = resolve_version(v["model_uri"])
-        except Exception as exc:  # noqa: BLE001
-            raise ServingError(f"variant {v['name']!r}: cannot resolve {v['model_uri']}: {exc}") from exc
+        model, version = load_model(v["model_uri"], v["name"], spec)
         loaded.append(LiveVariant(v["name"], v["model_uri"], float(v["weight"]), model, version))
     check_schemas([(v.name, v.model) for v in loaded])
     return loaded
@@ -349,32 +362,45 @@ def _json_error(status: int, code: str, message: str, headers: dict | None = Non
 
 
 async def _refresh_aliases(live: list[LiveVariant], spec: "ServeSpec", state: dict) -> None:
-    """Every `every` seconds, re-resolve `models:/name@alias` variants; a moved alias loads the
-    new version and swaps it in (requests in flight finish on the old one)."""
-    from mlpipe.registry.versions import parse_model_uri
-
+    """Every `refresh_seconds`, re-resolve `models:/name@alias` variants (refresh_variant)."""
+    refused: set[tuple[str, str]] = set()
     while True:
         await asyncio.sleep(spec.refresh_seconds)
         for v in live:
             if "@" not in v.model_uri:
                 continue
             try:
-                version = await asyncio.to_thread(resolve_version, v.model_uri)
-                if version == v.version:
-                    continue
-                name = parse_model_uri(v.model_uri)[0]
-                model = await asyncio.to_thread(load_model, f"models:/{name}/{version}", v.name, spec)
-                if schema_of(model) != schema_of(v.model):
-                    print(f"[mlpipe] serve: {v.model_uri} moved to version {version}, whose input schema differs; "
-                          f"still serving version {v.version}", file=sys.stderr, flush=True)
-                    continue
-                old = v.version
-                v.model, v.version = model, version
-                print(f"[mlpipe] serve: variant {v.name!r}: {v.model_uri} moved, version {old} -> {version}",
-                      file=sys.stderr, flush=True)
+                line, model, version = await asyncio.to_thread(refresh_variant, v, spec, refused)
             except Exception as exc:  # noqa: BLE001 - keep serving the loaded model
-                print(f"[mlpipe] serve: cannot refresh {v.model_uri}: {one_line(exc)}",
-                      file=sys.stderr, flush=True)
+                line, model = f"cannot refresh {v.model_uri}: {one_line(exc)}; still serving version {v.version}", None
+            if model is not None:  # swapped in on the event loop: requests in flight finish on the old one
+                v.model, v.version = model, version
+            if line:
+                print(f"[mlpipe] serve: {line}", file=sys.stderr, flush=True)
+
+
+def refresh_variant(v: LiveVariant, spec: "ServeSpec", refused: set) -> tuple[str | None, Any, str]:
+    """One look at where a variant's alias points (blocking: run in a thread). A moved alias whose
+    new version loads (past the trust boundary) and takes the same input is returned to swap in;
+    one that does not is said once and remembered in `refused`, and the variant keeps serving
+    its version. Returns (the line to log or None, the new model or None, its version)."""
+    from mlpipe.registry.versions import parse_model_uri
+
+    version = resolve_version(v.model_uri)
+    if version == v.version or (v.model_uri, version) in refused:
+        return None, None, version
+    name = parse_model_uri(v.model_uri)[0]
+    try:
+        model, version = load_model(f"models:/{name}/{version}", v.name, spec)
+    except ServingError as exc:
+        refused.add((v.model_uri, version))
+        return f"{v.model_uri} moved to version {version}, refused: {one_line(exc)}; still serving version " \
+               f"{v.version}", None, version
+    if schema_of(model) != schema_of(v.model):
+        refused.add((v.model_uri, version))
+        return (f"{v.model_uri} moved to version {version}, whose input schema differs; still serving version "
+                f"{v.version}"), None, version
+    return f"variant {v.name!r}: {v.model_uri} moved, version {v.version} -> {version}", model, version
 
 
 async def _refresh_bandit(state: dict, spec: ServeSpec) -> None:
@@ -452,6 +478,10 @@ def serve(spec: ServeSpec, variants: list[LiveVariant], scfg: dict) -> str | Non
         raise ServingError(f"the server on {scfg['host']}:{scfg['port']} did not start (exit {exc.code}; "
                            "see the lines above)") from None
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        # Once stopped by a signal, later ones are only noted: Ctrl-C reaches `mlflow run` too, which
+        # then sends SIGTERM, and that must not kill this process between its drain and the end of
+        # its run (the run would be left for `mlflow run` to mark FAILED).
+        if stopped.signal is None:
+            for s, handler in old.items():
+                signal.signal(s, handler)
     return stopped.signal

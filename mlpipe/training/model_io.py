@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
-from mlpipe.errors import ConfigError, UpstreamError
+from mlpipe.errors import ConfigError, UntrustedModelError, UpstreamError
 
 FORMATS = ("cloudpickle", "skops")
 # What a logged model needs to load and predict. Pinned to the versions running now:
@@ -87,19 +88,56 @@ def load_transformer(client, run_id: str, name: str, workdir: Path, fmt: str, al
     return sio.load(path, trusted=needed)
 
 
-def load_model(model_uri: str, fmt: str, allowed):
-    """A logged scikit-learn model as MLflow's pyfunc, loaded from the very files that were checked:
-    in the configured format (`serialization`), and with skops every type the file holds, and
-    every type its MLmodel tells skops to trust, on the allow-list (MLflow loads a skops file
-    trusting what its MLmodel lists, and the MLmodel is as writable as the model). A refusal
-    names the model, the file and the types; nothing is loaded."""
+# MLflow's client writes this file into every download of a `models:/` URI (name and version of
+# the download, never read back as code); it is not part of the model's files.
+DOWNLOAD_META = frozenset({"registered_model_meta"})
+
+
+def files_digest(root: Path) -> str:
+    """sha256 over a model folder's files (relative path and content of each), what qa records as
+    the model it validated and what serve, register and qa's champion load compare with."""
+    outer = hashlib.sha256()
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        relative = path.relative_to(root).as_posix()
+        if relative in DOWNLOAD_META:
+            continue
+        outer.update(f"{relative}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return "sha256:" + outer.hexdigest()
+
+
+def download_model(model_uri: str, dst: str) -> Path:
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst))
+
+
+def model_digest(model_uri: str) -> str:
+    """The digest of the files at `model_uri` now (downloaded to a scratch folder)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mlpipe-model-") as tmp:
+        return files_digest(download_model(model_uri, tmp))
+
+
+def load_model(model_uri: str, fmt: str, allowed, expect_digest: str | None = None):
+    """A logged scikit-learn model as MLflow's pyfunc and the digest of its files, loaded from the
+    very files that were checked: with `expect_digest`, the files' digest must be that one (the
+    model qa validated: mlpipe/registry/provenance.py); in the configured format
+    (`serialization`); and with skops every type the file holds, and every type its MLmodel
+    tells skops to trust, on the allow-list (MLflow loads a skops file trusting what its MLmodel
+    lists, and the MLmodel is as writable as the model). A refusal names the model, the file
+    and the types; nothing is loaded."""
     import tempfile
 
     import mlflow
     import yaml
 
     with tempfile.TemporaryDirectory(prefix="mlpipe-model-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        local = download_model(model_uri, tmp)
+        digest = files_digest(local)
+        if expect_digest is not None and digest != expect_digest:
+            raise UntrustedModelError(f"{model_uri}: its files changed since qa validated them (digest {digest[:19]}, "
+                                      f"qa recorded {expect_digest[:19]}): refused, nothing loaded")
         flavor = (yaml.safe_load((local / "MLmodel").read_text()) or {}).get("flavors", {}).get("sklearn")
         if flavor is None:
             raise UpstreamError(f"{model_uri} is not a scikit-learn model (no sklearn flavor in its MLmodel): refused")
@@ -116,4 +154,4 @@ def load_model(model_uri: str, fmt: str, allowed):
                 raise UpstreamError(f"{model_uri}: {name} holds or trusts types outside skops_trusted_types: "
                                     f"{', '.join(refused)}; refused, nothing loaded")
         # serialization=cloudpickle: a pickle is loaded, as configured (docs/quality.md, the trust model)
-        return mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
+        return mlflow.pyfunc.load_model(str(local), suppress_warnings=True), digest

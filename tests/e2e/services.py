@@ -36,6 +36,19 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
             time.sleep(0.2)
 
 
+def wait_group_gone(pgid: int, timeout: float) -> None:
+    """Until every process of the group has exited: `mlflow run` exits at once on SIGTERM, while
+    the step it launched is still draining and writing."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"processes of group {pgid} still running after {timeout} s")
+
+
 def stop(proc: subprocess.Popen) -> None:
     """SIGTERM the process group (servers spawn workers), SIGKILL if it lingers."""
     if proc.poll() is not None:

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from services import free_port, stop, wait_for_port
+from services import free_port, stop, wait_for_port, wait_group_gone
 from support import BIN, ROOT, Store, error_lines
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -69,8 +69,10 @@ def registered(store: Store):
     store.mlflow_run("-P", "steps=ingest,preprocess,train,qa,register", check=True)
     client = store.client
     v1 = client.get_model_version_by_alias(MODEL, "champion")
-    v2 = client.create_model_version(MODEL, client.get_model_version_download_uri(MODEL, v1.version),
-                                     run_id=v1.run_id)
+    # a copy of the validated version (what the A/B report promotes): same source, same qa run
+    store.python("-c", f"import mlflow; c = mlflow.MlflowClient(); v = c.get_model_version('{MODEL}', {v1.version}); "
+                 f"c.create_model_version('{MODEL}', v.source, run_id=v.run_id, tags=v.tags)", check=True)
+    v2 = client.get_model_version(MODEL, str(int(v1.version) + 1))
     test = store.client.download_artifacts(v1.tags["lineage.preprocess_run_id"], "data/test.parquet", str(store.path))
     spec = json.load(open(store.client.download_artifacts(v1.tags["lineage.preprocess_run_id"],
                                                           "feature_spec.json", str(store.path))))
@@ -328,6 +330,9 @@ def test_sigterm_drains_the_request_in_flight(ab_server, registered):
     head, payload = asyncio.run(go())
     assert head.startswith(b"HTTP/1.1 200") and len(json.loads(payload)["predictions"]) == 10000
     ab_server.proc.wait(timeout=30)
+    # `mlflow run` exits on SIGTERM at once; the server process drains and writes the queued
+    # records before it exits (checking before that was the flaky part)
+    wait_group_gone(ab_server.proc.pid, timeout=60)
     with sqlite3.connect(ab_server.records) as conn:
         assert conn.execute("SELECT COUNT(*) FROM requests WHERE rows = 10000 AND status = 200").fetchone() == (1,)
 
@@ -355,7 +360,7 @@ def test_variants_with_different_inputs_stop_start_up(store: Store, registered, 
     mlflow.sklearn.save_model(model, str(path), signature=infer_signature(frame, model.predict(frame)),
                               pip_requirements=["scikit-learn"])
     overrides = (f"\"serve.variants=[{{name: a, model_uri: 'models:/{MODEL}@champion'}}, "
-                 f"{{name: odd, model_uri: '{path}'}}]\" serve.port={free_port()}")
+                 f"{{name: odd, model_uri: '{path}'}}]\" serve.port={free_port()} serve.allow_unvalidated=true")
     result = store.mlflow_run("-P", f"overrides={overrides}", entry="serve")
     assert result.returncode != 0
     lines = error_lines(result.stderr)
@@ -385,8 +390,10 @@ mlflow.register_model(info.model_uri, "evil")
 
 
 def test_a_model_holding_an_untrusted_type_is_refused_at_start_up(store: Store):
+    """skops's boundary on its own: even with serve.allow_unvalidated=true."""
     store.python("-c", EVIL_MODEL, check=True)
-    result = store.mlflow_run("-P", "model_uri=models:/evil/1", "-P", "overrides=serve.mode=smoke", entry="serve")
+    result = store.mlflow_run("-P", "model_uri=models:/evil/1", "-P",
+                              "overrides=serve.mode=smoke serve.allow_unvalidated=true", entry="serve")
     assert result.returncode != 0
     errors = error_lines(result.stderr)
     assert len(errors) == 1, result.stderr[-3000:]
@@ -396,10 +403,85 @@ def test_a_model_holding_an_untrusted_type_is_refused_at_start_up(store: Store):
     assert run.info.status == "FAILED" and run.data.tags["error.type"] == "ServingError"
 
 
-def test_sigterm_to_the_outer_mlflow_run_stops_the_server_and_leaves_no_process(store: Store, registered, tmp_path):
-    """What a process manager or `kill <pid>` does: SIGTERM to `mlflow run` alone. The server
-    process gets SIGTERM too (it stops with its launcher), drains, frees the port, and ends its
-    run FINISHED with serve.stopped_by."""
+ATTACK = """
+import os, sys
+import mlflow
+from mlflow import MlflowClient
+
+class Shell:  # what the pickle holds: a shell command run when it is unpickled
+    def __reduce__(self):
+        return os.system, (f"touch {sys.argv[1]}",)
+
+client = MlflowClient()
+champion = client.get_model_version_by_alias("wine_model", "champion")
+import pickle
+from pathlib import Path
+from sklearn.dummy import DummyClassifier
+
+with mlflow.start_run():
+    info = mlflow.sklearn.log_model(DummyClassifier().fit([[0]], [0]), name="model", serialization_format="cloudpickle",
+                                    pip_requirements=["scikit-learn"])
+where = client.get_logged_model(info.model_id).artifact_location.removeprefix("file://")
+(Path(where) / "model.pkl").write_bytes(pickle.dumps(Shell()))
+# under the champion's name, with every tag of the real champion copied onto it
+version = client.create_model_version("wine_model", info.model_uri, model_id=info.model_id, tags=champion.tags)
+client.set_registered_model_alias("wine_model", "attack", version.version)
+"""
+
+
+def _refused(result, marker: Path) -> str:
+    assert result.returncode != 0 and not marker.exists(), "the pickle was loaded"
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
+def test_a_version_with_the_champions_tags_copied_is_refused_before_unpickling(store: Store, registered, tmp_path):
+    """The attack the trust check stops: a model whose pickle runs a shell command, registered
+    under the champion's name with the champion's tags, served through an alias."""
+    marker = tmp_path / "pwned"
+    store.python("-c", ATTACK, str(marker), check=True)
+    result = store.mlflow_run("-P", f"model_uri=models:/{MODEL}@attack", "-P", "overrides=serve.mode=smoke",
+                              entry="serve")
+    error = _refused(result, marker)
+    assert error.startswith(f"error: serve: ServingError: variant 'default': cannot load model models:/{MODEL}@attack: "
+                            f"models:/{MODEL}@attack (version ")
+    assert re.search(r"its source models:/m-\w+ is not the model qa run \w+ validated \(models:/m-\w+\); refused, "
+                     r"nothing loaded; serve a version qa validated, or set serve.allow_unvalidated=true$", error), error
+    run = store.newest("tags.`mlflow.project.entryPoint` = 'serve'")
+    assert run.info.status == "FAILED" and run.data.tags["error.type"] == "ServingError"
+
+
+def test_a_validated_models_files_swapped_in_the_store_are_refused(store: Store, registered, tmp_path):
+    """The champion's pickle replaced in the artifact store after qa: the digest qa recorded no
+    longer matches, and nothing is unpickled (the real file is put back afterwards)."""
+    import pickle
+
+    class Shell:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    marker = tmp_path / "pwned"
+    pkl = Path(store.client.get_model_version_download_uri(MODEL, registered["v1"])) / "model.pkl"
+    real = pkl.read_bytes()
+    try:
+        pkl.write_bytes(pickle.dumps(Shell()))
+        result = store.mlflow_run("-P", f"model_uri=models:/{MODEL}/{registered['v1']}", "-P",
+                                  "overrides=serve.mode=smoke", entry="serve")
+    finally:
+        pkl.write_bytes(real)
+    error = _refused(result, marker)
+    assert re.search(rf"cannot load model models:/{MODEL}/{registered['v1']}: models:/{MODEL}/{registered['v1']}: its "
+                     r"files changed since qa validated them \(digest sha256:\w+, qa recorded sha256:\w+\): refused, "
+                     r"nothing loaded$", error), error
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to mlflow run", "Ctrl-C"])
+def test_a_stop_signal_to_the_outer_mlflow_run_stops_the_server_and_leaves_no_process(store: Store, registered,
+                                                                                       tmp_path, how):
+    """What a process manager or `kill <pid>` does (SIGTERM to `mlflow run` alone), and what
+    Ctrl-C does (SIGINT to the terminal's foreground process group). Either way the server
+    process stops too, drains, frees the port, and ends its run FINISHED with serve.stopped_by."""
     import psutil
 
     port = free_port()
@@ -407,12 +489,20 @@ def test_sigterm_to_the_outer_mlflow_run_stops_the_server_and_leaves_no_process(
                                                     "-P", f"overrides=serve.port={port} serve.refresh_seconds=0"], port)
     children = psutil.Process(server.proc.pid).children(recursive=True)
     assert children, "the serve step runs in a process of its own"
-    server.proc.send_signal(signal.SIGTERM)  # the outer process only, not its group
+    if how == "Ctrl-C":
+        os.killpg(server.proc.pid, signal.SIGINT)
+    else:
+        server.proc.send_signal(signal.SIGTERM)  # the outer process only, not its group
     server.proc.wait(timeout=30)
     gone, alive = psutil.wait_procs(children, timeout=60)
     assert not alive, [p.cmdline() for p in alive]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))  # the port is free again
-    run = store.newest("tags.`mlflow.project.entryPoint` = 'serve'")
+    # after Ctrl-C, `mlflow run` marks the run FAILED as it exits; the step's watcher puts FINISHED
+    # back once it is gone (mlpipe/run/interrupted.py)
+    deadline = time.monotonic() + 30
+    while (run := store.newest("tags.`mlflow.project.entryPoint` = 'serve'")).info.status != "FINISHED" \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert run.info.status == "FINISHED", (run.info.status, (tmp_path / "serve.log").read_text()[-2000:])
-    assert run.data.tags["serve.stopped_by"] == "SIGTERM"
+    assert run.data.tags["serve.stopped_by"] == ("SIGINT" if how == "Ctrl-C" else "SIGTERM")

@@ -59,24 +59,63 @@ def mixed() -> pd.DataFrame:
     return frame
 
 
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory) -> Path:
+    """An empty SQLite tracking store with MLflow's tables made once (about 1.5 s), copied per test."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def registry(tmp_path):
-    """A real SQLite-backed registry: model `m`, version 1 (a logged DummyClassifier) holding
-    alias `champion`. Returns .client, .version and .model_uri (the logged model's URI)."""
+def registry(tmp_path, _empty_store, monkeypatch):
+    """A real SQLite-backed registry: model `m`, version 1 (a logged DummyClassifier, validated by
+    a qa run as the pipeline's register leaves it) holding alias `champion`, artifacts in
+    tmp_path. Returns .client, .version, .model_uri (the logged model's URI), .qa_run_id,
+    .experiment_id and .record_qa_run(model_uri, ...)."""
+    import shutil
     from types import SimpleNamespace
 
     import mlflow
     from mlflow import MlflowClient
     from sklearn.dummy import DummyClassifier
 
+    shutil.copy(_empty_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri, registry_uri=uri)
+    experiment_id = client.create_experiment("unit", artifact_location=str(tmp_path / "artifacts"))
+    # the active experiment, undone after the test (MLflow keeps it in a global and in the environment)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+    mlflow.set_experiment(experiment_id=experiment_id)
     X = pd.DataFrame({"x0": [0.0, 1.0]})
     with mlflow.start_run():  # the input example gives the model a signature: one column, x0
-        info = mlflow.sklearn.log_model(DummyClassifier().fit(X, [0, 1]), name="model", input_example=X)
+        info = mlflow.sklearn.log_model(DummyClassifier().fit(X, [0, 1]), name="model", input_example=X,
+                                        pip_requirements=["scikit-learn"])
     client.create_registered_model("m")
-    version = client.create_model_version("m", info.model_uri, model_id=info.model_id)
+    qa_run_id = record_qa_run(client, info.model_uri, experiment_id=experiment_id)
+    version = client.create_model_version("m", info.model_uri, model_id=info.model_id,
+                                          tags={"lineage.qa_run_id": qa_run_id})
     client.set_registered_model_alias("m", "champion", version.version)
-    yield SimpleNamespace(client=client, version=version, model_uri=info.model_uri)
+    yield SimpleNamespace(client=client, version=version, model_uri=info.model_uri, qa_run_id=qa_run_id, X=X,
+                          experiment_id=experiment_id,
+                          record_qa_run=lambda *args, **kw: record_qa_run(client, *args, experiment_id=experiment_id,
+                                                                          **kw))
     mlflow.set_tracking_uri(None)
+
+
+def record_qa_run(client, model_uri: str, passed: bool = True, digest: str | None = None,
+                  status: str = "FINISHED", experiment_id: str = "0") -> str:
+    """A qa run as the qa step leaves it (its QaOutput tags, the digest of the model's files now)."""
+    from mlpipe.run import handoff, outputs
+    from mlpipe.training import model_io
+
+    output = outputs.QaOutput(passed=passed, model_uri=model_uri, task="classification", primary_metric="accuracy",
+                              failed_checks="" if passed else "baseline", champion_replaced=False,
+                              model_digest=digest or model_io.model_digest(model_uri))
+    run = client.create_run(experiment_id, tags={handoff.STEP_TAG: "qa"} | output.tags())
+    client.set_terminated(run.info.run_id, status)
+    return run.info.run_id

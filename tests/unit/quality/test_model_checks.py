@@ -38,6 +38,32 @@ def test_a_champion_needing_columns_this_data_lacks_is_incompatible(registry):
     assert not check.passed and "input schema needs columns this data lacks" in check.note
 
 
+def test_a_champion_no_qa_run_vouches_for_is_refused_not_loaded(registry):
+    """Moving the alias to a version with the champion's tags copied onto it fails qa; the
+    champion's files changed after qa fail it too."""
+    from pathlib import Path
+
+    import mlflow
+    from sklearn.dummy import DummyClassifier
+
+    from mlpipe.errors import UntrustedModelError
+
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(DummyClassifier().fit(registry.X, [1, 1]), name="model",
+                                        pip_requirements=["scikit-learn"])
+    other = registry.client.create_model_version("m", info.model_uri, model_id=info.model_id, tags=registry.version.tags)
+    registry.client.set_registered_model_alias("m", "champion", other.version)
+    with pytest.raises(UntrustedModelError, match=r"models:/m/2 \(version 2 of m\): its source models:/m-\w+ is not the "
+                                                  r"model qa run \w+ validated .*; refused, nothing loaded; move "
+                                                  r"m@champion to a version qa validated"):
+        champion(registry.client)
+    registry.client.set_registered_model_alias("m", "champion", registry.version.version)
+    mlmodel = Path(registry.client.get_model_version_download_uri("m", "1")) / "MLmodel"
+    mlmodel.write_text(mlmodel.read_text() + "# swapped\n")
+    with pytest.raises(UntrustedModelError, match="models:/m/1: its files changed since qa validated them"):
+        champion(registry.client)
+
+
 def test_the_candidate_itself_is_not_compared(registry):
     assert champion(registry.client, candidate=registry.model_uri)[1]["note"] == "the candidate is the champion"
 

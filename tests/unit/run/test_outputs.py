@@ -21,7 +21,8 @@ EXAMPLES = [
     outputs.TrainOutput(model_uri="models:/m-1", task="classification", model_class="RandomForestClassifier",
                         preprocess_run_id="p1"),
     outputs.QaOutput(passed=False, model_uri="models:/m-1", task="classification", primary_metric="accuracy",
-                     failed_checks="baseline,drift.test", champion_replaced=False),
+                     failed_checks="baseline,drift.test", champion_replaced=False,
+                     model_digest="sha256:ab12"),
     outputs.RegisterOutput(model_name="wine_model", version=3, promoted=True, reason="first", model_uri="models:/wine_model/3"),
 ]
 
@@ -36,7 +37,7 @@ def test_round_trip_through_tags(output):
 def test_the_tags_are_the_ones_readers_and_the_ui_know():
     assert EXAMPLES[3].tags() == {"qa.passed": "false", "pipeline.model_uri": "models:/m-1", "data.task": "classification",
                                   "qa.primary_metric": "accuracy", "qa.failed_checks": "baseline,drift.test",
-                                  "qa.champion_replaced": "false"}
+                                  "qa.champion_replaced": "false", "qa.model_digest": "sha256:ab12"}
     assert EXAMPLES[4].tags()["registry.version"] == "3"
 
 

@@ -33,7 +33,54 @@ def test_variants_with_different_schemas_are_refused(iris_model, other_model):
 
 def test_a_model_that_cannot_load_names_the_variant(tmp_path):
     with pytest.raises(ServingError, match=r"variant 'b': cannot load model .*nowhere"):
-        server.load_model(str(tmp_path / "nowhere"), "b", SimpleNamespace(serialization="cloudpickle", trusted_types=[]))
+        server.load_model(str(tmp_path / "nowhere"), "b", _trust(allow_unvalidated=True))
+
+
+def _trust(allow_unvalidated=False):
+    return SimpleNamespace(serialization="cloudpickle", trusted_types=[], allow_unvalidated=allow_unvalidated)
+
+
+def test_only_a_model_qa_validated_is_loaded_unless_allow_unvalidated(registry, tmp_path):
+    model, version = server.load_model("models:/m@champion", "a", _trust())
+    assert version == "1" and model.predict(registry.X).shape == (2,)
+    from sklearn.dummy import DummyClassifier
+
+    mlflow.sklearn.save_model(DummyClassifier().fit(registry.X, [0, 1]), str(tmp_path / "path"),
+                              pip_requirements=["scikit-learn"])
+    with pytest.raises(ServingError, match=r"variant 'b': cannot load model .*/path: .* is not a registered version or "
+                                           r"a logged model, .*; refused, nothing loaded; serve a version qa validated, "
+                                           r"or set serve.allow_unvalidated=true"):
+        server.load_model(str(tmp_path / "path"), "b", _trust())
+    assert server.load_model(str(tmp_path / "path"), "b", _trust(allow_unvalidated=True))[1] == "unregistered"
+
+
+def test_a_moved_alias_is_swapped_in_only_for_a_version_qa_validated(registry, capsys):
+    """The alias refresher: a version no qa run vouches for is refused once and the variant keeps
+    serving its version; a validated one is swapped in."""
+    from sklearn.dummy import DummyClassifier
+
+    live = server.LiveVariant("a", "models:/m@champion", 1.0, *server.load_model("models:/m@champion", "a", _trust()))
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(DummyClassifier(strategy="most_frequent").fit(registry.X, [1, 1]), name="model",
+                                        input_example=registry.X, pip_requirements=["scikit-learn"])
+    registry.client.create_model_version("m", info.model_uri, model_id=info.model_id, tags=registry.version.tags)
+    registry.client.set_registered_model_alias("m", "champion", "2")
+    refused = set()
+    line, model, _ = server.refresh_variant(live, _trust(), refused)
+    assert model is None and refused == {("models:/m@champion", "2")}
+    assert line.startswith("models:/m@champion moved to version 2, refused: variant 'a': cannot load model models:/m/2: ")
+    assert line.endswith("is not the model qa run " + registry.qa_run_id + " validated (" + registry.model_uri + "); "
+                         "refused, nothing loaded; serve a version qa validated, or set serve.allow_unvalidated=true; "
+                         "still serving version 1")
+    assert server.refresh_variant(live, _trust(), refused) == (None, None, "2")  # said once
+
+    qa_run_id = registry.record_qa_run(info.model_uri)
+    registry.client.create_model_version("m", info.model_uri, model_id=info.model_id,
+                                         tags={"lineage.qa_run_id": qa_run_id})
+    registry.client.set_registered_model_alias("m", "champion", "3")
+    line, model, version = server.refresh_variant(live, _trust(), refused)
+    assert line == "variant 'a': models:/m@champion moved, version 1 -> 3" and version == "3"
+    assert list(model.predict(registry.X)) == [1, 1]
 
 
 def test_spec_from_the_default_config():

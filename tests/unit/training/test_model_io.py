@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import FunctionTransformer
 
 from mlpipe.data.features import build_preprocessor, feature_spec, normalise_types
-from mlpipe.errors import ConfigError, UpstreamError
+from mlpipe.errors import ConfigError, UntrustedModelError, UpstreamError
 from mlpipe.training import model_io
 from mlpipe.training.estimators import fit_model
 
@@ -111,7 +111,55 @@ def test_a_pickle_is_refused_under_serialization_skops(tmp_path, fitted_model, a
     with pytest.raises(UpstreamError, match=r"model.pkl is a cloudpickle file but serialization=skops: refused, "
                                             r"nothing unpickled"):
         model_io.load_model(str(tmp_path / "m"), "skops", allowed)
-    assert model_io.load_model(str(tmp_path / "m"), "cloudpickle", allowed).predict(fitted_model[1]).shape
+    assert model_io.load_model(str(tmp_path / "m"), "cloudpickle", allowed)[0].predict(fitted_model[1]).shape
+
+
+def test_the_digest_covers_every_file_but_mlflows_download_note(tmp_path, fitted_model):
+    import mlflow
+
+    mlflow.sklearn.save_model(fitted_model[0], str(tmp_path / "m"), serialization_format="cloudpickle")
+    first = model_io.files_digest(tmp_path / "m")
+    assert first.startswith("sha256:") and first == model_io.files_digest(tmp_path / "m")
+    (tmp_path / "m" / "registered_model_meta").write_text("model_name: m\nmodel_version: '2'\n")
+    assert model_io.files_digest(tmp_path / "m") == first  # MLflow's client writes it on download
+    for change in (lambda: (tmp_path / "m" / "MLmodel").write_text((tmp_path / "m" / "MLmodel").read_text() + "\n"),
+                   lambda: (tmp_path / "m" / "extra.py").write_text("import os"),
+                   lambda: (tmp_path / "m" / "extra.py").rename(tmp_path / "m" / "other.py")):
+        change()
+        assert model_io.files_digest(tmp_path / "m") != first
+        first = model_io.files_digest(tmp_path / "m")
+
+
+def test_files_that_are_not_the_validated_ones_are_refused_before_loading(tmp_path, fitted_model, allowed):
+    import pickle
+
+    import mlflow
+
+    mlflow.sklearn.save_model(fitted_model[0], str(tmp_path / "m"), serialization_format="cloudpickle")
+    model, digest = model_io.load_model(str(tmp_path / "m"), "cloudpickle", allowed)
+    assert model_io.load_model(str(tmp_path / "m"), "cloudpickle", allowed, expect_digest=digest)[1] == digest
+    marker = tmp_path / "ran"
+    (tmp_path / "m" / "model.pkl").write_bytes(pickle.dumps(Shell(f"touch {marker}")))
+    with pytest.raises(UntrustedModelError, match=r"files changed since qa validated them .*: refused, nothing loaded"):
+        model_io.load_model(str(tmp_path / "m"), "cloudpickle", allowed, expect_digest=digest)
+    assert not marker.exists()
+    try:  # without the digest the pickle is loaded: the command runs
+        model_io.load_model(str(tmp_path / "m"), "cloudpickle", allowed)
+    except Exception:  # noqa: BLE001 - what it returns is not a model
+        pass
+    assert marker.exists()
+
+
+class Shell:
+    """What an attacker's pickle holds: a shell command run when it is unpickled."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (self.command,)
 
 
 def test_the_transformer_loader_follows_the_config_not_the_artifact(registry, tmp_path, fitted_model, allowed):

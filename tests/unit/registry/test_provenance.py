@@ -1,0 +1,113 @@
+"""mlpipe/registry/provenance.py against a real SQLite registry: which qa run vouches for a model,
+and the attacks it must refuse (a version with copied tags, a failed or unfinished qa run, files
+swapped after qa)."""
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from sklearn.dummy import DummyClassifier
+
+from mlpipe.errors import UntrustedModelError, UpstreamError
+from mlpipe.registry import provenance
+from mlpipe.run import outputs
+from mlpipe.training import model_io
+
+RELAX = "serve.allow_unvalidated=true"
+
+
+def _other_model(registry, **tags):
+    """A new logged model registered as a version of `m` with `tags`: what anyone who can write
+    model versions can do."""
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(DummyClassifier(strategy="most_frequent").fit(registry.X, [1, 1]), name="model",
+                                        input_example=registry.X, pip_requirements=["scikit-learn"])
+    version = registry.client.create_model_version("m", info.model_uri, model_id=info.model_id, tags=tags)
+    return info, version
+
+
+def test_a_version_register_made_is_vouched_for_by_its_qa_run(registry):
+    for uri in ("models:/m/1", "models:/m@champion", "models:/m", "models:/m/latest"):
+        proof = provenance.validated(registry.client, uri, RELAX)
+        assert (proof.qa_run_id, proof.model_uri, proof.load_uri, proof.version) == \
+               (registry.qa_run_id, registry.model_uri, "models:/m/1", "1")
+        assert proof.digest == model_io.model_digest(registry.model_uri)
+
+
+def test_a_logged_model_and_a_train_runs_uri_are_found_through_the_qa_run_that_passed_them(registry):
+    proof = provenance.validated(registry.client, registry.model_uri, RELAX)
+    assert (proof.qa_run_id, proof.load_uri, proof.version) == (registry.qa_run_id, registry.model_uri, None)
+    run_id = registry.client.get_logged_model(registry.model_uri.split("/")[-1]).source_run_id
+    train = outputs.TrainOutput(model_uri=registry.model_uri, task="classification", model_class="DummyClassifier",
+                                preprocess_run_id="p")
+    for key, value in train.tags().items():
+        registry.client.set_tag(run_id, key, value)
+    assert provenance.validated(registry.client, f"runs:/{run_id}/model", RELAX).qa_run_id == registry.qa_run_id
+
+
+def test_a_version_without_a_qa_run_is_refused_naming_the_tag_and_the_setting(registry):
+    _other_model(registry)
+    with pytest.raises(UntrustedModelError) as info:
+        provenance.validated(registry.client, "models:/m/2", RELAX)
+    assert str(info.value) == ("models:/m/2 (version 2 of m) has no qa run (lineage.qa_run_id): it was not registered "
+                               "by this pipeline's register step; refused, nothing loaded; serve.allow_unvalidated=true")
+
+
+def test_a_version_carrying_a_validated_versions_tags_is_refused(registry):
+    """The attack: register your own model under the champion's name with every tag of the real
+    champion copied onto it. The qa run it names validated another model."""
+    info, _ = _other_model(registry, **registry.version.tags)
+    registry.client.set_registered_model_alias("m", "champion", "2")
+    with pytest.raises(UntrustedModelError, match=rf"models:/m@champion \(version 2 of m\): its source {info.model_uri} "
+                                                  rf"is not the model qa run {registry.qa_run_id} validated"):
+        provenance.validated(registry.client, "models:/m@champion", RELAX)
+
+
+def test_a_logged_model_no_qa_run_passed_is_refused(registry):
+    info, _ = _other_model(registry)
+    registry.record_qa_run(info.model_uri, passed=False)
+    with pytest.raises(UntrustedModelError, match=rf"{info.model_uri}: no FINISHED qa run passed {info.model_uri}"):
+        provenance.validated(registry.client, info.model_uri, RELAX)
+
+
+@pytest.mark.parametrize("passed,status,expected", [
+    (False, "FINISHED", r"qa run \w+ did not pass it \(failed: baseline\)"),
+    (True, "FAILED", r"run \w+ is not a FINISHED qa run \(qa, FAILED\)"),
+    (True, "RUNNING", r"run \w+ is not a FINISHED qa run \(qa, RUNNING\)"),
+])
+def test_a_qa_run_that_did_not_pass_or_finish_vouches_for_nothing(registry, passed, status, expected):
+    info, _ = _other_model(registry)
+    qa_run_id = registry.record_qa_run(info.model_uri, passed=passed, status=status)
+    registry.client.set_model_version_tag("m", "2", provenance.QA_RUN_TAG, qa_run_id)
+    with pytest.raises(UntrustedModelError, match=expected):
+        provenance.validated(registry.client, "models:/m/2", RELAX)
+
+
+def test_a_run_of_another_step_or_a_missing_run_vouches_for_nothing(registry):
+    info, _ = _other_model(registry, **{provenance.QA_RUN_TAG: "0" * 32})
+    with pytest.raises(UntrustedModelError, match=f"its qa run {'0' * 32} is not in the tracking store"):
+        provenance.validated(registry.client, "models:/m/2", RELAX)
+    run_id = registry.client.get_logged_model(info.model_id).source_run_id
+    registry.client.set_model_version_tag("m", "2", provenance.QA_RUN_TAG, run_id)
+    with pytest.raises(UntrustedModelError, match=f"run {run_id} is not a FINISHED qa run"):
+        provenance.validated(registry.client, "models:/m/2", RELAX)
+
+
+def test_a_path_or_a_missing_version_is_refused(registry, tmp_path):
+    with pytest.raises(UntrustedModelError, match="is not a registered version or a logged model, so no qa run can "
+                                                  "vouch for it; refused, nothing loaded; serve.allow_unvalidated=true"):
+        provenance.validated(registry.client, str(tmp_path), RELAX)
+    with pytest.raises(UpstreamError, match="models:/m/7: no such model version in the registry"):
+        provenance.validated(registry.client, "models:/m/7", RELAX)
+    with pytest.raises(UpstreamError, match="models:/m@nobody: no such model version"):
+        provenance.validated(registry.client, "models:/m@nobody", RELAX)
+
+
+def test_files_swapped_after_qa_are_refused(registry):
+    proof = provenance.validated(registry.client, "models:/m/1", RELAX)
+    provenance.check_files(proof.load_uri, proof.digest, "nothing registered")
+    where = Path(registry.client.get_model_version_download_uri("m", "1"))
+    (where / "MLmodel").write_text((where / "MLmodel").read_text() + "# swapped\n")
+    with pytest.raises(UntrustedModelError, match=r"models:/m/1: its files changed since qa validated them "
+                                                  r"\(digest sha256:\w+, qa recorded sha256:\w+\); nothing registered"):
+        provenance.check_files(proof.load_uri, proof.digest, "nothing registered")

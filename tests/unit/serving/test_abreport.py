@@ -1,0 +1,38 @@
+"""mlpipe/serving/abreport.promote against a real SQLite registry: the winner takes the alias
+only when it is a version qa validated, its files unchanged."""
+
+import mlflow
+import pytest
+from sklearn.dummy import DummyClassifier
+
+from mlpipe.errors import ConfigError, UntrustedModelError
+from mlpipe.serving import abreport
+
+RESULT = {"winner": "b", "experiment": "ab-1"}
+
+
+def _version(registry, validated: bool) -> str:
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(DummyClassifier().fit(registry.X, [1, 1]), name="model",
+                                        pip_requirements=["scikit-learn"])
+    tags = {"lineage.qa_run_id": registry.record_qa_run(info.model_uri)} if validated else registry.version.tags
+    return str(registry.client.create_model_version("m", info.model_uri, model_id=info.model_id, tags=tags).version)
+
+
+def test_a_validated_winner_takes_the_alias(registry):
+    version = _version(registry, validated=True)
+    moved = abreport.promote(registry.client, RESULT, {"b": ("models:/m/2", version)}, "m", "champion", 30)
+    assert moved == {"model": "m", "alias": "champion", "version": version, "previous_version": "1"}
+    assert str(registry.client.get_model_version_by_alias("m", "champion").version) == version
+
+
+def test_a_winner_no_qa_run_vouches_for_is_not_promoted(registry):
+    version = _version(registry, validated=False)  # the champion's tags copied onto another model
+    with pytest.raises(UntrustedModelError, match="m@champion was not moved; promote a version qa validated"):
+        abreport.promote(registry.client, RESULT, {"b": ("models:/m/2", version)}, "m", "champion", 30)
+    assert str(registry.client.get_model_version_by_alias("m", "champion").version) == "1"
+
+
+def test_a_winner_that_is_not_a_registered_version_is_a_config_error(registry):
+    with pytest.raises(ConfigError, match="not a registered model version"):
+        abreport.promote(registry.client, RESULT, {"b": ("/some/path", "unregistered")}, "m", "champion", 30)
