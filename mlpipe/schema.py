@@ -285,6 +285,7 @@ class MainConfig(Checked):
     env_manager: Optional[str] = spec(choices=("local", "virtualenv", "uv", "conda"))
     log: str = spec(choices=("quiet", "full"))
     step_lock_timeout_s: float = spec(gt=0)
+    step_grace_s: float = spec(gt=0)
 
 
 @dataclass

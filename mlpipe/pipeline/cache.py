@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import sys
 import tempfile
 from contextlib import contextmanager
 from functools import lru_cache
@@ -141,7 +142,12 @@ def bounded_lock(path, timeout: float, holder: str, key: str, consequence: str):
 
     lock = FileLock(str(path))
     try:
-        lock.acquire(timeout=timeout)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # said once, so that a wait is never silent
+            print(f"[mlpipe] waiting for {holder} to finish (lock {path}; at most {timeout:g} s: {key})",
+                  file=sys.stderr, flush=True)
+            lock.acquire(timeout=timeout)
     except Timeout:
         raise StorageError(f"{holder} has held {path} for over {timeout:g} s ({key}); {consequence}. "
                            f"Raise {key} if it is still working") from None

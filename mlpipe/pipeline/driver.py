@@ -10,6 +10,7 @@ import copy
 import logging
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +36,7 @@ ROLE_TAG = "pipeline.role"
 SWEEP_ENV = "MLPIPE_SWEEP_RUN_ID"
 SWEEP_TAG = "pipeline.sweep_run_id"
 SCORE_METRIC = "pipeline.score"
+STOP_GRACE_S = 10  # SIGTERM, then SIGKILL this much later
 
 
 @dataclass
@@ -45,6 +47,55 @@ class StepResult:
     seconds: float
     summary: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+def step_bound(cfg) -> float | None:
+    """How long the driver waits for a step process: with monitor.action=fail the step stops itself
+    at monitor.max_step_seconds (between bytecodes); one that does not (a long C call, a hang) is
+    stopped main.step_grace_s later. None (no bound) otherwise: a step may run as long as it needs."""
+    limit = cfg.monitor.max_step_seconds
+    if limit is None or cfg.monitor.action != "fail":
+        return None
+    return float(limit) + float(cfg.main.step_grace_s)
+
+
+def wait_step(proc: subprocess.Popen, bound: float | None, grace: float = STOP_GRACE_S) -> int | None:
+    """The step process's exit code, or None when it ran past `bound` seconds and was stopped."""
+    try:
+        return proc.wait(timeout=bound)
+    except subprocess.TimeoutExpired:
+        stop_process_tree(proc, grace)
+        return None
+
+
+def stop_process_tree(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM to a step process and everything under it (`bash -c`, the step's Python, its
+    workers), SIGKILL to what is left `grace` seconds later. The step shares the driver's
+    process group, so the group cannot be signalled."""
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    for p in (*children, proc):
+        try:
+            p.terminate()
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            pass
+    deadline = time.monotonic() + grace
+    try:  # the direct child through Popen (psutil would reap it and hide its exit code)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    _, alive = psutil.wait_procs(children, timeout=max(0.0, deadline - time.monotonic()))
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    proc.wait(timeout=grace)
 
 
 def detect_env_manager(client: MlflowClient, run_id: str | None) -> str:
@@ -185,8 +236,20 @@ class Driver:
         try:
             submitted = mlflow.run(
                 str(PROJECT_ROOT), entry_point=step, parameters=params, experiment_id=self.experiment_id,
-                env_manager=self.env_manager, run_name=step, synchronous=True,
+                env_manager=self.env_manager, run_name=step, synchronous=False,
             )
+            bound = step_bound(self.cfg)
+            try:
+                code = wait_step(submitted.command_proc, bound)
+            except BaseException:  # Ctrl-C: the step stops with the driver, its run FAILED
+                stop_process_tree(submitted.command_proc)
+                self._end_if_running(submitted.run_id, "FAILED")
+                raise
+            if code is None:
+                self._timed_out(step, submitted.run_id, bound)
+            if code != 0:
+                raise mlflow.exceptions.ExecutionException(f"Run (ID '{submitted.run_id}') failed")
+            self._end_if_running(submitted.run_id, "FINISHED")  # what synchronous mlflow.run did
             return self.client.get_run(submitted.run_id)
         except mlflow.exceptions.ExecutionException as exc:
             failed = self._failed_child(step)
@@ -209,6 +272,22 @@ class Driver:
             if quiet:
                 os.environ.pop("MLFLOW_LOGGING_LEVEL", None)
             projects_logger.setLevel(level)
+
+    def _end_if_running(self, run_id: str, status: str) -> None:
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_terminated(run_id, status)
+
+    def _timed_out(self, step: str, run_id: str, bound: float) -> None:
+        run = self.client.get_run(run_id)
+        message = (f"step {step} ran over monitor.max_step_seconds={self.cfg.monitor.max_step_seconds:g} s + "
+                   f"main.step_grace_s={self.cfg.main.step_grace_s:g} s without stopping itself and was stopped "
+                   f"by the driver; raise monitor.max_step_seconds if it needs longer")
+        if run.info.status == "RUNNING":
+            self.client.set_terminated(run_id, "FAILED")
+        self.client.set_tag(run_id, ERROR_TYPE_TAG, "StepTimeout")
+        self.client.set_tag(run_id, ERROR_MESSAGE_TAG, message)
+        self.card_rows.append((step, self.client.get_run(run_id), "ran"))
+        raise StepFailedError(f"step {step} failed (run {run_id}, StepTimeout): {message}")
 
     def _failed_child(self, step: str) -> Run | None:
         runs = self.client.search_runs(

@@ -120,3 +120,87 @@ def test_two_pipelines_at_once_both_finish_with_a_consistent_registry(fresh_stor
     # Each version points at its own pipeline's train run.
     trains = {r.info.run_id for r in store.step_runs("train")}
     assert {v.tags["lineage.train_run_id"] for v in versions.values()} == trains
+
+
+def test_two_registers_held_at_the_promotion_lock_each_compare_with_the_other(fresh_store: Store, tmp_path):
+    """The promotion-lock race made deterministic: this test holds the registry's promotion lock
+    while two register steps start, sees both say they wait for it (and nothing registered),
+    then lets them go. Whichever goes second must compare with the champion the first set."""
+    import mlflow
+
+    from mlpipe.registry.versions import promotion_lock
+
+    store = fresh_store
+    configs = [f"{FAST} data=iris registry.model_name=flowers",
+               "model=random_forest model.n_estimators=20 train.cv_folds=2 monitor.system_metrics=false data=iris "
+               "registry.model_name=flowers"]
+    for overrides in configs:
+        store.mlflow_run("-P", "steps=ingest,preprocess,train,qa", "-P", f"overrides={overrides}", check=True)
+    qa_runs = store.step_runs("qa")
+    assert len(qa_runs) == 2 and all(r.data.tags["qa.passed"] == "true" for r in qa_runs)
+
+    mlflow.set_tracking_uri(store.uri)  # the lock is keyed by the registry's URI, as in the steps
+    procs, logs = [], [tmp_path / "a.err", tmp_path / "b.err"]
+    try:
+        with promotion_lock("flowers", 600):
+            for qa, overrides, log in zip(qa_runs, configs, logs):
+                procs.append(subprocess.Popen(
+                    [store.python_exe, "-m", "mlflow", "run", ".", "-e", "register", "--env-manager", "local",
+                     "-P", f"qa_run_id={qa.info.run_id}", "-P", f"overrides={overrides}"],
+                    cwd=store.root, env=store.env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
+                    start_new_session=True))
+            deadline = time.monotonic() + 180
+            waiting = "[mlpipe] waiting for another register or A/B promotion of 'flowers' on this machine"
+            while not all(waiting in log.read_text() for log in logs):
+                assert all(p.poll() is None for p in procs), [log.read_text()[-2000:] for log in logs]
+                assert time.monotonic() < deadline, [log.read_text()[-2000:] for log in logs]
+                time.sleep(0.2)
+            assert store.client.search_model_versions("name = 'flowers'") == []
+        for proc, log in zip(procs, logs):
+            assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        mlflow.set_tracking_uri(None)
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    first, second = sorted(store.step_runs("register"), key=lambda r: int(r.data.tags["registry.version"]))
+    assert (first.data.tags["registry.promoted"], first.data.tags["registry.reason"]) == ("true", "no current champion")
+    qa = [store.client.get_run(r.data.tags["pipeline.qa_run_id"]) for r in (first, second)]
+    metric = qa[0].data.tags["qa.primary_metric"]
+    values = [run.data.metrics[f"qa.{metric}"] for run in qa]
+    better = values[1] > values[0]
+    assert second.data.tags["registry.reason"] == (
+        f"{metric} {values[1]:.4f} {'beats' if better else 'does not beat'} champion's {values[0]:.4f}")
+    champion = store.client.get_model_version_by_alias("flowers", "champion")
+    assert str(champion.version) == ("2" if better else "1")
+
+
+def test_a_step_that_hangs_past_its_time_limit_is_stopped_by_the_driver(fresh_store: Store):
+    """A step that cannot stop itself (here: SIGSTOP, as a hung process or one long C call would
+    be) is stopped by the driver monitor.max_step_seconds + main.step_grace_s after it started,
+    and main fails with one line naming both keys."""
+    store = fresh_store
+    _, proc = popen_main(store, f"{FAST} data=iris monitor.max_step_seconds=15 monitor.action=fail "
+                                "main.step_grace_s=3", steps="ingest,preprocess,train")
+    try:
+        victim = keyed_step(store, proc, "train")
+        victim.send_signal(signal.SIGSTOP)
+        _, err = proc.communicate(timeout=120)
+        _, alive = psutil.wait_procs([victim], timeout=30)
+        assert not alive
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        try:  # a stopped step in a process group of its own, were the driver not to stop it
+            victim.kill()
+        except (psutil.NoSuchProcess, UnboundLocalError):
+            pass
+    assert proc.returncode != 0
+    (train,) = store.step_runs("train")
+    (line,) = error_lines(err)
+    assert line.endswith(f"step train failed (run {train.info.run_id}, StepTimeout): step train ran over "
+                         "monitor.max_step_seconds=15 s + main.step_grace_s=3 s without stopping itself and was "
+                         "stopped by the driver; raise monitor.max_step_seconds if it needs longer"), line
+    assert train.info.status == "FAILED" and train.data.tags["error.type"] == "StepTimeout"

@@ -235,7 +235,7 @@ def test_config_digest_uses_the_step_slice(base_config):
     assert cache.config_digest("train", other_model) != cache.config_digest("train", base_config)
 
 
-def test_a_lock_held_elsewhere_is_waited_for_within_its_bound_then_named(tmp_path):
+def test_a_lock_held_elsewhere_is_waited_for_within_its_bound_then_named(tmp_path, capsys):
     """Another process holds the lock: the wait ends after `timeout` with a StorageError naming
     the holder, the config key and what was not done; once it is free the lock is taken."""
     import subprocess
@@ -259,6 +259,9 @@ def test_a_lock_held_elsewhere_is_waited_for_within_its_bound_then_named(tmp_pat
         assert str(info.value) == (f"another pipeline running step train has held {path} for over 0.5 s "
                                    "(main.step_lock_timeout_s); step train did not run. Raise "
                                    "main.step_lock_timeout_s if it is still working")
+        # the wait was said before it began
+        assert capsys.readouterr().err == (f"[mlpipe] waiting for another pipeline running step train to finish "
+                                           f"(lock {path}; at most 0.5 s: main.step_lock_timeout_s)\n")
     finally:
         holder.kill()
         holder.wait()
