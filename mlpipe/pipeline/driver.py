@@ -10,8 +10,8 @@ import copy
 import logging
 import math
 import os
-import subprocess
 import sys
+import threading
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -59,43 +59,67 @@ def step_bound(cfg) -> float | None:
     return float(limit) + float(cfg.main.step_grace_s)
 
 
-def wait_step(proc: subprocess.Popen, bound: float | None, grace: float = STOP_GRACE_S) -> int | None:
-    """The step process's exit code, or None when it ran past `bound` seconds and was stopped."""
-    try:
-        return proc.wait(timeout=bound)
-    except subprocess.TimeoutExpired:
-        stop_process_tree(proc, grace)
-        return None
+class StepTimer:
+    """Stops the step process `mlflow.run` is waiting for once `bound` seconds have passed:
+    SIGTERM to every child process of this driver and everything under them, SIGKILL to what is
+    left `grace` seconds later. `mlflow.run` then returns the failure; `fired` says why."""
+
+    def __init__(self, bound: float | None, grace: float = STOP_GRACE_S):
+        self.bound, self.grace, self.fired, self._timer = bound, grace, False, None
+
+    def __enter__(self) -> "StepTimer":
+        if self.bound is not None:
+            self._timer = threading.Timer(self.bound, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            if self.fired:  # the step's process ended; what it left behind is stopped before going on
+                self._timer.join(timeout=3 * self.grace)
+
+    def _fire(self) -> None:
+        import psutil
+
+        self.fired = True
+        stop_tree(psutil.Process().children(), self.grace)
 
 
-def stop_process_tree(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
-    """SIGTERM to a step process and everything under it (`bash -c`, the step's Python, its
-    workers), SIGKILL to what is left `grace` seconds later. The step shares the driver's
-    process group, so the group cannot be signalled."""
+def stop_tree(roots, grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM to these processes and everything under them (`bash -c`, the step's Python, its
+    workers), SIGKILL to what is left `grace` seconds later. Nothing is reaped here: the
+    process's own parent (MLflow's Popen) reads its exit status."""
+    import psutil
+
+    procs = []
+    for root in roots:
+        try:
+            procs += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for sig, wait in (("terminate", grace), ("kill", grace)):
+        for p in procs:
+            try:
+                getattr(p, sig)()
+            except psutil.NoSuchProcess:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not all(_gone(p) for p in procs):
+            time.sleep(0.1)
+        procs = [p for p in procs if not _gone(p)]
+        if not procs:
+            return
+
+
+def _gone(proc) -> bool:
     import psutil
 
     try:
-        children = psutil.Process(proc.pid).children(recursive=True)
+        return proc.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
-        children = []
-    for p in (*children, proc):
-        try:
-            p.terminate()
-        except (psutil.NoSuchProcess, ProcessLookupError):
-            pass
-    deadline = time.monotonic() + grace
-    try:  # the direct child through Popen (psutil would reap it and hide its exit code)
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    _, alive = psutil.wait_procs(children, timeout=max(0.0, deadline - time.monotonic()))
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace)
-    proc.wait(timeout=grace)
+        return True
 
 
 def detect_env_manager(client: MlflowClient, run_id: str | None) -> str:
@@ -227,6 +251,8 @@ class Driver:
             if not os.environ.get("PATH", "").startswith(bindir + os.pathsep):
                 os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
         os.environ[QUIET_ENV] = "1"  # children inherit os.environ; the driver reports their errors
+        # the experiment is passed by id: `mlflow run` refuses a name from the environment beside it
+        os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
         quiet = self.cfg.main.log == "quiet"
         if quiet:  # MLflow's INFO/WARNING lines, in the step processes and in this one
             os.environ["MLFLOW_LOGGING_LEVEL"] = "ERROR"
@@ -234,27 +260,19 @@ class Driver:
         level = projects_logger.level
         projects_logger.setLevel(logging.ERROR if quiet else level)
         try:
-            submitted = mlflow.run(
-                str(PROJECT_ROOT), entry_point=step, parameters=params, experiment_id=self.experiment_id,
-                env_manager=self.env_manager, run_name=step, synchronous=False,
-            )
-            bound = step_bound(self.cfg)
-            try:
-                code = wait_step(submitted.command_proc, bound)
-            except BaseException:  # Ctrl-C: the step stops with the driver, its run FAILED
-                stop_process_tree(submitted.command_proc)
-                self._end_if_running(submitted.run_id, "FAILED")
-                raise
-            if code is None:
-                self._timed_out(step, submitted.run_id, bound)
-            if code != 0:
-                raise mlflow.exceptions.ExecutionException(f"Run (ID '{submitted.run_id}') failed")
-            self._end_if_running(submitted.run_id, "FINISHED")  # what synchronous mlflow.run did
+            timer = StepTimer(step_bound(self.cfg))
+            with timer:
+                submitted = mlflow.run(
+                    str(PROJECT_ROOT), entry_point=step, parameters=params, experiment_id=self.experiment_id,
+                    env_manager=self.env_manager, run_name=step, synchronous=True,
+                )
             return self.client.get_run(submitted.run_id)
         except mlflow.exceptions.ExecutionException as exc:
             failed = self._failed_child(step)
             if failed is None:
                 raise StepFailedError(f"step {step} failed to start: {exc}") from exc
+            if timer.fired:
+                self._timed_out(step, failed.info.run_id)
             if failed.info.status == "RUNNING":  # died without ending its run (killed, out of memory)
                 self.client.set_terminated(failed.info.run_id, "FAILED")
             tags = failed.data.tags
@@ -273,11 +291,7 @@ class Driver:
                 os.environ.pop("MLFLOW_LOGGING_LEVEL", None)
             projects_logger.setLevel(level)
 
-    def _end_if_running(self, run_id: str, status: str) -> None:
-        if self.client.get_run(run_id).info.status == "RUNNING":
-            self.client.set_terminated(run_id, status)
-
-    def _timed_out(self, step: str, run_id: str, bound: float) -> None:
+    def _timed_out(self, step: str, run_id: str) -> None:
         run = self.client.get_run(run_id)
         message = (f"step {step} ran over monitor.max_step_seconds={self.cfg.monitor.max_step_seconds:g} s + "
                    f"main.step_grace_s={self.cfg.main.step_grace_s:g} s without stopping itself and was stopped "
