@@ -4,16 +4,20 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-team.txt requirements-dev.txt | sha1sum | cut -c1-12)
 # An absolute SQLite path: steps run in other working directories (Git URIs, temp clones).
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all bench clean team-server team-server-stop team-status
+
+# The team's shared MLflow server (docs/team.md): conf/team/$(TEAM).yaml; TEAM_OVERRIDES for
+# Hydra overrides such as team.server.port=5051 or team.server.backend_store_uri=postgresql://...
+TEAM ?= demo
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-team.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet uv==0.13.9
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -r requirements-dev.txt
@@ -32,6 +36,15 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py
+
+team-server: $(STAMP)
+	$(BIN)/python -m mlpipe.team start --team $(TEAM) $(TEAM_OVERRIDES)
+
+team-server-stop: $(STAMP)
+	$(BIN)/python -m mlpipe.team stop --team $(TEAM) $(TEAM_OVERRIDES)
+
+team-status: $(STAMP)
+	$(BIN)/python -m mlpipe.team status --team $(TEAM) $(TEAM_OVERRIDES)
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns outputs multirun .pytest_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from mlpipe import schema
 from mlpipe.errors import ConfigError, one_line
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TEAM_ENV = "MLPIPE_TEAM"  # set by `python -m mlpipe.team as <member>`: compose adds team=<name>
 CONF_DIR = PROJECT_ROOT / "conf"
 
 
@@ -26,10 +28,18 @@ def _source_stem(source: str) -> str:
     return name.split(".", 1)[0] or "data"
 
 
+def _member_suffix(team: str | None, member: str | None) -> str:
+    """`.<member>` when a team member runs the pipeline (their own model `<model>.<member>`), else ""."""
+    return f".{member}" if team and member else ""
+
+
 def register_resolvers() -> None:
-    """The `source_stem` resolver and the config schema (mlpipe/schema.py) in Hydra's ConfigStore."""
+    """The `source_stem` and `member_suffix` resolvers and the config schema (mlpipe/schema.py) in
+    Hydra's ConfigStore."""
     if not OmegaConf.has_resolver("source_stem"):
         OmegaConf.register_new_resolver("source_stem", _source_stem)
+    if not OmegaConf.has_resolver("member_suffix"):
+        OmegaConf.register_new_resolver("member_suffix", _member_suffix)
     schema.register()
 
 
@@ -56,6 +66,9 @@ def compose(overrides: list[str]) -> DictConfig:
         raise ConfigError(
             "a sweep (-m) can only be run by the driver: mlflow run . -e main -P overrides=\"-m ...\""
         )
+    team = os.environ.get(TEAM_ENV)
+    if team and not any(o.lstrip("+~").startswith("team=") for o in overrides):
+        overrides = [f"team={team}", *overrides]  # logged in through `python -m mlpipe.team as <member>`
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
@@ -68,6 +81,7 @@ def compose(overrides: list[str]) -> DictConfig:
         unknown = schema.unknown_keys(to_container(cfg))
         if unknown:
             raise ConfigError(_suggest(unknown[0], overrides))
+        check_team(cfg)
     except ConfigError:
         raise
     except Exception as exc:  # Hydra raises several unrelated types for bad overrides
@@ -105,6 +119,24 @@ def _suggest(key: str, overrides: list[str]) -> str:
     parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
     children = sorted({k[len(parent):].split(".", 1)[0] for k in keys if k.startswith(parent)})
     return f"unknown config key {key}; {parent.rstrip('.') or 'the config'} has {', '.join(children) or 'no keys'}"
+
+
+def check_team(cfg: DictConfig) -> None:
+    """Under a team (team=<name>), the member running the pipeline is one of conf/team/<name>.yaml's."""
+    team = cfg.team
+    if not team.name:
+        return
+    names = [str(m["name"]) for m in team.members]
+    if team.lead not in names:
+        raise ConfigError(f"team.lead={team.lead!r} is not a member of team {team.name} (conf/team/{team.name}.yaml): "
+                          f"{', '.join(names)}")
+    if not team.member:
+        raise ConfigError(f"team {team.name}: who is running? log in as a member (MLFLOW_TRACKING_USERNAME, or "
+                          f"python -m mlpipe.team as <member> -- ...) or set team.member=<name>; members: "
+                          f"{', '.join(names)}")
+    if team.member not in names:
+        raise ConfigError(f"team.member={team.member!r} is not a member of team {team.name} "
+                          f"(conf/team/{team.name}.yaml): {', '.join(names)}")
 
 
 def check_model_params(model: dict[str, Any]) -> None:

@@ -66,6 +66,12 @@ class UntrustedModelError(PipelineError):
     exit_code = 19
 
 
+class AccessDeniedError(PipelineError):
+    """The tracking server refused the login (401) or the user's permission (403)."""
+
+    exit_code = 20
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's text on one line (error tags, terminal lines), or its type when it has none."""
     return " ".join(str(exc).split()) or type(exc).__name__

@@ -350,6 +350,30 @@ class StorageConfig(Checked):
 
 
 @dataclass
+class TeamServerConfig(Checked):
+    KEY = "team.server"
+    host: str = MISSING
+    port: int = spec(ge=1, le=65535)
+    workers: int = spec(ge=1)
+    backend_store_uri: Optional[str] = MISSING
+    artifacts_destination: Optional[str] = MISSING
+    state_dir: str = MISSING
+    start_timeout_s: float = spec(gt=0)
+
+
+@dataclass
+class TeamConfig(Checked):
+    KEY = "team"
+    name: Optional[str] = MISSING
+    member: Optional[str] = MISSING
+    lead: Optional[str] = MISSING
+    members: List[Any] = MISSING  # {name, role}
+    models: List[str] = MISSING
+    shared_model: str = MISSING
+    server: TeamServerConfig = MISSING
+
+
+@dataclass
 class Config(Checked):
     KEY = "config"
     data: DataConfig = MISSING
@@ -362,6 +386,7 @@ class Config(Checked):
     main: MainConfig = MISSING
     monitor: MonitorConfig = MISSING
     storage: StorageConfig = MISSING
+    team: TeamConfig = MISSING
     seed: int = MISSING
     serialization: str = spec(choices=("cloudpickle", "skops"))
     skops_trusted_types: List[str] = MISSING

@@ -32,8 +32,9 @@ def run(ctx: StepContext) -> None:
 
         lineage = handoff.lineage(ctx.run) | {f"qa.{metric}": "" if value is None else str(value),
                                               "qa.metric": metric, "code.git_commit": ctx.run.data.tags.get("mlflow.source.git.commit", "")}
-        version = versions.register(model_uri, rcfg.model_name, lineage | {"pipeline.register_run_id": ctx.run_id,
-                                                                           "qa.passed": str(validated).lower()})
+        author = {"team.member": ctx.cfg.team.member} if ctx.cfg.team.member else {}
+        version = versions.register(model_uri, rcfg.model_name, lineage | author | {
+            "pipeline.register_run_id": ctx.run_id, "qa.passed": str(validated).lower()})
         if validated:
             versions.set_alias(ctx.client, rcfg.model_name, rcfg.challenger_alias, version.version)
         if decision.promote:

@@ -6,7 +6,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlpipe.errors import StorageError, one_line
+from mlpipe.errors import AccessDeniedError, StorageError, one_line
 
 
 def _absent(exc: MlflowException) -> bool:
@@ -18,6 +18,20 @@ def _absent(exc: MlflowException) -> bool:
     return exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in text and "not found" in text
 
 
+def denied(exc: MlflowException) -> bool:
+    """The server refused this user's permission (HTTP 403 from MLflow's basic-auth app)."""
+    return exc.error_code == "PERMISSION_DENIED" or "error code 403" in str(exc)
+
+
+def access_denied(action: str, resource: str, needed: str, done: str) -> AccessDeniedError:
+    """'user bob may not move wine_model@champion: it needs EDIT on registered model wine_model ...'"""
+    import os
+
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(no login)"
+    return AccessDeniedError(f"user {user!r} may not {action}: it needs {needed} on {resource}, which the tracking "
+                             f"server did not grant (HTTP 403); {done}")
+
+
 def lookup(what: str, fn):
     """`fn()`, None when what it looks up does not exist; any other failure (a server error, a
     timeout, a refused login, no connection: after MLflow's HTTP retries) is a StorageError,
@@ -27,6 +41,8 @@ def lookup(what: str, fn):
     except MlflowException as exc:
         if _absent(exc):
             return None
+        if denied(exc):
+            raise access_denied(f"read {what}", what, "READ", "no alias was moved") from exc
         raise StorageError(f"the model registry did not answer the lookup of {what} ({exc.error_code}): "
                            f"{one_line(exc)[:300]}; no alias was moved") from exc
 
@@ -57,6 +73,9 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
     try:
         return mlflow.register_model(model_uri, name, tags=tags)
     except MlflowException as exc:
+        if denied(exc):
+            raise access_denied(f"register a version of {name}", f"registered model {name}", "EDIT",
+                                "nothing registered") from exc
         raise StorageError(f"cannot register {model_uri} as {name!r}: {exc.message}") from exc
     finally:
         if quiet:
@@ -79,7 +98,13 @@ def promotion_lock(name: str, timeout: float):
 
 
 def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
-    client.set_registered_model_alias(name, alias, version)
+    try:
+        client.set_registered_model_alias(name, alias, version)
+    except MlflowException as exc:
+        if denied(exc):
+            raise access_denied(f"move {name}@{alias}", f"registered model {name}", "EDIT",
+                                "the alias was not moved") from exc
+        raise
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None] | None:

@@ -318,6 +318,8 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
             f"{handoff.LINEAGE_PREFIX}{step}_run_id": active.info.run_id,
             f"{handoff.LINEAGE_PREFIX}{step}_code_digest": cache.code_digest(step),
         }
+        if cfg.team.name and cfg.team.member:  # the author of every run, under a team (conf/team)
+            tags |= {"team.name": cfg.team.name, "team.member": cfg.team.member}
         if extra:
             tags[cache.KEY_INPUT_TAG] = extra
         if cacheable is None or cacheable(cfg):

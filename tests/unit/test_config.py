@@ -23,7 +23,33 @@ def test_compose_defaults():
     assert cfg["serialization"] == "cloudpickle"
     assert "hydra" not in cfg
     assert set(cfg) == {"data", "preprocess", "model", "train", "qa", "registry", "serve", "main", "monitor", "storage",
-                        "seed", "serialization", "skops_trusted_types"}
+                        "team", "seed", "serialization", "skops_trusted_types"}
+    assert cfg["team"]["name"] is None
+
+
+def test_a_team_member_registers_into_their_own_model(monkeypatch):
+    monkeypatch.delenv("MLPIPE_TEAM", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")
+    assert compose([]).registry.model_name == "wine_model"  # no team: a login changes nothing
+    cfg = compose(["team=demo", "data=iris"])
+    assert (cfg.team.member, cfg.registry.model_name, cfg.team.shared_model) == ("bob", "iris_model.bob", "iris_model")
+    monkeypatch.setenv("MLPIPE_TEAM", "demo")  # what `python -m mlpipe.team as bob` sets
+    assert compose([]).registry.model_name == "wine_model.bob"
+
+
+@pytest.mark.parametrize("overrides,env,message", [
+    (["team=demo", "team.member=dave"], None,
+     "team.member='dave' is not a member of team demo (conf/team/demo.yaml): alice, bob, carol"),
+    (["team=demo"], None, "team demo: who is running? log in as a member (MLFLOW_TRACKING_USERNAME"),
+    (["team=demo", "team.member=bob", "team.lead=zed"], None,
+     "team.lead='zed' is not a member of team demo (conf/team/demo.yaml): alice, bob, carol"),
+])
+def test_who_runs_under_a_team_is_one_of_its_members(monkeypatch, overrides, env, message):
+    monkeypatch.delenv("MLPIPE_TEAM", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    with pytest.raises(ConfigError) as info:
+        compose(overrides)
+    assert str(info.value).startswith(message)
 
 
 def test_compose_model_group_switches_target():
@@ -147,7 +173,7 @@ def test_validate_cli_accepts(args):
     (["-m", "qa.baseline.alfa=0.1,0.2"], "unknown config key qa.baseline.alfa; did you mean qa.baseline.alpha?"),
     (["+qa.baseline.alfa=0.1"], "unknown config key qa.baseline.alfa; did you mean qa.baseline.alpha?"),
     (["+extra=1"], "unknown config key extra; the config has data, main, model, monitor, preprocess, qa, registry, "
-                   "seed, serialization, serve, skops_trusted_types, storage, train"),
+                   "seed, serialization, serve, skops_trusted_types, storage, team, train"),
 ])
 def test_validate_cli_rejects_an_unknown_key_with_the_closest_one(args, message):
     with pytest.raises(ConfigError) as info:

@@ -1,0 +1,7 @@
+"""A team on one shared, authenticated MLflow server: the server's life cycle (`server`), its
+members, their passwords and permissions (`members`), and the command line behind
+`make team-server` and `python -m mlpipe.team` (`__main__`). MLflow's own `basic-auth` app
+does the authentication and the permission checks; nothing here is a user system.
+
+May import: `mlpipe.errors`, `mlpipe.config`.
+"""

@@ -1,0 +1,68 @@
+"""`python -m mlpipe.team <command> [--team demo] [overrides...]`, the team's day-one commands:
+
+  start          start the team server (SQLite or team.server.backend_store_uri), create the
+                 members' users, experiments and models; prints the address
+  stop           stop it
+  status         running or not, the address, the members
+  as <member> [overrides...] -- <command...>
+                 run a command logged in as a member (their password from the credentials file,
+                 their experiment, team=<name>); checks the login first
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from mlpipe.config import compose
+from mlpipe.errors import PipelineError, one_line
+from mlpipe.team import members, server
+
+
+def main(argv: list[str]) -> int:
+    command = argv[argv.index("--") + 1:] if "--" in argv else []
+    head = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(prog="python -m mlpipe.team", description=__doc__.split("\n\n")[0],
+                                     usage="python -m mlpipe.team {start,stop,status,as <member>} [--team NAME] "
+                                           "[overrides...] [-- command...]")
+    parser.add_argument("command", choices=("start", "stop", "status", "as"))
+    parser.add_argument("--team", default=os.environ.get("MLPIPE_TEAM", "demo"))
+    args, rest = parser.parse_known_args(head)
+    try:
+        if args.command == "as":
+            return run_as(args.team, rest, command)
+        team = compose([f"team={args.team}", "team.member=${team.lead}", *rest]).team
+        if args.command == "start":
+            where, started = server.start(team.server)
+            members.setup(team)
+            print(f"team {team.name}: MLflow server {'started' if started else 'already running'} at "
+                  f"{server.url(team.server)} (UI and API; log {where.log})\n"
+                  f"members: {', '.join(members.names(team))} (lead: {team.lead}); passwords in {where.credentials}\n"
+                  f"run as a member:  python -m mlpipe.team as <member> -- mlflow run . -e main --env-manager local\n"
+                  f"stop it:          make team-server-stop TEAM={team.name}")
+        elif args.command == "stop":
+            print(f"team {team.name}: server {'stopped' if server.stop(team.server) else 'was not running'}")
+        else:
+            pid = server.running_pid(server.paths(team.server))
+            print(f"team {team.name}: server {'running (pid %d) at %s' % (pid, server.url(team.server)) if pid else 'not running'}; "
+                  f"members: {', '.join(members.names(team))} (lead: {team.lead})")
+        return 0
+    except PipelineError as exc:
+        print(f"error: team: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+
+
+def run_as(team_name: str, rest: list[str], command: list[str]) -> int:
+    if not rest or not command:
+        raise SystemExit("usage: python -m mlpipe.team as <member> [--team NAME] [overrides...] -- <command...>")
+    member, overrides = rest[0], rest[1:]
+    team = compose([f"team={team_name}", f"team.member={member}", *overrides]).team
+    env = members.member_env(team, member)
+    os.environ.update(env)
+    members.check_login(env["MLFLOW_TRACKING_URI"])
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,134 @@
+"""The team's members on the server: users with generated passwords (kept in the credentials
+file, mode 0600), one experiment per member, the team's models and who may change them.
+
+Permissions (MLflow's basic-auth: READ < EDIT < MANAGE; everyone else gets READ):
+- `<team>/<member>` experiment: MANAGE for the member (their pipeline's runs);
+- `<model>.<member>`: MANAGE for the member, who registers into it and moves its aliases;
+- `<model>` (the team's model and its champion): MANAGE for the lead only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from typing import Iterator
+
+from mlflow.exceptions import MlflowException
+
+from mlpipe.errors import AccessDeniedError, ConfigError
+from mlpipe.team import server
+
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def names(team) -> list[str]:
+    return [str(m["name"]) for m in team.members]
+
+
+def experiment_name(team, member: str) -> str:
+    return f"{team.name}/{member}"
+
+
+@contextlib.contextmanager
+def logged_in(user: str, password: str) -> Iterator[None]:
+    """MLflow's clients read the login from the environment at each request."""
+    saved = {key: os.environ.get(key) for key in CREDENTIAL_ENV}
+    os.environ.update(dict(zip(CREDENTIAL_ENV, (user, password))))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def member_env(team, member: str) -> dict[str, str]:
+    """The environment a member's commands run with: the server, their login, their experiment,
+    the team (MLPIPE_TEAM: config compose adds team=<name>)."""
+    if member not in names(team):
+        raise ConfigError(f"{member!r} is not a member of team {team.name} (conf/team/{team.name}.yaml): "
+                          f"{', '.join(names(team))}")
+    creds = server.credentials(server.paths(team.server))
+    if member not in creds:
+        raise ConfigError(f"no password for {member} in {server.paths(team.server).credentials}: start the team "
+                          f"server first (make team-server TEAM={team.name})")
+    return {"MLFLOW_TRACKING_URI": server.url(team.server), "MLFLOW_REGISTRY_URI": server.url(team.server),
+            "MLFLOW_TRACKING_USERNAME": member,
+            "MLFLOW_TRACKING_PASSWORD": creds[member], "MLFLOW_EXPERIMENT_NAME": experiment_name(team, member),
+            "MLPIPE_TEAM": str(team.name)}
+
+
+def setup(team) -> dict[str, str]:
+    """Creates what is missing (users, experiments, models, grants); safe to run again. Returns
+    the experiment id per member."""
+    from mlflow import MlflowClient
+    from mlflow.server import get_app_client
+
+    where = server.paths(team.server)
+    creds = server.credentials(where)
+    uri = server.url(team.server)
+    experiments = {}
+    with logged_in(server.ADMIN, creds[server.ADMIN]):
+        auth, client = get_app_client("basic-auth", tracking_uri=uri), MlflowClient(uri, registry_uri=uri)
+        for member in names(team):
+            if member not in creds:
+                creds[member] = secrets.token_urlsafe(18)
+                server.save_credentials(where, creds)
+                _create_or_reset_user(auth, member, creds[member])
+            name = experiment_name(team, member)
+            found = client.get_experiment_by_name(name)
+            experiments[member] = found.experiment_id if found else client.create_experiment(name)
+            _grant(auth, member, "experiment", experiments[member])
+        for model in team.models:
+            for name, owner in [(model, team.lead)] + [(f"{model}.{m}", m) for m in names(team)]:
+                if _absent(lambda: client.get_registered_model(name)):
+                    client.create_registered_model(name, tags={"team.owner": owner, "team.name": str(team.name)})
+                _grant(auth, owner, "registered_model", name)
+    return experiments
+
+
+def _grant(auth, user: str, kind: str, resource: str) -> None:
+    """MANAGE on the resource for the user, kept as it is when granted at an earlier start."""
+    try:
+        auth.grant_user_permission(user, kind, resource, "MANAGE")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def _create_or_reset_user(auth, user: str, password: str) -> None:
+    try:
+        auth.create_user(user, password)
+    except MlflowException as exc:
+        if "already exists" not in str(exc):
+            raise
+        auth.update_user_password(user, password)  # the credentials file was lost: a new password
+
+
+def _absent(fn) -> bool:
+    try:
+        fn()
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return True
+        raise
+    return False
+
+
+def check_login(uri: str) -> None:
+    """One authenticated request with the login in the environment; a refused login is an
+    AccessDeniedError before anything runs."""
+    from mlflow import MlflowClient
+
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except MlflowException as exc:
+        if "401" in str(exc):
+            raise AccessDeniedError(f"the MLflow server at {uri} refused the login of user {user!r} (HTTP 401): "
+                                    "wrong password or no such user; check MLFLOW_TRACKING_USERNAME / "
+                                    "MLFLOW_TRACKING_PASSWORD or ~/.mlflow/credentials") from None
+        raise

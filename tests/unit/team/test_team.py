@@ -1,0 +1,78 @@
+"""mlpipe/team without a server: the server's command line, private files, a member's
+environment (real config composition)."""
+
+import json
+import stat
+
+import pytest
+
+from mlpipe.config import compose
+from mlpipe.errors import ConfigError
+from mlpipe.team import members, server
+
+
+def _team(tmp_path, *overrides):
+    return compose(["team=demo", "team.member=alice", f"team.server.state_dir={tmp_path / 'state'}",
+                    *overrides]).team
+
+
+def test_the_server_command_uses_sqlite_in_the_state_dir_or_the_given_store(tmp_path):
+    team = _team(tmp_path)
+    where = server.paths(team.server)
+    assert stat.S_IMODE(where.root.stat().st_mode) == 0o700
+    cmd, env = server.command(team.server, where)
+    assert cmd[cmd.index("--app-name") + 1] == "basic-auth"
+    assert env["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}"
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == str(where.auth_ini) and env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert cmd[cmd.index("--artifacts-destination") + 1] == str(tmp_path / "state" / "artifacts")
+    assert cmd[cmd.index("--host") + 1:cmd.index("--host") + 4] == ["127.0.0.1", "--port", "5050"]
+    pg = _team(tmp_path, "team.server.backend_store_uri=postgresql://u:p@127.0.0.1:5432/db",
+               "team.server.artifacts_destination=s3://bucket/team")
+    cmd, env = server.command(pg.server, where)
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql://u:p@127.0.0.1:5432/db"  # not on the command line
+    assert not [arg for arg in cmd if "postgresql" in arg]
+    assert cmd[cmd.index("--artifacts-destination") + 1] == "s3://bucket/team"
+
+
+def test_private_files_are_never_readable_by_others(tmp_path):
+    path = tmp_path / "secret"
+    path.write_text("old")
+    path.chmod(0o644)
+    server.write_private(path, "new")
+    assert path.read_text() == "new" and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_members_environment_logs_them_in_to_their_experiment(tmp_path):
+    team = _team(tmp_path)
+    where = server.paths(team.server)
+    with pytest.raises(ConfigError, match="no password for bob in .*credentials.json: start the team server first"):
+        members.member_env(team, "bob")
+    server.save_credentials(where, {"admin": "a", "bob": "b-secret"})
+    assert json.loads(where.credentials.read_text())["bob"] == "b-secret"
+    assert members.member_env(team, "bob") == {
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:5050", "MLFLOW_REGISTRY_URI": "http://127.0.0.1:5050",
+        "MLFLOW_TRACKING_USERNAME": "bob",
+        "MLFLOW_TRACKING_PASSWORD": "b-secret", "MLFLOW_EXPERIMENT_NAME": "demo/bob", "MLPIPE_TEAM": "demo"}
+    with pytest.raises(ConfigError, match="'dave' is not a member of team demo"):
+        members.member_env(team, "dave")
+
+
+def test_logged_in_restores_the_previous_login(monkeypatch):
+    import os
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "carol")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    with members.logged_in("admin", "pw"):
+        assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("admin", "pw")
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "carol" and "MLFLOW_TRACKING_PASSWORD" not in os.environ
+
+
+def test_a_taken_port_is_a_config_error_naming_the_key(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        team = _team(tmp_path, f"team.server.port={sock.getsockname()[1]}")
+        with pytest.raises(ConfigError, match=r"team server: 127.0.0.1:\d+ is taken .*set team.server.port=<port>"):
+            server.start(team.server)
