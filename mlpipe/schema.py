@@ -262,6 +262,8 @@ class ServeConfig(Checked):
     variants_file: Optional[str] = MISSING
     # load models no passing qa run vouches for (registry/provenance.py)
     allow_unvalidated: bool = MISSING
+    # under a team: every member's <model>.<member>@champion as a variant named after the member
+    team_variants: bool = MISSING
     experiment: str = MISSING
     routing: RoutingConfig = MISSING
     batching: BatchingConfig = MISSING

@@ -9,6 +9,7 @@ from mlpipe.run import outputs
 from mlpipe.run.harness import StepContext, step_main
 from mlpipe.serving import abreport, abtest, records, smoke
 from mlpipe.serving.server import ServeSpec, check_startable, create_app, load_variants, serve
+from mlpipe.team import members
 
 
 def run(ctx: StepContext) -> None:
@@ -18,6 +19,8 @@ def run(ctx: StepContext) -> None:
     if scfg["mode"] not in ("forever", "smoke"):
         raise ConfigError(f"serve.mode={scfg['mode']!r}; expected forever, smoke or report")
     model_uri = ctx.params["model_uri"] or f"models:/{rcfg.model_name}@{rcfg.champion_alias}"
+    if scfg["team_variants"]:  # every member's champion, an arm each (docs/team.md)
+        scfg = {**scfg, "variants": members.champions(ctx.client, ctx.cfg.team, rcfg.champion_alias)}
     # the smoke test's requests are not A/B traffic
     records_file = ctx.workdir / "smoke-records.db" if scfg["mode"] == "smoke" else \
         abreport.records_path(scfg, ctx.tracking_uri)

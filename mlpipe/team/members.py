@@ -132,3 +132,28 @@ def check_login(uri: str) -> None:
                                     "wrong password or no such user; check MLFLOW_TRACKING_USERNAME / "
                                     "MLFLOW_TRACKING_PASSWORD or ~/.mlflow/credentials") from None
         raise
+
+
+def champions(client, team, alias: str) -> list[dict]:
+    """Every member's current `<model>.<member>@<alias>` as serve variants named after the member
+    (weight 1 each); a member without one is left out and said on stderr."""
+    import sys
+
+    from mlpipe.registry import versions
+
+    if not team.name:
+        raise ConfigError("serve.team_variants=true needs a team (team=<name>, docs/team.md)")
+    found, missing = [], []
+    for member in names(team):
+        name = f"{team.shared_model}.{member}"
+        if versions.current(client, name, alias) is None:
+            missing.append(member)
+        else:
+            found.append({"name": member, "model_uri": f"models:/{name}@{alias}", "weight": 1.0})
+    if missing:
+        print(f"[mlpipe] serve: no {team.shared_model}.<member>@{alias} yet for {', '.join(missing)}: not served",
+              file=sys.stderr, flush=True)
+    if not found:
+        raise ConfigError(f"serve.team_variants=true: no member of team {team.name} has a {team.shared_model}.<member>"
+                          f"@{alias} yet; run a member's pipeline first")
+    return found

@@ -163,7 +163,8 @@ def _wait_healthy(scfg, proc: subprocess.Popen, where: Paths) -> None:
 
 
 def stop(scfg, timeout: float = 30) -> bool:
-    """SIGTERM to the server's process group (its workers and job runner), SIGKILL if it lingers."""
+    """SIGTERM to the server's process group (its workers too), SIGKILL to what lingers; returns
+    once no process of the group is left."""
     where = paths(scfg)
     pid = running_pid(where)
     if pid is None:
@@ -175,13 +176,26 @@ def stop(scfg, timeout: float = 30) -> bool:
         except ProcessLookupError:
             break
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and running_pid(where):
+        while time.monotonic() < deadline and _group_alive(pid):
             try:
                 os.waitpid(pid, os.WNOHANG)  # our child when started by this process (tests)
             except ChildProcessError:
                 pass
             time.sleep(0.2)
-        if not running_pid(where):
+        if not _group_alive(pid):
             break
     where.pid.unlink(missing_ok=True)
     return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """A process of the group still running (zombies left for init to reap do not count)."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            continue
+    return False

@@ -134,6 +134,19 @@ def test_another_member_cannot_change_alices_model_or_the_team_champion(team, al
     assert after.version == champion.version and len(alice.search_model_versions(f"name = '{name}'")) == 1
 
 
+def test_a_member_serves_every_members_champion_as_an_arm_named_after_them(team, alice_pipeline, monkeypatch):
+    result = team.as_member("alice", sys.executable, "-m", "mlflow", "run", ".", "-e", "serve", "--env-manager",
+                            "local", "-P", "overrides=data=iris serve.mode=smoke serve.team_variants=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"no {MODEL}.<member>@champion yet for bob, carol: not served" in result.stderr
+    alice = team.client("alice", monkeypatch)
+    experiment = alice.get_experiment_by_name("demo/alice")
+    (run,) = alice.search_runs([experiment.experiment_id], "tags.`mlflow.project.entryPoint` = 'serve'")
+    assert run.info.status == "FINISHED" and run.data.tags["team.member"] == "alice"
+    assert run.data.tags["serve.variant.alice"].startswith(f"models:/{MODEL}.alice@champion (version 1")
+    assert not [key for key in run.data.tags if key.startswith("serve.variant.") and key != "serve.variant.alice"]
+
+
 def test_a_wrong_password_is_one_clear_error_before_anything_runs(team, tmp_path):
     from mlpipe.team import members
 
@@ -168,5 +181,7 @@ def test_stop_stops_the_server_and_frees_the_port(tmp_path_factory):
         assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # exited, not yet reaped by init
     except psutil.NoSuchProcess:
         pass
-    with socket.socket() as sock:
+    with socket.socket() as sock:  # a new server can listen there (as uvicorn does, with SO_REUSEADDR)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", team.port))
+        sock.listen(1)

@@ -76,3 +76,19 @@ def test_a_taken_port_is_a_config_error_naming_the_key(tmp_path):
         team = _team(tmp_path, f"team.server.port={sock.getsockname()[1]}")
         with pytest.raises(ConfigError, match=r"team server: 127.0.0.1:\d+ is taken .*set team.server.port=<port>"):
             server.start(team.server)
+
+
+def test_the_team_variants_are_every_members_champion_named_after_them(registry, capsys):
+    from types import SimpleNamespace
+
+    team = SimpleNamespace(name="demo", shared_model="m", members=[{"name": "alice"}, {"name": "bob"}])
+    with pytest.raises(ConfigError, match="no member of team demo has a m.<member>@champion yet"):
+        members.champions(registry.client, team, "champion")
+    registry.client.create_registered_model("m.alice")
+    version = registry.client.create_model_version("m.alice", registry.model_uri, model_id=registry.version.model_id)
+    registry.client.set_registered_model_alias("m.alice", "champion", version.version)
+    assert members.champions(registry.client, team, "champion") == [
+        {"name": "alice", "model_uri": "models:/m.alice@champion", "weight": 1.0}]
+    assert "no m.<member>@champion yet for bob: not served" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="needs a team"):
+        members.champions(registry.client, SimpleNamespace(name=None), "champion")
