@@ -4,10 +4,10 @@ while the other idles. Weights are seconds measured on the 2-core machine (`--du
 a module not listed runs after these, in its usual order."""
 
 MODULE_SECONDS = {
-    "test_s3_storage.py": 300, "test_serving.py": 190, "test_faults.py": 175, "test_main.py": 170,
+    "test_s3_storage.py": 300, "test_faults.py": 300, "test_serving.py": 260, "test_main.py": 170,
     "test_tracking_server.py": 125, "test_sweeps.py": 120, "test_data_sources.py": 110, "test_git_uri.py": 105,
     "test_bad_inputs.py": 100, "test_model_gate.py": 95, "test_errors.py": 70, "test_resource_monitoring.py": 65,
-    "test_steps.py": 65,
+    "test_steps.py": 65, "test_team.py": 90, "test_team_postgres.py": 45,
 }
 
 
