@@ -82,9 +82,7 @@ def check_files(model_uri: str, digest: str, what: str) -> None:
 def _version(client: MlflowClient, model_uri: str, parsed):
     name, alias, ref = parsed
     if alias is None and ref in (None, "latest"):
-        found = versions.lookup(f"the latest version of {name}", lambda: client.search_model_versions(
-            f"name='{name}'", order_by=["version_number DESC"], max_results=1))
-        version = found[0] if found else None
+        version = versions.latest(client, name)
     else:
         version = versions.version_for_uri(client, model_uri)
     if version is None:

@@ -52,6 +52,13 @@ def current(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     return lookup(f"{name}@{alias}", lambda: client.get_model_version_by_alias(name, alias))
 
 
+def latest(client: MlflowClient, name: str) -> ModelVersion | None:
+    """The highest version of `name` (`models:/<name>`, `models:/<name>/latest`), or None."""
+    found = lookup(f"the latest version of {name}", lambda: client.search_model_versions(
+        f"name='{name}'", order_by=["version_number DESC"], max_results=1))
+    return found[0] if found else None
+
+
 def version_metric(version: ModelVersion, metric: str) -> float | None:
     raw = (version.tags or {}).get(f"qa.{metric}")
     try:

@@ -63,9 +63,9 @@ def resolve_version(model_uri: str) -> str:
     `run:<id>` for a `runs:/` URI, else `unregistered`."""
     from mlflow import MlflowClient
 
-    from mlpipe.registry.versions import parse_model_uri
+    from mlpipe.registry import versions
 
-    parsed = parse_model_uri(model_uri)
+    parsed = versions.parse_model_uri(model_uri)
     if parsed is not None:
         name, alias, ref = parsed
         if alias is not None:
@@ -73,9 +73,8 @@ def resolve_version(model_uri: str) -> str:
         if ref is not None and ref.isdigit():
             return ref
         if ref in (None, "latest"):
-            latest = MlflowClient().search_model_versions(f"name='{name}'", order_by=["version_number DESC"],
-                                                          max_results=1)
-            return str(latest[0].version) if latest else "unregistered"
+            latest = versions.latest(MlflowClient(), name)
+            return str(latest.version) if latest else "unregistered"
     if model_uri.startswith("runs:/"):
         return "run:" + model_uri[len("runs:/"):].split("/")[0]
     return "unregistered"

@@ -17,6 +17,7 @@ from typing import Iterator
 from mlflow.exceptions import MlflowException
 
 from mlpipe.errors import AccessDeniedError, ConfigError
+from mlpipe.registry import versions
 from mlpipe.team import server
 
 CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
@@ -84,7 +85,7 @@ def setup(team) -> dict[str, str]:
             _grant(auth, member, "experiment", experiments[member])
         for model in team.models:
             for name, owner in [(model, team.lead)] + [(f"{model}.{m}", m) for m in names(team)]:
-                if _absent(lambda: client.get_registered_model(name)):
+                if versions.lookup(f"registered model {name}", lambda: client.get_registered_model(name)) is None:
                     client.create_registered_model(name, tags={"team.owner": owner, "team.name": str(team.name)})
                 _grant(auth, owner, "registered_model", name)
     return experiments
@@ -108,16 +109,6 @@ def _create_or_reset_user(auth, user: str, password: str) -> None:
         auth.update_user_password(user, password)  # the credentials file was lost: a new password
 
 
-def _absent(fn) -> bool:
-    try:
-        fn()
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return True
-        raise
-    return False
-
-
 def check_login(uri: str) -> None:
     """One authenticated request with the login in the environment; a refused login is an
     AccessDeniedError before anything runs."""
@@ -138,8 +129,6 @@ def champions(client, team, alias: str) -> list[dict]:
     """Every member's current `<model>.<member>@<alias>` as serve variants named after the member
     (weight 1 each); a member without one is left out and said on stderr."""
     import sys
-
-    from mlpipe.registry import versions
 
     if not team.name:
         raise ConfigError("serve.team_variants=true needs a team (team=<name>, docs/team.md)")
