@@ -29,6 +29,7 @@ from mlpipe.pipeline.spec import STEPS, forced_steps
 from mlpipe.run import handoff
 from mlpipe.run.harness import ERROR_MESSAGE_TAG, ERROR_TYPE_TAG, QUIET_ENV
 from mlpipe.run.outputs import RegisterOutput
+from mlpipe.run.processes import exited
 
 ENV_MANAGER_TAG = "mlflow.project.env"
 REUSED_TAG = "pipeline.reused_run_id"
@@ -106,20 +107,11 @@ def stop_tree(roots, grace: float = STOP_GRACE_S) -> None:
             except psutil.NoSuchProcess:
                 pass
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and not all(_gone(p) for p in procs):
+        while time.monotonic() < deadline and not all(exited(p.pid) for p in procs):
             time.sleep(0.1)
-        procs = [p for p in procs if not _gone(p)]
+        procs = [p for p in procs if not exited(p.pid)]
         if not procs:
             return
-
-
-def _gone(proc) -> bool:
-    import psutil
-
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def detect_env_manager(client: MlflowClient, run_id: str | None) -> str:

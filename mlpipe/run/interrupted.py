@@ -15,23 +15,15 @@ from __future__ import annotations
 import sys
 import time
 
+from mlpipe.run.processes import exited
+
 WAIT_S = 60.0
 STOP_TAG = "serve.stopped_by"
 
 
-def _alive(pid: int) -> bool:
-    """Running, and not a zombie its parent has yet to reap (that one has done its writing)."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def main(run_id: str, launcher_pid: int) -> int:
     deadline = time.monotonic() + WAIT_S
-    while _alive(launcher_pid) and time.monotonic() < deadline:
+    while not exited(launcher_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     from mlflow import MlflowClient
 

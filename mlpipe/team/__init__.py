@@ -3,5 +3,6 @@ members, their passwords and permissions (`members`), and the command line behin
 `make team-server` and `python -m mlpipe.team` (`__main__`). MLflow's own `basic-auth` app
 does the authentication and the permission checks; nothing here is a user system.
 
-May import: `mlpipe.errors`, `mlpipe.config`.
+May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.registry` (its lookups),
+`mlpipe.run.processes`.
 """

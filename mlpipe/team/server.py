@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlpipe.errors import ConfigError, StorageError
+from mlpipe.run.processes import exited
 
 ADMIN = "admin"
 
@@ -96,11 +97,7 @@ def running_pid(where: Paths) -> int | None:
     if not where.pid.exists():
         return None
     pid = int(where.pid.read_text())
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
+    return None if exited(pid) else pid
 
 
 def start(scfg) -> tuple[Paths, bool]:
@@ -194,8 +191,8 @@ def _group_alive(pgid: int) -> bool:
 
     for proc in psutil.process_iter(["pid"]):
         try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+            if os.getpgid(proc.pid) == pgid and not exited(proc.pid):
                 return True
-        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+        except (ProcessLookupError, PermissionError):
             continue
     return False
