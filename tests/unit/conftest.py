@@ -74,7 +74,7 @@ def registry(tmp_path, _empty_store, monkeypatch):
     """A real SQLite-backed registry: model `m`, version 1 (a logged DummyClassifier, validated by
     a qa run as the pipeline's register leaves it) holding alias `champion`, artifacts in
     tmp_path. Returns .client, .version, .model_uri (the logged model's URI), .qa_run_id,
-    .experiment_id and .record_qa_run(model_uri, ...)."""
+    .experiment_id, .X, .log_model(labels) (another model) and .record_qa_run(model_uri, ...)."""
     import shutil
     from types import SimpleNamespace
 
@@ -92,16 +92,22 @@ def registry(tmp_path, _empty_store, monkeypatch):
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
     mlflow.set_experiment(experiment_id=experiment_id)
     X = pd.DataFrame({"x0": [0.0, 1.0]})
-    with mlflow.start_run():  # the input example gives the model a signature: one column, x0
-        info = mlflow.sklearn.log_model(DummyClassifier().fit(X, [0, 1]), name="model", input_example=X,
-                                        pip_requirements=["scikit-learn"])
+
+    def log_model(labels):
+        """A DummyClassifier fitted on X and `labels`, logged in a run of its own; its ModelInfo.
+        The input example gives it a signature: one column, x0."""
+        with mlflow.start_run():
+            return mlflow.sklearn.log_model(DummyClassifier(strategy="most_frequent").fit(X, labels), name="model",
+                                            input_example=X, pip_requirements=["scikit-learn"])
+
+    info = log_model([0, 1])
     client.create_registered_model("m")
     qa_run_id = record_qa_run(client, info.model_uri, experiment_id=experiment_id)
     version = client.create_model_version("m", info.model_uri, model_id=info.model_id,
                                           tags={"lineage.qa_run_id": qa_run_id})
     client.set_registered_model_alias("m", "champion", version.version)
     yield SimpleNamespace(client=client, version=version, model_uri=info.model_uri, qa_run_id=qa_run_id, X=X,
-                          experiment_id=experiment_id,
+                          experiment_id=experiment_id, log_model=log_model,
                           record_qa_run=lambda *args, **kw: record_qa_run(client, *args, experiment_id=experiment_id,
                                                                           **kw))
     mlflow.set_tracking_uri(None)

@@ -1,9 +1,7 @@
 """mlpipe/serving/abreport.promote against a real SQLite registry: the winner takes the alias
 only when it is a version qa validated, its files unchanged."""
 
-import mlflow
 import pytest
-from sklearn.dummy import DummyClassifier
 
 from mlpipe.errors import ConfigError, UntrustedModelError
 from mlpipe.serving import abreport
@@ -12,9 +10,7 @@ RESULT = {"winner": "b", "experiment": "ab-1"}
 
 
 def _version(registry, validated: bool) -> str:
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(DummyClassifier().fit(registry.X, [1, 1]), name="model",
-                                        pip_requirements=["scikit-learn"])
+    info = registry.log_model([1, 1])
     tags = {"lineage.qa_run_id": registry.record_qa_run(info.model_uri)} if validated else registry.version.tags
     return str(registry.client.create_model_version("m", info.model_uri, model_id=info.model_id, tags=tags).version)
 

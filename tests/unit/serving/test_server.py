@@ -57,12 +57,8 @@ def test_only_a_model_qa_validated_is_loaded_unless_allow_unvalidated(registry, 
 def test_a_moved_alias_is_swapped_in_only_for_a_version_qa_validated(registry, capsys):
     """The alias refresher: a version no qa run vouches for is refused once and the variant keeps
     serving its version; a validated one is swapped in."""
-    from sklearn.dummy import DummyClassifier
-
     live = server.LiveVariant("a", "models:/m@champion", 1.0, *server.load_model("models:/m@champion", "a", _trust()))
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(DummyClassifier(strategy="most_frequent").fit(registry.X, [1, 1]), name="model",
-                                        input_example=registry.X, pip_requirements=["scikit-learn"])
+    info = registry.log_model([1, 1])
     registry.client.create_model_version("m", info.model_uri, model_id=info.model_id, tags=registry.version.tags)
     registry.client.set_registered_model_alias("m", "champion", "2")
     refused = set()
