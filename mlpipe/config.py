@@ -82,6 +82,7 @@ def compose(overrides: list[str]) -> DictConfig:
         if unknown:
             raise ConfigError(_suggest(unknown[0], overrides))
         check_team(cfg)
+        check_no_passwords(cfg)
     except ConfigError:
         raise
     except Exception as exc:  # Hydra raises several unrelated types for bad overrides
@@ -137,6 +138,17 @@ def check_team(cfg: DictConfig) -> None:
     if team.member not in names:
         raise ConfigError(f"team.member={team.member!r} is not a member of team {team.name} "
                           f"(conf/team/{team.name}.yaml): {', '.join(names)}")
+
+
+def check_no_passwords(cfg: DictConfig) -> None:
+    """A database URL in config must not hold a password: the config is logged with every run.
+    libpq reads PGPASSWORD or ~/.pgpass instead."""
+    from urllib.parse import urlsplit
+
+    for key, value in (("serve.records", cfg.serve.records),):
+        if value and str(value).startswith(("postgresql", "postgres:")) and urlsplit(str(value)).password:
+            raise ConfigError(f"{key} holds a password, and the config is logged with every run; drop it from the "
+                              "URL and give it in PGPASSWORD or ~/.pgpass (read by PostgreSQL's client)")
 
 
 def check_model_params(model: dict[str, Any]) -> None:

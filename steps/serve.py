@@ -30,11 +30,11 @@ def run(ctx: StepContext) -> None:
                  | {f"serve.variant.{v.name}": f"{v.model_uri} (version {v.version}, weight {v.weight:g})"
                     for v in variants})
     ctx.card.inputs.update({"variants": ", ".join(f"{v.name}={v.model_uri}" for v in variants),
-                            "serve.mode": scfg["mode"], "records": str(records_file)})
+                            "serve.mode": scfg["mode"], "records": records.display(records_file)})
     if scfg["mode"] == "forever":
         check_startable(spec, scfg)
         print(f"[mlpipe] serving {', '.join(f'{v.name}={v.model_uri} (v{v.version})' for v in variants)} on "
-              f"http://{scfg['host']}:{scfg['port']} with {scfg['workers']} worker(s); records: {records_file}",
+              f"http://{scfg['host']}:{scfg['port']} with {scfg['workers']} worker(s); records: {records.display(records_file)}",
               flush=True)
         stopped_by = serve(spec, variants, scfg)
         ctx.set_tags({"serve.stopped_by": stopped_by or "exit"})
@@ -60,7 +60,7 @@ def report(ctx: StepContext, scfg: dict) -> None:
     served = records.served_models(path, scfg["experiment"])
     task = ab["task"] or abreport.task_of(ctx.client, served, ab.get("control") or next(iter(served), None))
     result = abreport.build(path, scfg["experiment"], ab, configured, task)
-    ctx.card.inputs.update({"records": str(path), "experiment": scfg["experiment"], "task": task})
+    ctx.card.inputs.update({"records": records.display(path), "experiment": scfg["experiment"], "task": task})
     ctx.log_json("ab/report.json", {k: v for k, v in result.items() if k != "latencies"})
     abreport.fill_card(ctx.card, result, ab)
     ctx.log_metrics(abreport.arm_metrics(result))

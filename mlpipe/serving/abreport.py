@@ -23,9 +23,12 @@ def default_records_path(tracking_uri: str) -> Path:
     return Path("~/.mlpipe/serve-records.db").expanduser()
 
 
-def records_path(scfg: dict, tracking_uri: str) -> Path:
-    return Path(str(scfg["records"])).expanduser().resolve() if scfg.get("records") else \
-        default_records_path(tracking_uri)
+def records_path(scfg: dict, tracking_uri: str) -> str:
+    """`serve.records`: a postgresql:// URL as given, a file path made absolute, else the default."""
+    target = scfg.get("records")
+    if target and records.is_postgres(target):
+        return str(target)
+    return str(Path(str(target)).expanduser().resolve() if target else default_records_path(tracking_uri))
 
 
 def outcomes(pairs: list[tuple[Any, Any]], task: str) -> list[float]:

@@ -1,82 +1,173 @@
-"""The serving records: every request and every feedback label, in an append-only SQLite file.
+"""The serving records: every request and every feedback label, in an append-only store.
 
-The server appends through `RecordStore` (a writer thread commits in small batches, so a
-request never waits for the disk); triggers refuse UPDATE and DELETE, so nothing recorded
-can be rewritten. `/metrics` and the A/B report read the same file, so every worker process
-and every restart see one history.
+SQLite by default (one file, one server and its workers); a `postgresql://` URL in
+`serve.records` puts them in PostgreSQL, so that several server processes on several machines
+write one record set. The server appends through `RecordStore` (a writer thread commits in
+small batches, so a request never waits for the disk); triggers refuse UPDATE and DELETE in
+both stores, so nothing recorded can be rewritten. `/metrics` and the A/B report read the same
+store, so every worker process and every restart see one history. Each request record carries
+its author (the team member whose model answered, else empty) and the server process
+(host:pid) that answered it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import queue
+import socket
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+from urllib.parse import urlsplit
 
-SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {pk},
     request_id TEXT NOT NULL UNIQUE,
-    ts REAL NOT NULL,
+    ts {real} NOT NULL,
     experiment TEXT NOT NULL,
     variant TEXT NOT NULL,
     model_uri TEXT NOT NULL,
     model_version TEXT NOT NULL,
     status INTEGER NOT NULL,
-    latency_ms REAL NOT NULL,
+    latency_ms {real} NOT NULL,
     rows INTEGER NOT NULL,
-    predictions TEXT
+    predictions TEXT,
+    author TEXT NOT NULL DEFAULT '',
+    server TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS requests_experiment ON requests (experiment, variant);
 CREATE TABLE IF NOT EXISTS feedback (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {pk},
     request_id TEXT NOT NULL,
-    ts REAL NOT NULL,
+    ts {real} NOT NULL,
     label TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
 CREATE TABLE IF NOT EXISTS experiments (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
+    id {pk},
+    ts {real} NOT NULL,
     experiment TEXT NOT NULL,
     variants TEXT NOT NULL,
     control TEXT NOT NULL
 );
-CREATE TRIGGER IF NOT EXISTS requests_append_only_u BEFORE UPDATE ON requests
-    BEGIN SELECT RAISE(ABORT, 'serving records are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS requests_append_only_d BEFORE DELETE ON requests
-    BEGIN SELECT RAISE(ABORT, 'serving records are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS feedback_append_only_u BEFORE UPDATE ON feedback
-    BEGIN SELECT RAISE(ABORT, 'serving records are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS feedback_append_only_d BEFORE DELETE ON feedback
-    BEGIN SELECT RAISE(ABORT, 'serving records are append-only'); END;
 """
+SQLITE_SCHEMA = _TABLES.format(pk="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL") + "".join(
+    f"CREATE TRIGGER IF NOT EXISTS {t}_append_only_{k} BEFORE {op} ON {t}\n"
+    "    BEGIN SELECT RAISE(ABORT, 'serving records are append-only'); END;\n"
+    for t in ("requests", "feedback") for k, op in (("u", "UPDATE"), ("d", "DELETE")))
+POSTGRES_SCHEMA = _TABLES.format(pk="BIGSERIAL PRIMARY KEY", real="DOUBLE PRECISION") + """
+CREATE OR REPLACE FUNCTION mlpipe_append_only() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN RAISE EXCEPTION 'serving records are append-only'; END $$;
+CREATE OR REPLACE TRIGGER requests_append_only BEFORE UPDATE OR DELETE ON requests
+    FOR EACH ROW EXECUTE FUNCTION mlpipe_append_only();
+CREATE OR REPLACE TRIGGER feedback_append_only BEFORE UPDATE OR DELETE ON feedback
+    FOR EACH ROW EXECUTE FUNCTION mlpipe_append_only();
+"""
+# Columns added after the first release: an older SQLite file gains them on open.
+ADDED_COLUMNS = {"author": "TEXT NOT NULL DEFAULT ''", "server": "TEXT NOT NULL DEFAULT ''"}
 COLUMNS = ("request_id", "ts", "experiment", "variant", "model_uri", "model_version", "status", "latency_ms",
-           "rows", "predictions")
+           "rows", "predictions", "author", "server")
 # Latency histogram bucket bounds (seconds), as Prometheus clients use by default.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
-    return conn
+def is_postgres(target: str | Path) -> bool:
+    return str(target).startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))
+
+
+def display(target: str | Path) -> str:
+    """The store as it may be printed: a URL without its password."""
+    if not is_postgres(target):
+        return str(target)
+    parts = urlsplit(str(target))
+    if parts.password is None:
+        return str(target)
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+class Db:
+    """One connection to either store, with SQLite's `?` placeholders in every statement."""
+
+    def __init__(self, target: str | Path, read_only: bool = False):
+        self.postgres = is_postgres(target)
+        if self.postgres:
+            import psycopg
+
+            url = str(target).replace("postgresql+psycopg://", "postgresql://")
+            self.conn = psycopg.connect(url, autocommit=True, connect_timeout=30)
+            if read_only:
+                self.conn.execute("SET default_transaction_read_only = on")
+        elif read_only:
+            self.conn = sqlite3.connect(f"file:{target}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+        else:
+            path = Path(target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.postgres else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        cur = self.conn.execute(self._sql(sql), tuple(params))
+        return list(cur.fetchall()) if cur.description else []
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self.postgres:
+            with self.conn.cursor() as cur:
+                cur.executemany(self._sql(sql), rows)
+        else:
+            self.conn.executemany(sql, rows)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self.postgres:
+            with self.conn.transaction():
+                yield
+        else:
+            self.conn.execute("BEGIN")
+            try:
+                yield
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def connect(target: str | Path) -> Db:
+    """The store, its tables created (and older SQLite files given the newer columns)."""
+    db = Db(target)
+    if db.postgres:
+        with db.transaction():  # two workers starting at once: one creates, the other waits
+            db.execute("SELECT pg_advisory_xact_lock(7104220913)")
+            db.conn.execute(POSTGRES_SCHEMA)
+    else:
+        db.conn.executescript(SQLITE_SCHEMA)
+        have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in have:
+                db.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
+    return db
 
 
 class RecordStore:
     """Appends request records from any thread; one writer thread commits them every
     `flush_ms` (or sooner when `flush()` is called). `close()` writes what is still queued."""
 
-    def __init__(self, path: str | Path, flush_ms: float = 200):
-        self.path = Path(path)
-        self.conn = connect(self.path)
+    def __init__(self, target: str | Path, flush_ms: float = 200):
+        self.target = target
+        self.server = f"{socket.gethostname()}:{os.getpid()}"  # this process, not its parent's
+        self.db = connect(target)
         self.lock = threading.Lock()
         self.queue: queue.Queue = queue.Queue()
         self.flush_s = flush_ms / 1000
@@ -87,14 +178,13 @@ class RecordStore:
     def record_experiment(self, experiment: str, variants: Sequence[dict[str, Any]], control: str) -> None:
         """What a server starts serving for `experiment`: its variants (name, model URI, weight)
         and the control the A/B report compares them with."""
-        import json
-
         with self.lock:
-            self.conn.execute("INSERT INTO experiments (ts, experiment, variants, control) VALUES (?, ?, ?, ?)",
-                              (time.time(), experiment, json.dumps(list(variants)), control))
+            self.db.execute("INSERT INTO experiments (ts, experiment, variants, control) VALUES (?, ?, ?, ?)",
+                            (time.time(), experiment, json.dumps(list(variants)), control))
 
     def append(self, record: dict[str, Any]) -> None:
-        self.queue.put(tuple(record[c] for c in COLUMNS))
+        self.queue.put(tuple(record.get(c, "") if c in ADDED_COLUMNS else record[c] for c in COLUMNS[:-1])
+                       + (self.server,))
 
     def _drain(self) -> None:
         rows = []
@@ -104,64 +194,80 @@ class RecordStore:
             except queue.Empty:
                 break
         if rows:
-            with self.lock:
-                self.conn.execute("BEGIN")
-                self.conn.executemany(
+            with self.lock, self.db.transaction():
+                self.db.executemany(
                     f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows)
-                self.conn.execute("COMMIT")
 
     def _writer(self) -> None:
         while not self._stop.wait(self.flush_s):
-            self._drain()
+            try:
+                self._drain()
+            except Exception as exc:  # noqa: BLE001 - a lost connection must not end the writer
+                import sys
+
+                print(f"[mlpipe] serve: cannot write records to {display(self.target)}: {exc}", file=sys.stderr,
+                      flush=True)
         self._drain()
 
     def flush(self) -> None:
         self._drain()
 
     def add_feedback(self, request_id: str, label: Any) -> bool:
-        """Joins a label to a recorded request; False when no such request was recorded."""
+        """Joins a label to a recorded request; False when no such request was recorded. Another
+        worker process may have answered the request and not yet written it: its writer commits
+        within `flush_ms`, so the lookup is retried for two of those intervals."""
         self.flush()
-        with self.lock:
-            found = self.conn.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)).fetchone()
-            if not found:
+        deadline = time.monotonic() + 2 * self.flush_s + 0.25
+        while True:
+            with self.lock:
+                if self.db.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)):
+                    self.db.execute("INSERT INTO feedback (request_id, ts, label) VALUES (?, ?, ?)",
+                                    (request_id, time.time(), json.dumps(label)))
+                    return True
+            if time.monotonic() > deadline:
                 return False
-            self.conn.execute("INSERT INTO feedback (request_id, ts, label) VALUES (?, ?, ?)",
-                              (request_id, time.time(), json.dumps(label)))
-        return True
+            time.sleep(min(0.02, self.flush_s))
 
     def feedback_counts(self, experiment: str, variants: Sequence[str]) -> tuple[list[int], list[int]]:
         """Correct and wrong labelled rows per variant (label equal to the prediction), for bandits."""
         self.flush()
         with self.lock:
-            pairs = labelled_pairs(self.conn, experiment)
+            pairs = labelled_pairs(self.db, experiment)
         good = [sum(p == t for p, t in pairs.get(name, [])) for name in variants]
         return good, [len(pairs.get(name, [])) - g for name, g in zip(variants, good)]
 
     def aggregates(self) -> list[tuple]:
         """(experiment, variant, model_version, status, count, latency sum s, bucket counts...)."""
         self.flush()
-        buckets = ", ".join(f"SUM(latency_ms <= {b * 1000})" for b in BUCKETS)
+        buckets = ", ".join(f"SUM(CASE WHEN latency_ms <= {b * 1000} THEN 1 ELSE 0 END)" for b in BUCKETS)
         with self.lock:
-            return self.conn.execute(
+            return self.db.execute(
                 f"SELECT experiment, variant, model_version, status, COUNT(*), SUM(latency_ms) / 1000.0, {buckets} "
                 "FROM requests GROUP BY experiment, variant, model_version, status "
-                "ORDER BY experiment, variant, model_version, status").fetchall()
+                "ORDER BY experiment, variant, model_version, status")
 
     def close(self) -> None:
         self._stop.set()
         self.thread.join(timeout=30)
         with self.lock:
-            self.conn.close()
+            self.db.close()
 
 
-def labelled_pairs(conn: sqlite3.Connection, experiment: str) -> dict[str, list[tuple[Any, Any]]]:
+def labelled_pairs(db: Db, experiment: str) -> dict[str, list[tuple[Any, Any]]]:
     """Per variant, (prediction, label) for every labelled row of its answered requests."""
-    rows = conn.execute(
-        "SELECT r.variant, r.predictions, f.label FROM requests r JOIN feedback f ON f.request_id = r.request_id "
-        "WHERE r.experiment = ? AND r.status = 200 ORDER BY f.id", (experiment,)).fetchall()
-    out: dict[str, list[tuple[Any, Any]]] = {}
-    for variant, predictions, label in rows:
-        out.setdefault(variant, []).extend(zip(*_aligned(predictions, label)))
+    return {variant: [(p, t) for p, t, _ in rows] for variant, rows in labelled_stream(db, experiment).items()}
+
+
+def labelled_stream(db: Db, experiment: str) -> dict[str, list[tuple[Any, Any, float]]]:
+    """Per variant, (prediction, label, feedback time) of every labelled row, in the order the
+    labels arrived."""
+    rows = db.execute(
+        "SELECT r.variant, r.predictions, f.label, f.ts FROM requests r JOIN feedback f ON f.request_id = r.request_id "
+        "WHERE r.experiment = ? AND r.status = 200 ORDER BY f.id", (experiment,))
+    out: dict[str, list[tuple[Any, Any, float]]] = {}
+    for variant, predictions, label, ts in rows:
+        preds, truth = _aligned(predictions, label)
+        out.setdefault(variant, []).extend((p, t, float(ts)) for p, t in zip(preds, truth))
     return out
 
 
@@ -177,57 +283,73 @@ def _aligned(predictions: str | None, label: str) -> tuple[list, list]:
     return preds[:n], truth[:n]
 
 
-def read_only(path: str | Path) -> sqlite3.Connection:
-    """The records file for reading; a missing file is a DataError that says how to get one."""
-    path = Path(path)
-    if not path.is_file():
+@contextmanager
+def read_only(target: str | Path) -> Iterator[Db]:
+    """The store for reading; a missing SQLite file is a DataError that says how to get one."""
+    if not is_postgres(target) and not Path(target).is_file():
         from mlpipe.errors import DataError
 
-        raise DataError(f"no serving records at {path}; start the server (mlflow run . -e serve) and send "
-                        "requests first, or set serve.records to the file the server wrote")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        raise DataError(f"no serving records at {target}; start the server (mlflow run . -e serve) and send "
+                        "requests first, or set serve.records to the store the server wrote")
+    db = Db(target, read_only=True)
+    try:
+        yield db
+    finally:
+        db.close()
 
 
-def served_control(path: str | Path, experiment: str) -> str | None:
+def served_control(target: str | Path, experiment: str) -> str | None:
     """The control of the newest server started for `experiment` (None: no server recorded one)."""
-    conn = read_only(path)
-    try:
-        row = conn.execute("SELECT control FROM experiments WHERE experiment = ? ORDER BY id DESC LIMIT 1",
-                           (experiment,)).fetchone()
-    except sqlite3.OperationalError:  # a records file from before servers recorded their experiment
-        return None
-    finally:
-        conn.close()
-    return row[0] if row else None
+    with read_only(target) as db:
+        try:
+            rows = db.execute("SELECT control FROM experiments WHERE experiment = ? ORDER BY id DESC LIMIT 1",
+                              (experiment,))
+        except sqlite3.OperationalError:  # a records file from before servers recorded their experiment
+            return None
+    return rows[0][0] if rows else None
 
 
-def served_models(path: str | Path, experiment: str) -> dict[str, tuple[str, str]]:
+def experiments(target: str | Path) -> list[dict[str, Any]]:
+    """Every A/B experiment a server started: name, first and last start, its latest variants and
+    control, requests and labelled requests so far."""
+    with read_only(target) as db:
+        started = db.execute("SELECT experiment, MIN(ts), MAX(ts) FROM experiments GROUP BY experiment")
+        latest = {e: (v, c) for e, v, c in db.execute("SELECT experiment, variants, control FROM experiments "
+                                                     "ORDER BY id")}
+        counts = dict(db.execute("SELECT experiment, COUNT(*) FROM requests WHERE status = 200 GROUP BY experiment"))
+        labelled = dict(db.execute("SELECT r.experiment, COUNT(DISTINCT f.request_id) FROM requests r JOIN feedback f "
+                                   "ON f.request_id = r.request_id GROUP BY r.experiment"))
+    return [{"experiment": e, "first_start": float(first), "last_start": float(last),
+             "variants": json.loads(latest[e][0]), "control": latest[e][1], "requests": int(counts.get(e, 0)),
+             "labelled_requests": int(labelled.get(e, 0))} for e, first, last in sorted(started, key=lambda r: r[1])]
+
+
+def served_models(target: str | Path, experiment: str) -> dict[str, tuple[str, str]]:
     """Per arm, the (model_uri, model_version) of its most recent answered request."""
-    conn = read_only(path)
-    try:
-        rows = conn.execute("SELECT variant, model_uri, model_version FROM requests WHERE experiment = ? "
-                            "AND status = 200 ORDER BY id", (experiment,)).fetchall()
-    finally:
-        conn.close()
+    with read_only(target) as db:
+        rows = db.execute("SELECT variant, model_uri, model_version FROM requests WHERE experiment = ? "
+                          "AND status = 200 ORDER BY id", (experiment,))
     return {variant: (uri, version) for variant, uri, version in rows}
 
 
-def labelled_rows(path: str | Path, experiment: str) -> dict[str, Any]:
-    """What the A/B report reads: per variant, the latencies of every answered request and,
-    per labelled row, (prediction, label) pairs."""
-    conn = read_only(path)
-    try:
-        lat = conn.execute("SELECT variant, latency_ms, model_version FROM requests "
-                           "WHERE experiment = ? AND status = 200 ORDER BY id", (experiment,)).fetchall()
-        pairs = labelled_pairs(conn, experiment)
-        errors = conn.execute("SELECT variant, COUNT(*) FROM requests WHERE experiment = ? AND status != 200 "
-                              "GROUP BY variant", (experiment,)).fetchall()
-    finally:
-        conn.close()
-    out: dict[str, Any] = {"latencies": {}, "pairs": pairs, "versions": {}, "errors": dict(errors)}
-    for variant, latency, version in lat:
-        out["latencies"].setdefault(variant, []).append(latency)
+def labelled_rows(target: str | Path, experiment: str) -> dict[str, Any]:
+    """What the A/B report reads: per variant, the latencies of every answered request, the
+    versions and authors that answered, and per labelled row (prediction, label, time) in the
+    order the labels arrived."""
+    with read_only(target) as db:
+        lat = db.execute("SELECT variant, latency_ms, model_version, author FROM requests "
+                         "WHERE experiment = ? AND status = 200 ORDER BY id", (experiment,))
+        stream = labelled_stream(db, experiment)
+        errors = db.execute("SELECT variant, COUNT(*) FROM requests WHERE experiment = ? AND status != 200 "
+                            "GROUP BY variant", (experiment,))
+    out: dict[str, Any] = {"latencies": {}, "versions": {}, "authors": {}, "errors": dict(errors),
+                           "pairs": {v: [(p, t) for p, t, _ in rows] for v, rows in stream.items()},
+                           "stream": stream}
+    for variant, latency, version, author in lat:
+        out["latencies"].setdefault(variant, []).append(float(latency))
         out["versions"].setdefault(variant, set()).add(version)
+        if author:
+            out["authors"].setdefault(variant, set()).add(author)
     return out
 
 

@@ -58,6 +58,22 @@ def load_model(model_uri: str, variant: str, spec: "ServeSpec") -> tuple[Any, st
                            ) from exc
 
 
+def author_of(model_uri: str, version: str) -> str:
+    """The `team.member` tag of the registered version a variant serves ("" for anything else):
+    every request record carries it, so the A/B report can say whose model answered."""
+    from mlflow import MlflowClient
+
+    from mlpipe.registry.versions import parse_model_uri
+
+    parsed = parse_model_uri(model_uri)
+    if not parsed or not str(version).isdigit():
+        return ""
+    try:
+        return MlflowClient().get_model_version(parsed[0], str(version)).tags.get("team.member", "")
+    except Exception:  # noqa: BLE001 - the author is a label; serving does not depend on it
+        return ""
+
+
 def resolve_version(model_uri: str) -> str:
     """The registry version a URI points at now (`models:/name@alias`, `models:/name/3`), else
     `run:<id>` for a `runs:/` URI, else `unregistered`."""
@@ -110,6 +126,7 @@ class LiveVariant:
     model: Any
     version: str
     batcher: "batching.MicroBatcher | None" = None
+    author: str = ""  # the team member whose version this is (its `team.member` tag), else ""
 
 
 # -- the app -------------------------------------------------------------------------------------
@@ -174,7 +191,8 @@ def load_variants(spec: ServeSpec) -> list[LiveVariant]:
     loaded = []
     for v in spec.variants:
         model, version = load_model(v["model_uri"], v["name"], spec)
-        loaded.append(LiveVariant(v["name"], v["model_uri"], float(v["weight"]), model, version))
+        loaded.append(LiveVariant(v["name"], v["model_uri"], float(v["weight"]), model, version,
+                                  author=author_of(v["model_uri"], version)))
     check_schemas([(v.name, v.model) for v in loaded])
     return loaded
 
@@ -298,7 +316,7 @@ def create_app(spec: ServeSpec, variants: list[LiveVariant] | None = None):
         rows = answer.rows if response.status_code == 200 else 0
         state["store"].append({"request_id": request_id, "ts": time.time(), "experiment": spec.experiment,
                                "variant": variant.name, "model_uri": variant.model_uri, "model_version": headers[VERSION_HEADER],
-                               "status": response.status_code, "latency_ms": latency, "rows": rows,
+                               "author": variant.author, "status": response.status_code, "latency_ms": latency, "rows": rows,
                                "predictions": body_json})
         return response
 
@@ -373,7 +391,8 @@ async def _refresh_aliases(live: list[LiveVariant], spec: "ServeSpec", state: di
             except Exception as exc:  # noqa: BLE001 - keep serving the loaded model
                 line, model = f"cannot refresh {v.model_uri}: {one_line(exc)}; still serving version {v.version}", None
             if model is not None:  # swapped in on the event loop: requests in flight finish on the old one
-                v.model, v.version = model, version
+                author = await asyncio.to_thread(author_of, v.model_uri, version)
+                v.model, v.version, v.author = model, version, author
             if line:
                 print(f"[mlpipe] serve: {line}", file=sys.stderr, flush=True)
 
@@ -444,9 +463,9 @@ def check_startable(spec: ServeSpec, scfg: dict) -> None:
                                "choose another serve.port") from None
     try:
         records.connect(spec.records).close()
-    except Exception as exc:  # noqa: BLE001 - sqlite3 and OS errors alike
-        raise ServingError(f"cannot open the serving records at {spec.records}: {exc}; set serve.records to a "
-                           "writable file") from None
+    except Exception as exc:  # noqa: BLE001 - sqlite3, psycopg and OS errors alike
+        raise ServingError(f"cannot open the serving records at {records.display(spec.records)}: {one_line(exc)}; "
+                           "set serve.records to a writable file or a reachable postgresql:// URL") from None
 
 
 def serve(spec: ServeSpec, variants: list[LiveVariant], scfg: dict) -> str | None:

@@ -301,3 +301,9 @@ def test_digest_is_stable_and_order_independent():
     assert len(a) == 64 and int(a, 16) >= 0
     assert a != digest({"x": 2, "y": [1, 2], "z": None})
     assert digest({"y": [1, 2]}) != digest({"y": [2, 1]})
+
+
+def test_a_password_in_a_records_url_is_refused():
+    with pytest.raises(ConfigError, match=r"^serve.records holds a password.*PGPASSWORD or ~/.pgpass"):
+        config.compose(["serve.records=postgresql://u:secret@127.0.0.1:5432/db"])
+    assert config.compose(["serve.records=postgresql://u@127.0.0.1:5432/db"]).serve.records.startswith("postgresql")

@@ -115,3 +115,32 @@ def test_a_records_file_from_before_servers_recorded_their_control_still_reads(t
     path = tmp_path / "old.db"
     sqlite3.connect(path).execute("CREATE TABLE requests (id INTEGER)").connection.commit()
     assert records.served_control(path, "ab") is None
+
+
+def test_a_records_file_from_before_authors_gains_the_new_columns_and_keeps_its_rows(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "v1.db"
+    old = records.SQLITE_SCHEMA.replace(",\n    author TEXT NOT NULL DEFAULT '',\n    server TEXT NOT NULL DEFAULT ''", "")
+    assert "author" not in old
+    conn = sqlite3.connect(path)
+    conn.executescript(old)
+    conn.execute("INSERT INTO requests (request_id, ts, experiment, variant, model_uri, model_version, status, "
+                 "latency_ms, rows, predictions) VALUES ('old', 1, 'exp', 'a', 'u', '1', 200, 3, 1, NULL)")
+    conn.commit()
+    conn.close()
+    store = records.RecordStore(path, flush_ms=10)
+    try:
+        store.append(_record(1) | {"author": "carol"})
+    finally:
+        store.close()
+    data = records.labelled_rows(path, "exp")
+    assert data["latencies"]["a"] == [3.0, 12.0] and data["authors"] == {"a": {"carol"}}
+    rows = sqlite3.connect(path).execute("SELECT request_id, author, server FROM requests ORDER BY id").fetchall()
+    assert rows[0] == ("old", "", "") and rows[1][:2] == ("r1", "carol") and rows[1][2].endswith(f":{__import__('os').getpid()}")
+
+
+def test_a_database_url_is_shown_without_its_password():
+    assert records.display("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert records.display("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert records.display("/tmp/r.db") == "/tmp/r.db"
