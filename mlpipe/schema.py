@@ -244,6 +244,8 @@ class AbConfig(Checked):
     control: Optional[str] = MISSING
     min_samples: int = spec(ge=1)
     alpha: float = spec(gt=0, lt=1)
+    method: str = spec(choices=("sequential", "fixed"))
+    tau: Optional[float] = spec(gt=0)
     task: Optional[str] = spec(choices=("classification", "regression"))
     promote: bool = MISSING
     plot_dpi: float = spec(gt=0)

@@ -159,15 +159,24 @@ def arm_summary(name: str, latencies: Sequence[float], outcomes: Sequence[float]
     return row
 
 
+METHODS = ("sequential", "fixed")
+
+
 def compare(arms: Sequence[dict[str, Any]], task: str, *, control: str, min_samples: int,
-            alpha: float) -> dict[str, Any]:
+            alpha: float, method: str = "sequential", tau: float | None = None) -> dict[str, Any]:
     """Each challenger against the control, and one recommendation.
 
-    arms: dicts with name, latencies (ms), outcomes (see arm_summary). Accuracy: two-proportion
-    z test per challenger (and a chi-square over all arms when there are more than two);
-    regression: Mann-Whitney U on absolute errors. Latency: Mann-Whitney U. Alpha is split
-    over the challengers (Bonferroni). Below `min_samples` labelled rows in an arm, nothing
-    is decided."""
+    arms: dicts with name, latencies (ms), outcomes (see arm_summary) and optionally times (when
+    each outcome's label arrived; else the outcomes' order). method=sequential (the default):
+    the mSPRT's always-valid p-value and confidence sequence (sequential.py), valid however
+    often the report is re-run while labels arrive; `tau` is the mixture's effect-size scale
+    (None: sequential.default_tau). method=fixed: the fixed-horizon tests, valid only when
+    read once at a sample size fixed in advance: accuracy by a two-proportion z test per
+    challenger (and a chi-square over all arms when there are more than two), regression by
+    Mann-Whitney U on absolute errors. Latency: Mann-Whitney U. Alpha is split over the
+    challengers (Bonferroni). Below `min_samples` labelled rows in an arm, nothing is decided."""
+    if method not in METHODS:
+        raise ConfigError(f"serve.ab.method={method!r}; expected sequential or fixed")
     if task not in ("classification", "regression"):
         raise ConfigError(f"A/B task {task!r}; expected classification or regression")
     names = [a["name"] for a in arms]
@@ -182,7 +191,9 @@ def compare(arms: Sequence[dict[str, Any]], task: str, *, control: str, min_samp
     for name in challengers:
         arm = by_name[name]
         test: dict[str, Any] = {"control": control, "challenger": name, "alpha": alpha_each}
-        if task == "classification":
+        if method == "sequential":
+            test |= _sequential(base, arm, task, alpha_each, tau)
+        elif task == "classification":
             a, b = np.asarray(base["outcomes"]), np.asarray(arm["outcomes"])
             z, p = two_proportion_z(int(a.sum()), a.size, int(b.sum()), b.size)
             diff = (b.mean() - a.mean()) if a.size and b.size else float("nan")
@@ -199,12 +210,32 @@ def compare(arms: Sequence[dict[str, Any]], task: str, *, control: str, min_samp
         test["significant"] = bool(not short and math.isfinite(test["p_value"]) and test["p_value"] < alpha_each)
         tests.append(test)
     result: dict[str, Any] = {"task": task, "control": control, "min_samples": min_samples, "alpha": alpha,
-                              "arms": summaries, "tests": tests}
+                              "method": method, "arms": summaries, "tests": tests}
     if task == "classification" and len(arms) > 2:
         chi2, p = chi_square([s["correct"] for s in summaries], [s["labelled"] for s in summaries])
         result["overall"] = {"test": "chi-square", "statistic": chi2, "p_value": p}
     result["recommendation"], result["winner"] = _recommend(tests, short, control, min_samples, summaries)
     return result
+
+
+def _sequential(base: dict, arm: dict, task: str, alpha: float, tau: float | None) -> dict[str, Any]:
+    """The mSPRT of one challenger against the control over their labelled rows merged in the
+    order the labels arrived (a stable sort on `times`)."""
+    from mlpipe.serving import sequential
+
+    out_c, out_t = list(base["outcomes"]), list(arm["outcomes"])
+    t_c = list(base.get("times") or range(len(out_c)))
+    t_t = list(arm.get("times") or range(len(out_t)))
+    order = sorted([(t, 0, i) for i, t in enumerate(t_c)] + [(t, 1, i) for i, t in enumerate(t_t)])
+    arms = [a for _, a, _ in order]
+    outcomes = [(out_t if a else out_c)[i] for _, a, i in order]
+    tau = float(tau) if tau else sequential.default_tau(task, out_c)
+    seq = sequential.always_valid(arms, outcomes, tau=tau, alpha=alpha)
+    name = "accuracy_diff" if task == "classification" else "mae_diff"
+    diff = seq.diff
+    return {"test": "mSPRT (always valid)", "statistic": float("nan"), "p_value": seq.p_value, name: diff,
+            "ci_low": seq.ci_low, "ci_high": seq.ci_high, "tau": tau, "looks": seq.looks,
+            "better": bool(diff > 0) if task == "classification" else bool(diff < 0)}
 
 
 def _recommend(tests, short, control, min_samples, summaries) -> tuple[str, str | None]:

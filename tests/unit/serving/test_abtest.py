@@ -134,10 +134,30 @@ def test_regression_compares_absolute_errors():
     rng = np.random.default_rng(0)
     a = {"name": "a", "latencies": [5.0] * 300, "outcomes": list(np.abs(rng.normal(0, 2, 300)))}
     b = {"name": "b", "latencies": [5.0] * 300, "outcomes": list(np.abs(rng.normal(0, 1, 300)))}
-    result = abtest.compare([a, b], "regression", control="a", min_samples=100, alpha=0.05)
+    result = abtest.compare([a, b], "regression", control="a", min_samples=100, alpha=0.05, method="fixed")
     assert result["winner"] == "b"
     assert result["arms"][1]["mae"] < result["arms"][0]["mae"]
     assert result["tests"][0]["test"].startswith("Mann-Whitney")
+    sequential = abtest.compare([a, b], "regression", control="a", min_samples=100, alpha=0.05)
+    assert sequential["winner"] == "b" and sequential["tests"][0]["test"] == "mSPRT (always valid)"
+    test = sequential["tests"][0]
+    assert test["ci_low"] <= test["mae_diff"] <= test["ci_high"] < 0
+
+
+def test_the_default_method_is_the_always_valid_one_with_labels_in_arrival_order():
+    """Arrival order matters to the mSPRT: labels of both arms interleaved by their times."""
+    rng = np.random.default_rng(3)
+    a = _arm("a", 0, 0) | {"latencies": [5.0] * 400, "outcomes": list(rng.binomial(1, 0.7, 400).astype(float)),
+                            "times": list(range(0, 800, 2))}
+    b = _arm("b", 0, 0) | {"latencies": [5.0] * 400, "outcomes": list(rng.binomial(1, 0.85, 400).astype(float)),
+                            "times": list(range(1, 800, 2))}
+    result = abtest.compare([a, b], "classification", control="a", min_samples=100, alpha=0.05)
+    assert result["method"] == "sequential" and result["winner"] == "b"
+    test = result["tests"][0]
+    assert test["p_value"] < 0.05 and 0 < test["ci_low"] <= test["accuracy_diff"] <= test["ci_high"]
+    assert test["tau"] == 0.1 and test["looks"] > 300
+    with pytest.raises(ConfigError, match="serve.ab.method='bayes'; expected sequential or fixed"):
+        abtest.compare([a, b], "classification", control="a", min_samples=100, alpha=0.05, method="bayes")
 
 
 def test_latency_difference_is_tested():
