@@ -83,6 +83,7 @@ class DataConfig(Checked):
     name: str = MISSING
     max_classes: int = spec(ge=2)
     min_rows: int = spec(ge=1)
+    holdout_fraction: float = spec(ge=0, lt=1)
     schema: Optional[str] = MISSING
     # only data=synthetic has it
     synthetic: Optional[SyntheticConfig] = None
@@ -366,6 +367,15 @@ class TeamServerConfig(Checked):
 
 
 @dataclass
+class TeamReportConfig(Checked):
+    KEY = "team.report"
+    days: float = spec(gt=0)
+    alpha: float = spec(gt=0, lt=1)
+    bootstrap: int = spec(ge=100)
+    plot_dpi: float = spec(gt=0)
+
+
+@dataclass
 class TeamConfig(Checked):
     KEY = "team"
     name: Optional[str] = MISSING
@@ -374,6 +384,8 @@ class TeamConfig(Checked):
     members: List[Any] = MISSING  # {name, role}
     models: List[str] = MISSING
     shared_model: str = MISSING
+    holdout_fraction: float = spec(ge=0, lt=1)
+    report: TeamReportConfig = MISSING
     server: TeamServerConfig = MISSING
 
 

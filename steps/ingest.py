@@ -1,7 +1,7 @@
 """ingest: read `data.source`, validate it against its schema, hand it over as Parquet with its lineage."""
 
 from mlpipe.data import sources
-from mlpipe.data.frames import duplicated_rows
+from mlpipe.data.frames import duplicated_rows, held_out
 from mlpipe.errors import DataError
 from mlpipe.pipeline import key_inputs
 from mlpipe.quality import schema_store, validation
@@ -16,6 +16,9 @@ def run(ctx: StepContext) -> None:
     ctx.card.inputs.update({"data.source": str(dcfg.source), "data digest": digest})
     source = sources.parse_source(dcfg.source)
     frame = sources.load_source(dcfg.source)
+    held = held_out(frame, dcfg.holdout_fraction)  # the team's evaluation set: never trained on
+    frame = frame[~held].reset_index(drop=True)
+    ctx.log_metrics({"data.holdout_rows": int(held.sum())})
     sources.check_frame(frame, dcfg.target, dcfg.min_rows, label=str(dcfg.source))
     task = sources.infer_task(frame[dcfg.target], dcfg.task, dcfg.max_classes)
 

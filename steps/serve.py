@@ -65,9 +65,8 @@ def report(ctx: StepContext, scfg: dict) -> None:
     abreport.fill_card(ctx.card, result, ab)
     ctx.log_metrics(abreport.arm_metrics(result))
     tags = {"ab.recommendation": result["recommendation"][:5000], "ab.winner": result["winner"] or "none"}
-    if ab["promote"] and result["winner"]:
-        moved = abreport.promote(ctx.client, result, served, rcfg["model_name"], rcfg["champion_alias"],
-                                rcfg["lock_timeout_s"])
+    moved = abreport.promote_winner(ctx.client, result, served, rcfg, ctx.cfg.team) if ab["promote"] else None
+    if moved:
         tags |= {"ab.promoted_version": moved["version"], "ab.previous_version": moved["previous_version"]}
         ctx.card.outputs["promoted"] = f"{moved['model']}@{moved['alias']}: {moved['previous_version']} -> " \
                                        f"{moved['version']}"

@@ -131,3 +131,17 @@ def duplicated_rows(frame: pd.DataFrame) -> pd.Series:
     if len(candidates):
         out[candidates] = frame.iloc[candidates].duplicated().to_numpy()
     return pd.Series(out, index=frame.index)
+
+
+HOLDOUT_KEY = "mlpipe-holdout01"  # 16 bytes: pandas' hash key; changing it moves every row
+
+
+def held_out(frame: pd.DataFrame, fraction: float) -> pd.Series:
+    """True for the rows of a shared evaluation set (`data.holdout_fraction`): those whose hash
+    of all values, mapped to [0, 1), falls below `fraction`. It depends on the row alone, so every
+    member's ingest drops the same rows and the team report finds them again; equal rows fall on
+    the same side, so no copy of an evaluation row is trained on."""
+    if fraction <= 0 or frame.empty:
+        return pd.Series(False, index=frame.index)
+    hashed = pd.util.hash_pandas_object(frame, index=False, hash_key=HOLDOUT_KEY).to_numpy()
+    return pd.Series(hashed / 2.0**64 < fraction, index=frame.index)

@@ -19,7 +19,7 @@ from typing import Any
 
 from mlpipe.config import PROJECT_ROOT, digest, select
 from mlpipe.errors import StorageError
-from mlpipe.pipeline.spec import STEPS
+from mlpipe.pipeline.spec import spec_of
 
 # Where the cross-process file locks live (one store's concurrent pipelines and registrations).
 LOCK_DIR = Path(tempfile.gettempdir()) / "mlpipe-locks"
@@ -109,7 +109,7 @@ def code_digest(step: str, root: Path = PROJECT_ROOT) -> str:
 
 def config_digest(step: str, config: dict[str, Any]) -> str:
     """Digest of the config slice a step reads (used to find a matching upstream run)."""
-    return digest(select(config, list(STEPS[step].config_keys)))
+    return digest(select(config, list(spec_of(step).config_keys)))
 
 
 def step_key(
@@ -126,7 +126,7 @@ def step_key(
         {
             "version": KEY_VERSION,
             "step": step,
-            "config": select(config, list(STEPS[step].config_keys)),
+            "config": select(config, list(spec_of(step).config_keys)),
             "code": code_digest(step, root),
             "params": {k: v for k, v in sorted(params.items()) if k != "overrides"},
             "data": extra,

@@ -37,6 +37,14 @@ STEPS: dict[str, StepSpec] = {
     )
 }
 ORDER = tuple(STEPS)
+# Entry points that run through the same harness but are not pipeline steps: the team report
+# reads the team's state and makes nothing a step consumes (never cached: its inputs are a
+# moving registry and tracking store).
+REPORTS: dict[str, StepSpec] = {"report": StepSpec("report", None, ("data", "team", "serve", "registry"))}
+
+
+def spec_of(step: str) -> StepSpec:
+    return STEPS.get(step) or REPORTS[step]
 # Steps a sweep runs once, for the best job only, after every job has finished.
 AFTER_SWEEP = ("register", "serve")
 

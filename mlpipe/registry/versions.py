@@ -104,6 +104,30 @@ def promotion_lock(name: str, timeout: float):
                         "registry.lock_timeout_s", "nothing was registered and no alias moved")
 
 
+def copy_version(client: MlflowClient, source: ModelVersion, name: str, tags: dict[str, str],
+                 description: str) -> ModelVersion:
+    """A new version of `name` with the same files (source), train run and tags as `source`
+    plus `tags`: how a member's version becomes the team model's (lineage kept, nothing copied
+    or re-uploaded, so qa's digest of the files still holds)."""
+    try:
+        return client.create_model_version(name, source.source, run_id=source.run_id,
+                                           tags=dict(source.tags or {}) | tags, description=description,
+                                           model_id=_logged_model_id(source.source) or source.model_id)
+    except MlflowException as exc:
+        if denied(exc):
+            raise access_denied(f"add a version to {name}", f"registered model {name}", "EDIT",
+                                "nothing was copied and no alias moved") from exc
+        raise
+
+
+def _logged_model_id(uri: str) -> str | None:
+    """`m-...` of a `models:/m-...` source: the server requires it beside such a source."""
+    import re
+
+    found = re.match(r"^models:/(m-[0-9a-f]{32})$", uri or "")
+    return found.group(1) if found else None
+
+
 def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
     try:
         client.set_registered_model_alias(name, alias, version)

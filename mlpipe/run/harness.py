@@ -27,7 +27,7 @@ from mlpipe.config import PROJECT_ROOT, compose, flatten, split_overrides, to_co
 from mlpipe.data.frames import return_freed_memory, stop_with_parent
 from mlpipe.errors import PipelineError, StorageError, one_line
 from mlpipe.pipeline import cache, key_inputs
-from mlpipe.pipeline.spec import STEPS
+from mlpipe.pipeline.spec import spec_of
 from mlpipe.reports import cards
 from mlpipe.run import handoff, monitor, outputs, storage
 
@@ -249,7 +249,7 @@ class StepContext:
 def parse_args(step: str, extra: tuple[str, ...]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m steps.{step}")
     parser.add_argument("--overrides", default="", help="Hydra overrides, one string")
-    spec = STEPS[step]
+    spec = spec_of(step)
     if spec.upstream_param:
         parser.add_argument(f"--{spec.upstream_param.replace('_', '-')}", dest=spec.upstream_param, default="")
     for name in extra:
@@ -276,7 +276,7 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
     quiet_warnings()
     args = parse_args(step, extra_params)
     params = {k: v for k, v in vars(args).items()}
-    spec = STEPS[step]
+    spec = spec_of(step)
     started = time.monotonic()
     # Composed before the run opens (system metrics are switched on when it does); a bad config
     # is raised inside the run, so it still ends FAILED with its one-line message.

@@ -53,16 +53,30 @@ def build(path: Path, experiment: str, ab: dict, configured: list[str], task: st
         raise ConfigError(f"serve.ab.control={control!r} has no answered requests in {experiment!r}; "
                           f"arms: {', '.join(arms)}")
     ordered = [control] + [a for a in arms if a != control]
-    inputs = [{"name": a, "latencies": data["latencies"][a], "outcomes": outcomes(data["pairs"].get(a, []), task)}
-              for a in ordered]
+    inputs = [{"name": a, "latencies": data["latencies"][a], "outcomes": outcomes(data["pairs"].get(a, []), task),
+               "times": [ts for _, _, ts in data["stream"].get(a, [])]} for a in ordered]
     result = abtest.compare(inputs, task, control=control, min_samples=int(ab["min_samples"]),
-                            alpha=float(ab["alpha"]))
+                            alpha=float(ab["alpha"]), method=ab.get("method", "sequential"), tau=ab.get("tau"))
     for arm in result["arms"]:
         arm["errors"] = int(data["errors"].get(arm["variant"], 0))
         arm["model_versions"] = ", ".join(sorted(data["versions"].get(arm["variant"], set())))
+        # whose model answered: the served versions' team.member (docs/team.md), else ""
+        arm["member"] = ", ".join(sorted(data["authors"].get(arm["variant"], set())))
     result["latencies"] = {a: data["latencies"][a] for a in ordered}
     result["experiment"] = experiment
     return result
+
+
+def promote_winner(client, result: dict[str, Any], served: dict[str, tuple[str, str]], rcfg: dict,
+                   team) -> dict[str, str] | None:
+    """serve.ab.promote: a winner takes the champion alias: of the team model under a team (a copy
+    of the member's version, by the lead), else of registry.model_name. None: no winner."""
+    if not result["winner"]:
+        return None
+    if team.name:
+        return promote_to_team(client, result, served, team.shared_model, rcfg["champion_alias"],
+                               rcfg["lock_timeout_s"], team.member)
+    return promote(client, result, served, rcfg["model_name"], rcfg["champion_alias"], rcfg["lock_timeout_s"])
 
 
 def promote(client, result: dict[str, Any], served: dict[str, tuple[str, str]], model_name: str,
@@ -87,6 +101,52 @@ def promote(client, result: dict[str, Any], served: dict[str, tuple[str, str]], 
         versions.set_alias(client, model_name, alias, version)
         client.set_model_version_tag(model_name, version, "ab.promoted_by_experiment", result["experiment"])
     return {"model": model_name, "alias": alias, "version": version,
+            "previous_version": str(before.version) if before else "none"}
+
+
+def evidence(result: dict[str, Any]) -> dict[str, Any]:
+    """What the promotion rests on, kept on the promoted version (`ab.evidence`): the winner's
+    test against the control and each arm's counts."""
+    test = next(t for t in result["tests"] if t["challenger"] == result["winner"])
+    keep = ("test", "p_value", "alpha", "accuracy_diff", "mae_diff", "ci_low", "ci_high", "tau", "looks")
+    return {"experiment": result["experiment"], "method": result.get("method", "fixed"), "control": result["control"],
+            "winner": result["winner"], **{k: test[k] for k in keep if k in test},
+            "arms": {a["variant"]: {"member": a.get("member", ""), "labelled": a["labelled"],
+                                    "requests": a["requests"]} for a in result["arms"]}}
+
+
+def promote_to_team(client, result: dict[str, Any], served: dict[str, tuple[str, str]], team_model: str,
+                    alias: str, lock_timeout_s: float, promoted_by: str) -> dict[str, str]:
+    """Under a team: the winner's version (a member's `<team_model>.<member>`) copied into the
+    team model (versions.copy_version: same files, run and lineage tags, plus where it came from
+    and the evidence), which then takes `alias`. Only the lead may (docs/team.md)."""
+    import datetime
+    import json
+
+    winner = result["winner"]
+    uri, version = served[winner]
+    parsed = versions.parse_model_uri(uri)
+    name = parsed[0] if parsed else None
+    if name is None or not version.isdigit() or not (name == team_model or name.startswith(f"{team_model}.")):
+        raise ConfigError(f"cannot promote variant {winner!r}: it serves {uri} (version {version}), not a version of "
+                          f"the team model {team_model} or of a member's {team_model}.<member>")
+    what = f"{team_model}@{alias} was not moved"
+    proof = provenance.validated(client, f"models:/{name}/{version}", f"{what}; promote a version qa validated")
+    provenance.check_files(proof.load_uri, proof.digest, what)
+    source = client.get_model_version(name, version)
+    with versions.promotion_lock(team_model, lock_timeout_s):
+        before = versions.current(client, team_model, alias)
+        target = version
+        if name != team_model:
+            stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            target = versions.copy_version(client, source, team_model, {
+                "team.copied_from": f"{name}/{version}", "ab.promoted_by_experiment": result["experiment"],
+                "ab.promoted_by": promoted_by, "ab.promoted_at": stamp,
+                "ab.evidence": json.dumps(evidence(result))[:5000]},
+                f"{name} version {version}, promoted by A/B experiment {result['experiment']}: "
+                f"{result['recommendation']}").version
+        versions.set_alias(client, team_model, alias, str(target))
+    return {"model": team_model, "alias": alias, "version": str(target), "source": f"{name}/{version}",
             "previous_version": str(before.version) if before else "none"}
 
 
@@ -118,15 +178,18 @@ def arm_metrics(result: dict[str, Any]) -> dict[str, float]:
 def format_report(result: dict[str, Any]) -> str:
     """The verdict and one line per arm, as the terminal shows them (control first)."""
     measure = "accuracy" if result["task"] == "classification" else "mae"
-    rows = [["variant", "model versions", "requests", "errors", "labelled", measure, "p50 ms", "p99 ms"]]
+    rows = [["variant", "model versions", "requests", "errors", "labelled", measure, "p50 ms", "p99 ms", "member"]]
     for arm in result["arms"]:
         value = arm.get(measure, float("nan"))
         rows.append([arm["variant"] + (" (control)" if arm["variant"] == result["control"] else ""),
                      arm["model_versions"] or "-", str(arm["requests"]), str(arm["errors"]), str(arm["labelled"]),
                      "-" if value != value else f"{value:.4f}", f"{arm['latency_p50_ms']:.1f}",
-                     f"{arm['latency_p99_ms']:.1f}"])
+                     f"{arm['latency_p99_ms']:.1f}", arm.get("member") or "-"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines += [f"  {t['challenger']} vs {result['control']}: {t['test']}, p={t['p_value']:.3g}"
+              + (f", {1 - t['alpha']:.0%} confidence sequence for the difference [{t['ci_low']:.4f}, "
+                 f"{t['ci_high']:.4f}]" if "ci_low" in t else "") for t in result["tests"]]
     return "\n".join([f"A/B experiment {result['experiment']}: {result['recommendation']}", *lines])
 
 
@@ -134,13 +197,16 @@ def fill_card(card: cards.Card, result: dict[str, Any], ab: dict[str, Any]) -> N
     """The tables, bar charts and latency histogram (`serve.ab.plot_dpi`, `latency_bins`)."""
     task = result["task"]
     measure = "accuracy" if task == "classification" else "mae"
-    header = ["variant", "model versions", "requests", "errors", "labelled", measure, "p50 ms", "p95 ms", "p99 ms"]
-    card.add_table("Arms", header, [[a["variant"], a["model_versions"], a["requests"], a["errors"], a["labelled"],
-                                     a[measure], a["latency_p50_ms"], a["latency_p95_ms"], a["latency_p99_ms"]]
-                                    for a in result["arms"]])
-    card.add_table("Tests against the control", ["challenger", "test", "statistic", "p", "alpha (Bonferroni)",
-                                                 "significant", "latency p (Mann-Whitney U)"],
-                   [[t["challenger"], t["test"], t["statistic"], t["p_value"], t["alpha"], t["significant"],
+    header = ["variant", "member", "model versions", "requests", "errors", "labelled", measure, "p50 ms", "p95 ms",
+              "p99 ms"]
+    card.add_table("Arms", header, [[a["variant"], a.get("member") or "-", a["model_versions"], a["requests"],
+                                     a["errors"], a["labelled"], a[measure], a["latency_p50_ms"], a["latency_p95_ms"],
+                                     a["latency_p99_ms"]] for a in result["arms"]])
+    diff = "accuracy_diff" if task == "classification" else "mae_diff"
+    card.add_table("Tests against the control", ["challenger", "test", "difference", "CI low", "CI high", "p",
+                                                 "alpha (Bonferroni)", "significant", "latency p (Mann-Whitney U)"],
+                   [[t["challenger"], t["test"], t.get(diff, float("nan")), t.get("ci_low", float("nan")),
+                     t.get("ci_high", float("nan")), t["p_value"], t["alpha"], t["significant"],
                      t["latency_p_value"]] for t in result["tests"]])
     names = [a["variant"] for a in result["arms"]]
     card.add_plot(f"{measure} per arm", plots.bars(names, [_num(a[measure]) for a in result["arms"]],

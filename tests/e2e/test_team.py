@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -185,3 +186,123 @@ def test_stop_stops_the_server_and_frees_the_port(tmp_path_factory):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", team.port))
         sock.listen(1)
+
+
+@pytest.fixture(scope="module")
+def bob_pipeline(team):
+    result = team.as_member("bob", sys.executable, "-m", "mlflow", "run", ".", "-e", "main", "--env-manager",
+                            "local", "-P", "steps=ingest,preprocess,train,qa,register",
+                            "-P", "overrides=data=iris model=random_forest model.n_estimators=20 "
+                                  "train.cv_folds=2")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def cross_team_ab(team, alice_pipeline, bob_pipeline, tmp_path_factory):
+    """carol serves alice's and bob's champions (serve.team_variants), each record tagged with the
+    member whose model answered; labels agree with bob's answers every time and with alice's on 6
+    in 10. Then bob's report and the lead's report, both with serve.ab.promote=true."""
+    import signal
+    import urllib.request
+
+    from sklearn.datasets import load_iris
+
+    from services import wait_for_port, wait_group_gone
+
+    work = tmp_path_factory.mktemp("cross")
+    port, records = free_port(), work / "records.db"
+    common = f"data=iris serve.experiment=cross serve.records={records} serve.records_flush_ms=50"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlpipe.team", "as", "--team", "demo", "carol", *team.overrides, "--", sys.executable,
+         "-m", "mlflow", "run", ".", "-e", "serve", "--env-manager", "local", "-P",
+         f"overrides={common} serve.port={port} serve.team_variants=true serve.refresh_seconds=0"],
+        cwd=ROOT, env=team.env, stdout=(work / "serve.log").open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    rows = load_iris(as_frame=True).frame.drop(columns="target")
+    try:
+        wait_for_port(port, server, timeout=180)
+        for i in range(240):
+            body = json.dumps({"dataframe_records": rows.iloc[[i % len(rows)]].to_dict(orient="records")}).encode()
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                member, request_id = response.headers["X-Variant"], response.headers["X-Request-Id"]
+                prediction = json.loads(response.read())["predictions"][0]
+            label = prediction if member == "bob" or i % 10 < 6 else (prediction + 1) % 3
+            feedback = urllib.request.Request(f"http://127.0.0.1:{port}/feedback", headers={
+                "Content-Type": "application/json"}, data=json.dumps({"request_id": request_id, "label": label}).encode())
+            assert urllib.request.urlopen(feedback, timeout=30).status == 200
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        wait_group_gone(server.pid, timeout=60)
+    report = ["-m", "mlflow", "run", ".", "-e", "serve", "--env-manager", "local", "-P",
+              f"overrides={common} serve.mode=report serve.ab.min_samples=50 serve.ab.promote=true"]
+    denied = team.as_member("bob", sys.executable, *report)
+    promoted = team.as_member("alice", sys.executable, *report)
+    return {"records": records, "denied": denied, "promoted": promoted}
+
+
+def test_a_cross_team_ab_test_promotes_a_copy_of_the_winner_into_the_team_model_by_the_lead_only(
+        team, cross_team_ab, monkeypatch):
+    """bob's own report may not promote (403, one line); the lead's report copies bob's version
+    into the team model with its lineage and the evidence."""
+    from mlpipe.registry import provenance
+
+    denied, promoted = cross_team_ab["denied"], cross_team_ab["promoted"]
+    assert denied.returncode != 0
+    assert error_lines(denied.stderr)[-1].startswith(
+        f"error: serve: AccessDeniedError: user 'bob' may not add a version to {MODEL}: it needs EDIT on registered "
+        f"model {MODEL}"), denied.stderr[-3000:]
+    assert promoted.returncode == 0, promoted.stderr[-3000:]
+    assert "A/B experiment cross: promote bob: better than alice" in promoted.stdout
+    assert [line.split()[-1] for line in promoted.stdout.splitlines() if line.startswith(("alice", "bob"))] \
+        == ["alice", "bob"], promoted.stdout  # the member column
+    assert re.search(r"^  bob vs alice: mSPRT \(always valid\), p=\S+, 95% confidence sequence for the difference "
+                     r"\[0\.\d+, 0\.\d+\]$", promoted.stdout, re.M), promoted.stdout
+    alice = team.client("alice", monkeypatch)
+    (version,) = alice.search_model_versions(f"name = '{MODEL}'")  # bob's attempt added none
+    champion = alice.get_model_version_by_alias(MODEL, "champion")
+    source = alice.get_model_version_by_alias(f"{MODEL}.bob", "champion")
+    assert version.version == champion.version
+    assert champion.tags["team.copied_from"] == f"{MODEL}.bob/{source.version}"
+    assert champion.tags["team.member"] == "bob" and champion.tags["ab.promoted_by"] == "alice"
+    assert champion.source == source.source and champion.run_id == source.run_id
+    assert champion.tags["lineage.qa_run_id"] == source.tags["lineage.qa_run_id"]
+    evidence = json.loads(champion.tags["ab.evidence"])
+    assert evidence["method"] == "sequential" and evidence["p_value"] < 0.05 and evidence["ci_low"] > 0
+    assert evidence["arms"]["bob"]["member"] == "bob" and evidence["arms"]["alice"]["labelled"] >= 50
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team.url)
+    assert provenance.validated(alice, f"models:/{MODEL}@champion", "").qa_run_id == source.tags["lineage.qa_run_id"]
+
+
+def test_the_team_report_page_renders_its_leaderboard_and_charts_in_a_browser(team, cross_team_ab, monkeypatch,
+                                                                              tmp_path):
+    """carol runs the team report: a page with the leaderboard (both members and the team
+    champion on the held-out rows, with intervals), the promotion, the A/B test and the runs;
+    opened in headless Chromium, its DOM has them and its screenshot is not blank."""
+    import browser
+
+    result = team.as_member("carol", sys.executable, "-m", "mlflow", "run", ".", "-e", "report", "--env-manager",
+                            "local", "-P", f"overrides=data=iris serve.records={cross_team_ab['records']}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    carol = team.client("carol", monkeypatch)
+    experiment = carol.get_experiment_by_name("demo/carol")
+    (run,) = carol.search_runs([experiment.experiment_id], "tags.`pipeline.step` = 'report'")
+    assert run.info.status == "FINISHED" and run.data.tags["report.champion"] == "1"
+    assert {"report.team_champion.accuracy", "report.alice.accuracy", "report.bob.accuracy"} <= set(run.data.metrics)
+    page = carol.download_artifacts(run.info.run_id, "team_report", str(tmp_path))
+    board = json.loads(open(f"{page}/leaderboard.json").read())
+    assert {r["label"] for r in board} == {"team champion", "alice", "bob"}
+    assert all(r["rows"] == board[0]["rows"] > 0 and r["ci_low"] <= r["delta"] <= r["ci_high"] for r in board)
+    reason = browser.unavailable()
+    if reason:
+        pytest.skip(reason)
+    dom = browser.dump_dom(tmp_path / "team_report" / "index.html")
+    for text in ("Leaderboard: accuracy on", "team champion", "paired bootstrap interval", "promoted by",
+                 "cross", "Step runs of the last 7 days", "qa failures by check"):
+        assert text in dom, text
+    assert dom.count('src="data:image/png;base64,') == 2
+    shot = browser.screenshot(tmp_path / "team_report" / "index.html", tmp_path / "page.png")
+    assert browser.blank_fraction(shot) < 0.98

@@ -99,3 +99,22 @@ def test_a_step_behind_a_shell_stops_when_the_launcher_dies(tmp_path):
     assert not alive
     launcher.wait()
     shell.kill()
+
+
+def test_the_held_out_rows_are_a_stable_share_that_keeps_equal_rows_together():
+    import numpy as np
+    import pandas as pd
+
+    from mlpipe.data.frames import held_out
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=5000), "y": rng.integers(0, 3, 5000)})
+    held = held_out(frame, 0.2)
+    assert 0.18 < held.mean() < 0.22
+    assert held.equals(held_out(frame.copy(), 0.2))  # the same rows every time
+    shuffled = frame.sample(frac=1, random_state=1)
+    assert held_out(shuffled, 0.2).sort_index().equals(held)  # a row's fate does not depend on its position
+    doubled = pd.concat([frame, frame], ignore_index=True)
+    twice = held_out(doubled, 0.2).to_numpy()
+    assert (twice[:5000] == twice[5000:]).all()
+    assert not held_out(frame, 0.0).any()

@@ -1,0 +1,71 @@
+"""report: the team report, one self-contained HTML page and its PNG charts (mlpipe/reports/team.py).
+
+Under a team (team=<name>, or `python -m mlpipe.team as <member> -- mlflow run . -e report`):
+a leaderboard of every member's champion on the held-out team evaluation set with paired
+intervals against the team champion, the champion's history and evidence, the A/B tests in the
+serving records, and each member's step runs of the last `team.report.days` days."""
+
+from mlpipe.data import sources
+from mlpipe.errors import ConfigError
+from mlpipe.reports import cards
+from mlpipe.reports import team as report
+from mlpipe.run.harness import StepContext, step_main
+from mlpipe.serving import abreport, records
+
+PAGE = "team_report/index.html"
+
+
+def run(ctx: StepContext) -> None:
+    team, rcfg, dcfg = ctx.cfg.team, ctx.cfg.team.report, ctx.cfg.data
+    if not team.name:
+        raise ConfigError("the team report needs a team: team=<name> (conf/team/<name>.yaml), see docs/team.md")
+    features, truth = report.holdout(dcfg)
+    task = sources.infer_task(truth, dcfg.task, dcfg.max_classes)
+    found = report.candidates(ctx.client, team, ctx.cfg.registry.champion_alias)
+    report.score(ctx.client, found, features, truth, task, ctx.cfg.serialization, ctx.section("skops_trusted_types"))
+    board = report.leaderboard(found, task, rcfg.alpha, rcfg.bootstrap, ctx.cfg.seed)
+    history = report.promotions(ctx.client, team.shared_model, ctx.cfg.registry.champion_alias)
+    target = abreport.records_path(ctx.section("serve"), ctx.tracking_uri)
+    tests = report.ab_tests(target, ctx.section("serve")["ab"], history)
+    runs = report.run_table([r for r in report.team_runs(ctx.client, team, rcfg.days) if r.info.run_id != ctx.run_id])
+    watch = report.monitoring_tables(runs)
+
+    measure = report.MEASURES[task]
+    card, held = ctx.card, f"{len(truth)} held-out rows of {dcfg.source} (data.holdout_fraction={dcfg.holdout_fraction})"
+    card.inputs.update({"team": team.name, "evaluation set": held, "records": records.display(target)})
+    card.add_table(f"Leaderboard: {measure} on {held}, difference to the team champion with a "
+                   f"{1 - rcfg.alpha:.0%} paired bootstrap interval",
+                   ["model", "member", "version", measure, "difference", "CI low", "CI high", "note"],
+                   [[r["label"], r["member"], r["version"], r.get(measure, float("nan")), r.get("delta", float("nan")),
+                     r.get("ci_low", float("nan")), r.get("ci_high", float("nan")), r.get("error", "")] for r in board])
+    charts = {"leaderboard.png": report.leaderboard_chart(board, task, rcfg.plot_dpi),
+              "durations.png": report.duration_chart(runs, rcfg.plot_dpi)}
+    card.add_image("leaderboard: difference to the team champion", charts["leaderboard.png"])
+    holder = next((p for p in history if p["champion"]), None)
+    card.add_table(f"Champion: {team.shared_model}@{ctx.cfg.registry.champion_alias} = "
+                   + (f"version {holder['version']} ({holder['member'] or 'unknown member'})" if holder else "none yet")
+                   + "; promotions, newest first",
+                   ["version", "champion", "from", "member", "promoted by", "at", "A/B experiment", "test", "p",
+                    "difference", "interval"], [list(p.values()) for p in history])
+    card.add_table("A/B tests", ["experiment", "arms", "control", "requests", "labelled", "state"],
+                   [list(t.values()) for t in tests])
+    card.add_image("median step duration per member", charts["durations.png"])
+    card.add_table(f"Step runs of the last {rcfg.days:g} days", ["member", "step", "runs", "failed", "median s",
+                                                                  "max s", "peak MB"], watch["steps"])
+    card.add_table("Failures by error type", ["member", "error type", "runs"], watch["errors"])
+    card.add_table("qa failures by check", ["member", "check", "runs"], watch["qa"])
+    ctx.log_json("team_report/leaderboard.json", board)
+    for name, png in charts.items():
+        (ctx.workdir / name).write_bytes(png)
+    ctx.log_files([ctx.workdir / name for name in charts], "team_report")
+    page = cards.render(cards.summary(card, run_id=ctx.run_id, experiment_id=ctx.run.info.experiment_id,
+                                      status="FINISHED", error=None, metrics={}), card.sections)
+    ctx.log_text(page.replace("<title>report card</title>", f"<title>team {team.name} report</title>")
+                 .replace("<h1>report ", f"<h1>team {team.name} report ", 1), PAGE)
+    ctx.set_tags({"report.page": PAGE, "report.champion": holder["version"] if holder else "none"})
+    ctx.log_metrics({f"report.{r['label'].replace(' ', '_')}.{measure}": r[measure] for r in board if measure in r})
+    ctx.summary(f"{len(board)} models on {len(truth)} held-out rows; {len(tests)} A/B tests; {len(runs)} runs")
+
+
+if __name__ == "__main__":
+    step_main("report", run, cacheable=lambda cfg: False)
