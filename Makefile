@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-team.txt r
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test test-all bench clean team-server team-server-stop team-status
+.PHONY: setup run test test-all bench clean team-server team-server-stop team-status demo
 
 # The team's shared MLflow server (docs/team.md): conf/team/$(TEAM).yaml; TEAM_OVERRIDES for
 # Hydra overrides such as team.server.port=5051 or team.server.backend_store_uri=postgresql://...
@@ -45,6 +45,11 @@ team-server-stop: $(STAMP)
 
 team-status: $(STAMP)
 	$(BIN)/python -m mlpipe.team status --team $(TEAM) $(TEAM_OVERRIDES)
+
+# The team story end to end: server, three members, a cross-team A/B test, the team report;
+# stops everything it started and prints where to look (docs/team.md).
+demo: $(STAMP)
+	$(BIN)/python -m mlpipe.team demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns outputs multirun .pytest_cache

@@ -188,7 +188,7 @@ def format_report(result: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines += [f"  {t['challenger']} vs {result['control']}: {t['test']}, p={t['p_value']:.3g}"
-              + (f", {1 - t['alpha']:.0%} confidence sequence for the difference [{t['ci_low']:.4f}, "
+              + (f", {(1 - t['alpha']) * 100:g}% confidence sequence for the difference [{t['ci_low']:.4f}, "
                  f"{t['ci_high']:.4f}]" if "ci_low" in t else "") for t in result["tests"]]
     return "\n".join([f"A/B experiment {result['experiment']}: {result['recommendation']}", *lines])
 

@@ -7,6 +7,8 @@
   as <member> [overrides...] -- <command...>
                  run a command logged in as a member (their password from the credentials file,
                  their experiment, team=<name>); checks the login first
+  demo [--requests N ...]
+                 the whole team story with three members, end to end (mlpipe/team/demo.py)
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ def main(argv: list[str]) -> int:
     command = argv[argv.index("--") + 1:] if "--" in argv else []
     head = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(prog="python -m mlpipe.team", description=__doc__.split("\n\n")[0],
-                                     usage="python -m mlpipe.team {start,stop,status,as <member>} [--team NAME] "
+                                     usage="python -m mlpipe.team {start,stop,status,as <member>,demo} [--team NAME] "
                                            "[overrides...] [-- command...]")
-    parser.add_argument("command", choices=("start", "stop", "status", "as"))
+    parser.add_argument("command", choices=("start", "stop", "status", "as", "demo"))
     parser.add_argument("--team", default=os.environ.get("MLPIPE_TEAM", "demo"))
     args, rest = parser.parse_known_args(head)
+    if args.command == "demo":
+        from mlpipe.team import demo
+
+        return demo.main(rest)
     try:
         if args.command == "as":
             return run_as(args.team, rest, command)

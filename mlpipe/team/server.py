@@ -135,6 +135,9 @@ def _check_port_free(scfg) -> None:
     import socket
 
     with socket.socket() as sock:
+        # as the server itself binds: a port whose old connections linger in TIME_WAIT (a server
+        # stopped a moment ago) is free; only a listener makes it taken
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((str(scfg.host), int(scfg.port)))
         except OSError as exc:

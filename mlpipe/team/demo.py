@@ -1,0 +1,225 @@
+"""`make demo` (`python -m mlpipe.team demo`): the team story end to end, through the real commands.
+
+1. the demo team's authenticated MLflow server starts (a fresh state folder, a free port);
+2. alice, bob and carol each run the pipeline under their own login with a different model;
+3. alice serves every member's champion as an A/B test (serve.team_variants) and synthetic
+   traffic arrives: rows of the team evaluation set (held out of every member's training),
+   their true labels sent back as feedback a few seconds later;
+4. the A/B report is read while labels still arrive, then again as the lead with promotion on:
+   the always-valid test lets both reads stand, and a winner is copied into the team model;
+5. the team report is written; 6. everything started is stopped. It prints where to look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ("data=synthetic data.synthetic.rows=3000 data.synthetic.columns=6 data.synthetic.informative=4 "
+        "data.synthetic.classes=3 train.cv_folds=2")
+MODEL = "synthetic_classification_model"
+# who trains what: three members, three different models (alice's one-split tree is the weak one)
+MEMBERS = {"alice": "model=random_forest model.max_depth=1 model.n_estimators=1",
+           "bob": "model=gradient_boosting",
+           "carol": "model=logistic_regression"}
+EXPERIMENT = "demo-cross"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Demo:
+    def __init__(self, state: Path, port: int, env: dict[str, str]):
+        self.state, self.port, self.env = state, port, env
+        self.team = ["--team", "demo", f"team.server.state_dir={state}", f"team.server.port={port}",
+                     f"team.models=[{MODEL}]"]
+        self.started = time.monotonic()
+        self.timings: dict[str, float] = {}
+
+    def say(self, text: str) -> None:
+        print(f"[demo {time.monotonic() - self.started:6.1f}s] {text}", flush=True)
+
+    def cli(self, *args: str, check: bool = True, quiet: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "mlpipe.team", *args], cwd=ROOT, env=self.env, text=True,
+                                capture_output=quiet, timeout=1800)
+        if check and result.returncode != 0:
+            raise SystemExit(f"error: demo: `python -m mlpipe.team {' '.join(args[:2])} ...` failed "
+                             f"(exit {result.returncode}):\n{(result.stderr or '')[-3000:]}")
+        return result
+
+    def as_member(self, member: str, entry: str, overrides: str, *extra: str, check: bool = True):
+        return self.cli("as", member, *self.team, "--", sys.executable, "-m", "mlflow", "run", ".", "-e", entry,
+                        "--env-manager", "local", *extra, "-P", f"overrides={overrides}", check=check)
+
+    def step(self, name: str, fn):
+        began = time.monotonic()
+        out = fn()
+        self.timings[name] = round(time.monotonic() - began, 1)
+        return out
+
+
+def traffic(url: str, features, labels, requests: int, rows_per_request: int, delay_s: float,
+            seed: int, on_half=None) -> collections.Counter:
+    """`requests` POSTs of `rows_per_request` rows drawn from the team evaluation set; each
+    request's true labels are sent to /feedback `delay_s` later (a queue of due labels)."""
+    rng = np.random.default_rng(seed)
+    due: collections.deque = collections.deque()
+    arms: collections.Counter = collections.Counter()
+
+    def post(path: str, payload: dict):
+        request = urllib.request.Request(f"{url}{path}", data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.headers, json.loads(response.read() or b"{}")
+
+    def send_due(now: float) -> None:
+        while due and due[0][0] <= now:
+            _, request_id, label = due.popleft()
+            post("/feedback", {"request_id": request_id, "label": label})
+
+    for i in range(requests):
+        picked = rng.integers(0, len(features), rows_per_request)
+        rows = features.iloc[picked]
+        headers, _ = post("/invocations", {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))})
+        arms[headers["X-Variant"]] += 1
+        due.append((time.monotonic() + delay_s, headers["X-Request-Id"], labels.iloc[picked].tolist()))
+        send_due(time.monotonic())
+        if on_half and i == requests // 2:
+            on_half()
+    while due:
+        time.sleep(max(0.0, due[0][0] - time.monotonic()))
+        send_due(time.monotonic())
+    return arms
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlpipe.team demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--state-dir", type=Path, default=Path.home() / ".mlpipe" / "demo" / time.strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument("--port", type=int, default=0, help="the team server's port (0: a free one)")
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--rows-per-request", type=int, default=5)
+    parser.add_argument("--feedback-delay-s", type=float, default=2.0)
+    args = parser.parse_args(argv)
+    state = args.state_dir.expanduser().resolve()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_REGISTRY", "MLFLOW_EXPERIMENT", "MLPIPE_TEAM"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    demo = Demo(state, args.port or _free_port(), env)
+    records = state / "serve-records.db"
+    demo.say(f"1/6 starting the demo team's MLflow server (state: {state})")
+    demo.step("server start", lambda: demo.cli("start", *demo.team))
+    server = None
+    try:
+        for member, model in MEMBERS.items():
+            demo.say(f"2/6 {member} runs the pipeline ({model}) under their own login")
+            demo.step(f"{member}'s pipeline", lambda: demo.as_member(
+                member, "main", f"{DATA} {model}", "-P", "steps=ingest,preprocess,train,qa,register"))
+        serve_port = _free_port()
+        demo.say(f"3/6 alice serves every member's champion on http://127.0.0.1:{serve_port} (an A/B test)")
+        log = (state / "serve.log").open("w")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlpipe.team", "as", "alice", *demo.team, "--", sys.executable, "-m", "mlflow",
+             "run", ".", "-e", "serve", "--env-manager", "local", "-P",
+             f"overrides={DATA} serve.team_variants=true serve.port={serve_port} serve.records={records} "
+             f"serve.experiment={EXPERIMENT} serve.refresh_seconds=0"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_for(serve_port, server, state / "serve.log")
+        features, labels = _evaluation_set()
+        report = f"{DATA} serve.mode=report serve.experiment={EXPERIMENT} serve.records={records}"
+
+        def interim() -> None:
+            result = demo.as_member("carol", "serve", report, check=False)
+            line = next((ln for ln in result.stdout.splitlines() if ln.startswith("A/B experiment")), "(no verdict)")
+            demo.say(f"   half-way, carol reads the A/B report: {line}")
+
+        demo.say(f"   traffic: {args.requests} requests of {args.rows_per_request} held-out rows, true labels "
+                 f"{args.feedback_delay_s:g} s later")
+        arms = demo.step("traffic", lambda: traffic(f"http://127.0.0.1:{serve_port}", features, labels, args.requests,
+                                                    args.rows_per_request, args.feedback_delay_s, 0, interim))
+        demo.say(f"   requests per arm: {dict(arms)}")
+        _stop(server)
+        server = None
+        demo.say("4/6 alice (the lead) runs the A/B report with promotion on")
+        result = demo.step("A/B report", lambda: demo.as_member("alice", "serve", f"{report} serve.ab.promote=true"))
+        print("\n".join(ln for ln in result.stdout.splitlines() if not ln.startswith(("20", "\U0001f3c3", "\U0001f9ea"))), flush=True)
+        demo.say("5/6 the team report")
+        demo.step("team report", lambda: demo.as_member("alice", "report", f"{DATA} serve.records={records}"))
+        page = _download_report(demo)
+        url = f"http://127.0.0.1:{demo.port}"
+        demo.say("6/6 done; stopping everything the demo started")
+        print(f"\nwhere to look:\n  team report:   {page}\n  MLflow UI:     {url} (stopped now; start it again: "
+              f"python -m mlpipe.team start {' '.join(demo.team)})\n  credentials:   {state / 'credentials.json'}\n"
+              f"  A/B records:   {records}\n  serve log:     {state / 'serve.log'}\n"
+              f"  timings (s):   {json.dumps(demo.timings)}", flush=True)
+    finally:
+        if server is not None:
+            _stop(server)
+        demo.cli("stop", *demo.team, check=False)
+    demo.say(f"the whole demo took {time.monotonic() - demo.started:.0f} s")
+    return 0
+
+
+def _evaluation_set():
+    """The team evaluation set (rows no member trained on: data.holdout_fraction)."""
+    from mlpipe.config import compose
+    from mlpipe.reports.team import holdout
+
+    cfg = compose(["team=demo", "team.member=alice", *DATA.split()])
+    return holdout(cfg.data)
+
+
+def _wait_for(port: int, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"error: demo: the model server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"error: demo: the model server did not answer on port {port} in {timeout:.0f} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (it drains and writes its records), SIGKILL after 60 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+
+
+def _download_report(demo: Demo) -> Path:
+    """The team report page from alice's newest report run, into the state folder."""
+    script = ("import mlflow, sys; c = mlflow.MlflowClient(); e = c.get_experiment_by_name('demo/alice'); "
+              "r = c.search_runs([e.experiment_id], \"tags.`pipeline.step` = 'report'\", "
+              "order_by=['attributes.start_time DESC'], max_results=1)[0]; "
+              f"print(c.download_artifacts(r.info.run_id, 'team_report', {str(demo.state)!r}))")
+    result = demo.cli("as", "alice", *demo.team, "--", sys.executable, "-c", script)
+    return Path(result.stdout.strip().splitlines()[-1]) / "index.html"
