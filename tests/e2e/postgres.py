@@ -54,3 +54,24 @@ class Database:
     def drop(self) -> None:
         _psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
         _psql(f"DROP ROLE IF EXISTS {self.role}")
+
+
+def skip_without_cluster():
+    """`pytestmark` for a module that needs the cluster: skipped, with the reason, without one."""
+    import pytest
+
+    reason = available()
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
+
+
+def module_database(name: str):
+    """A module-scoped fixture `database`: a throwaway database `name`, dropped afterwards."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def database():
+        db = Database(name)
+        yield db
+        db.drop()
+
+    return database

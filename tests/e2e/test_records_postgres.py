@@ -17,15 +17,8 @@ from services import free_port, wait_group_gone
 from support import Store, error_lines
 from test_serving import MODEL, Server, http, records_body, registered  # noqa: F401 - the fixture
 
-REASON = postgres.available()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
-
-
-@pytest.fixture(scope="module")
-def database():
-    db = postgres.Database("mlpipe_records_test")
-    yield db
-    db.drop()
+pytestmark = postgres.skip_without_cluster()
+database = postgres.module_database("mlpipe_records_test")
 
 
 def _no_password(url: str) -> str:

@@ -4,21 +4,12 @@ server, found in PostgreSQL's own tables. Skipped, with the reason, where there 
 
 from __future__ import annotations
 
-import pytest
-
 import postgres
 from services import free_port
 from test_team import Team
 
-REASON = postgres.available()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
-
-
-@pytest.fixture(scope="module")
-def database():
-    db = postgres.Database("mlpipe_team_test")
-    yield db
-    db.drop()
+pytestmark = postgres.skip_without_cluster()
+database = postgres.module_database("mlpipe_team_test")
 
 
 def test_the_team_server_keeps_runs_and_models_in_postgresql(database, tmp_path, monkeypatch):
