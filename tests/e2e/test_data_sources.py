@@ -59,7 +59,10 @@ def test_file_model_is_registered_under_the_file_name_and_serves_raw_rows(store:
     import mlflow.pyfunc
 
     mlflow.set_tracking_uri(store.uri)
-    model = mlflow.pyfunc.load_model("models:/customers_model@champion")
+    try:
+        model = mlflow.pyfunc.load_model("models:/customers_model@champion")
+    finally:  # a tracking URI set in-process outlives the test: later modules in this worker would use it
+        mlflow.set_tracking_uri(None)
     assert model.metadata.flavors["sklearn"]["serialization_format"] == "skops"
     raw = pd.DataFrame({"income": [np.nan, 80.0], "city": [None, "marseille"], "age": [30.0, np.nan]})
     assert set(model.predict(raw)) <= {"yes", "no"}

@@ -23,6 +23,7 @@ def test_the_team_server_keeps_runs_and_models_in_postgresql(database, tmp_path,
         assert database.url not in started.stdout + started.stderr  # it holds a password
         alice = team.client("alice", monkeypatch)
         experiment = alice.get_experiment_by_name("demo/alice")
+        mlflow.set_tracking_uri(None)  # forget a URI an earlier module set in-process (it unsets the variable)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", team.url)
         monkeypatch.setenv("MLFLOW_REGISTRY_URI", team.url)
         with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
