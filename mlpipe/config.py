@@ -143,12 +143,14 @@ def check_team(cfg: DictConfig) -> None:
 def check_no_passwords(cfg: DictConfig) -> None:
     """A database URL in config must not hold a password: the config is logged with every run.
     libpq reads PGPASSWORD or ~/.pgpass instead."""
-    from urllib.parse import urlsplit
+    from urllib.parse import parse_qs, urlsplit
 
     for key, value in (("serve.records", cfg.serve.records),):
-        if value and str(value).startswith(("postgresql", "postgres:")) and urlsplit(str(value)).password:
+        parts = urlsplit(str(value or ""))
+        if value and parts.scheme.startswith("postgres") and (parts.password or "password" in parse_qs(parts.query)):
             raise ConfigError(f"{key} holds a password, and the config is logged with every run; drop it from the "
-                              "URL and give it in PGPASSWORD or ~/.pgpass (read by PostgreSQL's client)")
+                              "URL and give it in PGPASSWORD or ~/.pgpass (read by PostgreSQL's client), and change "
+                              "it: `mlflow run` has already recorded the command line's overrides with this run")
 
 
 def check_model_params(model: dict[str, Any]) -> None:

@@ -22,11 +22,12 @@ def run(ctx: StepContext) -> None:
     features, truth = report.holdout(dcfg)
     task = sources.infer_task(truth, dcfg.task, dcfg.max_classes)
     found = report.candidates(ctx.client, team, ctx.cfg.registry.champion_alias)
-    report.score(ctx.client, found, features, truth, task, ctx.cfg.serialization, ctx.section("skops_trusted_types"))
+    report.score(ctx.client, found, features, truth, task, ctx.cfg.serialization, ctx.section("skops_trusted_types"),
+                 dcfg)
     board = report.leaderboard(found, task, rcfg.alpha, rcfg.bootstrap, ctx.cfg.seed)
     history = report.promotions(ctx.client, team.shared_model, ctx.cfg.registry.champion_alias)
     target = abreport.records_path(ctx.section("serve"), ctx.tracking_uri)
-    tests = report.ab_tests(target, ctx.section("serve")["ab"], history)
+    tests = report.ab_tests(ctx.client, target, ctx.section("serve")["ab"], history)
     runs = report.run_table([r for r in report.team_runs(ctx.client, team, rcfg.days) if r.info.run_id != ctx.run_id])
     watch = report.monitoring_tables(runs)
 

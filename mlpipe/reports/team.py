@@ -102,6 +102,7 @@ class Candidate:
     member: str
     outcomes: np.ndarray | None = None
     error: str = ""
+    lineage: dict[str, str] | None = None  # the version's lineage.* tags
 
 
 def holdout(dcfg) -> tuple[pd.DataFrame, pd.Series]:
@@ -126,23 +127,44 @@ def candidates(client, team, alias: str) -> list[Candidate]:
     champion = versions.current(client, team.shared_model, alias)
     if champion is not None:
         found.append(Candidate("team champion", f"models:/{team.shared_model}/{champion.version}",
-                               str(champion.version), (champion.tags or {}).get("team.member", "")))
+                               str(champion.version), (champion.tags or {}).get("team.member", ""),
+                               lineage=dict(champion.tags or {})))
     for member in [str(m["name"]) for m in team.members]:
         version = versions.current(client, f"{team.shared_model}.{member}", alias)
         if version is not None:
             found.append(Candidate(member, f"models:/{team.shared_model}.{member}/{version.version}",
-                                   str(version.version), member))
+                                   str(version.version), member, lineage=dict(version.tags or {})))
     return found
 
 
+def unseen_rows(client, c: Candidate, dcfg) -> str:
+    """"" when the model's ingest held out the same rows as this report (the same data source and
+    `data.holdout_fraction`), so it never trained on the evaluation set; else why it may have."""
+    run_id = (c.lineage or {}).get("lineage.ingest_run_id")
+    if not run_id:
+        return "not scored: no ingest run in its lineage, so whether it trained on the evaluation rows is unknown"
+    params = client.get_run(run_id).data.params
+    if params.get("data.source") != str(dcfg.source):
+        return f"not scored: trained on {params.get('data.source')}, not {dcfg.source}"
+    fraction = params.get("data.holdout_fraction")
+    if fraction is None or float(fraction) != float(dcfg.holdout_fraction):
+        return (f"not scored: its ingest held out data.holdout_fraction={fraction}, not {dcfg.holdout_fraction}, "
+                "so it may have trained on evaluation rows")
+    return ""
+
+
 def score(client, found: list[Candidate], features: pd.DataFrame, truth: pd.Series, task: str,
-          serialization: str, trusted: list[str]) -> None:
-    """Each candidate's per-row outcomes on the held-out rows, loaded past the trust boundary
-    (a model that cannot be loaded or scored is listed with its reason)."""
+          serialization: str, trusted: list[str], dcfg) -> None:
+    """Each candidate's per-row outcomes on the held-out rows, loaded past the trust boundary;
+    a model that may have trained on those rows (unseen_rows), or that cannot be loaded or
+    scored, is listed with its reason."""
     from mlpipe.registry import provenance
     from mlpipe.training import model_io
 
     for c in found:
+        c.error = unseen_rows(client, c, dcfg)
+        if c.error:
+            continue
         try:
             proof = provenance.validated(client, c.model_uri, "the team report scores only validated models")
             model, _ = model_io.load_model(proof.load_uri, serialization, trusted, expect_digest=proof.digest)
@@ -191,8 +213,9 @@ def promotions(client, shared: str, alias: str) -> list[dict[str, Any]]:
     return out
 
 
-def ab_tests(target: str, ab: dict, promoted: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every A/B experiment in the serving records with its state now."""
+def ab_tests(client, target: str, ab: dict, promoted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every A/B experiment in the serving records with its state now: the verdict of the same
+    test the promoting report runs (its task from the control's model, as that report finds it)."""
     from pathlib import Path
 
     from mlpipe.serving import abreport, records
@@ -202,12 +225,14 @@ def ab_tests(target: str, ab: dict, promoted: list[dict[str, Any]]) -> list[dict
     out = []
     for exp in records.experiments(target):
         name = exp["experiment"]
-        state, done = "no labels yet", [p["version"] for p in promoted if p["experiment"] == name]
+        done = [p["version"] for p in promoted if p["experiment"] == name]
         try:
-            result = abreport.build(target, name, ab, [], ab["task"] or "classification")
-            state = result["recommendation"]
-        except (DataError, ConfigError) as exc:
-            state = one_line(exc)[:200]
+            served = records.served_models(target, name)
+            task = ab["task"] or abreport.task_of(client, served, exp["control"] if exp["control"] in served
+                                                  else next(iter(served), None))
+            state = abreport.build(target, name, ab, [], task)["recommendation"]
+        except Exception as exc:  # noqa: BLE001 - one experiment that cannot be read does not hide the rest
+            state = f"cannot decide: {one_line(exc)[:200]}"
         out.append({"experiment": name, "arms": ", ".join(v["name"] for v in exp["variants"]),
                     "control": exp["control"], "requests": exp["requests"], "labelled": exp["labelled_requests"],
                     "state": state + (f" (promoted: version {', '.join(done)})" if done else "")})

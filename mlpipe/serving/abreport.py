@@ -121,7 +121,6 @@ def promote_to_team(client, result: dict[str, Any], served: dict[str, tuple[str,
     team model (versions.copy_version: same files, run and lineage tags, plus where it came from
     and the evidence), which then takes `alias`. Only the lead may (docs/team.md)."""
     import datetime
-    import json
 
     winner = result["winner"]
     uri, version = served[winner]
@@ -136,18 +135,33 @@ def promote_to_team(client, result: dict[str, Any], served: dict[str, tuple[str,
     source = client.get_model_version(name, version)
     with versions.promotion_lock(team_model, lock_timeout_s):
         before = versions.current(client, team_model, alias)
-        target = version
-        if name != team_model:
+        target = version if name == team_model else _copy_of(client, team_model, f"{name}/{version}")
+        if target is None:  # not copied yet (a report re-run finds the copy it made before)
             stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             target = versions.copy_version(client, source, team_model, {
                 "team.copied_from": f"{name}/{version}", "ab.promoted_by_experiment": result["experiment"],
                 "ab.promoted_by": promoted_by, "ab.promoted_at": stamp,
-                "ab.evidence": json.dumps(evidence(result))[:5000]},
+                "ab.evidence": _evidence_tag(evidence(result))},
                 f"{name} version {version}, promoted by A/B experiment {result['experiment']}: "
                 f"{result['recommendation']}").version
         versions.set_alias(client, team_model, alias, str(target))
     return {"model": team_model, "alias": alias, "version": str(target), "source": f"{name}/{version}",
             "previous_version": str(before.version) if before else "none"}
+
+
+def _copy_of(client, team_model: str, source: str) -> str | None:
+    """The team model's version already copied from `source` (`<model>.<member>/<version>`)."""
+    found = versions.lookup(team_model, lambda: client.search_model_versions(f"name = '{team_model}'")) or []
+    return next((str(v.version) for v in found if (v.tags or {}).get("team.copied_from") == source), None)
+
+
+def _evidence_tag(evidence: dict[str, Any]) -> str:
+    """The evidence as a tag value (at most 5000 characters): the per-arm counts go first when
+    there are too many arms, so the JSON stays whole."""
+    import json
+
+    text = json.dumps(evidence)
+    return text if len(text) <= 5000 else json.dumps({k: v for k, v in evidence.items() if k != "arms"})
 
 
 def task_of(client, served: dict[str, tuple[str, str]], arm: str | None) -> str:

@@ -229,7 +229,9 @@ def _sequential(base: dict, arm: dict, task: str, alpha: float, tau: float | Non
     order = sorted([(t, 0, i) for i, t in enumerate(t_c)] + [(t, 1, i) for i, t in enumerate(t_t)])
     arms = [a for _, a, _ in order]
     outcomes = [(out_t if a else out_c)[i] for _, a, i in order]
-    tau = float(tau) if tau else sequential.default_tau(task, out_c)
+    # the mixture's scale must not move as data arrives: from the control's first 20 labelled rows only
+    first = [outcomes[i] for i, a in enumerate(arms) if a == 0][:20]
+    tau = float(tau) if tau else sequential.default_tau(task, first)
     seq = sequential.always_valid(arms, outcomes, tau=tau, alpha=alpha)
     name = "accuracy_diff" if task == "classification" else "mae_diff"
     diff = seq.diff

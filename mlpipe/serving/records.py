@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit
 
+from mlpipe.errors import one_line
+
 _TABLES = """
 CREATE TABLE IF NOT EXISTS requests (
     id {pk},
@@ -84,11 +86,12 @@ def display(target: str | Path) -> str:
     """The store as it may be printed: a URL without its password."""
     if not is_postgres(target):
         return str(target)
+    import re
+
     parts = urlsplit(str(target))
-    if parts.password is None:
-        return str(target)
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@") if parts.password is not None else parts.netloc
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 class Db:
@@ -144,10 +147,31 @@ class Db:
         self.conn.close()
 
 
+def tables(db: Db) -> set[str]:
+    """Which of the store's tables exist."""
+    if db.postgres:
+        rows = db.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+    else:
+        rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    return {name for (name,) in rows} & {"requests", "feedback", "experiments"}
+
+
+def columns(db: Db, table: str) -> set[str]:
+    if db.postgres:
+        rows = db.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                          "AND table_name = ?", (table,))
+        return {name for (name,) in rows}
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
 def connect(target: str | Path) -> Db:
-    """The store, its tables created (and older SQLite files given the newer columns)."""
+    """The store, its tables created (and older SQLite files given the newer columns). On
+    PostgreSQL, tables that exist with every column are used as they are: a role that may write
+    but not create or alter tables (not their owner) can serve."""
     db = Db(target)
     if db.postgres:
+        if tables(db) == {"requests", "feedback", "experiments"} and set(ADDED_COLUMNS) <= columns(db, "requests"):
+            return db
         with db.transaction():  # two workers starting at once: one creates, the other waits
             db.execute("SELECT pg_advisory_xact_lock(7104220913)")
             db.conn.execute(POSTGRES_SCHEMA)
@@ -164,13 +188,17 @@ class RecordStore:
     """Appends request records from any thread; one writer thread commits them every
     `flush_ms` (or sooner when `flush()` is called). `close()` writes what is still queued."""
 
-    def __init__(self, target: str | Path, flush_ms: float = 200):
+    def __init__(self, target: str | Path, flush_ms: float = 200, shared: bool = False):
         self.target = target
         self.server = f"{socket.gethostname()}:{os.getpid()}"  # this process, not its parent's
         self.db = connect(target)
         self.lock = threading.Lock()
         self.queue: queue.Queue = queue.Queue()
+        self.pending: list[tuple] = []  # rows a failed write took off the queue: written first next time
         self.flush_s = flush_ms / 1000
+        # other processes write here too (serve.workers > 1, or PostgreSQL): feedback may arrive
+        # for a request one of them answered and has not written yet
+        self.feedback_wait_s = 2 * self.flush_s + 0.25 if shared or is_postgres(target) else 0.0
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._writer, name="mlpipe-records", daemon=True)
         self.thread.start()
@@ -187,37 +215,54 @@ class RecordStore:
                        + (self.server,))
 
     def _drain(self) -> None:
-        rows = []
-        while True:
+        """Writes what is queued in one transaction. A failed write keeps its rows (`pending`,
+        written first next time) and reopens a PostgreSQL connection that broke."""
+        with self.lock:
+            rows, self.pending = self.pending, []
+            while True:
+                try:
+                    rows.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            if not rows:
+                return
             try:
-                rows.append(self.queue.get_nowait())
-            except queue.Empty:
-                break
-        if rows:
-            with self.lock, self.db.transaction():
-                self.db.executemany(
-                    f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows)
+                with self.db.transaction():
+                    self.db.executemany(
+                        f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows)
+            except Exception:
+                self.pending = rows
+                if self.db.postgres and (self.db.conn.closed or self.db.conn.broken):
+                    try:
+                        self.db = Db(self.target)
+                    except Exception:  # noqa: BLE001 - still down: the next flush tries again
+                        pass
+                raise
 
     def _writer(self) -> None:
-        while not self._stop.wait(self.flush_s):
+        while True:
+            stopping = self._stop.wait(self.flush_s)
             try:
                 self._drain()
             except Exception as exc:  # noqa: BLE001 - a lost connection must not end the writer
                 import sys
 
-                print(f"[mlpipe] serve: cannot write records to {display(self.target)}: {exc}", file=sys.stderr,
+                print(f"[mlpipe] serve: cannot write {len(self.pending)} records to {display(self.target)} "
+                      f"({one_line(exc)}); {'they are lost' if stopping else 'retrying'}", file=sys.stderr,
                       flush=True)
-        self._drain()
+            if stopping:
+                return
 
     def flush(self) -> None:
         self._drain()
 
     def add_feedback(self, request_id: str, label: Any) -> bool:
         """Joins a label to a recorded request; False when no such request was recorded. Another
-        worker process may have answered the request and not yet written it: its writer commits
-        within `flush_ms`, so the lookup is retried for two of those intervals."""
+        process writing the same store may have answered the request and not yet written it: its
+        writer commits within `flush_ms`, so the lookup is then retried for two of those
+        intervals plus 0.25 s (`feedback_wait_s`)."""
         self.flush()
-        deadline = time.monotonic() + 2 * self.flush_s + 0.25
+        deadline = time.monotonic() + self.feedback_wait_s
         while True:
             with self.lock:
                 if self.db.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)):
@@ -285,14 +330,21 @@ def _aligned(predictions: str | None, label: str) -> tuple[list, list]:
 
 @contextmanager
 def read_only(target: str | Path) -> Iterator[Db]:
-    """The store for reading; a missing SQLite file is a DataError that says how to get one."""
-    if not is_postgres(target) and not Path(target).is_file():
-        from mlpipe.errors import DataError
+    """The store for reading; a missing file or database, or one no server has written to, is a
+    DataError that says how to get one."""
+    from mlpipe.errors import DataError
 
-        raise DataError(f"no serving records at {target}; start the server (mlflow run . -e serve) and send "
-                        "requests first, or set serve.records to the store the server wrote")
-    db = Db(target, read_only=True)
+    how = "start the server (mlflow run . -e serve) and send requests first, or set serve.records to the store " \
+          "the server wrote"
+    if not is_postgres(target) and not Path(target).is_file():
+        raise DataError(f"no serving records at {target}; {how}")
     try:
+        db = Db(target, read_only=True)
+    except Exception as exc:  # noqa: BLE001 - sqlite3 and psycopg errors alike
+        raise DataError(f"cannot open the serving records at {display(target)}: {one_line(exc)}; {how}") from None
+    try:
+        if "requests" not in tables(db):
+            raise DataError(f"no serving records in {display(target)} (no requests table); {how}")
         yield db
     finally:
         db.close()
@@ -301,11 +353,10 @@ def read_only(target: str | Path) -> Iterator[Db]:
 def served_control(target: str | Path, experiment: str) -> str | None:
     """The control of the newest server started for `experiment` (None: no server recorded one)."""
     with read_only(target) as db:
-        try:
-            rows = db.execute("SELECT control FROM experiments WHERE experiment = ? ORDER BY id DESC LIMIT 1",
-                              (experiment,))
-        except sqlite3.OperationalError:  # a records file from before servers recorded their experiment
+        if "experiments" not in tables(db):  # a records file from before servers recorded their experiment
             return None
+        rows = db.execute("SELECT control FROM experiments WHERE experiment = ? ORDER BY id DESC LIMIT 1",
+                          (experiment,))
     return rows[0][0] if rows else None
 
 
@@ -313,6 +364,8 @@ def experiments(target: str | Path) -> list[dict[str, Any]]:
     """Every A/B experiment a server started: name, first and last start, its latest variants and
     control, requests and labelled requests so far."""
     with read_only(target) as db:
+        if "experiments" not in tables(db) or "feedback" not in tables(db):
+            return []
         started = db.execute("SELECT experiment, MIN(ts), MAX(ts) FROM experiments GROUP BY experiment")
         latest = {e: (v, c) for e, v, c in db.execute("SELECT experiment, variants, control FROM experiments "
                                                      "ORDER BY id")}
@@ -337,9 +390,10 @@ def labelled_rows(target: str | Path, experiment: str) -> dict[str, Any]:
     versions and authors that answered, and per labelled row (prediction, label, time) in the
     order the labels arrived."""
     with read_only(target) as db:
-        lat = db.execute("SELECT variant, latency_ms, model_version, author FROM requests "
+        author = "author" if "author" in columns(db, "requests") else "''"  # a file from before authors
+        lat = db.execute(f"SELECT variant, latency_ms, model_version, {author} FROM requests "
                          "WHERE experiment = ? AND status = 200 ORDER BY id", (experiment,))
-        stream = labelled_stream(db, experiment)
+        stream = labelled_stream(db, experiment) if "feedback" in tables(db) else {}
         errors = db.execute("SELECT variant, COUNT(*) FROM requests WHERE experiment = ? AND status != 200 "
                             "GROUP BY variant", (experiment,))
     out: dict[str, Any] = {"latencies": {}, "versions": {}, "authors": {}, "errors": dict(errors),

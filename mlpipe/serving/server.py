@@ -154,6 +154,7 @@ class ServeSpec:
     # serve.allow_unvalidated: load models no passing qa run vouches for (registry/provenance.py)
     allow_unvalidated: bool = False
     seed: int | None = None  # tests: a seeded router
+    workers: int = 1  # serve.workers: processes writing the same records
 
     @classmethod
     def from_config(cls, scfg: dict, default_uri: str, records_path: str, serialization: str,
@@ -168,7 +169,8 @@ class ServeSpec:
                    flush_ms=float(scfg["records_flush_ms"]),
                    thompson_refresh_seconds=float(routing["thompson_refresh_seconds"]),
                    serialization=serialization, trusted_types=list(trusted_types),
-                   allow_unvalidated=bool(scfg["allow_unvalidated"]), control=_control(scfg, variants))
+                   allow_unvalidated=bool(scfg["allow_unvalidated"]), control=_control(scfg, variants),
+                   workers=int(scfg["workers"]))
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -223,7 +225,7 @@ def create_app(spec: ServeSpec, variants: list[LiveVariant] | None = None):
         state["by_name"] = {v.name: v for v in live}
         state["weights"] = [v.weight for v in live]
         state["schema"] = live[0].model.metadata.get_input_schema()
-        state["store"] = records.RecordStore(spec.records, spec.flush_ms)
+        state["store"] = records.RecordStore(spec.records, spec.flush_ms, shared=spec.workers > 1)
         state["store"].record_experiment(spec.experiment, spec.variants, spec.control)
         state["bandit"] = ([0] * len(live), [0] * len(live))
         for v in live:

@@ -121,10 +121,10 @@ def main(argv: list[str]) -> int:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     demo = Demo(state, args.port or _free_port(), env)
     records = state / "serve-records.db"
-    demo.say(f"1/6 starting the demo team's MLflow server (state: {state})")
-    demo.step("server start", lambda: demo.cli("start", *demo.team))
-    server = None
+    server, log = None, None
     try:
+        demo.say(f"1/6 starting the demo team's MLflow server (state: {state})")
+        demo.step("server start", lambda: demo.cli("start", *demo.team))
         for member, model in MEMBERS.items():
             demo.say(f"2/6 {member} runs the pipeline ({model}) under their own login")
             demo.step(f"{member}'s pipeline", lambda: demo.as_member(
@@ -169,6 +169,8 @@ def main(argv: list[str]) -> int:
     finally:
         if server is not None:
             _stop(server)
+        if log is not None:
+            log.close()
         demo.cli("stop", *demo.team, check=False)
     demo.say(f"the whole demo took {time.monotonic() - demo.started:.0f} s")
     return 0

@@ -306,4 +306,6 @@ def test_digest_is_stable_and_order_independent():
 def test_a_password_in_a_records_url_is_refused():
     with pytest.raises(ConfigError, match=r"^serve.records holds a password.*PGPASSWORD or ~/.pgpass"):
         config.compose(["serve.records=postgresql://u:secret@127.0.0.1:5432/db"])
+    with pytest.raises(ConfigError, match=r"^serve.records holds a password"):
+        config.compose(["serve.records='postgresql://u@127.0.0.1:5432/db?password=secret'"])
     assert config.compose(["serve.records=postgresql://u@127.0.0.1:5432/db"]).serve.records.startswith("postgresql")

@@ -68,3 +68,23 @@ def test_the_leaderboard_is_best_first_against_the_team_champion():
     assert [r["label"] for r in board] == ["alice", "team champion", "carol"]
     assert board[0]["delta"] > 0 and board[0]["ci_low"] > 0 and board[1]["delta"] == 0
     assert board[2]["error"] == "refused: no qa run" and "accuracy" not in board[2]
+
+
+def test_a_model_whose_ingest_kept_the_evaluation_rows_is_not_scored():
+    """The leaderboard scores only models whose ingest held out the same rows: the same source
+    and data.holdout_fraction, read from the ingest run in the version's lineage."""
+    params = {"i1": {"data.source": "sklearn:iris", "data.holdout_fraction": "0.2"},
+              "i2": {"data.source": "sklearn:iris", "data.holdout_fraction": "0.0"},
+              "i3": {"data.source": "sklearn:wine", "data.holdout_fraction": "0.2"}}
+    client = SimpleNamespace(get_run=lambda run_id: SimpleNamespace(data=SimpleNamespace(params=params[run_id])))
+    dcfg = SimpleNamespace(source="sklearn:iris", holdout_fraction=0.2)
+
+    def reason(ingest):
+        lineage = {"lineage.ingest_run_id": ingest} if ingest else {}
+        return team.unseen_rows(client, team.Candidate("bob", "models:/m.bob/1", "1", "bob", lineage=lineage), dcfg)
+
+    assert reason("i1") == ""
+    assert reason("i2") == ("not scored: its ingest held out data.holdout_fraction=0.0, not 0.2, so it may have "
+                            "trained on evaluation rows")
+    assert reason("i3") == "not scored: trained on sklearn:wine, not sklearn:iris"
+    assert reason(None).startswith("not scored: no ingest run in its lineage")

@@ -144,3 +144,54 @@ def test_a_database_url_is_shown_without_its_password():
     assert records.display("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert records.display("postgresql://u@h/db") == "postgresql://u@h/db"
     assert records.display("/tmp/r.db") == "/tmp/r.db"
+    assert records.display("postgresql://u@h/db?sslmode=require&password=x") == \
+        "postgresql://u@h/db?sslmode=require&password=***"
+
+
+def test_a_failed_write_keeps_its_rows_and_writes_them_next_time(tmp_path):
+    """The store refuses inserts for a while (a trigger, as a full disk or a lost database
+    would): the rows stay pending, nothing is lost, and the next flush writes them in order."""
+    import sqlite3
+
+    path = tmp_path / "r.db"
+    store = records.RecordStore(path, flush_ms=60_000)
+    side = sqlite3.connect(path, isolation_level=None)
+    side.executescript("CREATE TABLE block (x); INSERT INTO block VALUES (1);"
+                       "CREATE TRIGGER refuse BEFORE INSERT ON requests WHEN (SELECT COUNT(*) FROM block) > 0 "
+                       "BEGIN SELECT RAISE(ABORT, 'disk full'); END;")
+    try:
+        store.append(_record(1))
+        with pytest.raises(sqlite3.DatabaseError, match="disk full"):
+            store.flush()
+        assert len(store.pending) == 1
+        store.append(_record(2))
+        side.execute("DELETE FROM block")
+        store.flush()
+        assert store.pending == []
+    finally:
+        store.close()
+    ids = sqlite3.connect(path).execute("SELECT request_id FROM requests ORDER BY id").fetchall()
+    assert ids == [("r1",), ("r2",)]
+
+
+def test_an_old_records_file_is_read_as_it_is_and_an_empty_one_is_a_clear_error(tmp_path):
+    """The report reads read-only: a file from before authors is not migrated, its arms have no
+    author; a file without the tables says how to get records."""
+    import sqlite3
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(records.SQLITE_SCHEMA.replace(",\n    author TEXT NOT NULL DEFAULT '',\n    server TEXT NOT NULL "
+                                                     "DEFAULT ''", ""))
+    conn.execute("INSERT INTO requests (request_id, ts, experiment, variant, model_uri, model_version, status, "
+                 "latency_ms, rows, predictions) VALUES ('old', 1, 'exp', 'a', 'u', '1', 200, 3, 1, NULL)")
+    conn.commit()
+    conn.close()
+    data = records.labelled_rows(path, "exp")
+    assert data["latencies"] == {"a": [3.0]} and data["authors"] == {}
+    assert "author" not in {row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(requests)")}
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).execute("CREATE TABLE other (x)").connection.commit()
+    with pytest.raises(DataError, match=r"^no serving records in .*empty.db \(no requests table\); start the server"):
+        records.labelled_rows(empty, "exp")
+    assert records.experiments(path) == []  # no server recorded an experiment in it
