@@ -30,9 +30,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ("data=synthetic data.synthetic.rows=3000 data.synthetic.columns=6 data.synthetic.informative=4 "
         "data.synthetic.classes=3 train.cv_folds=2")
 MODEL = "synthetic_classification_model"
-# who trains what: three members, three different models (alice's one-split tree is the weak one)
+# who trains what: three members, three models (alice's one-split tree is the weak one). Light
+# models: qa's latency bound (qa.inference.p95_budget_ms) is measured on whatever else this
+# machine runs, and gradient boosting's OpenMP threads crossed it (3.6 s) beside a test run
 MEMBERS = {"alice": "model=random_forest model.max_depth=1 model.n_estimators=1",
-           "bob": "model=gradient_boosting",
+           "bob": "model=random_forest model.n_estimators=30",
            "carol": "model=logistic_regression"}
 EXPERIMENT = "demo-cross"
 

@@ -60,3 +60,18 @@ def test_a_fail_limit_stops_the_step_with_its_own_exit_code(store: Store, prepar
     (line,) = error_lines(result.stderr)
     assert line.startswith("error: train: ResourceLimitError: the step has run ")
     assert "step.wall_s" in run.data.metrics  # the figures of a stopped step are kept
+
+
+def test_a_step_shorter_than_the_sampling_interval_still_has_system_metrics(store: Store):
+    """MLflow drops a partial sampling interval: with a 60 s interval a 5 s ingest logged no
+    system metric before; the harness logs the sample the monitor took."""
+    before = {r.info.run_id for r in store.step_runs("ingest")}
+    store.mlflow_run("-P", "steps=ingest", "-P", "overrides=main.force=true monitor.system_metrics=true "
+                                                 "monitor.sampling_interval=60", check=True)
+    run = store.step_runs("ingest")[-1]
+    assert run.info.run_id not in before  # a new run, not the cached one
+    assert run.info.status == "FINISHED" and run.data.metrics["step.wall_s"] < 60
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert "system/system_memory_usage_megabytes" in run.data.metrics
+    history = store.client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert [m.step for m in history] == [0]

@@ -1,0 +1,32 @@
+"""The harness's own guards around MLflow."""
+
+import sys
+
+import pytest
+
+
+def test_rest_requests_try_no_databricks_imports_outside_databricks(monkeypatch):
+    """harness.skip_databricks_checks: MLflow's request headers are resolved without asking any
+    import finder (MLflow's import-hook finder among them: the deadlock it avoids)."""
+    from mlflow.tracking.request_header.databricks_request_header_provider import DatabricksRequestHeaderProvider
+    from mlflow.tracking.request_header.registry import resolve_request_headers
+
+    from mlpipe.run import harness
+
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
+    monkeypatch.setattr(DatabricksRequestHeaderProvider, "in_context", DatabricksRequestHeaderProvider.in_context)
+    asked = []
+
+    class Finder:
+        def find_spec(self, name, path=None, target=None):
+            asked.append(name)
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [Finder(), *sys.meta_path])
+    resolve_request_headers()
+    if not asked:
+        pytest.skip("this MLflow's request headers import nothing: nothing to skip")
+    asked.clear()
+    harness.skip_databricks_checks()
+    resolve_request_headers()
+    assert asked == []
