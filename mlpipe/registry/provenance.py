@@ -10,7 +10,6 @@ names (the version's source) and the files downloaded now have that digest
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from mlflow.exceptions import MlflowException
@@ -21,7 +20,6 @@ from mlpipe.registry import versions
 from mlpipe.run import handoff, outputs
 
 QA_RUN_TAG = f"{handoff.LINEAGE_PREFIX}qa_run_id"  # on a version register made: the qa run behind it
-LOGGED_MODEL = re.compile(r"^models:/(m-[0-9a-f]{32})$")
 
 
 @dataclass(frozen=True)
@@ -35,10 +33,6 @@ class Validated:
     version: str | None  # the registry version, when the URI named one
 
 
-def model_id(uri: str | None) -> str | None:
-    found = LOGGED_MODEL.match(uri or "")
-    return found.group(1) if found else None
-
 
 def validated(client: MlflowClient, model_uri: str, relax: str) -> Validated:
     """The qa run that validated the model at `model_uri` (a registry version, `models:/m-...`
@@ -47,7 +41,7 @@ def validated(client: MlflowClient, model_uri: str, relax: str) -> Validated:
     `relax` (what the user can do instead); nothing has been downloaded yet."""
     refused = f"refused, nothing loaded; {relax}"
     parsed = versions.parse_model_uri(model_uri)
-    if parsed is not None and model_id(model_uri) is None:
+    if parsed is not None and versions.logged_model_id(model_uri) is None:
         version = _version(client, model_uri, parsed)
         where = f"{model_uri} (version {version.version} of {version.name})"
         qa_run_id, source = (version.tags or {}).get(QA_RUN_TAG), version.source
@@ -62,7 +56,8 @@ def validated(client: MlflowClient, model_uri: str, relax: str) -> Validated:
             raise UntrustedModelError(f"{model_uri}: no FINISHED qa run passed {source}; {refused}")
         qa_run_id, load_uri, number = run.info.run_id, model_uri, None
     qa = _qa_output(client, qa_run_id, where, refused)
-    if model_id(qa.model_uri) != model_id(source) or model_id(source) is None:
+    source_id = versions.logged_model_id(source)
+    if source_id is None or versions.logged_model_id(qa.model_uri) != source_id:
         raise UntrustedModelError(f"{where}: its source {source} is not the model qa run {qa_run_id} validated "
                                   f"({qa.model_uri}); {refused}")
     return Validated(qa_run_id, qa.model_uri, qa.model_digest, load_uri, number)
@@ -92,7 +87,7 @@ def _version(client: MlflowClient, model_uri: str, parsed):
 
 def _logged_model(client: MlflowClient, model_uri: str, refused: str) -> str:
     """`models:/m-...` of a logged model URI, or of a train run's `runs:/` URI (its handed-over model)."""
-    if model_id(model_uri):
+    if versions.logged_model_id(model_uri):
         return model_uri
     if model_uri.startswith("runs:/"):
         run_id = model_uri[len("runs:/"):].split("/")[0]
@@ -106,7 +101,7 @@ def _logged_model(client: MlflowClient, model_uri: str, refused: str) -> str:
 
 
 def _validating_run(client: MlflowClient, source: str):
-    logged = versions.lookup(source, lambda: client.get_logged_model(model_id(source)))
+    logged = versions.lookup(source, lambda: client.get_logged_model(versions.logged_model_id(source)))
     if logged is None:
         raise UpstreamError(f"{source}: no such logged model in the tracking store")
     return handoff.newest_finished_run(client, logged.experiment_id, {handoff.STEP_TAG: "qa", outputs.MODEL_URI_TAG: source,

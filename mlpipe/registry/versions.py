@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlpipe.errors import AccessDeniedError, StorageError, one_line
+
+LOGGED_MODEL = re.compile(r"^models:/(m-[0-9a-f]{32})$")
 
 
 def _absent(exc: MlflowException) -> bool:
@@ -50,6 +54,11 @@ def lookup(what: str, fn):
 def current(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     """The version holding `alias`, or None when the model or the alias does not exist."""
     return lookup(f"{name}@{alias}", lambda: client.get_model_version_by_alias(name, alias))
+
+
+def all_of(client: MlflowClient, name: str) -> list[ModelVersion]:
+    """Every version of `name` (none when the model does not exist)."""
+    return lookup(name, lambda: client.search_model_versions(f"name = '{name}'")) or []
 
 
 def latest(client: MlflowClient, name: str) -> ModelVersion | None:
@@ -112,7 +121,7 @@ def copy_version(client: MlflowClient, source: ModelVersion, name: str, tags: di
     try:
         return client.create_model_version(name, source.source, run_id=source.run_id,
                                            tags=dict(source.tags or {}) | tags, description=description,
-                                           model_id=_logged_model_id(source.source) or source.model_id)
+                                           model_id=logged_model_id(source.source) or source.model_id)
     except MlflowException as exc:
         if denied(exc):
             raise access_denied(f"add a version to {name}", f"registered model {name}", "EDIT",
@@ -120,11 +129,9 @@ def copy_version(client: MlflowClient, source: ModelVersion, name: str, tags: di
         raise
 
 
-def _logged_model_id(uri: str) -> str | None:
-    """`m-...` of a `models:/m-...` source: the server requires it beside such a source."""
-    import re
-
-    found = re.match(r"^models:/(m-[0-9a-f]{32})$", uri or "")
+def logged_model_id(uri: str | None) -> str | None:
+    """`m-...` of a logged model's URI `models:/m-...`, else None."""
+    found = LOGGED_MODEL.match(uri or "")
     return found.group(1) if found else None
 
 
