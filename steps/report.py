@@ -59,10 +59,9 @@ def run(ctx: StepContext) -> None:
     for name, png in charts.items():
         (ctx.workdir / name).write_bytes(png)
     ctx.log_files([ctx.workdir / name for name in charts], "team_report")
-    page = cards.render(cards.summary(card, run_id=ctx.run_id, experiment_id=ctx.run.info.experiment_id,
-                                      status="FINISHED", error=None, metrics={}), card.sections)
-    ctx.log_text(page.replace("<title>report card</title>", f"<title>team {team.name} report</title>")
-                 .replace("<h1>report ", f"<h1>team {team.name} report ", 1), PAGE)
+    page = cards.summary(card, run_id=ctx.run_id, experiment_id=ctx.run.info.experiment_id, status="FINISHED",
+                         error=None, metrics={}) | {"step": f"team {team.name} report"}  # the page's title
+    ctx.log_text(cards.render(page, card.sections), PAGE)
     ctx.set_tags({"report.page": PAGE, "report.champion": holder["version"] if holder else "none"})
     ctx.log_metrics({f"report.{r['label'].replace(' ', '_')}.{measure}": r[measure] for r in board if measure in r})
     ctx.summary(f"{len(board)} models on {len(truth)} held-out rows; {len(tests)} A/B tests; {len(runs)} runs")

@@ -102,7 +102,7 @@ class Candidate:
     member: str
     outcomes: np.ndarray | None = None
     error: str = ""
-    lineage: dict[str, str] | None = None  # the version's lineage.* tags
+    tags: dict[str, str] | None = None  # the version's tags (its lineage.* among them)
 
 
 def holdout(dcfg) -> tuple[pd.DataFrame, pd.Series]:
@@ -128,19 +128,19 @@ def candidates(client, team, alias: str) -> list[Candidate]:
     if champion is not None:
         found.append(Candidate("team champion", f"models:/{team.shared_model}/{champion.version}",
                                str(champion.version), (champion.tags or {}).get("team.member", ""),
-                               lineage=dict(champion.tags or {})))
+                               tags=dict(champion.tags or {})))
     for member in [str(m["name"]) for m in team.members]:
         version = versions.current(client, f"{team.shared_model}.{member}", alias)
         if version is not None:
             found.append(Candidate(member, f"models:/{team.shared_model}.{member}/{version.version}",
-                                   str(version.version), member, lineage=dict(version.tags or {})))
+                                   str(version.version), member, tags=dict(version.tags or {})))
     return found
 
 
 def unseen_rows(client, c: Candidate, dcfg) -> str:
     """"" when the model's ingest held out the same rows as this report (the same data source and
     `data.holdout_fraction`), so it never trained on the evaluation set; else why it may have."""
-    run_id = (c.lineage or {}).get("lineage.ingest_run_id")
+    run_id = (c.tags or {}).get("lineage.ingest_run_id")
     if not run_id:
         return "not scored: no ingest run in its lineage, so whether it trained on the evaluation rows is unknown"
     params = client.get_run(run_id).data.params
@@ -197,10 +197,9 @@ def promotions(client, shared: str, alias: str) -> list[dict[str, Any]]:
     """The team model's versions, newest first: where each came from, who promoted it, the evidence."""
     from mlpipe.registry import versions
 
-    found = versions.lookup(shared, lambda: client.search_model_versions(f"name = '{shared}'")) or []
     champion = versions.current(client, shared, alias)
     out = []
-    for v in sorted(found, key=lambda v: int(v.version), reverse=True):
+    for v in sorted(versions.all_of(client, shared), key=lambda v: int(v.version), reverse=True):
         tags = v.tags or {}
         evidence = json.loads(tags.get("ab.evidence") or "{}")
         out.append({"version": str(v.version), "champion": bool(champion and champion.version == v.version),

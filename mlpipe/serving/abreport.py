@@ -82,26 +82,35 @@ def promote_winner(client, result: dict[str, Any], served: dict[str, tuple[str, 
 def promote(client, result: dict[str, Any], served: dict[str, tuple[str, str]], model_name: str,
             alias: str, lock_timeout_s: float) -> dict[str, str]:
     """Moves `alias` of `model_name` to the winner's version (under the registry lock)."""
-    winner = result["winner"]
-    uri, version = served[winner]
-    parsed = versions.parse_model_uri(uri)
-    name = parsed[0] if parsed else None
-    if name is None or not version.isdigit():
+    winner, uri, name, version = _served_version(result, served)
+    if name is None:
         raise ConfigError(f"cannot promote variant {winner!r}: it serves {uri} (version {version}), not a registered "
                           "model version")
     if name != model_name:
         raise ConfigError(f"cannot promote variant {winner!r}: it serves {name} version {version}, not a version of "
                           f"registry.model_name={model_name!r}")
-    # only a version qa validated, its files unchanged, may take the alias (registry/provenance.py)
-    proof = provenance.validated(client, f"models:/{model_name}/{version}",
-                                 f"{model_name}@{alias} was not moved; promote a version qa validated")
-    provenance.check_files(proof.load_uri, proof.digest, f"{model_name}@{alias} was not moved")
+    _check_validated(client, name, version, f"{model_name}@{alias} was not moved")
     with versions.promotion_lock(model_name, lock_timeout_s):
         before = versions.current(client, model_name, alias)
         versions.set_alias(client, model_name, alias, version)
         client.set_model_version_tag(model_name, version, "ab.promoted_by_experiment", result["experiment"])
     return {"model": model_name, "alias": alias, "version": version,
             "previous_version": str(before.version) if before else "none"}
+
+
+def _served_version(result: dict[str, Any], served: dict[str, tuple[str, str]]) -> tuple[str, str, str | None, str]:
+    """(winner, the URI it serves, the registered model's name or None, the version it answered with)."""
+    winner = result["winner"]
+    uri, version = served[winner]
+    parsed = versions.parse_model_uri(uri)
+    return winner, uri, parsed[0] if parsed and version.isdigit() else None, version
+
+
+def _check_validated(client, name: str, version: str, what: str) -> None:
+    """Only a version qa validated, its files unchanged, may take an alias (registry/provenance.py);
+    `what` says what was not done otherwise."""
+    proof = provenance.validated(client, f"models:/{name}/{version}", f"{what}; promote a version qa validated")
+    provenance.check_files(proof.load_uri, proof.digest, what)
 
 
 def evidence(result: dict[str, Any]) -> dict[str, Any]:
@@ -122,16 +131,11 @@ def promote_to_team(client, result: dict[str, Any], served: dict[str, tuple[str,
     and the evidence), which then takes `alias`. Only the lead may (docs/team.md)."""
     import datetime
 
-    winner = result["winner"]
-    uri, version = served[winner]
-    parsed = versions.parse_model_uri(uri)
-    name = parsed[0] if parsed else None
-    if name is None or not version.isdigit() or not (name == team_model or name.startswith(f"{team_model}.")):
+    winner, uri, name, version = _served_version(result, served)
+    if name is None or not (name == team_model or name.startswith(f"{team_model}.")):
         raise ConfigError(f"cannot promote variant {winner!r}: it serves {uri} (version {version}), not a version of "
                           f"the team model {team_model} or of a member's {team_model}.<member>")
-    what = f"{team_model}@{alias} was not moved"
-    proof = provenance.validated(client, f"models:/{name}/{version}", f"{what}; promote a version qa validated")
-    provenance.check_files(proof.load_uri, proof.digest, what)
+    _check_validated(client, name, version, f"{team_model}@{alias} was not moved")
     source = client.get_model_version(name, version)
     with versions.promotion_lock(team_model, lock_timeout_s):
         before = versions.current(client, team_model, alias)
@@ -151,8 +155,8 @@ def promote_to_team(client, result: dict[str, Any], served: dict[str, tuple[str,
 
 def _copy_of(client, team_model: str, source: str) -> str | None:
     """The team model's version already copied from `source` (`<model>.<member>/<version>`)."""
-    found = versions.lookup(team_model, lambda: client.search_model_versions(f"name = '{team_model}'")) or []
-    return next((str(v.version) for v in found if (v.tags or {}).get("team.copied_from") == source), None)
+    return next((str(v.version) for v in versions.all_of(client, team_model)
+                 if (v.tags or {}).get("team.copied_from") == source), None)
 
 
 def _evidence_tag(evidence: dict[str, Any]) -> str:

@@ -80,8 +80,8 @@ def test_a_model_whose_ingest_kept_the_evaluation_rows_is_not_scored():
     dcfg = SimpleNamespace(source="sklearn:iris", holdout_fraction=0.2)
 
     def reason(ingest):
-        lineage = {"lineage.ingest_run_id": ingest} if ingest else {}
-        return team.unseen_rows(client, team.Candidate("bob", "models:/m.bob/1", "1", "bob", lineage=lineage), dcfg)
+        tags = {"lineage.ingest_run_id": ingest} if ingest else {}
+        return team.unseen_rows(client, team.Candidate("bob", "models:/m.bob/1", "1", "bob", tags=tags), dcfg)
 
     assert reason("i1") == ""
     assert reason("i2") == ("not scored: its ingest held out data.holdout_fraction=0.0, not 0.2, so it may have "
