@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from mlpipe.errors import one_line
 
-_TABLES = """
+_TABLES_DDL = """
 CREATE TABLE IF NOT EXISTS requests (
     id {pk},
     request_id TEXT NOT NULL UNIQUE,
@@ -58,11 +58,11 @@ CREATE TABLE IF NOT EXISTS experiments (
     control TEXT NOT NULL
 );
 """
-SQLITE_SCHEMA = _TABLES.format(pk="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL") + "".join(
+SQLITE_SCHEMA = _TABLES_DDL.format(pk="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL") + "".join(
     f"CREATE TRIGGER IF NOT EXISTS {t}_append_only_{k} BEFORE {op} ON {t}\n"
     "    BEGIN SELECT RAISE(ABORT, 'serving records are append-only'); END;\n"
     for t in ("requests", "feedback") for k, op in (("u", "UPDATE"), ("d", "DELETE")))
-POSTGRES_SCHEMA = _TABLES.format(pk="BIGSERIAL PRIMARY KEY", real="DOUBLE PRECISION") + """
+POSTGRES_SCHEMA = _TABLES_DDL.format(pk="BIGSERIAL PRIMARY KEY", real="DOUBLE PRECISION") + """
 CREATE OR REPLACE FUNCTION mlpipe_append_only() RETURNS trigger LANGUAGE plpgsql AS
     $$ BEGIN RAISE EXCEPTION 'serving records are append-only'; END $$;
 CREATE OR REPLACE TRIGGER requests_append_only BEFORE UPDATE OR DELETE ON requests
@@ -74,6 +74,8 @@ CREATE OR REPLACE TRIGGER feedback_append_only BEFORE UPDATE OR DELETE ON feedba
 ADDED_COLUMNS = {"author": "TEXT NOT NULL DEFAULT ''", "server": "TEXT NOT NULL DEFAULT ''"}
 COLUMNS = ("request_id", "ts", "experiment", "variant", "model_uri", "model_version", "status", "latency_ms",
            "rows", "predictions", "author", "server")
+TABLES = frozenset({"requests", "feedback", "experiments"})
+INSERT_REQUEST = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 # Latency histogram bucket bounds (seconds), as Prometheus clients use by default.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -153,7 +155,7 @@ def tables(db: Db) -> set[str]:
         rows = db.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
     else:
         rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-    return {name for (name,) in rows} & {"requests", "feedback", "experiments"}
+    return {name for (name,) in rows} & TABLES
 
 
 def columns(db: Db, table: str) -> set[str]:
@@ -170,14 +172,14 @@ def connect(target: str | Path) -> Db:
     but not create or alter tables (not their owner) can serve."""
     db = Db(target)
     if db.postgres:
-        if tables(db) == {"requests", "feedback", "experiments"} and set(ADDED_COLUMNS) <= columns(db, "requests"):
+        if tables(db) == TABLES and set(ADDED_COLUMNS) <= columns(db, "requests"):
             return db
         with db.transaction():  # two workers starting at once: one creates, the other waits
             db.execute("SELECT pg_advisory_xact_lock(7104220913)")
             db.conn.execute(POSTGRES_SCHEMA)
     else:
         db.conn.executescript(SQLITE_SCHEMA)
-        have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+        have = columns(db, "requests")
         for column, kind in ADDED_COLUMNS.items():
             if column not in have:
                 db.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
@@ -228,8 +230,7 @@ class RecordStore:
                 return
             try:
                 with self.db.transaction():
-                    self.db.executemany(
-                        f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows)
+                    self.db.executemany(INSERT_REQUEST, rows)
             except Exception:
                 self.pending = rows
                 if self.db.postgres and (self.db.conn.closed or self.db.conn.broken):
@@ -300,7 +301,11 @@ class RecordStore:
 
 def labelled_pairs(db: Db, experiment: str) -> dict[str, list[tuple[Any, Any]]]:
     """Per variant, (prediction, label) for every labelled row of its answered requests."""
-    return {variant: [(p, t) for p, t, _ in rows] for variant, rows in labelled_stream(db, experiment).items()}
+    return _pairs(labelled_stream(db, experiment))
+
+
+def _pairs(stream: dict[str, list[tuple[Any, Any, float]]]) -> dict[str, list[tuple[Any, Any]]]:
+    return {variant: [(p, t) for p, t, _ in rows] for variant, rows in stream.items()}
 
 
 def labelled_stream(db: Db, experiment: str) -> dict[str, list[tuple[Any, Any, float]]]:
@@ -364,7 +369,7 @@ def experiments(target: str | Path) -> list[dict[str, Any]]:
     """Every A/B experiment a server started: name, first and last start, its latest variants and
     control, requests and labelled requests so far."""
     with read_only(target) as db:
-        if "experiments" not in tables(db) or "feedback" not in tables(db):
+        if tables(db) != TABLES:
             return []
         started = db.execute("SELECT experiment, MIN(ts), MAX(ts) FROM experiments GROUP BY experiment")
         latest = {e: (v, c) for e, v, c in db.execute("SELECT experiment, variants, control FROM experiments "
@@ -397,7 +402,7 @@ def labelled_rows(target: str | Path, experiment: str) -> dict[str, Any]:
         errors = db.execute("SELECT variant, COUNT(*) FROM requests WHERE experiment = ? AND status != 200 "
                             "GROUP BY variant", (experiment,))
     out: dict[str, Any] = {"latencies": {}, "versions": {}, "authors": {}, "errors": dict(errors),
-                           "pairs": {v: [(p, t) for p, t, _ in rows] for v, rows in stream.items()},
+                           "pairs": _pairs(stream),
                            "stream": stream}
     for variant, latency, version, author in lat:
         out["latencies"].setdefault(variant, []).append(float(latency))
