@@ -16,8 +16,6 @@ import argparse
 import collections
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +23,9 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from mlpipe.run import processes
+from mlpipe.serving.smoke import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ("data=synthetic data.synthetic.rows=3000 data.synthetic.columns=6 data.synthetic.informative=4 "
@@ -37,12 +38,6 @@ MEMBERS = {"alice": "model=random_forest model.max_depth=1 model.n_estimators=1"
            "bob": "model=random_forest model.n_estimators=30",
            "carol": "model=logistic_regression"}
 EXPERIMENT = "demo-cross"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Demo:
@@ -121,7 +116,7 @@ def main(argv: list[str]) -> int:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_REGISTRY", "MLFLOW_EXPERIMENT", "MLPIPE_TEAM"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    demo = Demo(state, args.port or _free_port(), env)
+    demo = Demo(state, args.port or free_port("127.0.0.1"), env)
     records = state / "serve-records.db"
     server, log = None, None
     try:
@@ -131,7 +126,7 @@ def main(argv: list[str]) -> int:
             demo.say(f"2/6 {member} runs the pipeline ({model}) under their own login")
             demo.step(f"{member}'s pipeline", lambda: demo.as_member(
                 member, "main", f"{DATA} {model}", "-P", "steps=ingest,preprocess,train,qa,register"))
-        serve_port = _free_port()
+        serve_port = free_port("127.0.0.1")
         demo.say(f"3/6 alice serves every member's champion on http://127.0.0.1:{serve_port} (an A/B test)")
         log = (state / "serve.log").open("w")
         server = subprocess.Popen(
@@ -154,7 +149,7 @@ def main(argv: list[str]) -> int:
         arms = demo.step("traffic", lambda: traffic(f"http://127.0.0.1:{serve_port}", features, labels, args.requests,
                                                     args.rows_per_request, args.feedback_delay_s, 0, interim))
         demo.say(f"   requests per arm: {dict(arms)}")
-        _stop(server)
+        processes.stop_group(server.pid, timeout=60)  # SIGTERM: it drains and writes its records
         server = None
         demo.say("4/6 alice (the lead) runs the A/B report with promotion on")
         result = demo.step("A/B report", lambda: demo.as_member("alice", "serve", f"{report} serve.ab.promote=true"))
@@ -170,7 +165,7 @@ def main(argv: list[str]) -> int:
               f"  timings (s):   {json.dumps(demo.timings)}", flush=True)
     finally:
         if server is not None:
-            _stop(server)
+            processes.stop_group(server.pid, timeout=60)
         if log is not None:
             log.close()
         demo.cli("stop", *demo.team, check=False)
@@ -198,25 +193,6 @@ def _wait_for(port: int, proc: subprocess.Popen, log: Path, timeout: float = 180
         except OSError:
             time.sleep(0.5)
     raise SystemExit(f"error: demo: the model server did not answer on port {port} in {timeout:.0f} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (it drains and writes its records), SIGKILL after 60 s."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
 
 
 def _download_report(demo: Demo) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlpipe.errors import ConfigError, StorageError
-from mlpipe.run.processes import exited
+from mlpipe.run.processes import exited, stop_group
 
 ADMIN = "admin"
 
@@ -170,32 +169,6 @@ def stop(scfg, timeout: float = 30) -> bool:
     if pid is None:
         where.pid.unlink(missing_ok=True)
         return False
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _group_alive(pid):
-            try:
-                os.waitpid(pid, os.WNOHANG)  # our child when started by this process (tests)
-            except ChildProcessError:
-                pass
-            time.sleep(0.2)
-        if not _group_alive(pid):
-            break
+    stop_group(pid, timeout)
     where.pid.unlink(missing_ok=True)
     return True
-
-
-def _group_alive(pgid: int) -> bool:
-    """A process of the group still running (zombies left for init to reap do not count)."""
-    import psutil
-
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and not exited(proc.pid):
-                return True
-        except (ProcessLookupError, PermissionError):
-            continue
-    return False
