@@ -87,9 +87,12 @@ def _log_usage(started: float) -> None:
     and at least one sample of MLflow's system metrics however short the step was."""
     try:
         mlflow.log_metrics(monitor.usage(started))
-        _last_system_sample()
     except Exception as exc:  # noqa: BLE001
         print(f"warning: resource figures not logged: {one_line(exc)}", file=sys.stderr)
+    try:
+        _last_system_sample()
+    except Exception as exc:  # noqa: BLE001
+        print(f"warning: the last system-metrics sample was not logged: {one_line(exc)}", file=sys.stderr)
 
 
 def _last_system_sample() -> None:
