@@ -288,6 +288,7 @@ class MainConfig(Checked):
     steps: Any = MISSING  # "all", "train,qa" or a list
     force: Any = MISSING  # true, false or a list of steps
     env_manager: Optional[str] = spec(choices=("local", "virtualenv", "uv", "conda"))
+    warm_steps: bool = MISSING
     log: str = spec(choices=("quiet", "full"))
     step_lock_timeout_s: float = spec(gt=0)
     step_grace_s: float = spec(gt=0)

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from mlpipe.config import register_resolvers
 from mlpipe.pipeline.driver import hydra_argv
 from mlpipe.pipeline.jobs import preflight, run_job
-from mlpipe.data.frames import stop_with_parent
+from mlpipe.run.processes import stop_with_parent
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -8,7 +8,7 @@ MODULE_SECONDS = {
     "test_tracking_server.py": 125, "test_sweeps.py": 120, "test_data_sources.py": 110, "test_git_uri.py": 105,
     "test_bad_inputs.py": 100, "test_model_gate.py": 95, "test_errors.py": 70, "test_resource_monitoring.py": 65,
     "test_steps.py": 65, "test_team.py": 160, "test_team_postgres.py": 45, "test_demo.py": 170,
-    "test_records_postgres.py": 60, "test_browser_helper.py": 8,
+    "test_records_postgres.py": 60, "test_browser_helper.py": 8, "test_warm_steps.py": 25, "test_warm.py": 15,
 }
 
 

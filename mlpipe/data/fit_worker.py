@@ -87,7 +87,8 @@ def last_line(text: str) -> str:
 
 
 def main(request_path: str) -> int:
-    from mlpipe.data.frames import read_parquet, return_freed_memory, stop_with_parent
+    from mlpipe.data.frames import read_parquet, return_freed_memory
+    from mlpipe.run.processes import stop_with_parent
 
     stop_with_parent()  # a killed step does not leave its worker fitting
 

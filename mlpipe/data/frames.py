@@ -1,6 +1,5 @@
 """Frames on disk and in memory: the Parquet hand-off format, read and written with the least
-memory, and the process settings of a step (freed frames leave RSS; the step stops with the
-process that started it). Imports pandas and Arrow
+memory, and a step's memory setting (freed frames leave RSS). Imports pandas and Arrow
 only, so a lean worker process (`mlpipe.data.fit_worker`) can use it without MLflow."""
 
 from __future__ import annotations
@@ -41,64 +40,6 @@ def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
 # glibc's mallopt parameter number, and the size from which an allocation gets its own mapping.
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 1 << 20
-
-
-def stop_with_parent() -> None:
-    """Linux: SIGTERM reaches this process when the process that started it dies (`mlflow run`
-    killed, the driver gone; through the `bash -c` of the uv and virtualenv env managers too),
-    so no step or worker outlives its launcher. The server drains on
-    SIGTERM and ends its run FINISHED; any other step stops at once (its run is left RUNNING, as
-    after SIGKILL). Elsewhere, nothing."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import os
-    import signal
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() == 1:  # the parent was already gone before the request
-        os.kill(os.getpid(), signal.SIGTERM)
-    _watch_launcher_behind_shell()
-
-
-SHELLS = ("bash", "sh", "dash")
-
-
-def _proc_stat(pid: int) -> tuple[str, str, int] | None:
-    """(command name, state, parent pid) of a process from /proc, or None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    name, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
-    return name, rest[0], int(rest[1])
-
-
-def _watch_launcher_behind_shell(poll_s: float = 0.5) -> None:
-    """Under `--env-manager uv` / `virtualenv`, `mlflow run` starts `bash -c "<activate> && python
-    ..."`: the shell is this process's parent and it does not stop when `mlflow run` dies, so the
-    parent-death signal never comes. A daemon thread then watches the shell's parent (the
-    launcher) and sends this process SIGTERM once it is gone (or a zombie)."""
-    import os
-    import signal
-    import threading
-    import time
-
-    shell = _proc_stat(os.getppid())
-    if shell is None or shell[0] not in SHELLS or shell[2] <= 1:
-        return
-    launcher = shell[2]
-
-    def watch() -> None:
-        while True:
-            time.sleep(poll_s)
-            found = _proc_stat(launcher)
-            if found is None or found[1] == "Z":
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-
-    threading.Thread(target=watch, name="mlpipe-launcher-watch", daemon=True).start()
 
 
 def return_freed_memory() -> None:

@@ -26,7 +26,7 @@ from mlpipe.config import PROJECT_ROOT, digest, to_container
 from mlpipe.errors import PipelineError, StepFailedError, UpstreamError
 from mlpipe.pipeline import cache
 from mlpipe.pipeline.spec import STEPS, forced_steps
-from mlpipe.run import handoff
+from mlpipe.run import handoff, warm
 from mlpipe.run.harness import ERROR_MESSAGE_TAG, ERROR_TYPE_TAG, QUIET_ENV
 from mlpipe.run.outputs import RegisterOutput
 from mlpipe.run.processes import exited
@@ -85,7 +85,15 @@ class StepTimer:
         import psutil
 
         self.fired = True
-        stop_tree(psutil.Process().children(), self.grace)
+        # Not the warm helper itself, but the step it forked (mlpipe/run/warm.py), also reached
+        # through its launcher: a stopped (SIGSTOP) step would not see its launcher die.
+        helper, roots = warm.helper_pid(), []
+        for child in psutil.Process().children():
+            try:
+                roots += child.children() if child.pid == helper else [child]
+            except psutil.NoSuchProcess:
+                pass
+        stop_tree(roots, self.grace)
 
 
 def stop_tree(roots, grace: float = STOP_GRACE_S) -> None:

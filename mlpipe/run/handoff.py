@@ -17,6 +17,7 @@ from mlpipe.data.frames import read_parquet, write_parquet  # noqa: F401 - the h
 from mlpipe.errors import StorageError, UpstreamError
 
 STEP_TAG = "pipeline.step"
+PROCESS_TAG = "pipeline.process"  # warm (a fork of the warm helper) or own
 SUMMARY_TAG = "pipeline.summary"
 CONFIG_DIGEST_TAG = "pipeline.config_digest"
 LINEAGE_PREFIX = "lineage."

@@ -24,12 +24,13 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from mlpipe.config import PROJECT_ROOT, compose, flatten, split_overrides, to_container
-from mlpipe.data.frames import return_freed_memory, stop_with_parent
+from mlpipe.data.frames import return_freed_memory
+from mlpipe.run.processes import launcher_pid, stop_with_parent
 from mlpipe.errors import PipelineError, StorageError, one_line
 from mlpipe.pipeline import cache, key_inputs
 from mlpipe.pipeline.spec import spec_of
 from mlpipe.reports import cards
-from mlpipe.run import handoff, monitor, outputs, storage
+from mlpipe.run import handoff, monitor, outputs, processes, storage
 
 ERROR_TYPE_TAG = "error.type"
 ERROR_MESSAGE_TAG = "error.message"
@@ -279,7 +280,7 @@ class StepContext:
         in its own session so that the terminal's Ctrl-C does not reach it."""
         import subprocess
 
-        launcher = os.getppid()
+        launcher = launcher_pid()
         if launcher == 1:
             return
         subprocess.Popen([sys.executable, "-m", "mlpipe.run.interrupted", self.run_id, str(launcher)],
@@ -336,7 +337,8 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
     with guarded_run(step, started, run_name=os.environ.get("MLPIPE_RUN_NAME") or None,
                      log_system_metrics=system_metrics) as active:
         client = MlflowClient()
-        mlflow.set_tag(handoff.STEP_TAG, step)
+        # warm: forked by the driver's warm helper (mlpipe/run/warm.py); own: a process of its own
+        mlflow.set_tags({handoff.STEP_TAG: step, handoff.PROCESS_TAG: "own" if processes.WARM_PARENT is None else "warm"})
         if config_error:
             raise config_error
         config = to_container(cfg)

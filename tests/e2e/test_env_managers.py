@@ -19,6 +19,8 @@ def test_main_passes_its_env_manager_to_every_step(fresh_store: Store, env_manag
     assert [c.data.tags["mlflow.project.entryPoint"] for c in children] == [
         "ingest", "preprocess", "train", "qa", "register", "serve"]
     assert {c.data.tags["mlflow.project.env"] for c in children} == {expected}
+    # The warm helper runs in the driver's environment, which is the steps' one: every step forked.
+    assert {c.data.tags["pipeline.process"] for c in children} == {"warm"}
     assert all(c.info.status == "FINISHED" for c in children)
 
 

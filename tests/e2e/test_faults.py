@@ -13,6 +13,9 @@ import psutil
 from support import Store, error_lines
 
 FAST = "model=logistic_regression train.cv_folds=2 monitor.system_metrics=false"
+# For the tests that signal a running train: a warm train of FAST ends within a second of being
+# keyed, often before the signal is sent; this one fits 6 x 400 trees (several seconds).
+SLOW_TRAIN = "model=random_forest model.n_estimators=400 model.n_jobs=1 train.cv_folds=5 monitor.system_metrics=false"
 
 
 def popen_main(store: Store, overrides: str, steps: str = "ingest,preprocess,train,qa,register"):
@@ -32,6 +35,17 @@ def step_process(root_pid: int, step: str) -> psutil.Process | None:
     return None
 
 
+def warm_child(root_pid: int, step: str) -> psutil.Process | None:
+    """The process doing a warm step's work: the fork of the driver's warm helper named after it."""
+    for proc in psutil.Process(root_pid).children(recursive=True):
+        try:
+            if proc.name() == f"steps.{step}" and proc.cmdline()[1:3] == ["-m", "mlpipe.run.warm"]:
+                return proc
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
 def keyed_step(store: Store, proc: subprocess.Popen, step: str) -> psutil.Process:
     """The step's process, once its run is keyed (config composed, inputs resolved)."""
     deadline = time.monotonic() + 300
@@ -45,7 +59,7 @@ def keyed_step(store: Store, proc: subprocess.Popen, step: str) -> psutil.Proces
 
 def test_a_killed_step_is_never_reused_and_main_resumes(fresh_store: Store):
     store = fresh_store
-    cmd, proc = popen_main(store, f"{FAST} data=iris", steps="ingest,preprocess,train")
+    cmd, proc = popen_main(store, f"{SLOW_TRAIN} data=iris", steps="ingest,preprocess,train")
     try:
         # Kill it mid-work: once its run is keyed (config composed, inputs resolved).
         victim = keyed_step(store, proc, "train")
@@ -71,11 +85,60 @@ def test_a_killed_step_is_never_reused_and_main_resumes(fresh_store: Store):
     assert second.info.run_id != killed.info.run_id and second.info.status == "FINISHED"
 
 
+def test_a_killed_warm_step_fails_alone_and_the_pipeline_resumes(fresh_store: Store):
+    """SIGKILL to the fork doing train's work (not its launcher): train fails as StepDied, its
+    launcher exits, the helper lives on, and a re-run reuses ingest and preprocess."""
+    store = fresh_store
+    cmd, proc = popen_main(store, f"{SLOW_TRAIN} data=iris", steps="ingest,preprocess,train")
+    try:
+        keyed_step(store, proc, "train")
+        child = warm_child(proc.pid, "train")
+        child.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    (killed,) = store.step_runs("train")
+    (line,) = error_lines(err)
+    assert f"step train failed (run {killed.info.run_id}, StepDied): " in line
+    assert killed.info.status == "FAILED" and killed.data.tags["pipeline.process"] == "warm"
+    resumed = subprocess.run(cmd, cwd=store.root, env=store.env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    outcomes = dict(re.findall(r"^(\w+) +\w{32} +(ran|cached) ", resumed.stdout, re.M))
+    assert outcomes == {"ingest": "cached", "preprocess": "cached", "train": "ran"}, resumed.stdout
+
+
+def test_a_dead_helper_leaves_the_next_steps_to_their_own_processes_loudly(fresh_store: Store):
+    """The warm helper SIGKILLed while ingest runs: ingest still finishes (its fork does not
+    depend on the helper), and each later step says on stderr that it runs in its own process."""
+    store = fresh_store
+    _, proc = popen_main(store, f"{SLOW_TRAIN} data=iris", steps="ingest,preprocess,train")
+    try:
+        keyed_step(store, proc, "ingest")
+        (helper,) = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                     if p.pid == os.getpgid(p.pid) and p.cmdline()[1:3] == ["-m", "mlpipe.run.warm"]]  # its own group
+        helper.send_signal(signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    runs = {step: store.step_runs(step)[0] for step in ("ingest", "preprocess", "train")}
+    assert {s: r.info.status for s, r in runs.items()} == dict.fromkeys(runs, "FINISHED")
+    assert runs["ingest"].data.tags["pipeline.process"] == "warm"
+    assert runs["train"].data.tags["pipeline.process"] == "own"
+    assert re.search(r"^mlpipe: the warm helper did not take steps\.train \(cannot connect to .*helper\.sock: "
+                     r"Connection refused\); running it in its own process$", err, re.M), err[-3000:]
+
+
 def test_sigterm_to_the_outer_mlflow_run_leaves_no_step_process(fresh_store: Store):
     """`kill <pid of mlflow run>` mid-train: the driver and the step get SIGTERM from their
     launcher's death and exit; no process is left working on a pipeline nobody waits for."""
     store = fresh_store
-    _, proc = popen_main(store, f"{FAST} data=iris", steps="ingest,preprocess,train")
+    _, proc = popen_main(store, f"{SLOW_TRAIN} data=iris", steps="ingest,preprocess,train")
     try:
         keyed_step(store, proc, "train")
         family = psutil.Process(proc.pid).children(recursive=True)
@@ -181,10 +244,11 @@ def test_a_step_that_hangs_past_its_time_limit_is_stopped_by_the_driver(fresh_st
     be) is stopped by the driver monitor.max_step_seconds + main.step_grace_s after it started,
     and main fails with one line naming both keys."""
     store = fresh_store
-    _, proc = popen_main(store, f"{FAST} data=iris monitor.max_step_seconds=15 monitor.action=fail "
+    _, proc = popen_main(store, f"{SLOW_TRAIN} data=iris monitor.max_step_seconds=15 monitor.action=fail "
                                 "main.step_grace_s=3", steps="ingest,preprocess,train")
     try:
-        victim = keyed_step(store, proc, "train")
+        keyed_step(store, proc, "train")
+        victim = warm_child(proc.pid, "train")  # the process doing the work; its launcher only waits
         victim.send_signal(signal.SIGSTOP)
         _, err = proc.communicate(timeout=120)
         _, alive = psutil.wait_procs([victim], timeout=30)

@@ -33,6 +33,7 @@ def test_pinned_commit_runs_from_a_git_uri_into_the_callers_store(fresh_store: S
     children = fresh_store.children(parent.info.run_id)
     assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
     assert {c.data.tags["mlflow.source.git.commit"] for c in children} == {sha}
+    assert {c.data.tags["pipeline.process"] for c in children} == {"warm"}  # the helper runs from the clone too
     assert fresh_store.client.get_model_version_by_alias("wine_model", "champion")
     # Nothing was written to the caller's directory, and the user's checkout was not touched.
     assert sorted(p.name for p in workdir.iterdir()) == []

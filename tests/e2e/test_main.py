@@ -29,6 +29,8 @@ def test_cold_run_nests_one_finished_child_per_step(store: Store, cold):
     children = store.children(parent.info.run_id)
     assert [c.data.tags["mlflow.project.entryPoint"] for c in children] == STEPS
     assert all(c.info.status == "FINISHED" for c in children)
+    # Each forked by the driver's warm helper (main.warm_steps, on by default), each its own run.
+    assert [c.data.tags["pipeline.process"] for c in children] == ["warm"] * 6
     # The driver hands each step its upstream's run id.
     by_step = {c.data.tags["pipeline.step"]: c for c in children}
     assert by_step["preprocess"].data.params["ingest_run_id"] == by_step["ingest"].info.run_id

@@ -83,7 +83,7 @@ def test_a_step_behind_a_shell_stops_when_the_launcher_dies(tmp_path):
     import psutil
 
     root = Path(__file__).resolve().parents[3]
-    step = "from mlpipe.data.frames import stop_with_parent; stop_with_parent(); import time; time.sleep(60)"
+    step = "from mlpipe.run.processes import stop_with_parent; stop_with_parent(); import time; time.sleep(60)"
     launcher_code = ("import subprocess, sys, time; "
                      f"subprocess.Popen(['bash', '-c', '{sys.executable} -c \"{step}\"; true']); time.sleep(60)")
     launcher = subprocess.Popen([sys.executable, "-c", launcher_code], cwd=root)
