@@ -49,7 +49,8 @@ def _package_of(path: Path, root: Path) -> list[str]:
     return parts[:-1]  # a module's package, and for an __init__.py the package it defines
 
 
-def _imports(path: Path, root: Path) -> set[str]:
+@lru_cache(maxsize=None)  # the driver keys six steps whose closures share most files
+def _imports(path: Path, root: Path) -> frozenset[str]:
     """Absolute module names imported by a file (function-level and relative imports included)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     names: set[str] = set()
@@ -65,7 +66,7 @@ def _imports(path: Path, root: Path) -> set[str]:
                 module = node.module or ""
             names.add(module)
             names.update(f"{module}.{alias.name}" for alias in node.names)
-    return names
+    return frozenset(names)
 
 
 def _with_packages(module: str) -> list[str]:

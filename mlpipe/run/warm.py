@@ -203,15 +203,10 @@ class Helper:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self.wake_w)
-        self.preload()
         try:
+            self.preload(between=lambda: self._serve_once(select, 0.0))
             while not self.stopping:
-                ready, _, _ = select.select([self.listener, self.wake_r], [], [], 5.0)
-                self._drain_wakeups()
-                self._reap()
-                if self.listener in ready and not self.stopping:
-                    conn, _ = self.listener.accept()
-                    self._take(conn)
+                self._serve_once(select, 5.0)
         finally:
             self.listener.close()
             try:
@@ -219,14 +214,26 @@ class Helper:
             except OSError:
                 pass
 
+    def _serve_once(self, select, timeout: float) -> None:
+        ready, _, _ = select.select([self.listener, self.wake_r], [], [], timeout)
+        self._drain_wakeups()
+        self._reap()
+        if self.listener in ready and not self.stopping:
+            conn, _ = self.listener.accept()
+            self._take(conn)
+
     def _stop(self, *_) -> None:
         self.stopping = True
 
-    def preload(self) -> None:
+    def preload(self, between=lambda: None) -> None:
+        """Import the served modules, then EXTRA_IMPORTS; `between` imports, a launcher already
+        waiting is served (the first step need not wait for the last import: a child imports what
+        its helper had not yet)."""
         import gc
         import importlib
 
         for name in (*self.modules, *EXTRA_IMPORTS):
+            between()
             try:
                 importlib.import_module(name)
             except ImportError as exc:
@@ -234,6 +241,12 @@ class Helper:
                     raise
                 print(f"mlpipe: the warm helper could not import {name} ({exc}); the steps import it themselves",
                       file=sys.stderr, flush=True)
+        steps = [name.split(".", 1)[1] for name in self.modules if name.startswith(PACKAGE + ".")]
+        if steps:  # the code digest in each step's cache key: of the very code the children run
+            from mlpipe.pipeline import cache
+
+            for step in steps:
+                cache.code_digest(step)
         gc.collect()
         gc.freeze()  # imported objects stay out of the children's collections: fewer pages copied
 
@@ -351,21 +364,17 @@ def helper_pid() -> int | None:
     return process.pid if process is not None else None
 
 
-def stop(timeout: float = 5.0) -> None:
-    """SIGTERM to the helper, SIGKILL `timeout` seconds later; its socket folder goes. Steps it
-    forked are not its to stop: each ends with its own launcher."""
+def stop() -> None:
+    """SIGKILL to the helper, which holds nothing to flush (its socket folder goes here): at the
+    driver's exit it may still be importing, and a SIGTERM would wait for the imports to end.
+    Steps it forked are not its to stop: each ends with its own launcher."""
     import shutil
-    import subprocess
 
     os.environ.pop(SOCKET_ENV, None)
     process, folder = _started.pop("process", None), _started.pop("folder", None)
     if process is not None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.kill()
+        process.wait()
     if folder:
         shutil.rmtree(str(folder), ignore_errors=True)
 
