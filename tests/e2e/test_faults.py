@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import psutil
+import pytest
 
 from support import Store, error_lines
 
@@ -57,13 +58,16 @@ def keyed_step(store: Store, proc: subprocess.Popen, step: str) -> psutil.Proces
     return found
 
 
-def test_a_killed_step_is_never_reused_and_main_resumes(fresh_store: Store):
+@pytest.mark.parametrize("victim", ["launcher", "fork"])
+def test_a_killed_step_is_never_reused_and_main_resumes(fresh_store: Store, victim):
+    """SIGKILL mid-train, once its run is keyed (config composed, inputs resolved), to the step
+    process `mlflow run` started (its launcher) or to the warm helper's fork doing its work:
+    train fails as StepDied either way, and a re-run reuses ingest and preprocess."""
     store = fresh_store
     cmd, proc = popen_main(store, f"{SLOW_TRAIN} data=iris", steps="ingest,preprocess,train")
     try:
-        # Kill it mid-work: once its run is keyed (config composed, inputs resolved).
-        victim = keyed_step(store, proc, "train")
-        victim.send_signal(signal.SIGKILL)
+        launcher = keyed_step(store, proc, "train")
+        (launcher if victim == "launcher" else warm_child(proc.pid, "train")).send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
@@ -74,7 +78,7 @@ def test_a_killed_step_is_never_reused_and_main_resumes(fresh_store: Store):
     (line,) = error_lines(err)
     assert f"step train failed (run {killed.info.run_id}, StepDied): " in line
     assert "ended without reporting an error (killed, or out of memory?)" in line, line
-    assert killed.info.status == "FAILED"
+    assert killed.info.status == "FAILED" and killed.data.tags["pipeline.process"] == "warm"
     assert "pipeline.cache_key" in killed.data.tags  # it had a key: only its status keeps it from reuse
 
     resumed = subprocess.run(cmd, cwd=store.root, env=store.env, capture_output=True, text=True, timeout=600)
@@ -83,31 +87,6 @@ def test_a_killed_step_is_never_reused_and_main_resumes(fresh_store: Store):
     assert outcomes == {"ingest": "cached", "preprocess": "cached", "train": "ran"}, resumed.stdout
     first, second = store.step_runs("train")
     assert second.info.run_id != killed.info.run_id and second.info.status == "FINISHED"
-
-
-def test_a_killed_warm_step_fails_alone_and_the_pipeline_resumes(fresh_store: Store):
-    """SIGKILL to the fork doing train's work (not its launcher): train fails as StepDied, its
-    launcher exits, the helper lives on, and a re-run reuses ingest and preprocess."""
-    store = fresh_store
-    cmd, proc = popen_main(store, f"{SLOW_TRAIN} data=iris", steps="ingest,preprocess,train")
-    try:
-        keyed_step(store, proc, "train")
-        child = warm_child(proc.pid, "train")
-        child.send_signal(signal.SIGKILL)
-        _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode != 0
-    (killed,) = store.step_runs("train")
-    (line,) = error_lines(err)
-    assert f"step train failed (run {killed.info.run_id}, StepDied): " in line
-    assert killed.info.status == "FAILED" and killed.data.tags["pipeline.process"] == "warm"
-    resumed = subprocess.run(cmd, cwd=store.root, env=store.env, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-    outcomes = dict(re.findall(r"^(\w+) +\w{32} +(ran|cached) ", resumed.stdout, re.M))
-    assert outcomes == {"ingest": "cached", "preprocess": "cached", "train": "ran"}, resumed.stdout
 
 
 def test_a_dead_helper_leaves_the_next_steps_to_their_own_processes_loudly(fresh_store: Store):

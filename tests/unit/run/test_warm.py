@@ -139,17 +139,18 @@ def test_exit_codes_and_tracebacks_are_those_of_python(helper, args, code, stder
         assert "Traceback (most recent call last)" in err
 
 
-def started_child(run: subprocess.Popen, pid_file: Path) -> psutil.Process:
+def start_step(path: str, env: dict, folder: Path, *args: str) -> tuple[subprocess.Popen, psutil.Process]:
+    """A launcher of the probe (`sleep` unless told), and its child once it runs."""
+    pid_file = folder / "child.pid"
+    run = launcher(path, env, args[0] if args else "sleep", str(pid_file), *args[1:])
     wait_for(lambda: pid_file.exists() and pid_file.read_text() or run.poll() is not None)
     assert run.poll() is None, run.communicate()
-    return psutil.Process(int(pid_file.read_text()))
+    return run, psutil.Process(int(pid_file.read_text()))
 
 
 def test_sigkill_of_the_launcher_ends_its_child(helper, tmp_path):
     _, path, env = helper
-    pid_file = tmp_path / "child.pid"
-    run = launcher(path, env, "sleep", str(pid_file))
-    child = started_child(run, pid_file)
+    run, child = start_step(path, env, tmp_path)
     run.send_signal(signal.SIGKILL)
     run.wait(timeout=10)
     child.wait(timeout=10)  # SIGTERM from the launcher's closed connection
@@ -157,9 +158,7 @@ def test_sigkill_of_the_launcher_ends_its_child(helper, tmp_path):
 
 def test_sigterm_of_the_launcher_goes_to_the_child_and_comes_back_as_its_status(helper, tmp_path):
     _, path, env = helper
-    pid_file = tmp_path / "child.pid"
-    run = launcher(path, env, "sleep", str(pid_file))
-    child = started_child(run, pid_file)
+    run, child = start_step(path, env, tmp_path)
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=10) == -signal.SIGTERM
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
@@ -167,9 +166,8 @@ def test_sigterm_of_the_launcher_goes_to_the_child_and_comes_back_as_its_status(
 
 def test_a_killed_child_fails_only_its_own_launch(helper, tmp_path):
     proc, path, env = helper
-    pid_file = tmp_path / "child.pid"
-    run = launcher(path, env, "sleep", str(pid_file))
-    started_child(run, pid_file).send_signal(signal.SIGKILL)
+    run, child = start_step(path, env, tmp_path)
+    child.send_signal(signal.SIGKILL)
     assert run.wait(timeout=10) == -signal.SIGKILL
     after = launcher(path, env, "exit", "0")
     assert after.wait(timeout=60) == 0 and proc.poll() is None
@@ -177,21 +175,17 @@ def test_a_killed_child_fails_only_its_own_launch(helper, tmp_path):
 
 def test_a_helper_killed_mid_step_leaves_the_step_running_and_its_status_arrives(own_helper, tmp_path):
     proc, path, env = own_helper
-    pid_file = tmp_path / "child.pid"
-    run = launcher(path, env, "wait", str(pid_file), "4")
-    child = started_child(run, pid_file)
+    run, child = start_step(path, env, tmp_path, "wait", "4")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert child.is_running()
-    Path(f"{pid_file}.go").touch()
+    Path(f"{tmp_path / 'child.pid'}.go").touch()
     assert run.wait(timeout=30) == 4  # from the child itself: nobody is left to reap it and say
 
 
 def test_a_step_and_its_helper_both_gone_without_a_status_is_a_failure(own_helper, tmp_path):
     proc, path, env = own_helper
-    pid_file = tmp_path / "child.pid"
-    run = launcher(path, env, "sleep", str(pid_file))
-    child = started_child(run, pid_file)
+    run, child = start_step(path, env, tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     child.send_signal(signal.SIGTERM)  # its default action: no status sent by the child
