@@ -11,9 +11,9 @@ from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from mlpipe.config import PROJECT_ROOT, to_container
+from mlpipe.config import to_container
 from mlpipe.pipeline import driver
-from mlpipe.pipeline.spec import AFTER_SWEEP, STEPS, select_steps
+from mlpipe.pipeline.spec import AFTER_SWEEP, select_steps
 from mlpipe.run import storage, warm
 from mlpipe.run.harness import absolute_tracking_uri, guarded_run, log_config
 
@@ -21,7 +21,7 @@ from mlpipe.run.harness import absolute_tracking_uri, guarded_run, log_config
 def run_job(cfg: DictConfig) -> float | None:
     """Run the selected steps; in a sweep, defer register/serve to the sweep's end."""
     absolute_tracking_uri()
-    warm.ensure(bool(cfg.main.warm_steps), [f"steps.{step}" for step in STEPS], str(PROJECT_ROOT))
+    warm.ensure(bool(cfg.main.warm_steps))
     overrides = list(HydraConfig.get().overrides.task)
     sweep_run_id = os.environ.get(driver.SWEEP_ENV)
     if sweep_run_id:

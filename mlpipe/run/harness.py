@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlpipe.config import PROJECT_ROOT, compose, flatten, split_overrides, to_container
 from mlpipe.data.frames import return_freed_memory
-from mlpipe.run.processes import launcher_pid, stop_with_parent
 from mlpipe.errors import PipelineError, StorageError, one_line
 from mlpipe.pipeline import cache, key_inputs
 from mlpipe.pipeline.spec import spec_of
@@ -280,7 +279,7 @@ class StepContext:
         in its own session so that the terminal's Ctrl-C does not reach it."""
         import subprocess
 
-        launcher = launcher_pid()
+        launcher = processes.launcher_pid()
         if launcher == 1:
             return
         subprocess.Popen([sys.executable, "-m", "mlpipe.run.interrupted", self.run_id, str(launcher)],
@@ -313,7 +312,7 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
     What the step depends on beyond its config, code and upstream run (ingest: the data's
     digest; qa: the champion and the drift batch) comes from `keys.KEY_INPUTS`."""
     return_freed_memory()
-    stop_with_parent()
+    processes.stop_with_parent()
     absolute_tracking_uri()
     quiet_warnings()
     args = parse_args(step, extra_params)

@@ -84,9 +84,7 @@ def hand_off() -> None:
     path, module = os.environ.get(SOCKET_ENV), target(getattr(sys, "orig_argv", []))
     if module == DRIVER:
         if not turned_off(sys.argv):
-            from mlpipe.pipeline.spec import STEPS  # the config decides later: ensure() stops a helper it turns off
-
-            ensure(True, [f"{PACKAGE}.{step}" for step in STEPS], _root())
+            ensure(True)  # the config decides later: run_job's ensure() stops a helper it turns off
         return
     if not path or module is None:
         return
@@ -173,7 +171,8 @@ def launch(path: str, module: str, args: list[str]) -> int:
 
 
 def _root() -> str:
-    """The project folder this code is imported from (the one holding `mlpipe/` and `steps/`)."""
+    """The project folder this code is imported from (the one holding `mlpipe/` and `steps/`):
+    `mlpipe.config.PROJECT_ROOT`, without importing that module's Hydra and OmegaConf."""
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 
@@ -304,9 +303,12 @@ class Helper:
                 become_step(request, fds, conn, [self.listener.fileno(), self.wake_r, self.wake_w])
             try:
                 os.setpgid(pid, request["pgid"])  # also done by the child: whichever runs first
-                grouped = True
             except OSError:
-                grouped = os.getpgid(pid) == request["pgid"] if _alive(pid) else False
+                pass
+            try:
+                grouped = os.getpgid(pid) == request["pgid"]
+            except ProcessLookupError:
+                grouped = False
             _send(conn, {"pid": pid, "grouped": grouped})
             self.children[pid] = conn
         except (OSError, ValueError) as exc:
@@ -315,14 +317,6 @@ class Helper:
         finally:
             for fd in fds:
                 os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.getpgid(pid)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def _send(conn: socket.socket, message: dict) -> None:
@@ -336,13 +330,15 @@ def _send(conn: socket.socket, message: dict) -> None:
 _started: dict[str, object] = {}
 
 
-def ensure(enabled: bool, modules: list[str], root: str) -> None:
-    """The driver's helper for `modules`, started once per driver process (every job of a sweep
-    shares it) with its socket in MLPIPE_WARM_SOCKET for the step processes; stopped when
-    `enabled` is false (main.warm_steps) and at exit."""
+def ensure(enabled: bool) -> None:
+    """The driver's helper for the pipeline's steps, started once per driver process (every job
+    of a sweep shares it) with its socket in MLPIPE_WARM_SOCKET for the step processes; stopped
+    when `enabled` is false (main.warm_steps) and at exit."""
     import atexit
     import subprocess
     import tempfile
+
+    from mlpipe.pipeline.spec import STEPS
 
     if not enabled or not sys.platform.startswith("linux"):
         stop()
@@ -352,7 +348,8 @@ def ensure(enabled: bool, modules: list[str], root: str) -> None:
     folder = tempfile.mkdtemp(prefix="mlpipe-warm-")  # 0700: only this user reaches the socket
     path = os.path.join(folder, "helper.sock")
     env = {k: v for k, v in os.environ.items() if k != SOCKET_ENV}
-    process = subprocess.Popen([sys.executable, "-m", "mlpipe.run.warm", path, *modules], cwd=root, env=env,
+    modules = [f"{PACKAGE}.{step}" for step in STEPS]
+    process = subprocess.Popen([sys.executable, "-m", "mlpipe.run.warm", path, *modules], cwd=_root(), env=env,
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, process_group=0)
     _started.update(process=process, folder=folder)
     os.environ[SOCKET_ENV] = path
