@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-team.txt requirements-dev.txt | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-team.txt requirements-ray.txt requirements-dev.txt | sha1sum | cut -c1-12)
 # An absolute SQLite path: steps run in other working directories (Git URIs, temp clones).
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export PATH := $(BIN):$(PATH)
@@ -17,7 +17,7 @@ TEAM ?= demo
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-team.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-team.txt requirements-ray.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet uv==0.13.9
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -r requirements-dev.txt
