@@ -259,28 +259,6 @@ class StepContext:
         dataset = mlflow.data.from_pandas(frame, source=source, targets=targets, name=name, digest=digest)
         log_input_once(dataset, context)
 
-
-def duplicate_dataset(exc: Exception) -> bool:
-    """True for the store's answer to two runs registering the same new dataset at once: MLflow's
-    SQL store looks for (experiment, name, digest), then inserts it, so the slower of two parallel
-    steps (sweep jobs scoring the same test split) hits the unique constraint (SQLite and
-    PostgreSQL word it differently; a tracking server passes the database's message on)."""
-    text = str(exc).lower()
-    return "unique constraint" in text and "datasets" in text
-
-
-def log_input_once(dataset, context: str, attempts: int = 3) -> None:
-    """mlflow.log_input, tried again when a parallel run inserted the same dataset first: the
-    failed transaction wrote nothing, and the next attempt finds the row and links to it."""
-    for attempt in range(attempts):
-        try:
-            mlflow.log_input(dataset, context=context)
-            return
-        except mlflow.exceptions.MlflowException as exc:
-            if attempt == attempts - 1 or not duplicate_dataset(exc):
-                raise
-            time.sleep(0.05 * (attempt + 1))
-
     def log_model(self, model, example, **kwargs: Any) -> str:
         """The fitted scikit-learn model (raw rows in) with its signature and input example;
         `kwargs` go to mlflow.sklearn.log_model. Returns the model's URI."""
@@ -307,6 +285,28 @@ def log_input_once(dataset, context: str, attempts: int = 3) -> None:
         subprocess.Popen([sys.executable, "-m", "mlpipe.run.interrupted", self.run_id, str(launcher)],
                          cwd=str(PROJECT_ROOT), start_new_session=True, stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def duplicate_dataset(exc: Exception) -> bool:
+    """True for the store's answer to two runs registering the same new dataset at once: MLflow's
+    SQL store looks for (experiment, name, digest), then inserts it, so the slower of two parallel
+    steps (sweep jobs scoring the same test split) hits the unique constraint (SQLite and
+    PostgreSQL word it differently; a tracking server passes the database's message on)."""
+    text = str(exc).lower()
+    return "unique constraint" in text and "datasets" in text
+
+
+def log_input_once(dataset, context: str, attempts: int = 3) -> None:
+    """mlflow.log_input, tried again when a parallel run inserted the same dataset first: the
+    failed transaction wrote nothing, and the next attempt finds the row and links to it."""
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            if attempt == attempts - 1 or not duplicate_dataset(exc):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def parse_args(step: str, extra: tuple[str, ...]) -> argparse.Namespace:
