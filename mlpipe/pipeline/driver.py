@@ -122,6 +122,12 @@ def stop_tree(roots, grace: float = STOP_GRACE_S) -> None:
             return
 
 
+def quiet_downloads(cfg) -> None:
+    """main.log=quiet: no artifact download progress bars (cards, configs) from this process."""
+    if cfg.main.log == "quiet":
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def detect_env_manager(client: MlflowClient, run_id: str | None) -> str:
     """The env manager `mlflow run` used for this driver's own run: children get the same one."""
     if not run_id:

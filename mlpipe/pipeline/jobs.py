@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import mlflow
@@ -15,13 +14,14 @@ from mlpipe.config import to_container
 from mlpipe.pipeline import driver
 from mlpipe.pipeline.spec import AFTER_SWEEP, select_steps
 from mlpipe.run import storage, warm
-from mlpipe.run.harness import absolute_tracking_uri, guarded_run, log_config
+from mlpipe.run.harness import ERROR_MESSAGE_TAG, absolute_tracking_uri, guarded_run, log_config
 
 
 def run_job(cfg: DictConfig) -> float | None:
     """Run the selected steps; in a sweep, defer register/serve to the sweep's end."""
     absolute_tracking_uri()
     warm.ensure(bool(cfg.main.warm_steps))
+    driver.quiet_downloads(cfg)
     overrides = list(HydraConfig.get().overrides.task)
     sweep_run_id = os.environ.get(driver.SWEEP_ENV)
     if sweep_run_id:
@@ -51,7 +51,22 @@ def run_job(cfg: DictConfig) -> float | None:
     return None
 
 
-def _sweep_job(cfg: DictConfig, overrides: list[str], sweep_run_id: str) -> float:
+class FailedJob:
+    """What a failed sweep job returns to its sweeper instead of a score. Optuna's sweeper records
+    the trial as FAIL (float() of it raises, with the reason) and goes on; the basic sweeper does
+    not read returns. A NaN would not do: Optuna 2.10 refuses it, and the sweeper then crashes."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __float__(self) -> float:
+        raise ValueError(self.reason)
+
+    def __repr__(self) -> str:
+        return f"failed job: {self.reason}"
+
+
+def _sweep_job(cfg: DictConfig, overrides: list[str], sweep_run_id: str) -> float | FailedJob:
     client = MlflowClient()
     sweep = client.get_run(sweep_run_id)
     job_num = HydraConfig.get().job.num
@@ -75,7 +90,8 @@ def _sweep_job(cfg: DictConfig, overrides: list[str], sweep_run_id: str) -> floa
             mlflow.set_tag("pipeline.score_metric", score[0])
             mlflow.log_metric(driver.SCORE_METRIC, score[1])
             return score[1]
-    return math.nan
+    job = client.get_run(run_id)
+    return FailedJob(job.data.tags.get(ERROR_MESSAGE_TAG) or f"job {job_num} ({job.info.status}) has no qa score")
 
 
 def preflight(argv: list[str]) -> None:

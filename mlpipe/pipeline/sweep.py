@@ -1,7 +1,10 @@
 """Hydra sweeps of the whole pipeline: one sweep parent run, one nested pipeline run per job.
 
-Jobs share ingest/preprocess through the step cache. register and serve run once, after every
-job has finished, for the best job only: jobs never race for the champion alias.
+The steps no swept key reaches (ingest and preprocess in a model sweep) run once, in the sweep
+parent, before any job starts; every job then finds them in the step cache. That holds for any
+launcher, parallel or not, on one machine or on a cluster whose nodes share only the tracking
+server. register and serve run once, after every job has finished, for the best job only: jobs
+never race for the champion alias.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from mlpipe.errors import PipelineError, StepFailedError
+from mlpipe.errors import ConfigError, PipelineError, StepFailedError
 from mlpipe.pipeline import driver
-from mlpipe.pipeline.spec import AFTER_SWEEP, select_steps
+from mlpipe.pipeline.spec import AFTER_SWEEP, STEPS, select_steps
 from mlpipe.quality import metric_names
 from mlpipe.run.harness import absolute_tracking_uri, terminate
 
@@ -33,6 +36,7 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         absolute_tracking_uri()
+        driver.quiet_downloads(config)
         client = MlflowClient()
         # Inside `mlflow run`, the project run is the sweep parent; jobs must not resume it.
         run_id = os.environ.pop("MLFLOW_RUN_ID", None)
@@ -45,6 +49,14 @@ class SweepCallback(Callback):
         client.set_tag(run_id, driver.ROLE_TAG, "sweep")
         os.environ[driver.SWEEP_ENV] = self.sweep_run_id = run_id
         print(f"[mlpipe] sweep run {run_id}", file=sys.stderr)
+        try:
+            check_direction(config)
+            run_shared_steps(config, run_id)
+        except Exception as exc:  # Hydra would only warn: no job starts on a failed shared step
+            if not isinstance(exc, PipelineError):
+                traceback.print_exc()
+            terminate(run_id, "sweep", exc)
+            sys.exit(getattr(exc, "exit_code", 1))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         # Hydra turns a callback's exception into a warning: end the process ourselves.
@@ -64,6 +76,92 @@ def _experiment_id() -> str:
     return mlflow.set_experiment(name).experiment_id if name else "0"
 
 
+def optimizer(config: DictConfig) -> str | None:
+    """The direction an optimizing sweeper (Optuna's) steers by; None for the grid of the basic one."""
+    sweeper = config.hydra.sweeper
+    if "direction" not in sweeper:
+        return None
+    direction = sweeper.direction
+    return str(getattr(direction, "name", direction))
+
+
+def check_direction(config: DictConfig) -> None:
+    """An optimizing sweeper must steer the way the qa primary metric improves (the plug-in's own
+    default is minimize; accuracy and r2, the defaults, improve upwards)."""
+    direction = optimizer(config)
+    if direction is None:
+        return
+    metric = config.qa.primary_metric
+    want = "maximize" if metric is None or metric_names.greater_is_better(metric) else "minimize"
+    if direction != want:
+        shown = metric or "the default qa primary metric (accuracy or r2)"
+        raise ConfigError(f"hydra.sweeper.direction={direction}, but {shown} is better when "
+                          f"{'greater' if want == 'maximize' else 'smaller'}: set hydra.sweeper.direction={want}")
+
+
+def searched_keys(config: DictConfig) -> list[str]:
+    """The keys a sweep varies, as written: `model.n_estimators`, `model` (a group)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    return keys + [str(k) for k in (config.hydra.sweeper.get("params") or {}) if str(k) not in keys]
+
+
+def swept_groups(config: DictConfig) -> set[str]:
+    """The top-level config keys a sweep varies: its command line's sweep overrides
+    (`model.n_estimators=50,100`, `model=a,b`, `range(...)`) and the sweeper's own search space
+    (`hydra.sweeper.params`, Optuna's or the basic sweeper's). Hydra's own keys are left out."""
+    groups = {k.lstrip("+~").split(".")[0].split("/")[0].split("@")[0] for k in searched_keys(config)}
+    return {g for g in groups if g != "hydra"}
+
+
+def shared_prefix(steps: list[str], swept: set[str]) -> list[str]:
+    """The leading steps every job of the sweep runs with the same config (pure).
+
+    A swept key that no step's cache key names (main, monitor, storage...) may change how any
+    step runs: then nothing is shared."""
+    known = {key for spec in STEPS.values() for key in spec.config_keys}
+    if swept - known:
+        return []
+    shared = []
+    for step in steps:
+        if step in AFTER_SWEEP or swept & set(STEPS[step].config_keys):
+            break
+        shared.append(step)
+    return shared
+
+
+def run_shared_steps(config: DictConfig, sweep_run_id: str) -> list[str]:
+    """Run the sweep's shared steps once, nested under the sweep parent, before any job."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from mlpipe.run import warm
+
+    steps = shared_prefix(select_steps(config.main.steps), swept_groups(config))
+    if not steps:
+        return []
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    warm.ensure(bool(config.main.warm_steps))
+    client = MlflowClient()
+    sweep = client.get_run(sweep_run_id)
+    env_manager = config.main.env_manager or driver.detect_env_manager(client, sweep_run_id)
+    from omegaconf import OmegaConf
+
+    # The callback's config still holds Hydra's per-job keys (hydra.job.num): not the steps' config.
+    cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+    pipeline = driver.Driver(cfg, fixed, sweep_run_id, sweep.info.experiment_id, env_manager)
+    print(f"[mlpipe] sweep: {', '.join(steps)} run once for every job", file=sys.stderr)
+    mlflow.start_run(run_id=sweep_run_id)  # the steps' runs nest under the sweep parent
+    try:
+        results, _ = pipeline.run(steps)
+    finally:
+        mlflow.end_run("RUNNING")  # detached, not ended: the jobs and the sweep's end come next
+    print(driver.format_table(results))
+    return steps
+
+
 def best_job(jobs: list, greater_is_better: bool):
     """The FINISHED job with the best score; ties go to the earliest job."""
     scored = [j for j in jobs if j.info.status == "FINISHED"
@@ -73,6 +171,27 @@ def best_job(jobs: list, greater_is_better: bool):
     scored.sort(key=lambda j: int(j.data.tags.get("pipeline.job_num", "0")))
     pick = max if greater_is_better else min
     return pick(scored, key=lambda j: j.data.metrics[driver.SCORE_METRIC])
+
+
+def study(config: DictConfig, jobs: list, best, metric: str) -> dict:
+    """What an optimizing sweep found: every trial (a job) with its state, value and parameters,
+    and the best one. A job that failed (the qa gate, an error) is a FAIL trial with no value."""
+    keys = searched_keys(config)
+
+    def params(job) -> dict[str, str]:
+        pairs = (o.split("=", 1) for o in driver.overrides_of(job) if "=" in o)
+        return {k: v for k, v in pairs if k.lstrip("+~") in keys}
+
+    trials = [{"number": int(j.data.tags.get("pipeline.job_num", "0")), "run_id": j.info.run_id,
+               "state": "COMPLETE" if j.info.status == "FINISHED" else "FAIL",
+               "value": j.data.metrics.get(driver.SCORE_METRIC) if j.info.status == "FINISHED" else None,
+               "params": params(j), "error": j.data.tags.get("error.message")} for j in jobs]
+    sampler = config.hydra.sweeper.get("sampler") or {}
+    return {"metric": metric, "direction": optimizer(config), "sampler": sampler.get("_target_"),
+            "n_trials": config.hydra.sweeper.get("n_trials"), "searched": keys,
+            "best": {"number": int(best.data.tags.get("pipeline.job_num", "0")), "run_id": best.info.run_id,
+                     "value": best.data.metrics[driver.SCORE_METRIC], "params": params(best)},
+            "trials": sorted(trials, key=lambda t: t["number"])}
 
 
 def finish_sweep(config: DictConfig, sweep_run_id: str) -> None:
@@ -97,6 +216,12 @@ def finish_sweep(config: DictConfig, sweep_run_id: str) -> None:
     best = best_job(jobs, metric_names.greater_is_better(metric))
     if best is None:
         raise StepFailedError(f"every job of sweep {sweep_run_id} failed; nothing to register")
+    for job in jobs:  # the sweep's history as one chart: the metric by job number
+        if job.info.status == "FINISHED" and driver.SCORE_METRIC in job.data.metrics:
+            client.log_metric(sweep_run_id, f"sweep.{metric}", job.data.metrics[driver.SCORE_METRIC],
+                              step=int(job.data.tags.get("pipeline.job_num", "0")))
+    if optimizer(config):
+        client.log_dict(sweep_run_id, study(config, jobs, best, metric), "sweep_study.json")
     best_overrides = driver.overrides_of(best)
     for key, value in {"sweep.best_job_run_id": best.info.run_id, "sweep.metric": metric,
                        "sweep.best_overrides": " ".join(best_overrides)}.items():

@@ -345,6 +345,12 @@ def ensure(enabled: bool) -> None:
         return
     if _started:
         return
+    inherited = os.environ.get(SOCKET_ENV)
+    if inherited and os.path.exists(inherited):
+        # A sweep job in a launcher's worker process (joblib, submitit's local executor): the
+        # sweep parent's helper, already warm, serves its steps too. Not ours to stop.
+        _started.update(process=None, folder=None, joined=inherited)
+        return
     folder = tempfile.mkdtemp(prefix="mlpipe-warm-")  # 0700: only this user reaches the socket
     path = os.path.join(folder, "helper.sock")
     env = {k: v for k, v in os.environ.items() if k != SOCKET_ENV}
@@ -357,6 +363,7 @@ def ensure(enabled: bool) -> None:
 
 
 def helper_pid() -> int | None:
+    """This driver's own helper; None when there is none or it joined its sweep parent's."""
     process = _started.get("process")
     return process.pid if process is not None else None
 
@@ -368,6 +375,7 @@ def stop() -> None:
     import shutil
 
     os.environ.pop(SOCKET_ENV, None)
+    _started.pop("joined", None)
     process, folder = _started.pop("process", None), _started.pop("folder", None)
     if process is not None:
         process.kill()

@@ -26,12 +26,13 @@ def test_one_sweep_parent_with_one_nested_pipeline_per_job(store: Store, sweep):
     assert [j.data.tags["pipeline.overrides"] for j in jobs] == [
         f'["model.max_depth=1", "model.n_estimators={n}", "qa.thresholds.classification.accuracy=0.7"]' for n in (1, 60)]
     for job in jobs:
-        steps = [c.data.tags.get("pipeline.step") or c.data.tags.get("pipeline.cached_step")
-                 for c in store.children(job.info.run_id)]
-        assert steps == ["ingest", "preprocess", "train", "qa"]
-    # register and serve ran once, for the sweep, nested under its parent.
-    after = [c.data.tags.get("pipeline.step") for c in children if "pipeline.step" in c.data.tags]
-    assert after == ["register", "serve"]
+        steps = [(c.data.tags.get("pipeline.step") or c.data.tags.get("pipeline.cached_step"),
+                  "cached" if "pipeline.cached_step" in c.data.tags else "ran") for c in store.children(job.info.run_id)]
+        assert steps == [("ingest", "cached"), ("preprocess", "cached"), ("train", "ran"), ("qa", "ran")]
+    # ingest and preprocess (no swept key reaches them) ran once before the jobs; register and
+    # serve once after them, for the best job: all nested under the sweep parent.
+    own = [c.data.tags.get("pipeline.step") for c in children if "pipeline.step" in c.data.tags]
+    assert own == ["ingest", "preprocess", "register", "serve"]
 
 
 def test_ingest_and_preprocess_run_once_for_all_jobs(store: Store, sweep):

@@ -267,3 +267,23 @@ def test_a_lock_held_elsewhere_is_waited_for_within_its_bound_then_named(tmp_pat
         holder.wait()
     with cache.bounded_lock(path, 5, "x", "main.step_lock_timeout_s", "y"):
         pass
+
+
+def test_a_lock_held_briefly_is_waited_for_without_a_line(tmp_path, capsys):
+    """Parallel sweep jobs take the same step's lock for a cache lookup: no line for that."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "step.lock"
+    holder = subprocess.Popen([sys.executable, "-c", f"from filelock import FileLock; import time\n"
+                               f"with FileLock({str(path)!r}):\n    print('held', flush=True); time.sleep(0.5)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with cache.bounded_lock(path, 60, "another pipeline running step train", "main.step_lock_timeout_s",
+                                "step train did not run"):
+            assert holder.poll() is not None or holder.wait(5) == 0  # we hold it only after it let go
+        assert capsys.readouterr().err == ""
+    finally:
+        holder.kill()
+        holder.wait()

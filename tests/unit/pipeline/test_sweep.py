@@ -6,15 +6,20 @@ import math
 
 from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 
+import pytest
+
+from mlpipe.errors import ConfigError
 from mlpipe.pipeline.driver import SCORE_METRIC
-from mlpipe.pipeline.sweep import best_job
+from mlpipe.pipeline.spec import select_steps
+from mlpipe.pipeline.sweep import best_job, check_direction, searched_keys, shared_prefix, study, swept_groups
 
 
-def job(run_id: str, num: int | None, score: float | None, status: str = "FINISHED") -> Run:
+def job(run_id: str, num: int | None, score: float | None, status: str = "FINISHED", **tags: str) -> Run:
     info = RunInfo(run_id=run_id, experiment_id="0", user_id="test", status=status, start_time=0,
                    end_time=None, lifecycle_stage="active")
     metrics = [] if score is None else [Metric(SCORE_METRIC, score, 0, 0)]
-    tags = [] if num is None else [RunTag("pipeline.job_num", str(num))]
+    tags = [RunTag(k.replace("__", "."), v) for k, v in tags.items()]
+    tags += [] if num is None else [RunTag("pipeline.job_num", str(num))]
     return Run(info, RunData(metrics=metrics, tags=tags))
 
 
@@ -61,3 +66,93 @@ def test_input_list_is_not_reordered():
     jobs = [job("b", 1, 0.5), job("a", 0, 0.6)]
     best_job(jobs, True)
     assert [ids(j) for j in jobs] == ["b", "a"]
+
+
+# -- what a sweep shares, and how an optimizing sweeper must steer (composed configs) ----------
+
+def _sweep_config(*overrides: str):
+    """The config a sweep's callback receives: composed for a multirun, hydra node included."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from mlpipe.config import PROJECT_ROOT, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        return loader.load_configuration("config", list(overrides), run_mode=RunMode.MULTIRUN)
+
+
+def test_a_model_sweep_shares_ingest_and_preprocess():
+    config = _sweep_config("model.n_estimators=50,100", "model.max_depth=3")
+    assert swept_groups(config) == {"model"}
+    assert shared_prefix(select_steps("all"), swept_groups(config)) == ["ingest", "preprocess"]
+
+
+def test_optuna_search_space_counts_as_swept():
+    from omegaconf import open_dict
+
+    config = _sweep_config("hydra/sweeper=optuna", "model.n_estimators=int(interval(1,60))")
+    with open_dict(config):  # as a config file writes it (Hydra's command line cannot set this dict)
+        config.hydra.sweeper.params = {"preprocess.scaler": "choice(standard,robust)"}
+    assert searched_keys(config) == ["model.n_estimators", "preprocess.scaler"]
+    assert swept_groups(config) == {"model", "preprocess"}
+    assert shared_prefix(select_steps("all"), swept_groups(config)) == ["ingest"]
+
+
+def test_what_each_swept_group_leaves_shared():
+    steps = select_steps("all")
+    assert shared_prefix(steps, {"data"}) == []
+    assert shared_prefix(steps, {"seed"}) == ["ingest"]
+    assert shared_prefix(steps, {"qa"}) == ["ingest", "preprocess", "train"]
+    assert shared_prefix(steps, {"registry"}) == ["ingest", "preprocess", "train", "qa"]
+    assert shared_prefix(steps, set()) == ["ingest", "preprocess", "train", "qa"]  # never register
+    assert shared_prefix(["train", "qa"], {"qa"}) == ["train"]
+    # a key no step's cache names may change how any step runs: nothing is shared
+    assert shared_prefix(steps, {"main"}) == []
+    assert shared_prefix(steps, {"monitor", "model"}) == []
+
+
+def test_a_group_choice_sweep_is_its_group():
+    config = _sweep_config("model=random_forest,gradient_boosting")
+    assert swept_groups(config) == {"model"}
+
+
+def test_optuna_must_steer_the_way_the_metric_improves():
+    check_direction(_sweep_config("model.n_estimators=1,2"))  # the basic sweeper has no direction
+    check_direction(_sweep_config("hydra/sweeper=optuna", "hydra.sweeper.direction=maximize"))
+    with pytest.raises(ConfigError) as info:
+        check_direction(_sweep_config("hydra/sweeper=optuna"))  # the plug-in's default: minimize
+    assert str(info.value) == ("hydra.sweeper.direction=minimize, but the default qa primary metric (accuracy or "
+                               "r2) is better when greater: set hydra.sweeper.direction=maximize")
+    check_direction(_sweep_config("hydra/sweeper=optuna", "data=diabetes", "qa.primary_metric=rmse"))
+    with pytest.raises(ConfigError, match="rmse is better when smaller: set hydra.sweeper.direction=minimize"):
+        check_direction(_sweep_config("hydra/sweeper=optuna", "hydra.sweeper.direction=maximize", "data=diabetes",
+                                      "qa.primary_metric=rmse"))
+
+
+def test_a_failed_job_is_no_score_and_says_why():
+    from mlpipe.pipeline.jobs import FailedJob
+
+    failed = FailedJob("step qa failed the qa gate")
+    with pytest.raises(ValueError, match="step qa failed the qa gate"):
+        float(failed)
+    assert "step qa failed the qa gate" in repr(failed)
+
+
+def test_the_study_lists_every_trial_with_its_state_and_the_best():
+    config = _sweep_config("hydra/sweeper=optuna", "hydra.sweeper.direction=maximize",
+                           "model.n_estimators=int(interval(1,60))", "model.max_depth=1")
+    def trial(num, n, score, status="FINISHED", **tags):
+        return job(f"r{num}", num, score, status, pipeline__overrides=f'["model.n_estimators={n}", "model.max_depth=1"]',
+                   **tags)
+
+    jobs = [trial(0, 23, 0.9), trial(1, 58, 0.97), trial(2, 10, None, "FAILED", error__message="failed the qa gate")]
+    record = study(config, jobs, jobs[1], "accuracy")
+    assert record["direction"] == "maximize" and record["searched"] == ["model.n_estimators"]
+    assert record["best"] == {"number": 1, "run_id": "r1", "value": 0.97, "params": {"model.n_estimators": "58"}}
+    assert [(t["number"], t["state"], t["value"], t["params"]) for t in record["trials"]] == [
+        (0, "COMPLETE", 0.9, {"model.n_estimators": "23"}), (1, "COMPLETE", 0.97, {"model.n_estimators": "58"}),
+        (2, "FAIL", None, {"model.n_estimators": "10"})]
+    assert record["trials"][2]["error"] == "failed the qa gate"
