@@ -13,6 +13,8 @@ from omegaconf import DictConfig
 from mlpipe.config import to_container
 from mlpipe.pipeline import driver
 from mlpipe.pipeline.spec import AFTER_SWEEP, select_steps
+
+NODE_ENV = "MLPIPE_NODE"  # set in the job's Ray worker by hydra_plugins/mlpipe_ray_launcher
 from mlpipe.run import storage, warm
 from mlpipe.run.harness import ERROR_MESSAGE_TAG, absolute_tracking_uri, guarded_run, log_config
 
@@ -74,7 +76,9 @@ def _sweep_job(cfg: DictConfig, overrides: list[str], sweep_run_id: str) -> floa
     with guarded_run(f"job-{job_num}", contain=True,
                      experiment_id=sweep.info.experiment_id, parent_run_id=sweep_run_id, run_name=f"job-{job_num}",
                      tags={driver.ROLE_TAG: "sweep-job", driver.SWEEP_TAG: sweep_run_id,
-                           "pipeline.overrides": json.dumps(overrides), "pipeline.job_num": str(job_num)}) as active:
+                           "pipeline.overrides": json.dumps(overrides), "pipeline.job_num": str(job_num),
+                           # the Ray node that ran it (hydra/launcher=ray)
+                           **({"pipeline.node": os.environ[NODE_ENV]} if NODE_ENV in os.environ else {})}) as active:
         # A PipelineError ends this job's run FAILED and leaves it out of the choice; the sweep goes on.
         run_id = active.info.run_id
         log_config(cfg, to_container(cfg), {}, client.get_run(run_id))

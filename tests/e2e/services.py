@@ -190,3 +190,29 @@ class MlflowServer:
     def stop(self) -> None:
         if self.proc is not None:
             stop(self.proc)
+
+
+class RayNode:
+    """`ray start --block` (a head, or a node joining `address`) in its own process group, with
+    one CPU and a custom resource named after it; stopped with the whole group (Ray's processes
+    hold no state a test needs)."""
+
+    def __init__(self, name: str, temp_dir: Path, address: str | None = None):
+        self.name, self.port = name, free_port()
+        cmd = [str(BIN / "ray"), "start", "--block", "--num-cpus=1", f"--resources={{\"{name}\": 1}}",
+               "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+        cmd += ["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"] \
+            if address is None else [f"--address={address}"]
+        self.address = address or f"127.0.0.1:{self.port}"
+        self.log = (temp_dir.parent / f"{name}.log").open("w")
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=15)
+        wait_group_gone(self.proc.pid, 30)
+        self.log.close()
