@@ -310,7 +310,7 @@ class Driver:
             if not submitted.wait():
                 raise mlflow.exceptions.ExecutionException(f"Run (ID '{submitted.run_id}') failed")
         except KeyboardInterrupt:
-            submitted.cancel()  # deletes the Job: its pod is not left running
+            submitted.cancel()  # MLflow deletes the Job (the API's default keeps its pod: docs/kubernetes.md)
             raise
         return submitted.run_id
 
