@@ -175,15 +175,18 @@ def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
     return [(m[0].upper(), m[1].strip()) for m in re.findall(r"^\s*([A-Za-z]+)\s+(.*)$", joined, re.M)]
 
 
+def pin(text: str) -> tuple[str, str] | None:
+    """`Scikit_Learn==1.9.1` -> ("scikit-learn", "1.9.1"); `psycopg[binary]==3.3.9` -> ("psycopg", ...);
+    None for anything but an exact pin."""
+    match = PIN.match(text)
+    return (re.sub(r"[-_.]+", "-", match[1].split("[")[0]).lower(), match[2]) if match else None
+
+
 def requirement_pins(path: Path) -> dict[str, str]:
-    pins = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            match = PIN.match(line)
-            assert match, f"{path.name}: {line!r} is not an exact pin"
-            pins[re.sub(r"[-_.]+", "-", match[1].split("[")[0]).lower()] = match[2]
-    return pins
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    pins = [pin(line) for line in lines if line]
+    assert all(pins), f"{path.name}: not every line is an exact pin"
+    return dict(pins)
 
 
 def installed_pins(instructions: list[tuple[str, str]]) -> dict[str, str]:
@@ -202,8 +205,8 @@ def installed_pins(instructions: list[tuple[str, str]]) -> dict[str, str]:
             for word in words:
                 if word == "-r":
                     pins.update(requirement_pins(PROJECT_ROOT / copied[next(words)]))
-                elif PIN.match(word):
-                    pins[re.sub(r"[-_.]+", "-", PIN.match(word)[1].split("[")[0]).lower()] = PIN.match(word)[2]
+                elif pin(word):
+                    pins.update([pin(word)])
                 elif not word.startswith("-"):
                     raise AssertionError(f"Dockerfile installs {word!r}, which is not an exact pin")
     return pins
@@ -211,7 +214,7 @@ def installed_pins(instructions: list[tuple[str, str]]) -> dict[str, str]:
 
 def test_the_image_has_python_env_pins_exactly():
     env = yaml.safe_load((PROJECT_ROOT / "python_env.yaml").read_text())
-    env_pins = {re.sub(r"[-_.]+", "-", d.split("==")[0]).lower(): d.split("==")[1] for d in env["dependencies"]}
+    env_pins = dict(pin(dependency) for dependency in env["dependencies"])
     instructions = dockerfile_instructions(DOCKERFILE.read_text())
     (base,) = [args for op, args in instructions if op == "FROM"]
     assert re.fullmatch(rf"python:{re.escape(str(env['python']))}-[a-z-]+", base), base

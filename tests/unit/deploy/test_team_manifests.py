@@ -86,9 +86,8 @@ def test_the_tracking_server_starts_as_make_team_server_starts_it(tmp_path):
     local_cmd, local_env = server.command(compose([]).team.server, server.Paths(tmp_path))
     (deployment,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "mlflow"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    flags = lambda cmd: {w for w in cmd if w.startswith("--")}  # noqa: E731
     assert container["command"][:2] == ["mlflow", "server"]
-    assert flags(container["command"]) == flags(local_cmd)
+    assert {w for w in container["command"] if w.startswith("--")} == {w for w in local_cmd if w.startswith("--")}
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert set(local_env) <= set(env)
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
