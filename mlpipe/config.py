@@ -56,6 +56,23 @@ def split_overrides(overrides: str | None) -> list[str]:
         raise ConfigError(f"cannot parse overrides {overrides!r}: {exc}") from exc
 
 
+def shell_unquoted(args: list[str]) -> list[str]:
+    """Arguments as a shell would have handed them over. MLflow's Kubernetes backend starts an
+    entry point's command without a shell, each word still quoted (`'--overrides=a b'`): a word
+    that is one single-quoted shell word is unquoted; every other argument is kept as it is."""
+    out = []
+    for arg in args:
+        if len(arg) > 1 and arg[0] == arg[-1] == "'":
+            try:
+                words = shlex.split(arg)
+            except ValueError:
+                words = []
+            if len(words) == 1:
+                arg = words[0]
+        out.append(arg)
+    return out
+
+
 def compose(overrides: list[str]) -> DictConfig:
     """Compose conf/config.yaml with Hydra overrides; every error becomes a ConfigError."""
     from hydra import compose as hydra_compose

@@ -292,6 +292,8 @@ class MainConfig(Checked):
     log: str = spec(choices=("quiet", "full"))
     step_lock_timeout_s: float = spec(gt=0)
     step_grace_s: float = spec(gt=0)
+    backend: str = spec(choices=("local", "kubernetes"))
+    backend_config: str = MISSING
 
 
 @dataclass

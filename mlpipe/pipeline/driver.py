@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from mlpipe.config import PROJECT_ROOT, digest, to_container
 from mlpipe.errors import PipelineError, StepFailedError, UpstreamError
-from mlpipe.pipeline import cache
+from mlpipe.pipeline import backends, cache
 from mlpipe.pipeline.spec import STEPS, forced_steps
 from mlpipe.run import handoff, warm
 from mlpipe.run.harness import ERROR_MESSAGE_TAG, ERROR_TYPE_TAG, QUIET_ENV
@@ -132,19 +132,22 @@ def detect_env_manager(client: MlflowClient, run_id: str | None) -> str:
     """The env manager `mlflow run` used for this driver's own run: children get the same one."""
     if not run_id:
         return "local"
-    return client.get_run(run_id).data.tags.get(ENV_MANAGER_TAG, "local")
+    env = client.get_run(run_id).data.tags.get(ENV_MANAGER_TAG, "local")
+    # A docker_env project (deploy/kubernetes) runs this driver inside the step image: the steps
+    # run in the same container, with its Python.
+    return "local" if env == "docker" else env
 
 
 def hydra_argv(argv: list[str]) -> list[str]:
     """`--steps=train,qa --overrides="-m a=1,2"` (from MLproject) -> Hydra's own command line."""
     import argparse
 
-    from mlpipe.config import split_overrides
+    from mlpipe.config import shell_unquoted, split_overrides
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--steps", default=None)
     parser.add_argument("--overrides", default=None)
-    known, rest = parser.parse_known_args(argv[1:])
+    known, rest = parser.parse_known_args(shell_unquoted(argv[1:]))
     if known.steps is None and known.overrides is None:
         return argv
     out = [argv[0], *rest, *split_overrides(known.overrides)]
@@ -266,14 +269,13 @@ class Driver:
         level = projects_logger.level
         projects_logger.setLevel(logging.ERROR if quiet else level)
         try:
-            timer = StepTimer(step_bound(self.cfg))
+            # A pod has no process here to stop: its step stops itself at monitor.max_step_seconds,
+            # and the Job template's activeDeadlineSeconds bounds the pod.
+            timer = StepTimer(step_bound(self.cfg) if self.cfg.main.backend == "local" else None)
             with timer:
-                submitted = mlflow.run(
-                    str(PROJECT_ROOT), entry_point=step, parameters=params, experiment_id=self.experiment_id,
-                    env_manager=self.env_manager, run_name=step, synchronous=True,
-                )
-            return self.client.get_run(submitted.run_id)
-        except mlflow.exceptions.ExecutionException as exc:
+                run_id = self._start(step, params)
+            return self.client.get_run(run_id)
+        except (mlflow.exceptions.ExecutionException, backends.NotSubmitted) as exc:
             failed = self._failed_child(step)
             if failed is None:
                 raise StepFailedError(f"step {step} failed to start: {exc}") from exc
@@ -283,8 +285,10 @@ class Driver:
                 self.client.set_terminated(failed.info.run_id, "FAILED")
             tags = failed.data.tags
             if ERROR_TYPE_TAG not in tags:
-                self.client.set_tag(failed.info.run_id, ERROR_TYPE_TAG, "StepDied")
-                self.client.set_tag(failed.info.run_id, ERROR_MESSAGE_TAG, DIED)
+                kind, message = (("StepNotStarted", str(exc)) if isinstance(exc, backends.NotSubmitted) else
+                                 ("StepDied", DIED if self.cfg.main.backend == "local" else DIED_IN_POD))
+                self.client.set_tag(failed.info.run_id, ERROR_TYPE_TAG, kind)
+                self.client.set_tag(failed.info.run_id, ERROR_MESSAGE_TAG, message)
             failed = self.client.get_run(failed.info.run_id)
             self.card_rows.append((step, failed, "ran"))
             tags = failed.data.tags
@@ -296,6 +300,38 @@ class Driver:
             if quiet:
                 os.environ.pop("MLFLOW_LOGGING_LEVEL", None)
             projects_logger.setLevel(level)
+
+    def _start(self, step: str, params: dict[str, str]) -> str:
+        """Run the step with `mlflow.run` on main.backend and wait for it; its run id.
+        ExecutionException when it ran and failed, NotSubmitted when it could not start on Kubernetes."""
+        args = {**backends.mlflow_run_args(self.cfg, self.env_manager), "entry_point": step, "parameters": params,
+                "experiment_id": self.experiment_id, "run_name": step}
+        if self.cfg.main.backend == "local":
+            return mlflow.run(**args).run_id
+        try:
+            submitted = mlflow.run(**args)
+        except Exception as exc:  # MLflow's, Docker's or the Kubernetes client's: nothing ran
+            raise backends.NotSubmitted(backends.not_submitted(exc)) from exc
+        try:
+            if not submitted.wait():
+                raise mlflow.exceptions.ExecutionException(f"Run (ID '{submitted.run_id}') failed")
+        except KeyboardInterrupt:
+            submitted.cancel()  # MLflow deletes the Job (the API's default keeps its pod: docs/kubernetes.md)
+            raise
+        return submitted.run_id
+
+    def _check_same_code(self, step: str, run: Run, key: str | None) -> None:
+        """A step in a pod keys itself with the image's code and the config its pod composed: a
+        key other than the driver's means an image built from other code (or other settings in
+        the pod's environment), whose run this checkout must not take as its own."""
+        theirs = run.data.tags.get(cache.KEY_TAG)
+        if self.cfg.main.backend == "local" or key is None or theirs == key:
+            return
+        raise StepFailedError(
+            f"step {step} (run {run.info.run_id}) ran in its pod with other code or config than this checkout: its "
+            f"cache key {str(theirs)[:12]}… is not the driver's {key[:12]}…; rebuild the step image from this checkout "
+            "(docker build -f deploy/kubernetes/Dockerfile -t mlpipe:local .) and give the Job template the "
+            "environment the config reads here (docs/kubernetes.md)")
 
     def _timed_out(self, step: str, run_id: str) -> None:
         run = self.client.get_run(run_id)
@@ -332,11 +368,19 @@ class Driver:
                 run, outcome = hit, "cached"
             else:
                 run, outcome = self._launch(step, params), "ran"
+                self._check_same_code(step, run, key)
         outputs[step] = run
         self.card_rows.append((step, run, outcome))
         self.client.set_tag(self.parent_run_id, f"pipeline.{step}_run_id", run.info.run_id)
         return StepResult(step, run.info.run_id, outcome, time.monotonic() - started,
                           run.data.tags.get(handoff.SUMMARY_TAG, ""), dict(run.data.metrics))
+
+    def _check_kubernetes(self) -> None:
+        """Before any step: the backend config, Docker, and a tracking store the pods reach too."""
+        backends.kubernetes_config(str(self.cfg.main.backend_config))
+        backends.check_submitter()
+        backends.check_tracking_uris(mlflow.get_tracking_uri(), os.environ.get(backends.KUBE_TRACKING_ENV))
+        warm.stop()  # the steps run in pods: the warm helper would serve none of them
 
     def publish_cards(self) -> None:
         """Copy each step's card into the parent run under cards/, with an index page linking them.
@@ -375,6 +419,8 @@ class Driver:
     def run(self, steps: list[str], outputs: dict[str, Run] | None = None) -> tuple[list[StepResult], dict[str, Run]]:
         """Run (or reuse) `steps` in order; returns the table rows and each step's run."""
         outputs = dict(outputs or {})
+        if self.cfg.main.backend == "kubernetes":
+            self._check_kubernetes()
         first = STEPS[steps[0]]
         if first.upstream and first.upstream not in outputs:
             outputs[first.upstream] = self._matching_upstream(first.upstream)
@@ -392,6 +438,9 @@ class Driver:
 # What the driver says of a step process that ended without reporting an error of its own.
 DIED = ("the step process ended without reporting an error (killed, or out of memory?); "
         "its run is marked FAILED and is never reused")
+DIED_IN_POD = ("the step's Kubernetes Job failed without the step reporting an error (out of memory, evicted, an "
+               "image its node could not pull, the template's activeDeadlineSeconds?): `kubectl describe` its Job; "
+               "its run is marked FAILED and is never reused")
 
 
 FIGURES = (("step s", "step.wall_s", "{:.1f}"), ("cpu s", "step.cpu_s", "{:.1f}"), ("peak MB", "step.peak_rss_mb", "{:.0f}"))

@@ -23,7 +23,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from mlpipe.config import PROJECT_ROOT, compose, flatten, split_overrides, to_container
+from mlpipe.config import PROJECT_ROOT, compose, flatten, shell_unquoted, split_overrides, to_container
 from mlpipe.data.frames import return_freed_memory
 from mlpipe.errors import PipelineError, StorageError, one_line
 from mlpipe.pipeline import cache, key_inputs
@@ -317,7 +317,7 @@ def parse_args(step: str, extra: tuple[str, ...]) -> argparse.Namespace:
         parser.add_argument(f"--{spec.upstream_param.replace('_', '-')}", dest=spec.upstream_param, default="")
     for name in extra:
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default="")
-    return parser.parse_args()
+    return parser.parse_args(shell_unquoted(sys.argv[1:]))
 
 
 def log_config(cfg: DictConfig, config: dict[str, Any], params: dict[str, str], run: Run) -> None:

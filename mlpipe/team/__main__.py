@@ -3,6 +3,9 @@
   start          start the team server (SQLite or team.server.backend_store_uri), create the
                  members' users, experiments and models; prints the address
   stop           stop it
+  setup          create the members' users, experiments and models on a server that runs
+                 elsewhere (a cluster's, deploy/team): at team.server's address, with the admin
+                 password in the credentials file
   status         running or not, the address, the members
   as <member> [overrides...] -- <command...>
                  run a command logged in as a member (their password from the credentials file,
@@ -18,7 +21,7 @@ import os
 import sys
 
 from mlpipe.config import compose
-from mlpipe.errors import PipelineError, one_line
+from mlpipe.errors import ConfigError, PipelineError, one_line
 from mlpipe.team import members, server
 
 
@@ -26,9 +29,9 @@ def main(argv: list[str]) -> int:
     command = argv[argv.index("--") + 1:] if "--" in argv else []
     head = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(prog="python -m mlpipe.team", description=__doc__.split("\n\n")[0],
-                                     usage="python -m mlpipe.team {start,stop,status,as <member>,demo} [--team NAME] "
-                                           "[overrides...] [-- command...]")
-    parser.add_argument("command", choices=("start", "stop", "status", "as", "demo"))
+                                     usage="python -m mlpipe.team {start,stop,status,setup,as <member>,demo} "
+                                           "[--team NAME] [overrides...] [-- command...]")
+    parser.add_argument("command", choices=("start", "stop", "status", "setup", "as", "demo"))
     parser.add_argument("--team", default=os.environ.get("MLPIPE_TEAM", "demo"))
     args, rest = parser.parse_known_args(head)
     if args.command == "demo":
@@ -47,6 +50,15 @@ def main(argv: list[str]) -> int:
                   f"members: {', '.join(members.names(team))} (lead: {team.lead}); passwords in {where.credentials}\n"
                   f"run as a member:  python -m mlpipe.team as <member> -- mlflow run . -e main --env-manager local\n"
                   f"stop it:          make team-server-stop TEAM={team.name}")
+        elif args.command == "setup":
+            where = server.paths(team.server)
+            if server.ADMIN not in server.credentials(where):
+                raise ConfigError(f"team {team.name}: no {server.ADMIN} password in {where.credentials}; write the "
+                                  f'server\'s there first ({{"{server.ADMIN}": "<password>"}}, mode 0600; '
+                                  "docs/kubernetes.md)")
+            members.setup(team)
+            print(f"team {team.name}: members {', '.join(members.names(team))} (lead: {team.lead}) set up on "
+                  f"{server.url(team.server)}; passwords in {where.credentials}")
         elif args.command == "stop":
             print(f"team {team.name}: server {'stopped' if server.stop(team.server) else 'was not running'}")
         else:

@@ -92,3 +92,19 @@ def test_the_team_variants_are_every_members_champion_named_after_them(registry,
     assert "no m.<member>@champion yet for bob: not served" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="needs a team"):
         members.champions(registry.client, SimpleNamespace(name=None), "champion")
+
+
+def test_setup_on_a_server_that_runs_elsewhere_needs_the_admin_password_first(tmp_path, monkeypatch, capsys):
+    """`python -m mlpipe.team setup`: the members on a server this machine did not start (a
+    cluster's, deploy/team), reached at team.server's address."""
+    from mlpipe.team.__main__ import main
+
+    state = f"team.server.state_dir={tmp_path / 'state'}"
+    assert main(["setup", "--team", "demo", state]) == ConfigError.exit_code
+    assert "no admin password in" in capsys.readouterr().err
+    server.save_credentials(server.paths(_team(tmp_path).server), {"admin": "from-the-cluster"})
+    seen = []
+    monkeypatch.setattr(members, "setup", lambda team: seen.append((team.name, team.server.port)))
+    assert main(["setup", "--team", "demo", state, "team.server.port=5099"]) == 0
+    assert seen == [("demo", 5099)]
+    assert "set up on http://127.0.0.1:5099" in capsys.readouterr().out

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The Secrets of the team recipe (deploy/team, docs/kubernetes.md), with fresh random passwords,
+# written as manifests to stdout:
+#   deploy/team/secrets.sh | kubectl apply -f -
+# Once per cluster: PostgreSQL keeps the password of its first start in its volume, so new ones
+# would lock the server out. kubectl renders them (--dry-run=client): nothing is sent here.
+set -euo pipefail
+namespace=${NAMESPACE:-mlpipe}
+random() { python3 -c 'import secrets; print(secrets.token_hex(24))'; }
+secret() {
+  kubectl create secret generic "$@" --namespace "$namespace" --dry-run=client -o yaml
+  echo ---
+}
+
+pg=$(random)
+admin=$(random)
+secret mlpipe-postgres --from-literal=username=mlflow --from-literal=password="$pg"
+secret mlpipe-minio --from-literal=access-key-id=mlpipe --from-literal=secret-access-key="$(random)"
+secret mlpipe-mlflow --from-literal=backend-store-uri="postgresql://mlflow:$pg@postgres:5432/mlflow" \
+  --from-literal=flask-secret-key="$(random)"
+# MLflow's auth config, as mlpipe/team/server.py writes it for `make team-server`, with its user
+# store in PostgreSQL; the admin is created from it on the first start.
+secret mlpipe-mlflow-auth --from-literal=admin-password="$admin" --from-literal=basic_auth.ini="[mlflow]
+default_permission = READ
+database_uri = postgresql://mlflow:$pg@postgres:5432/mlflow_auth
+admin_username = admin
+admin_password = $admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 60
+"
+# The login of the model server and of the steps' Jobs (deploy/kubernetes): the admin's, until
+# you replace it with a user of their own (docs/kubernetes.md).
+secret mlpipe-tracking-login --from-literal=username=admin --from-literal=password="$admin"
