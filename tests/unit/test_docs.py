@@ -150,6 +150,9 @@ def concrete(override: str) -> str:
     except Exception:
         return override  # compose reports it
     if parsed.is_sweep_override():
+        value = parsed.value()
+        if hasattr(value, "start") and hasattr(value, "end") and not hasattr(value, "step"):
+            return f"{parsed.get_key_element()}={value.start}"  # interval(a,b) (Optuna's search): its start
         return f"{parsed.get_key_element()}={next(iter(parsed.sweep_string_iterator()))}"
     return override
 
@@ -162,6 +165,12 @@ def check_group(group: list[str]) -> None:
 
     placeholders = [t for t in group if PLACEHOLDER.search(t.split("=", 1)[1]) or PLACEHOLDER.search(t.split("=", 1)[0])]
     cfg = compose([concrete(t) for t in group if t not in placeholders])
+    if any(t.startswith("hydra.") for t in placeholders):  # a launcher's or sweeper's key: Hydra's own node
+        from hydra import compose as hydra_compose, initialize_config_dir
+
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = hydra_compose("config", [concrete(t) for t in group if t not in placeholders],
+                                return_hydra_config=True)
     missing = object()
     for token in placeholders:
         key = token.split("=", 1)[0].lstrip("+~")
