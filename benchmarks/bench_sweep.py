@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -71,9 +72,7 @@ class Ray:
         for _ in range(120):
             out = subprocess.run([str(BIN / "ray"), "status", f"--address={self.address}"], capture_output=True,
                                  text=True, env=env_for("unused")).stdout
-            if out.count("1.0/1.0 CPU") + out.count("0.0/1.0 CPU") and out.count(" node_") >= nodes:
-                return
-            if sum(line.strip().startswith("1 node_") for line in out.splitlines()) >= nodes:
+            if out.count(" 1 node_") >= nodes:  # `ray status`: one line per active node
                 return
             time.sleep(1)
         raise RuntimeError(f"the Ray cluster at {self.address} did not reach {nodes} nodes")
@@ -150,6 +149,7 @@ def main() -> None:
     finally:
         if ray:
             ray.stop()
+        shutil.rmtree(folder / "ray", ignore_errors=True)  # Ray's session, with its copies of the code
     med = {arm: {k: statistics.median(r[k] for r in results if r["arm"] == arm)
                  for k in ("seconds", "start_s", "shared_s", "jobs_s", "end_s", "job_sum_s")} for arm in arms}
     print(f"\n4-job sweep ({GRID}), medians of {args.repeat}, seconds")

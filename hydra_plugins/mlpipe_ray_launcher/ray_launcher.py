@@ -38,15 +38,38 @@ def job_env(environ: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
     return {**env, **{str(k): str(v) for k, v in extra.items()}}
 
 
-def run_on_node(*args: Any) -> JobReturn:
+def rebased(context: HydraContext, driver_root: str, root: str) -> HydraContext:
+    """The driver's Hydra context with its config folder (`<driver's checkout>/conf`, as Hydra
+    writes a file path, or `file://...`) moved to this node's copy of the project: on another
+    host the driver's path does not exist."""
+    import copy
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    if driver_root == root:
+        return context
+    search_path = copy.deepcopy(context.config_loader.config_search_path)
+    for element in search_path.get_path():
+        for scheme in ("", "file://"):
+            if element.path.startswith(f"{scheme}{driver_root}/"):
+                element.path = f"{scheme}{root}/" + element.path[len(f"{scheme}{driver_root}/"):]
+    return HydraContext(config_loader=ConfigLoaderImpl(config_search_path=search_path), callbacks=context.callbacks)
+
+
+def run_on_node(idx: int, overrides: Sequence[str], context: HydraContext, config: DictConfig,
+                task_function: TaskFunction, state: dict, driver_root: str) -> JobReturn:
     """One Hydra job in a Ray worker, tagged with the node it ran on (tag pipeline.node)."""
     import ray
     from hydra_plugins.hydra_joblib_launcher._core import execute_job
 
+    from mlpipe.config import PROJECT_ROOT
     from mlpipe.pipeline.jobs import NODE_ENV
 
     os.environ[NODE_ENV] = ray.get_runtime_context().get_node_id()
-    return execute_job(*args)
+    setup_globals()
+    Singleton.set_state(state)  # Hydra's config sources, which a new loader needs (execute_job repeats it)
+    context = rebased(context, driver_root, str(PROJECT_ROOT))
+    return execute_job(idx, overrides, context, config, task_function, state)
 
 
 class RayLauncher(Launcher):
@@ -84,5 +107,5 @@ class RayLauncher(Launcher):
         task = ray.remote(num_cpus=self.num_cpus_per_job, max_retries=0)(run_on_node)
         state = Singleton.get_state()
         refs = [task.remote(initial_job_idx + idx, overrides, self.hydra_context, self.config, self.task_function,
-                            state) for idx, overrides in enumerate(job_overrides)]
+                            state, str(PROJECT_ROOT)) for idx, overrides in enumerate(job_overrides)]
         return ray.get(refs)

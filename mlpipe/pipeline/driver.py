@@ -168,6 +168,7 @@ class Driver:
         self.experiment_id = experiment_id
         self.env_manager = env_manager
         self.client = MlflowClient()
+        self.cards_path = "cards"  # where publish_cards puts the steps' cards in the parent run
         self.forced = forced_steps(cfg.main.force)
         # (step, run, outcome) of every step this driver ran, reused or saw fail: their cards.
         self.card_rows: list[tuple[str, Run, str]] = []
@@ -412,7 +413,7 @@ class Driver:
                 title = f"pipeline {self.parent_run_id}"
                 (out / "index.html").write_text(cards.render_index(title, rows))
                 (out / "index.json").write_text(json.dumps(rows, indent=1))
-                self.client.log_artifacts(self.parent_run_id, str(out), "cards")
+                self.client.log_artifacts(self.parent_run_id, str(out), self.cards_path)
         except Exception as exc:  # noqa: BLE001 - the pipeline's outcome matters more than its cards
             print(f"warning: main: report cards not linked: {type(exc).__name__}: {exc}", file=sys.stderr)
 
@@ -476,10 +477,10 @@ def score_of(outputs: dict[str, Run]) -> tuple[str, float] | None:
     return (metric, value) if metric and value is not None and not math.isnan(value) else None
 
 
-def log_summary(client: MlflowClient, run_id: str, results: list[StepResult]) -> None:
+def log_summary(client: MlflowClient, run_id: str, results: list[StepResult], name: str = "pipeline_summary") -> None:
     table = format_table(results)
-    client.log_text(run_id, table + "\n", "pipeline_summary.txt")
-    client.log_dict(run_id, [r.__dict__ for r in results], "pipeline_summary.json")
+    client.log_text(run_id, table + "\n", f"{name}.txt")
+    client.log_dict(run_id, [r.__dict__ for r in results], f"{name}.json")
     for r in results:
         if "step.wall_s" in r.metrics:
             client.log_metric(run_id, f"{r.step}.wall_s", r.metrics["step.wall_s"])

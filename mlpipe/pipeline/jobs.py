@@ -13,10 +13,10 @@ from omegaconf import DictConfig
 from mlpipe.config import to_container
 from mlpipe.pipeline import driver
 from mlpipe.pipeline.spec import AFTER_SWEEP, select_steps
-
-NODE_ENV = "MLPIPE_NODE"  # set in the job's Ray worker by hydra_plugins/mlpipe_ray_launcher
 from mlpipe.run import storage, warm
 from mlpipe.run.harness import ERROR_MESSAGE_TAG, absolute_tracking_uri, guarded_run, log_config
+
+NODE_ENV = "MLPIPE_NODE"  # set in the job's Ray worker by hydra_plugins/mlpipe_ray_launcher
 
 
 def run_job(cfg: DictConfig) -> float | None:

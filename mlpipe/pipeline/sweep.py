@@ -9,6 +9,7 @@ never race for the champion alias.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import sys
@@ -18,13 +19,13 @@ import traceback
 import mlflow
 from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mlpipe.errors import ConfigError, PipelineError, StepFailedError
 from mlpipe.pipeline import driver
 from mlpipe.pipeline.spec import AFTER_SWEEP, STEPS, select_steps
 from mlpipe.quality import metric_names
-from mlpipe.run.harness import absolute_tracking_uri, terminate
+from mlpipe.run.harness import ERROR_MESSAGE_TAG, absolute_tracking_uri, terminate
 
 
 class SweepCallback(Callback):
@@ -33,6 +34,7 @@ class SweepCallback(Callback):
     def __init__(self) -> None:
         self.sweep_run_id: str | None = None
         self.owns_run = False
+        self.ended = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         absolute_tracking_uri()
@@ -49,26 +51,38 @@ class SweepCallback(Callback):
         client.set_tag(run_id, driver.ROLE_TAG, "sweep")
         os.environ[driver.SWEEP_ENV] = self.sweep_run_id = run_id
         print(f"[mlpipe] sweep run {run_id}", file=sys.stderr)
+        atexit.register(self._unended)
         try:
             check_direction(config)
             run_shared_steps(config, run_id)
         except Exception as exc:  # Hydra would only warn: no job starts on a failed shared step
-            if not isinstance(exc, PipelineError):
-                traceback.print_exc()
-            terminate(run_id, "sweep", exc)
-            sys.exit(getattr(exc, "exit_code", 1))
+            self._fail(exc)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         # Hydra turns a callback's exception into a warning: end the process ourselves.
         try:
             finish_sweep(config, self.sweep_run_id)
         except Exception as exc:
-            if not isinstance(exc, PipelineError):
-                traceback.print_exc()
-            terminate(self.sweep_run_id, "sweep", exc)
-            sys.exit(getattr(exc, "exit_code", 1))
+            self._fail(exc)
         if self.owns_run:
             terminate(self.sweep_run_id, "sweep")
+        self.ended = True
+
+    def _fail(self, exc: Exception) -> None:
+        if not isinstance(exc, PipelineError):
+            traceback.print_exc()
+        terminate(self.sweep_run_id, "sweep", exc)
+        self.ended = True
+        sys.exit(getattr(exc, "exit_code", 1))
+
+    def _unended(self) -> None:
+        """At exit, a sweep that never reached its end (the sweeper or launcher raised, as
+        Optuna's does when no trial completed; Ctrl-C) is not left RUNNING: FAILED, with why."""
+        if self.ended or MlflowClient().get_run(self.sweep_run_id).info.status != "RUNNING":
+            return
+        terminate(self.sweep_run_id, "sweep", StepFailedError(
+            "the sweep stopped before its end (the sweeper's or launcher's error printed above, or an "
+            "interrupt); its jobs' runs show how far it got"))
 
 
 def _experiment_id() -> str:
@@ -99,12 +113,19 @@ def check_direction(config: DictConfig) -> None:
                           f"{'greater' if want == 'maximize' else 'smaller'}: set hydra.sweeper.direction={want}")
 
 
-def searched_keys(config: DictConfig) -> list[str]:
-    """The keys a sweep varies, as written: `model.n_estimators`, `model` (a group)."""
+def _task_overrides(config: DictConfig) -> list:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    return OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+
+
+def job_num(job) -> int:
+    return int(job.data.tags.get("pipeline.job_num", "0"))
+
+
+def searched_keys(config: DictConfig) -> list[str]:
+    """The keys a sweep varies, as written: `model.n_estimators`, `model` (a group)."""
+    keys = [o.key_or_group for o in _task_overrides(config) if o.is_sweep_override()]
     return keys + [str(k) for k in (config.hydra.sweeper.get("params") or {}) if str(k) not in keys]
 
 
@@ -112,8 +133,7 @@ def swept_groups(config: DictConfig) -> set[str]:
     """The top-level config keys a sweep varies: its command line's sweep overrides
     (`model.n_estimators=50,100`, `model=a,b`, `range(...)`) and the sweeper's own search space
     (`hydra.sweeper.params`, Optuna's or the basic sweeper's). Hydra's own keys are left out."""
-    groups = {k.lstrip("+~").split(".")[0].split("/")[0].split("@")[0] for k in searched_keys(config)}
-    return {g for g in groups if g != "hydra"}
+    return {k.lstrip("+~").split(".")[0].split("/")[0].split("@")[0] for k in searched_keys(config)}
 
 
 def shared_prefix(steps: list[str], swept: set[str]) -> list[str]:
@@ -134,30 +154,29 @@ def shared_prefix(steps: list[str], swept: set[str]) -> list[str]:
 
 def run_shared_steps(config: DictConfig, sweep_run_id: str) -> list[str]:
     """Run the sweep's shared steps once, nested under the sweep parent, before any job."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     from mlpipe.run import warm
 
     steps = shared_prefix(select_steps(config.main.steps), swept_groups(config))
     if not steps:
         return []
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    fixed = [o.input_line for o in _task_overrides(config) if not o.is_sweep_override()]
     warm.ensure(bool(config.main.warm_steps))
     client = MlflowClient()
     sweep = client.get_run(sweep_run_id)
     env_manager = config.main.env_manager or driver.detect_env_manager(client, sweep_run_id)
-    from omegaconf import OmegaConf
-
     # The callback's config still holds Hydra's per-job keys (hydra.job.num): not the steps' config.
     cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
     pipeline = driver.Driver(cfg, fixed, sweep_run_id, sweep.info.experiment_id, env_manager)
+    pipeline.cards_path = "cards/shared"  # register and serve publish theirs under cards/ at the end
     print(f"[mlpipe] sweep: {', '.join(steps)} run once for every job", file=sys.stderr)
     mlflow.start_run(run_id=sweep_run_id)  # the steps' runs nest under the sweep parent
     try:
         results, _ = pipeline.run(steps)
     finally:
-        mlflow.end_run("RUNNING")  # detached, not ended: the jobs and the sweep's end come next
+        # Detached, not ended: the jobs and the sweep's end come next. MLflow stamps an end time
+        # meanwhile (the UI shows the shared steps' duration until the sweep ends and re-stamps it).
+        mlflow.end_run("RUNNING")
+    driver.log_summary(client, sweep_run_id, results, "shared_steps")
     print(driver.format_table(results))
     return steps
 
@@ -168,7 +187,7 @@ def best_job(jobs: list, greater_is_better: bool):
               and not math.isnan(j.data.metrics.get(driver.SCORE_METRIC, math.nan))]
     if not scored:
         return None
-    scored.sort(key=lambda j: int(j.data.tags.get("pipeline.job_num", "0")))
+    scored.sort(key=job_num)
     pick = max if greater_is_better else min
     return pick(scored, key=lambda j: j.data.metrics[driver.SCORE_METRIC])
 
@@ -182,14 +201,14 @@ def study(config: DictConfig, jobs: list, best, metric: str) -> dict:
         pairs = (o.split("=", 1) for o in driver.overrides_of(job) if "=" in o)
         return {k: v for k, v in pairs if k.lstrip("+~") in keys}
 
-    trials = [{"number": int(j.data.tags.get("pipeline.job_num", "0")), "run_id": j.info.run_id,
+    trials = [{"number": job_num(j), "run_id": j.info.run_id,
                "state": "COMPLETE" if j.info.status == "FINISHED" else "FAIL",
                "value": j.data.metrics.get(driver.SCORE_METRIC) if j.info.status == "FINISHED" else None,
-               "params": params(j), "error": j.data.tags.get("error.message")} for j in jobs]
+               "params": params(j), "error": j.data.tags.get(ERROR_MESSAGE_TAG)} for j in jobs]
     sampler = config.hydra.sweeper.get("sampler") or {}
     return {"metric": metric, "direction": optimizer(config), "sampler": sampler.get("_target_"),
             "n_trials": config.hydra.sweeper.get("n_trials"), "searched": keys,
-            "best": {"number": int(best.data.tags.get("pipeline.job_num", "0")), "run_id": best.info.run_id,
+            "best": {"number": job_num(best), "run_id": best.info.run_id,
                      "value": best.data.metrics[driver.SCORE_METRIC], "params": params(best)},
             "trials": sorted(trials, key=lambda t: t["number"])}
 
@@ -219,7 +238,7 @@ def finish_sweep(config: DictConfig, sweep_run_id: str) -> None:
     for job in jobs:  # the sweep's history as one chart: the metric by job number
         if job.info.status == "FINISHED" and driver.SCORE_METRIC in job.data.metrics:
             client.log_metric(sweep_run_id, f"sweep.{metric}", job.data.metrics[driver.SCORE_METRIC],
-                              step=int(job.data.tags.get("pipeline.job_num", "0")))
+                              step=job_num(job))
     if optimizer(config):
         client.log_dict(sweep_run_id, study(config, jobs, best, metric), "sweep_study.json")
     best_overrides = driver.overrides_of(best)
@@ -237,8 +256,6 @@ def finish_sweep(config: DictConfig, sweep_run_id: str) -> None:
 
 def _run_after_sweep(config, sweep, best, best_overrides: list[str], steps: list[str]) -> None:
     """register (and serve) the best job's model, nested under the sweep parent run."""
-    from omegaconf import OmegaConf
-
     from mlpipe.run.handoff import download
 
     client = MlflowClient()

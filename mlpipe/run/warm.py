@@ -346,7 +346,7 @@ def ensure(enabled: bool) -> None:
     if _started:
         return
     inherited = os.environ.get(SOCKET_ENV)
-    if inherited and os.path.exists(inherited):
+    if inherited and os.path.exists(inherited) and os.environ.get("MLPIPE_SWEEP_RUN_ID"):
         # A sweep job in a launcher's worker process (joblib, submitit's local executor): the
         # sweep parent's helper, already warm, serves its steps too. Not ours to stop.
         _started.update(process=None, folder=None, joined=inherited)

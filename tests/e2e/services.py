@@ -193,20 +193,21 @@ class MlflowServer:
 
 
 class RayNode:
-    """`ray start --block` (a head, or a node joining `address`) in its own process group, with
-    one CPU and a custom resource named after it; stopped with the whole group (Ray's processes
-    hold no state a test needs)."""
+    """`ray start --block` (a head, or a node joining `address`) with one CPU, in its own process
+    group, with no AWS or MLflow settings of its own; stopped with the whole group (Ray's
+    processes hold no state a test needs)."""
 
     def __init__(self, name: str, temp_dir: Path, address: str | None = None):
-        self.name, self.port = name, free_port()
-        cmd = [str(BIN / "ray"), "start", "--block", "--num-cpus=1", f"--resources={{\"{name}\": 1}}",
-               "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+        self.name, self.port, self.temp_dir = name, free_port(), temp_dir
+        cmd = [str(BIN / "ray"), "start", "--block", "--num-cpus=1", "--node-ip-address=127.0.0.1",
+               "--disable-usage-stats"]
         cmd += ["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"] \
             if address is None else [f"--address={address}"]
         self.address = address or f"127.0.0.1:{self.port}"
         self.log = (temp_dir.parent / f"{name}.log").open("w")
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "MLPIPE_"))}
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**env, "RAY_USAGE_STATS_ENABLED": "0"},
+                                     start_new_session=True)
 
     def stop(self) -> None:
         try:
@@ -216,3 +217,28 @@ class RayNode:
         self.proc.wait(timeout=15)
         wait_group_gone(self.proc.pid, 30)
         self.log.close()
+
+
+def tracking_server_on_s3(workdir: Path, bucket: str) -> tuple[MlflowServer, MotoS3]:
+    """moto's S3 server with `bucket`, and an `mlflow server` whose artifacts it proxies there
+    (clients need no AWS credentials). Stop both: server first, then S3."""
+    s3 = MotoS3(workdir / "moto.log")
+    s3.client().create_bucket(Bucket=bucket)
+    env = {**os.environ, **CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3.url, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return MlflowServer(workdir, f"s3://{bucket}/artifacts", env), s3
+
+
+def tracking_server_fixture(bucket: str):
+    """A module-scoped fixture `server`: (the mlflow server, moto S3) from tracking_server_on_s3,
+    both stopped after the module. In a test module: `server = tracking_server_fixture(BUCKET)`."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory):
+        mlflow_server, s3 = tracking_server_on_s3(tmp_path_factory.mktemp("server"), bucket)
+        yield mlflow_server, s3
+        mlflow_server.stop()
+        s3.stop()
+
+    return server

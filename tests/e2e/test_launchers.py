@@ -167,3 +167,34 @@ def test_optuna_steering_the_wrong_way_is_refused_before_any_job(fresh_store: St
     assert parent.info.status == "FAILED" and parent.data.tags["error.type"] == "ConfigError"
     assert fresh_store.runs("tags.`pipeline.role` = 'sweep-job'") == []
     assert fresh_store.step_runs("ingest") == []
+
+
+def test_a_failed_shared_step_fails_the_sweep_before_any_job(fresh_store: Store, tmp_path):
+    missing = tmp_path / "nope.csv"
+    result = fresh_store.mlflow_run("-P", f"overrides=-m hydra/launcher=joblib data=file data.source={missing} "
+                                          "data.target=y model.n_estimators=1,2")
+    assert result.returncode != 0
+    (line,) = error_lines(result.stderr)
+    assert line.startswith("error: sweep: StepFailedError: step ingest failed (run ") and str(missing) in line
+    parent = sweep_parent(fresh_store)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["error.type"] == "StepFailedError" and str(missing) in parent.data.tags["error.message"]
+    assert fresh_store.runs("tags.`pipeline.role` = 'sweep-job'") == []
+    (ingest,) = fresh_store.step_runs("ingest")
+    assert ingest.info.status == "FAILED" and ingest.data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+
+def test_a_sweeper_that_raises_leaves_the_sweep_failed_with_why(fresh_store: Store):
+    """Every Optuna trial fails the gate: the plug-in raises (no completed trial to call best)
+    before the sweep's end; the parent still ends FAILED, saying so."""
+    result = fresh_store.mlflow_run("-P", "overrides=-m hydra/sweeper=optuna hydra.sweeper.direction=maximize "
+                                          "hydra.sweeper.n_trials=2 hydra.sweeper.n_jobs=2 model.max_depth=1 "
+                                          "model.n_estimators=int(interval(1,2)) "
+                                          "qa.thresholds.classification.accuracy=0.99")
+    assert result.returncode != 0
+    assert "No trials are completed yet" in result.output
+    parent = sweep_parent(fresh_store)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["error.message"].startswith("the sweep stopped before its end")
+    jobs = jobs_of(fresh_store, parent)
+    assert len(jobs) == 2 and all(j.info.status == "FAILED" for j in jobs)

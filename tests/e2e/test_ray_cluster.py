@@ -1,52 +1,44 @@
 """hydra/launcher=ray: a 4-job sweep on a two-node Ray cluster (two `ray start` processes on
 127.0.0.1, one CPU each). The nodes share nothing with the driver but a real `mlflow server`
-whose artifacts are on moto's S3 server: the code reaches them through Ray, and no process
-holds AWS credentials or reads the checkout's files besides the driver."""
+whose artifacts are on moto's S3 server: no process but moto's and the server's holds AWS
+credentials, and the nodes run and compose from Ray's copy of the project, not the checkout."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
-from services import CREDENTIALS, MlflowServer, MotoS3, RayNode
+from services import RayNode, tracking_server_fixture
 from support import BIN, ROOT
 
 BUCKET = "ray-sweep"
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("server")
-    s3 = MotoS3(workdir / "moto.log")
-    s3.client().create_bucket(Bucket=BUCKET)
-    env = {**os.environ, **CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3.url, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    mlflow_server = MlflowServer(workdir, f"s3://{BUCKET}/artifacts", env)
-    yield mlflow_server, s3
-    mlflow_server.stop()
-    s3.stop()
+server = tracking_server_fixture(BUCKET)
 
 
 @pytest.fixture(scope="module")
 def cluster():
     # Ray's socket paths must stay short: not under pytest's deep temp folders.
     folder = Path(tempfile.mkdtemp(prefix="mlpipe-ray-"))
-    head = RayNode("node_a", folder / "ray")
+    head = RayNode("head", folder / "ray")
     nodes = [head]
     try:
         wait_for_nodes(head, 1)
-        nodes.append(RayNode("node_b", folder / "ray", address=head.address))
+        nodes.append(RayNode("node", folder / "ray", address=head.address))
         wait_for_nodes(head, 2)
         yield head
     finally:
         for node in reversed(nodes):
             node.stop()
+        shutil.rmtree(folder, ignore_errors=True)  # Ray's session, with its copies of the code
 
 
 def wait_for_nodes(head: RayNode, count: int, timeout: float = 120) -> None:
@@ -54,7 +46,7 @@ def wait_for_nodes(head: RayNode, count: int, timeout: float = 120) -> None:
     while time.monotonic() < deadline:
         status = subprocess.run([str(BIN / "ray"), "status", f"--address={head.address}"], capture_output=True,
                                 text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-        if status.stdout.count("node_") >= count:
+        if status.stdout.count(" 1 node_") >= count:  # `ray status`: one line per active node
             return
         assert head.proc.poll() is None, (head.log.name, Path(head.log.name).read_text()[-2000:])
         time.sleep(1)
@@ -91,16 +83,26 @@ def test_jobs_spread_over_both_nodes(ray_sweep):
     assert len(jobs) == 4 and all(j.info.status == "FINISHED" for j in jobs)
     nodes = {j.data.tags["pipeline.node"] for j in jobs}
     assert len(nodes) == 2, nodes
+    spans = sorted((j.info.start_time, j.info.end_time) for j in jobs)
+    assert any(a[1] > b[0] for a, b in zip(spans, spans[1:])), spans  # two at a time
     assert "Ray cluster at" in result.stdout + result.stderr and "2 node(s), 2 CPUs" in result.stdout + result.stderr
 
 
-def test_the_nodes_ran_the_code_ray_shipped_not_the_checkout(ray_sweep):
+def test_the_nodes_ran_the_code_ray_shipped_not_the_checkout(ray_sweep, cluster):
     client, _, _, jobs, _ = ray_sweep
     trains = step_runs(client, "train")
     assert len(trains) == 4
     for run in trains:
         source = run.data.tags["mlflow.source.name"]
         assert "runtime_resources/working_dir_files" in source and not source.startswith(str(ROOT)), source
+    # each job composed its config from the node's copy, and wrote its Hydra folder there
+    written = {p.resolve() for p in  # session_latest links the session itself
+               cluster.temp_dir.glob("session_*/runtime_resources/working_dir_files/*/multirun/*/*/*/.hydra/hydra.yaml")}
+    assert len(written) == 4, written
+    for path in written:
+        sources = yaml.safe_load(path.read_text())["hydra"]["runtime"]["config_sources"]
+        (main,) = [s["path"] for s in sources if s["provider"] == "main"]
+        assert main == f"{path.parents[5]}/conf", main
 
 
 def test_shared_steps_ran_once_and_only_the_best_job_registers(ray_sweep):

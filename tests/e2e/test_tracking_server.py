@@ -12,23 +12,12 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from services import CREDENTIALS, MlflowServer, MotoS3
+from services import tracking_server_fixture
 from support import BIN, ROOT
 
 BUCKET = "team-server"
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("server")
-    s3 = MotoS3(workdir / "moto.log")
-    s3.client().create_bucket(Bucket=BUCKET)
-    env = {**os.environ, **CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3.url, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    mlflow_server = MlflowServer(workdir, f"s3://{BUCKET}/artifacts", env)
-    yield mlflow_server, s3
-    mlflow_server.stop()
-    s3.stop()
+server = tracking_server_fixture(BUCKET)
 
 
 def client_env(url: str) -> dict[str, str]:

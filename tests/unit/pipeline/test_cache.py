@@ -235,21 +235,28 @@ def test_config_digest_uses_the_step_slice(base_config):
     assert cache.config_digest("train", other_model) != cache.config_digest("train", base_config)
 
 
+def hold_lock(path, seconds: float):
+    """Another process that holds the file lock at `path` for `seconds` (returned once it holds it)."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", f"from filelock import FileLock; import time\n"
+                               f"with FileLock({str(path)!r}):\n    print('held', flush=True); time.sleep({seconds})"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_a_lock_held_elsewhere_is_waited_for_within_its_bound_then_named(tmp_path, capsys):
     """Another process holds the lock: the wait ends after `timeout` with a StorageError naming
     the holder, the config key and what was not done; once it is free the lock is taken."""
-    import subprocess
-    import sys
     import time
 
     from mlpipe.errors import StorageError
 
     path = tmp_path / "step.lock"
-    holder = subprocess.Popen([sys.executable, "-c", f"from filelock import FileLock; import time\n"
-                               f"with FileLock({str(path)!r}):\n    print('held', flush=True); time.sleep(30)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = hold_lock(path, 30)
     try:
-        assert holder.stdout.readline().strip() == "held"
         started = time.monotonic()
         with pytest.raises(StorageError) as info:
             with cache.bounded_lock(path, 0.5, "another pipeline running step train", "main.step_lock_timeout_s",
@@ -271,15 +278,9 @@ def test_a_lock_held_elsewhere_is_waited_for_within_its_bound_then_named(tmp_pat
 
 def test_a_lock_held_briefly_is_waited_for_without_a_line(tmp_path, capsys):
     """Parallel sweep jobs take the same step's lock for a cache lookup: no line for that."""
-    import subprocess
-    import sys
-
     path = tmp_path / "step.lock"
-    holder = subprocess.Popen([sys.executable, "-c", f"from filelock import FileLock; import time\n"
-                               f"with FileLock({str(path)!r}):\n    print('held', flush=True); time.sleep(0.5)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = hold_lock(path, 0.5)
     try:
-        assert holder.stdout.readline().strip() == "held"
         with cache.bounded_lock(path, 60, "another pipeline running step train", "main.step_lock_timeout_s",
                                 "step train did not run"):
             assert holder.poll() is not None or holder.wait(5) == 0  # we hold it only after it let go

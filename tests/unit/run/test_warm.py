@@ -202,9 +202,17 @@ def test_no_helper_or_a_refusal_is_a_fallback_not_a_failure(helper, tmp_path):
 
 
 def test_the_helper_forks_only_from_one_thread(tmp_path):
+    # In a fresh interpreter: this one may hold other threads (stop_with_parent's watcher, when
+    # pytest's parent is a shell), and a helper with any would rightly refuse.
+    fresh = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from mlpipe.run import warm
+        helper = warm.Helper({str(tmp_path / "fresh.sock")!r}, ["warm_probe"])
+        print(helper.refusal({{"module": "warm_probe", "prefix": sys.prefix, "root": warm._root()}}))
+        """)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert fresh.stdout.strip() == "None", fresh.stderr[-2000:]
     helper = warm.Helper(str(tmp_path / "h.sock"), ["warm_probe"])
     request = {"module": "warm_probe", "prefix": sys.prefix, "root": warm._root()}
-    assert helper.refusal(request) is None
     assert "Python environment" in helper.refusal({**request, "prefix": "/elsewhere"})
     release = threading.Event()
     thread = threading.Thread(target=release.wait)
