@@ -1,14 +1,26 @@
-"""Serving benchmark: our server (`mlflow run . -e serve`) against `mlflow models serve` on the same
-registered model, same worker count, same machine, one after the other in one run.
+"""Serving benchmark: our server (`mlflow run . -e serve`) against `mlflow models serve` and Ray
+Serve on the same registered model, same machine, one server after the other in one run.
 
 A pipeline (ingest..register, default config: wine, random forest) registers the model in a fresh
-SQLite store. Each server then gets the same closed-loop load (benchmarks/loadgen.py): `--clients`
-concurrent keep-alive clients sending 1-row `dataframe_split` requests for `--seconds`, after a
-short warm-up. The load generator runs on the same cores as the server.
+SQLite store. Each server then gets the same closed-loop load (benchmarks/loadgen.py) at each
+client count of `--clients` (default 1, 10, 50, 200): that many concurrent keep-alive clients
+sending 1-row `dataframe_split` requests for `--seconds`, after a short warm-up. The load
+generator runs on the same cores as the servers.
 
-Targets (a miss is reported, not an error): requests/s at least 5 x mlflow's, p99 no worse, 0 errors.
+Servers (`--servers`):
+- mlflow: `mlflow models serve -w <workers>`;
+- ours: `mlflow run . -e serve` with serve.workers=<workers>, request records on (SQLite);
+- ray: Ray Serve as its docs recommend for throughput (benchmarks/ray_serve_app.py --mode throughput);
+- ray-default: Ray Serve with its default deployment settings (--mode default).
+The Ray arms need `pip install -r benchmarks/requirements-ray.txt`; without it they are left out,
+with a message.
 
-    .venv/bin/python benchmarks/bench_serve.py [--workers 1] [--clients 50] [--seconds 20] [--quick]
+Targets at 50 clients (a miss is reported, not an error): ours against mlflow, requests/s at
+least 5 x and p99 at most 0.1 x; ours against ray, p99 at most 0.6 x and requests/s at least
+1.25 x; 0 errors.
+
+    .venv/bin/python benchmarks/bench_serve.py [--workers 1] [--clients 1 10 50 200] [--seconds 20]
+        [--servers mlflow ours ray ray-default] [--quick]
 """
 
 from __future__ import annotations
@@ -36,6 +48,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SCRUB_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")
 RPS_RATIO_MIN = 5.0
 MODEL = "wine_model"
+RAY_APP = Path(__file__).resolve().parent / "ray_serve_app.py"
+SERVERS = {  # name -> (model URI, port, args, temp folder) -> command
+    "mlflow": lambda uri, port, args, tmp: [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "-p", str(port),
+                                            "-w", str(args.workers), "--env-manager", "local"],
+    "ours": lambda uri, port, args, tmp: [
+        sys.executable, "-m", "mlflow", "run", str(PROJECT), "-e", "serve", "--env-manager", "local", "-P",
+        f"model_uri={uri}", "-P",
+        f"overrides=serve.port={port} serve.workers={args.workers} serve.records={tmp / 'records.db'}"],
+    "ray": lambda uri, port, args, tmp: [sys.executable, str(RAY_APP), "--model-uri", uri, "--port", str(port),
+                                         "--mode", "throughput"],
+    "ray-default": lambda uri, port, args, tmp: [sys.executable, str(RAY_APP), "--model-uri", uri, "--port",
+                                                 str(port), "--mode", "default"],
+}
 
 
 def free_port() -> int:
@@ -68,36 +93,72 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=30)
 
 
-def measure(name: str, cmd: list[str], env: dict, port: int, body: bytes, args, log: Path) -> dict:
+def measure(name: str, cmd: list[str], env: dict, port: int, body: bytes, args, log: Path) -> list[dict]:
+    """The server started once, then each client count of the sweep in turn."""
     proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
+    results = []
     try:
         wait_ready(f"http://127.0.0.1:{port}/ping", proc)
         url = f"http://127.0.0.1:{port}/invocations"
-        asyncio.run(run_load(url, body, args.clients, args.warmup))
-        result = asyncio.run(run_load(url, body, args.clients, args.seconds))
+        asyncio.run(run_load(url, body, max(args.clients), args.warmup))
+        for clients in args.clients:
+            result = asyncio.run(run_load(url, body, clients, args.seconds))
+            result |= {"server": name, "clients": clients}
+            print(f"{name}: {json.dumps(result)}", file=sys.stderr, flush=True)
+            results.append(result)
     finally:
         stop(proc)
-    result["server"] = name
-    print(f"{name}: {json.dumps(result)}", file=sys.stderr, flush=True)
-    return result
+    return results
+
+
+def ray_serve_missing() -> str | None:
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError as exc:
+        return f"Ray Serve is not installed ({exc}); pip install -r benchmarks/requirements-ray.txt"
+    return None
+
+
+def targets(rows: list[dict], clients: int) -> list[str]:
+    """The goal's ratios at `clients`, from the rows measured in this run."""
+    at = {r["server"]: r for r in rows if r["clients"] == clients}
+    ours, lines = at.get("ours"), []
+    if ours is None:
+        return lines
+    for other, rps_min, p99_max in (("mlflow", RPS_RATIO_MIN, 0.1), ("ray", 1.25, 0.6)):
+        if other not in at:
+            continue
+        theirs = at[other]
+        rps = ours["rps"] / theirs["rps"] if theirs["rps"] else float("inf")
+        p99 = ours["p99_ms"] / theirs["p99_ms"] if theirs["p99_ms"] else float("inf")
+        ok = rps >= rps_min and p99 <= p99_max and ours["errors"] == 0
+        lines.append(f"at {clients} clients, ours/{other}: req/s {rps:.2f} (target >= {rps_min:g}), p99 {p99:.2f} "
+                     f"(target <= {p99_max:g}), errors {ours['errors']} (target 0): {'PASS' if ok else 'MISS'}")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 10, 50, 200])
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--warmup", type=float, default=3)
-    parser.add_argument("--quick", action="store_true", help="8 s per server")
+    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS))
+    parser.add_argument("--quick", action="store_true", help="8 s per client count")
     args = parser.parse_args()
     if args.quick:
         args.seconds = 8
+    missing = ray_serve_missing() if any(s.startswith("ray") for s in args.servers) else None
+    if missing:
+        print(f"leaving out {', '.join(s for s in args.servers if s.startswith('ray'))}: {missing}", file=sys.stderr)
+        args.servers = [s for s in args.servers if not s.startswith("ray")]
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="mlpipe-serve-bench-") as tmp:
         tmp = Path(tmp)
         env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV}
         env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true",
-                "MLPIPE_SYSTEM_METRICS": "false",
+                "MLPIPE_SYSTEM_METRICS": "false", "RAY_USAGE_STATS_ENABLED": "0",
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
         print("registering the model (pipeline ingest..register) ...", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "-m", "mlflow", "run", str(PROJECT), "-e", "main", "--env-manager", "local",
@@ -110,40 +171,29 @@ def main() -> None:
         version = client.get_model_version_by_alias(MODEL, "champion")
         preprocess = version.tags["lineage.preprocess_run_id"]
         spec = json.load(open(client.download_artifacts(preprocess, "feature_spec.json", str(tmp))))
-        rows = pd.read_parquet(client.download_artifacts(preprocess, "data/test.parquet", str(tmp)))
-        row = rows[spec["numeric"] + spec["categorical"]].head(1)
+        frame = pd.read_parquet(client.download_artifacts(preprocess, "data/test.parquet", str(tmp)))
+        row = frame[spec["numeric"] + spec["categorical"]].head(1)
         body = json.dumps({"dataframe_split": json.loads(row.to_json(orient="split", index=False))}).encode()
         model_uri = f"models:/{MODEL}/{version.version}"
+        for name in args.servers:
+            port = free_port()
+            rows += measure(name, SERVERS[name](model_uri, port, args, tmp), env, port, body, args,
+                            tmp / f"{name}.log")
 
-        port = free_port()
-        theirs = measure("mlflow models serve", [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
-                                                 "-p", str(port), "-w", str(args.workers), "--env-manager", "local"],
-                         env, port, body, args, tmp / "mlflow-serve.log")
-        port = free_port()
-        overrides = f"serve.port={port} serve.workers={args.workers} serve.records={tmp / 'records.db'}"
-        ours = measure("mlpipe serve", [sys.executable, "-m", "mlflow", "run", str(PROJECT), "-e", "serve",
-                                        "--env-manager", "local", "-P", f"model_uri={model_uri}",
-                                        "-P", f"overrides={overrides}"],
-                       env, port, body, args, tmp / "mlpipe-serve.log")
-
-    ratio = ours["rps"] / theirs["rps"] if theirs["rps"] else float("inf")
-    p99_ok = ours["p99_ms"] is not None and theirs["p99_ms"] is not None and ours["p99_ms"] <= theirs["p99_ms"]
-    ok = ratio >= RPS_RATIO_MIN and p99_ok and ours["errors"] == 0
-    lines = [f"{args.clients} clients, 1-row requests, {args.seconds:g} s per server, {args.workers} worker(s), "
+    lines = [f"1-row requests, {args.seconds:g} s per client count, {args.workers} worker(s) / replica(s), "
              f"model {MODEL} (random forest, wine)",
-             f"{'server':<22}{'req/s':>9}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}"]
-    for r in (theirs, ours):
-        lines.append(f"{r['server']:<22}{r['rps']:>9.1f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}{r['errors']:>8}")
-    lines.append(f"\nreq/s ratio ours/mlflow: {ratio:.1f} (target >= {RPS_RATIO_MIN:g}); p99 ours/mlflow: "
-                 f"{ours['p99_ms'] / theirs['p99_ms']:.2f} (target <= 1); errors {ours['errors']} (target 0) "
-                 f"{'PASS' if ok else 'MISS'}")
+             f"{'server':<13}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"]
+    for r in rows:
+        lines.append(f"{r['server']:<13}{r['clients']:>8}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+                     f"{r['errors']:>8}")
+    lines += [""] + targets(rows, 50 if 50 in args.clients else max(args.clients))
     text = "\n".join(lines)
     print(text)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = RESULTS / f"serve-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(),
-                                                   "args": vars(args), "results": [theirs, ours]}, indent=1))
+                                                   "args": vars(args), "results": rows}, indent=1))
     (out / "report.txt").write_text(text + "\n")
     print(f"\nsaved {out}", file=sys.stderr)
 

@@ -192,6 +192,11 @@ class MlflowServer:
             stop(self.proc)
 
 
+# No usage reports, and no token authentication: a local `ray.init` elsewhere turns it on and
+# leaves ~/.ray/auth_token behind, which a cluster started later would then demand.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+
 class RayNode:
     """`ray start --block` (a head, or a node joining `address`) with one CPU, in its own process
     group, with no AWS or MLflow settings of its own; stopped with the whole group (Ray's
@@ -206,7 +211,7 @@ class RayNode:
         self.address = address or f"127.0.0.1:{self.port}"
         self.log = (temp_dir.parent / f"{name}.log").open("w")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "MLPIPE_"))}
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**env, "RAY_USAGE_STATS_ENABLED": "0"},
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**env, **RAY_ENV},
                                      start_new_session=True)
 
     def stop(self) -> None:

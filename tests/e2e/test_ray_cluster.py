@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from services import RayNode, tracking_server_fixture
+from services import RAY_ENV, RayNode, tracking_server_fixture
 from support import BIN, ROOT
 
 BUCKET = "ray-sweep"
@@ -45,7 +45,7 @@ def wait_for_nodes(head: RayNode, count: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = subprocess.run([str(BIN / "ray"), "status", f"--address={head.address}"], capture_output=True,
-                                text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                                text=True, env={**os.environ, **RAY_ENV})
         if status.stdout.count(" 1 node_") >= count:  # `ray status`: one line per active node
             return
         assert head.proc.poll() is None, (head.log.name, Path(head.log.name).read_text()[-2000:])
@@ -59,7 +59,7 @@ def ray_sweep(server, cluster):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AWS_", "MLFLOW_")) and k != "MLPIPE_WARM_SOCKET"}
     env |= {"MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_DISABLE_TELEMETRY": "true",
-            "MLPIPE_SYSTEM_METRICS": "false", "RAY_USAGE_STATS_ENABLED": "0",
+            "MLPIPE_SYSTEM_METRICS": "false", **RAY_ENV,
             "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
     result = subprocess.run(
         [str(BIN / "python"), "-m", "mlflow", "run", ".", "-e", "main", "--env-manager", "local", "-P",
