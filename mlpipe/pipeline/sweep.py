@@ -132,7 +132,8 @@ def searched_keys(config: DictConfig) -> list[str]:
 def swept_groups(config: DictConfig) -> set[str]:
     """The top-level config keys a sweep varies: its command line's sweep overrides
     (`model.n_estimators=50,100`, `model=a,b`, `range(...)`) and the sweeper's own search space
-    (`hydra.sweeper.params`, Optuna's or the basic sweeper's). Hydra's own keys are left out."""
+    (`hydra.sweeper.params`, Optuna's or the basic sweeper's). Hydra's own overrides
+    (`hydra/launcher=...`) are never in the task overrides, so never here."""
     return {k.lstrip("+~").split(".")[0].split("/")[0].split("@")[0] for k in searched_keys(config)}
 
 

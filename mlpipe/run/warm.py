@@ -346,6 +346,7 @@ def ensure(enabled: bool) -> None:
     if _started:
         return
     inherited = os.environ.get(SOCKET_ENV)
+    # MLPIPE_SWEEP_RUN_ID is driver.SWEEP_ENV, spelled out: this module imports nothing heavy.
     if inherited and os.path.exists(inherited) and os.environ.get("MLPIPE_SWEEP_RUN_ID"):
         # A sweep job in a launcher's worker process (joblib, submitit's local executor): the
         # sweep parent's helper, already warm, serves its steps too. Not ours to stop.
