@@ -128,6 +128,11 @@ def quiet_downloads(cfg) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def env_manager_for(cfg, client: MlflowClient, run_id: str | None) -> str:
+    """main.env_manager when set, else the one this driver's own run uses."""
+    return cfg.main.env_manager or detect_env_manager(client, run_id)
+
+
 def detect_env_manager(client: MlflowClient, run_id: str | None) -> str:
     """The env manager `mlflow run` used for this driver's own run: children get the same one."""
     if not run_id:

@@ -37,7 +37,7 @@ def run_job(cfg: DictConfig) -> float | None:
         storage.prepare(client, run, config["storage"], "main", mlflow.get_tracking_uri())
         log_config(cfg, config, {}, run)
         steps = select_steps(cfg.main.steps)
-        env_manager = cfg.main.env_manager or driver.detect_env_manager(client, run.info.run_id)
+        env_manager = driver.env_manager_for(cfg, client, run.info.run_id)
         # storage=s3: the steps run in the experiment whose artifact location is the bucket.
         experiment_id = storage.ensure_experiment(client, config["storage"]) or run.info.experiment_id
         if experiment_id != run.info.experiment_id:
@@ -82,7 +82,7 @@ def _sweep_job(cfg: DictConfig, overrides: list[str], sweep_run_id: str) -> floa
         # A PipelineError ends this job's run FAILED and leaves it out of the choice; the sweep goes on.
         run_id = active.info.run_id
         log_config(cfg, to_container(cfg), {}, client.get_run(run_id))
-        env_manager = cfg.main.env_manager or driver.detect_env_manager(client, sweep_run_id)
+        env_manager = driver.env_manager_for(cfg, client, sweep_run_id)
         pipeline = driver.Driver(cfg, overrides, run_id, sweep.info.experiment_id, env_manager)
         results, outputs = pipeline.run(steps)
         driver.log_summary(client, run_id, results)

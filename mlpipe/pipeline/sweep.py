@@ -164,7 +164,7 @@ def run_shared_steps(config: DictConfig, sweep_run_id: str) -> list[str]:
     warm.ensure(bool(config.main.warm_steps))
     client = MlflowClient()
     sweep = client.get_run(sweep_run_id)
-    env_manager = config.main.env_manager or driver.detect_env_manager(client, sweep_run_id)
+    env_manager = driver.env_manager_for(config, client, sweep_run_id)
     # The callback's config still holds Hydra's per-job keys (hydra.job.num): not the steps' config.
     cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
     pipeline = driver.Driver(cfg, fixed, sweep_run_id, sweep.info.experiment_id, env_manager)
@@ -264,7 +264,7 @@ def _run_after_sweep(config, sweep, best, best_overrides: list[str], steps: list
     # The best job's own resolved config (the callback only receives the sweep's base config).
     with tempfile.TemporaryDirectory() as tmp:
         best_cfg = OmegaConf.load(download(client, best.info.run_id, "config/config.yaml", tmp))
-    env_manager = best_cfg.main.env_manager or driver.detect_env_manager(client, sweep.info.run_id)
+    env_manager = driver.env_manager_for(best_cfg, client, sweep.info.run_id)
     pipeline = driver.Driver(best_cfg, best_overrides, sweep.info.run_id, sweep.info.experiment_id, env_manager)
     with mlflow.start_run(run_id=sweep.info.run_id):
         results, _ = pipeline.run(steps, outputs={"qa": qa_run})
