@@ -10,6 +10,8 @@ generator runs on the same cores as the servers.
 Servers (`--servers`):
 - mlflow: `mlflow models serve -w <workers>`;
 - ours: `mlflow run . -e serve` with serve.workers=<workers>, request records on (SQLite);
+- ours-fixed: the same with serve.batching.adaptive=false (every batch waits max_wait_ms; not in
+  the default list);
 - ray: Ray Serve as its docs recommend for throughput (benchmarks/ray_serve_app.py --mode throughput);
 - ray-default: Ray Serve with its default deployment settings (--mode default).
 The Ray arms need `pip install -r benchmarks/requirements-ray.txt`; without it they are left out,
@@ -20,7 +22,7 @@ least 5 x and p99 at most 0.1 x; ours against ray, p99 at most 0.6 x and request
 1.25 x; 0 errors.
 
     .venv/bin/python benchmarks/bench_serve.py [--workers 1] [--clients 1 10 50 200] [--seconds 20]
-        [--servers mlflow ours ray ray-default] [--quick]
+        [--servers mlflow ours ours-fixed ray ray-default] [--quick]
 """
 
 from __future__ import annotations
@@ -52,15 +54,19 @@ RAY_APP = Path(__file__).resolve().parent / "ray_serve_app.py"
 SERVERS = {  # name -> (model URI, port, args, temp folder) -> command
     "mlflow": lambda uri, port, args, tmp: [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "-p", str(port),
                                             "-w", str(args.workers), "--env-manager", "local"],
-    "ours": lambda uri, port, args, tmp: [
-        sys.executable, "-m", "mlflow", "run", str(PROJECT), "-e", "serve", "--env-manager", "local", "-P",
-        f"model_uri={uri}", "-P",
-        f"overrides=serve.port={port} serve.workers={args.workers} serve.records={tmp / 'records.db'}"],
+    "ours": lambda uri, port, args, tmp: ours(uri, port, args, tmp),
+    "ours-fixed": lambda uri, port, args, tmp: ours(uri, port, args, tmp, "serve.batching.adaptive=false"),
     "ray": lambda uri, port, args, tmp: [sys.executable, str(RAY_APP), "--model-uri", uri, "--port", str(port),
                                          "--mode", "throughput"],
     "ray-default": lambda uri, port, args, tmp: [sys.executable, str(RAY_APP), "--model-uri", uri, "--port",
                                                  str(port), "--mode", "default"],
 }
+
+
+def ours(uri: str, port: int, args, tmp: Path, extra: str = "") -> list[str]:
+    overrides = f"serve.port={port} serve.workers={args.workers} serve.records={tmp / 'records.db'} {extra}"
+    return [sys.executable, "-m", "mlflow", "run", str(PROJECT), "-e", "serve", "--env-manager", "local",
+            "-P", f"model_uri={uri}", "-P", f"overrides={overrides.strip()}"]
 
 
 def free_port() -> int:
@@ -144,7 +150,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 10, 50, 200])
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--warmup", type=float, default=3)
-    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS))
+    parser.add_argument("--servers", nargs="+", default=[s for s in SERVERS if s != "ours-fixed"],
+                        choices=list(SERVERS))
     parser.add_argument("--quick", action="store_true", help="8 s per client count")
     args = parser.parse_args()
     if args.quick:

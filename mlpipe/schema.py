@@ -225,6 +225,7 @@ class BatchingConfig(Checked):
     enabled: bool = MISSING
     max_rows: int = spec(ge=1)
     max_wait_ms: float = spec(ge=0)
+    adaptive: bool = MISSING
 
 
 @dataclass

@@ -145,6 +145,7 @@ class _Item:
     body: bytes
     content_type: str | None
     future: asyncio.Future
+    arrived: float = 0.0
 
 
 def _predict_one(model, input_schema, body: bytes, content_type: str | None) -> Answer:
@@ -202,30 +203,77 @@ def predict_batch(model, input_schema, requests: list[tuple[bytes, str | None]],
     return answers
 
 
+class ArrivalWindow:
+    """Whether a batch should wait for more requests, learned from the traffic itself.
+
+    Each time a batch takes its first request, a window of `max_wait` seconds opens, and closes
+    early when the batch's answers go out; the requests that arrive inside it are the ones that
+    could have joined the batch had it waited (whether it did or not). Their moving average
+    (weight `smoothing` on the newest window) is the number of requests a wait is expected to
+    bring; the next batch waits only when that is at least `threshold`. One client that sends its
+    next request after its answer brings nobody: no wait. Fifty clients whose answers went out
+    together send a burst: wait."""
+
+    def __init__(self, max_wait: float, smoothing: float = 0.2, threshold: float = 0.5):
+        self.max_wait, self.smoothing, self.threshold = max_wait, smoothing, threshold
+        self.expected = 0.0
+        self.window_end: float | None = None
+        self.count = 0
+
+    def arrived(self, now: float) -> None:
+        if self.window_end is not None and now <= self.window_end:
+            self.count += 1
+
+    def should_wait(self) -> bool:
+        """Folds the last window in; call once per batch, before `opened`."""
+        if self.window_end is not None:
+            self.expected += self.smoothing * (self.count - self.expected)
+            self.window_end = None
+        return self.max_wait > 0 and self.expected >= self.threshold
+
+    def opened(self, now: float) -> None:
+        self.window_end, self.count = now + self.max_wait, 0
+
+    def answered(self, now: float) -> None:
+        """The batch's answers went out: what arrives from now on could not have joined it."""
+        if self.window_end is not None:
+            self.window_end = min(self.window_end, now)
+
+
 class MicroBatcher:
     """Merges concurrent requests to one variant into one predict call.
 
-    A batch starts with the first waiting request and takes whatever else is waiting, up to
-    `max_rows` requests (and rows per predict call), waiting at most `max_wait_ms` for more; while
-    the model predicts (in a worker thread), new requests queue, so batches grow with the load
-    and shrink to one request when it is quiet. enabled=false: one request per call."""
+    A batch starts as soon as the predictor is free, with the first waiting request, and takes
+    whatever else is waiting, up to `max_rows` requests (and rows per predict call). While the
+    model predicts (in a worker thread), new requests queue, so batches grow with the load and
+    shrink to one request when it is quiet. Waiting for more: adaptive (the default), only when
+    `ArrivalWindow` expects more to come, and only until the oldest request has waited
+    `max_wait_ms` since it arrived (one that queued through a predict starts at once); fixed
+    (adaptive=false), every batch waits up to `max_wait_ms` after its first request is taken.
+    enabled=false: one request per call."""
 
-    def __init__(self, variant: LiveVariant, input_schema, max_rows: int, max_wait_ms: float, enabled: bool = True):
+    def __init__(self, variant: LiveVariant, input_schema, max_rows: int, max_wait_ms: float, enabled: bool = True,
+                 adaptive: bool = True):
         self.variant, self.input_schema = variant, input_schema
         self.max_rows, self.max_wait = max(1, int(max_rows)), max_wait_ms / 1000
         self.limit = self.max_rows if enabled else 1
+        self.window = ArrivalWindow(self.max_wait) if adaptive else None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"predict-{variant.name}")
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self.batches = 0
         self.requests = 0
+        self.waits = 0  # batches that waited for more requests
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
     async def submit(self, body: bytes, content_type: str | None) -> Answer:
-        item = _Item(body, content_type, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        item = _Item(body, content_type, loop.create_future(), loop.time())
+        if self.window is not None:
+            self.window.arrived(item.arrived)
         await self.queue.put(item)
         return await item.future
 
@@ -233,7 +281,13 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self.queue.get()]
-            deadline = loop.time() + self.max_wait
+            if self.window is None:
+                deadline = loop.time() + self.max_wait
+            else:
+                wait = self.window.should_wait()
+                self.window.opened(loop.time())
+                deadline = batch[0].arrived + self.max_wait if wait else 0.0
+            waited = False
             while len(batch) < self.limit:
                 try:
                     batch.append(self.queue.get_nowait())
@@ -243,10 +297,12 @@ class MicroBatcher:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
+                waited = True
                 try:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except (asyncio.TimeoutError, TimeoutError):
                     break
+            self.waits += waited
             batch = [item for item in batch if not item.future.done()]  # timed out meanwhile
             if not batch:
                 continue
@@ -260,6 +316,8 @@ class MicroBatcher:
                     [(item.body, item.content_type) for item in batch], self.max_rows)
             except Exception as exc:  # noqa: BLE001 - delivered to every waiting request
                 answers = [Answer(error=exc) for _ in batch]
+            if self.window is not None:
+                self.window.answered(loop.time())
             for item, answer in zip(batch, answers):
                 answer.version = version
                 if not item.future.done():

@@ -231,7 +231,7 @@ def create_app(spec: ServeSpec, variants: list[LiveVariant] | None = None):
         state["bandit"] = ([0] * len(live), [0] * len(live))
         for v in live:
             v.batcher = batching.MicroBatcher(v, state["schema"], spec.batching["max_rows"], spec.batching["max_wait_ms"],
-                                     bool(spec.batching["enabled"]))
+                                              bool(spec.batching["enabled"]), bool(spec.batching["adaptive"]))
             v.batcher.start()
         # Start-up leaves millions of long-lived objects (MLflow, scikit-learn, pandas, the models);
         # a full collection scanning them paused every request for 200-250 ms, which was most of
@@ -342,7 +342,8 @@ def create_app(spec: ServeSpec, variants: list[LiveVariant] | None = None):
     async def variants_view(request: Request) -> Response:
         view = [{"name": v.name, "model_uri": v.model_uri, "model_version": v.version, "weight": v.weight,
                  "batches": v.batcher.batches if v.batcher else 0,
-                 "requests": v.batcher.requests if v.batcher else 0} for v in state["variants"]]
+                 "requests": v.batcher.requests if v.batcher else 0,
+                 "waits": v.batcher.waits if v.batcher else 0} for v in state["variants"]]
         return Response(json.dumps({"experiment": spec.experiment, "policy": spec.policy, "variants": view}), 200,
                         media_type="application/json")
 

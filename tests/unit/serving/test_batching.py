@@ -130,3 +130,108 @@ def test_micro_batcher_merges_concurrent_requests(iris_model):
     assert [int(a.predictions[0]) for a in answers] == [int(p) for p in model.predict(X.iloc[:40])]
     assert {a.version for a in answers} == {"7"}
     assert batches < 40 / 4  # merged, not one predict per request
+
+
+# -- when a batch waits for more (serve.batching.adaptive) ---------------------------------------
+
+def test_arrival_window_learns_to_wait_from_bursts_and_to_stop_when_quiet():
+    window = batching.ArrivalWindow(max_wait=0.002)
+    assert not window.should_wait()  # nothing seen yet: start at once
+    now = 0.0
+    for _ in range(3):  # a burst of 20 arrives inside each batch's first 2 ms
+        window.opened(now)
+        for k in range(20):
+            window.arrived(now + 0.0001 * k)
+        now += 0.02
+        assert window.should_wait()
+    for _ in range(30):  # one client: its next request comes after its answer, outside the window
+        window.opened(now)
+        window.arrived(now + 0.015)
+        now += 0.02
+        window.should_wait()
+    assert not window.should_wait()
+
+
+def test_arrival_window_counts_nobody_who_came_after_the_batch_answered():
+    window = batching.ArrivalWindow(max_wait=0.05)
+    for k in range(10):  # a fast model: the lone client's next request is inside 50 ms, but after its answer
+        window.opened(k * 0.01)
+        window.answered(k * 0.01 + 0.004)
+        window.arrived(k * 0.01 + 0.005)
+        assert not window.should_wait()
+
+
+def test_arrival_window_never_waits_without_a_wait_and_counts_nothing_between_windows():
+    never = batching.ArrivalWindow(max_wait=0.0)
+    never.opened(0.0)
+    for _ in range(50):
+        never.arrived(0.0)
+    assert not never.should_wait()
+    window = batching.ArrivalWindow(max_wait=0.002)
+    window.opened(0.0)
+    assert not window.should_wait()  # the window is closed by should_wait: later arrivals count for nothing
+    for _ in range(50):
+        window.arrived(0.001)
+    assert not window.should_wait()
+
+
+class _SlowModel:
+    """A real pyfunc model whose predict takes `seconds` longer: requests pile up behind it."""
+
+    def __init__(self, model, seconds):
+        self.model, self.seconds, self.metadata = model, seconds, model.metadata
+
+    def predict(self, data, params=None):
+        import time
+
+        time.sleep(self.seconds)
+        return self.model.predict(data)
+
+
+def _waits(model, X, adaptive, pattern):
+    variant = server.LiveVariant("a", "uri", 1.0, model, "7")
+
+    async def go():
+        batcher = batching.MicroBatcher(variant, model.metadata.get_input_schema(), max_rows=64, max_wait_ms=50,
+                                        adaptive=adaptive)
+        batcher.start()
+        try:
+            answers = await pattern(lambda i: batcher.submit(_records(X.iloc[[i]]), "application/json"))
+        finally:
+            batcher.close()
+        return answers, batcher.batches, batcher.waits
+
+    return asyncio.run(go())
+
+
+async def _one_client(send):
+    return [await send(i) for i in range(6)]
+
+
+async def _bursts_behind_a_predict(send):
+    """A first request, then bursts that arrive while it (and each next batch) predicts."""
+    first = asyncio.ensure_future(send(0))
+    await asyncio.sleep(0.01)
+    tasks = [first] + [asyncio.ensure_future(send(i)) for i in range(1, 11)]
+    await asyncio.sleep(0.01)
+    tasks += [asyncio.ensure_future(send(i)) for i in range(11, 21)]
+    return await asyncio.gather(*tasks)
+
+
+def test_adaptive_batching_does_not_hold_a_lone_client_the_fixed_wait_holds_every_batch(iris_model):
+    model, X = iris_model
+    answers, batches, waits = _waits(model, X, True, _one_client)
+    assert [int(a.predictions[0]) for a in answers] == [int(p) for p in model.predict(X.iloc[:6])]
+    assert (batches, waits) == (6, 0)
+    _, batches, waits = _waits(model, X, False, _one_client)
+    assert (batches, waits) == (6, 6)
+
+
+def test_adaptive_batching_starts_requests_that_queued_through_a_predict_at_once(iris_model):
+    model, X = iris_model
+    slow = _SlowModel(model, 0.15)  # longer than max_wait_ms: the queued requests used their budget
+    answers, batches, waits = _waits(slow, X, True, _bursts_behind_a_predict)
+    assert [int(a.predictions[0]) for a in answers] == [int(p) for p in model.predict(X.iloc[:21])]
+    assert (batches, waits) == (2, 0)  # the first alone, then both bursts together, no wait
+    _, batches, waits = _waits(slow, X, False, _bursts_behind_a_predict)
+    assert (batches, waits) == (1, 1)  # the fixed wait held the first request 50 ms for both bursts
