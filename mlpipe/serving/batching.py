@@ -246,11 +246,9 @@ class MicroBatcher:
     A batch starts as soon as the predictor is free, with the first waiting request, and takes
     whatever else is waiting, up to `max_rows` requests (and rows per predict call). While the
     model predicts (in a worker thread), new requests queue, so batches grow with the load and
-    shrink to one request when it is quiet. Waiting for more: adaptive (the default), only when
-    `ArrivalWindow` expects more to come, and only until the oldest request has waited
-    `max_wait_ms` since it arrived (one that queued through a predict starts at once); fixed
-    (adaptive=false), every batch waits up to `max_wait_ms` after its first request is taken.
-    enabled=false: one request per call."""
+    shrink to one request when it is quiet. A batch then waits up to `max_wait_ms` for more,
+    unless adaptive (the default) and `ArrivalWindow` expects nobody to come: a lone client is not
+    held. enabled=false: one request per call."""
 
     def __init__(self, variant: LiveVariant, input_schema, max_rows: int, max_wait_ms: float, enabled: bool = True,
                  adaptive: bool = True):
@@ -281,12 +279,12 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self.queue.get()]
-            if self.window is None:
-                deadline = loop.time() + self.max_wait
-            else:
-                wait = self.window.should_wait()
-                self.window.opened(loop.time())
-                deadline = batch[0].arrived + self.max_wait if wait else 0.0
+            now = loop.time()
+            deadline = now + self.max_wait
+            if self.window is not None:
+                if not self.window.should_wait():
+                    deadline = now
+                self.window.opened(now)
             waited = False
             while len(batch) < self.limit:
                 try:

@@ -227,11 +227,13 @@ def test_adaptive_batching_does_not_hold_a_lone_client_the_fixed_wait_holds_ever
     assert (batches, waits) == (6, 6)
 
 
-def test_adaptive_batching_starts_requests_that_queued_through_a_predict_at_once(iris_model):
+def test_adaptive_batching_learns_to_wait_when_requests_come_in_bursts(iris_model):
     model, X = iris_model
-    slow = _SlowModel(model, 0.15)  # longer than max_wait_ms: the queued requests used their budget
+    slow = _SlowModel(model, 0.15)
     answers, batches, waits = _waits(slow, X, True, _bursts_behind_a_predict)
     assert [int(a.predictions[0]) for a in answers] == [int(p) for p in model.predict(X.iloc[:21])]
-    assert (batches, waits) == (2, 0)  # the first alone, then both bursts together, no wait
+    # The first request alone, at once (nothing seen yet); the bursts came inside its window, so
+    # the next batch, both bursts, waits for more.
+    assert (batches, waits) == (2, 1)
     _, batches, waits = _waits(slow, X, False, _bursts_behind_a_predict)
     assert (batches, waits) == (1, 1)  # the fixed wait held the first request 50 ms for both bursts
