@@ -10,7 +10,7 @@ generator runs on the same cores as the servers.
 Servers (`--servers`):
 - mlflow: `mlflow models serve -w <workers>`;
 - ours: `mlflow run . -e serve` with serve.workers=<workers>, request records on (SQLite);
-- ours-fixed: the same with serve.batching.adaptive=false (every batch waits max_wait_ms; not in
+- ours-fixed: the same with serve.batching.adaptive=false (every batch waits, up to max_wait_ms; not in
   the default list);
 - ray: Ray Serve as its docs recommend for throughput (benchmarks/ray_serve_app.py --mode throughput);
 - ray-default: Ray Serve with its default deployment settings (--mode default).

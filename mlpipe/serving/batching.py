@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -145,7 +146,6 @@ class _Item:
     body: bytes
     content_type: str | None
     future: asyncio.Future
-    arrived: float = 0.0
 
 
 def _predict_one(model, input_schema, body: bytes, content_type: str | None) -> Answer:
@@ -237,7 +237,7 @@ class ArrivalWindow:
     def answered(self, now: float) -> None:
         """The batch's answers went out: what arrives from now on could not have joined it."""
         if self.window_end is not None:
-            self.window_end = min(self.window_end, now)
+            self.window_end = min(self.window_end, math.nextafter(now, -math.inf))
 
 
 class MicroBatcher:
@@ -255,7 +255,7 @@ class MicroBatcher:
         self.variant, self.input_schema = variant, input_schema
         self.max_rows, self.max_wait = max(1, int(max_rows)), max_wait_ms / 1000
         self.limit = self.max_rows if enabled else 1
-        self.window = ArrivalWindow(self.max_wait) if adaptive else None
+        self.window = ArrivalWindow(self.max_wait) if adaptive and enabled else None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"predict-{variant.name}")
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
@@ -269,9 +269,9 @@ class MicroBatcher:
 
     async def submit(self, body: bytes, content_type: str | None) -> Answer:
         loop = asyncio.get_running_loop()
-        item = _Item(body, content_type, loop.create_future(), loop.time())
         if self.window is not None:
-            self.window.arrived(item.arrived)
+            self.window.arrived(loop.time())
+        item = _Item(body, content_type, loop.create_future())
         await self.queue.put(item)
         return await item.future
 
@@ -300,10 +300,12 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except (asyncio.TimeoutError, TimeoutError):
                     break
-            self.waits += waited
             batch = [item for item in batch if not item.future.done()]  # timed out meanwhile
             if not batch:
+                if self.window is not None:
+                    self.window.answered(loop.time())
                 continue
+            self.waits += waited
             self.batches += 1
             self.requests += len(batch)
             # One model for the whole batch, even if an alias moves meanwhile.

@@ -291,8 +291,8 @@ def create_app(spec: ServeSpec, variants: list[LiveVariant] | None = None):
         headers |= {VARIANT_HEADER: variant.name, VERSION_HEADER: variant.version, URI_HEADER: variant.model_uri}
         body_json, answer = None, batching.Answer()
         try:
-            # asyncio.timeout, not wait_for: wait_for wraps its awaitable in a task of its own,
-            # two tasks per request on the hot path.
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps its awaitable in a task
+            # of its own, two tasks per request on the hot path.
             try:
                 async with asyncio.timeout(body_timeout):
                     body = await read_body(request)
@@ -352,12 +352,17 @@ def create_app(spec: ServeSpec, variants: list[LiveVariant] | None = None):
 
     async def feedback(request: Request) -> Response:
         try:
-            payload = json.loads(await asyncio.wait_for(read_body(request), body_timeout))
+            async with asyncio.timeout(body_timeout):
+                body = await read_body(request)
+            payload = json.loads(body)
             request_id, label = payload["request_id"], payload["label"]
             if not isinstance(request_id, str):
                 raise TypeError("request_id must be a string")
         except _TooLarge:
             return _json_error(413, "REQUEST_TOO_LARGE", "feedback body too large")
+        except TimeoutError:
+            return _json_error(408, "TIMEOUT",
+                               f"feedback body not received within serve.limits.body_timeout_s={body_timeout}")
         except (ValueError, KeyError, TypeError) as exc:
             return _json_error(400, "BAD_REQUEST",
                                f'expected JSON {{"request_id": "<X-Request-Id of a response>", "label": ...}}: {exc}')

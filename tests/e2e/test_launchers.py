@@ -82,6 +82,8 @@ def test_each_parallel_job_has_its_own_output_folder(joblib_sweep):
     assert sorted(v[0] for v in seen.values()) == sorted(f"model.n_estimators={n}" for n in (5, 10, 20, 40))
 
 
+# slow: a second launcher's variant of the parallel sweep that joblib proves in the default run
+@pytest.mark.slow
 def test_submitit_local_executor_runs_the_jobs_as_its_own_processes(tmp_path_factory):
     """hydra-submitit-launcher's local executor (what runs on a Slurm site with submitit_slurm)."""
     store = make_store(tmp_path_factory, "submitit")
@@ -184,6 +186,8 @@ def test_a_failed_shared_step_fails_the_sweep_before_any_job(fresh_store: Store,
     assert ingest.info.status == "FAILED" and ingest.data.tags["mlflow.parentRunId"] == parent.info.run_id
 
 
+# slow: a variant of the never-left-RUNNING path that the failed shared step proves in the default run
+@pytest.mark.slow
 def test_a_sweeper_that_raises_leaves_the_sweep_failed_with_why(fresh_store: Store):
     """Every Optuna trial fails the gate: the plug-in raises (no completed trial to call best)
     before the sweep's end; the parent still ends FAILED, saying so."""

@@ -161,6 +161,21 @@ def test_arrival_window_counts_nobody_who_came_after_the_batch_answered():
         assert not window.should_wait()
 
 
+def test_arrival_window_remembers_and_keeps_its_end_when_answered_late():
+    window = batching.ArrivalWindow(max_wait=0.002)
+    for k in range(3):
+        window.opened(k * 0.02)
+        for _ in range(20):
+            window.arrived(k * 0.02 + 0.001)
+        window.answered(k * 0.02 + 0.015)
+        window.should_wait()
+    window.opened(0.1)
+    window.answered(0.115)  # answered after the window ended: it does not reopen it
+    window.arrived(0.110)
+    assert window.should_wait()  # one quiet batch after bursts: still expects some (a moving average)
+    assert window.expected == pytest.approx(0.8 * 9.76)  # 4, 7.2, 9.76 after the bursts; nobody in the last
+
+
 def test_arrival_window_never_waits_without_a_wait_and_counts_nothing_between_windows():
     never = batching.ArrivalWindow(max_wait=0.0)
     never.opened(0.0)
@@ -175,28 +190,27 @@ def test_arrival_window_never_waits_without_a_wait_and_counts_nothing_between_wi
     assert not window.should_wait()
 
 
-class _SlowModel:
-    """A real pyfunc model whose predict takes `seconds` longer: requests pile up behind it."""
+class _GatedModel:
+    """A real pyfunc model whose predict waits for `gate`: the test decides when a batch ends."""
 
-    def __init__(self, model, seconds):
-        self.model, self.seconds, self.metadata = model, seconds, model.metadata
+    def __init__(self, model):
+        import threading
+
+        self.model, self.metadata, self.gate = model, model.metadata, threading.Event()
 
     def predict(self, data, params=None):
-        import time
-
-        time.sleep(self.seconds)
+        assert self.gate.wait(30), "the test never opened the gate"
         return self.model.predict(data)
 
 
-def _waits(model, X, adaptive, pattern):
+def _run_batcher(model, X, pattern, **options):
     variant = server.LiveVariant("a", "uri", 1.0, model, "7")
 
     async def go():
-        batcher = batching.MicroBatcher(variant, model.metadata.get_input_schema(), max_rows=64, max_wait_ms=50,
-                                        adaptive=adaptive)
+        batcher = batching.MicroBatcher(variant, model.metadata.get_input_schema(), **options)
         batcher.start()
         try:
-            answers = await pattern(lambda i: batcher.submit(_records(X.iloc[[i]]), "application/json"))
+            answers = await pattern(batcher, lambda i: batcher.submit(_records(X.iloc[[i]]), "application/json"))
         finally:
             batcher.close()
         return answers, batcher.batches, batcher.waits
@@ -204,36 +218,44 @@ def _waits(model, X, adaptive, pattern):
     return asyncio.run(go())
 
 
-async def _one_client(send):
+async def _until(condition):
+    for _ in range(30_000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("timed out")
+
+
+async def _one_client(batcher, send):
     return [await send(i) for i in range(6)]
-
-
-async def _bursts_behind_a_predict(send):
-    """A first request, then bursts that arrive while it (and each next batch) predicts."""
-    first = asyncio.ensure_future(send(0))
-    await asyncio.sleep(0.01)
-    tasks = [first] + [asyncio.ensure_future(send(i)) for i in range(1, 11)]
-    await asyncio.sleep(0.01)
-    tasks += [asyncio.ensure_future(send(i)) for i in range(11, 21)]
-    return await asyncio.gather(*tasks)
 
 
 def test_adaptive_batching_does_not_hold_a_lone_client_the_fixed_wait_holds_every_batch(iris_model):
     model, X = iris_model
-    answers, batches, waits = _waits(model, X, True, _one_client)
+    answers, batches, waits = _run_batcher(model, X, _one_client, max_rows=64, max_wait_ms=50)
     assert [int(a.predictions[0]) for a in answers] == [int(p) for p in model.predict(X.iloc[:6])]
     assert (batches, waits) == (6, 0)
-    _, batches, waits = _waits(model, X, False, _one_client)
+    _, batches, waits = _run_batcher(model, X, _one_client, max_rows=64, max_wait_ms=50, adaptive=False)
     assert (batches, waits) == (6, 6)
 
 
 def test_adaptive_batching_learns_to_wait_when_requests_come_in_bursts(iris_model):
+    """Ordered by events, not by sleeps: the first request predicts alone (nothing seen yet) and
+    holds the predictor until a burst of 20 has queued inside its window; the next batch takes
+    the burst and, having learnt, waits for more: the 22nd request, sent only once the burst has
+    left the queue, joins it (max_rows=21 ends the wait; max_wait is a minute)."""
     model, X = iris_model
-    slow = _SlowModel(model, 0.15)
-    answers, batches, waits = _waits(slow, X, True, _bursts_behind_a_predict)
-    assert [int(a.predictions[0]) for a in answers] == [int(p) for p in model.predict(X.iloc[:21])]
-    # The first request alone, at once (nothing seen yet); the bursts came inside its window, so
-    # the next batch, both bursts, waits for more.
+    gated = _GatedModel(model)
+
+    async def pattern(batcher, send):
+        first = asyncio.ensure_future(send(0))
+        await _until(lambda: batcher.batches == 1)
+        burst = [asyncio.ensure_future(send(i)) for i in range(1, 21)]
+        await _until(lambda: batcher.queue.qsize() == 20)
+        gated.gate.set()
+        await _until(lambda: first.done() and batcher.queue.qsize() == 0)
+        return await asyncio.gather(first, *burst, send(21))
+
+    answers, batches, waits = _run_batcher(gated, X, pattern, max_rows=21, max_wait_ms=60_000)
+    assert [int(a.predictions[0]) for a in answers] == [int(p) for p in model.predict(X.iloc[:22])]
     assert (batches, waits) == (2, 1)
-    _, batches, waits = _waits(slow, X, False, _bursts_behind_a_predict)
-    assert (batches, waits) == (1, 1)  # the fixed wait held the first request 50 ms for both bursts

@@ -129,3 +129,33 @@ def test_start_up_objects_are_moved_out_of_the_collectors_reach(tmp_path, model_
             assert len(body["predictions"]) == 2
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("adaptive, waits", [("true", 0), ("false", 3)])
+def test_variants_show_the_batches_that_waited(tmp_path, model_paths, adaptive, waits):
+    """serve.batching.adaptive reaches the batcher: one client, one request after another; the
+    fixed wait holds every batch, the adaptive one none."""
+    paths, X = model_paths
+    spec = _spec(tmp_path, paths, f"serve.batching.adaptive={adaptive}")
+    row = {"dataframe_records": X.head(1).to_dict(orient="records")}
+    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1", startup_timeout=60, log_level="warning") as url:
+        for _ in range(3):
+            _post(url, "/invocations", row, {"X-Variant-Override": "a"})
+        view = json.loads(smoke.request(f"{url}/variants", None)[1])
+    a = next(v for v in view["variants"] if v["name"] == "a")
+    assert (a["batches"], a["requests"], a["waits"]) == (3, 3, waits)
+
+
+def test_feedback_whose_body_does_not_arrive_is_408(tmp_path, model_paths):
+    import socket
+    from urllib.parse import urlsplit
+
+    paths, _ = model_paths
+    spec = _spec(tmp_path, paths, "serve.limits.body_timeout_s=0.5")
+    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1", startup_timeout=60, log_level="warning") as url:
+        parts = urlsplit(url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall(b"POST /feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"request_id\": ")
+            answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 408") and "serve.limits.body_timeout_s=0.5" in answer
