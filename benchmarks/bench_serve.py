@@ -63,10 +63,38 @@ SERVERS = {  # name -> (model URI, port, args, temp folder) -> command
 }
 
 
-def ours(uri: str, port: int, args, tmp: Path, extra: str = "") -> list[str]:
+def ours(uri: str, port: int, args, tmp: Path, extra: str = "", project: Path = PROJECT) -> list[str]:
     overrides = f"serve.port={port} serve.workers={args.workers} serve.records={tmp / 'records.db'} {extra}"
-    return [sys.executable, "-m", "mlflow", "run", str(PROJECT), "-e", "serve", "--env-manager", "local",
+    return [sys.executable, "-m", "mlflow", "run", str(project), "-e", "serve", "--env-manager", "local",
             "-P", f"model_uri={uri}", "-P", f"overrides={overrides.strip()}"]
+
+
+def bench_env(tmp: Path) -> dict:
+    """The servers' environment: a fresh SQLite store in `tmp`, no inherited run, no telemetry."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV}
+    return env | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true",
+                  "MLPIPE_SYSTEM_METRICS": "false", "RAY_USAGE_STATS_ENABLED": "0",
+                  "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
+
+
+def register_model(tmp: Path, env: dict) -> tuple[str, bytes]:
+    """Runs ingest..register (default config: wine, random forest) into the store; returns the
+    registered version's URI and a 1-row `dataframe_split` request body from its test split."""
+    print("registering the model (pipeline ingest..register) ...", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "mlflow", "run", str(PROJECT), "-e", "main", "--env-manager", "local",
+                    "-P", "steps=ingest,preprocess,train,qa,register"], cwd=tmp, env=env, check=True,
+                   capture_output=True)
+    import mlflow
+    import pandas as pd
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    version = client.get_model_version_by_alias(MODEL, "champion")
+    preprocess = version.tags["lineage.preprocess_run_id"]
+    spec = json.load(open(client.download_artifacts(preprocess, "feature_spec.json", str(tmp))))
+    frame = pd.read_parquet(client.download_artifacts(preprocess, "data/test.parquet", str(tmp)))
+    row = frame[spec["numeric"] + spec["categorical"]].head(1)
+    body = json.dumps({"dataframe_split": json.loads(row.to_json(orient="split", index=False))}).encode()
+    return f"models:/{MODEL}/{version.version}", body
 
 
 def free_port() -> int:
@@ -163,25 +191,8 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="mlpipe-serve-bench-") as tmp:
         tmp = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV}
-        env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true",
-                "MLPIPE_SYSTEM_METRICS": "false", "RAY_USAGE_STATS_ENABLED": "0",
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
-        print("registering the model (pipeline ingest..register) ...", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "mlflow", "run", str(PROJECT), "-e", "main", "--env-manager", "local",
-                        "-P", "steps=ingest,preprocess,train,qa,register"], cwd=tmp, env=env, check=True,
-                       capture_output=True)
-        import mlflow
-        import pandas as pd
-
-        client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-        version = client.get_model_version_by_alias(MODEL, "champion")
-        preprocess = version.tags["lineage.preprocess_run_id"]
-        spec = json.load(open(client.download_artifacts(preprocess, "feature_spec.json", str(tmp))))
-        frame = pd.read_parquet(client.download_artifacts(preprocess, "data/test.parquet", str(tmp)))
-        row = frame[spec["numeric"] + spec["categorical"]].head(1)
-        body = json.dumps({"dataframe_split": json.loads(row.to_json(orient="split", index=False))}).encode()
-        model_uri = f"models:/{MODEL}/{version.version}"
+        env = bench_env(tmp)
+        model_uri, body = register_model(tmp, env)
         for name in args.servers:
             port = free_port()
             rows += measure(name, SERVERS[name](model_uri, port, args, tmp), env, port, body, args,
