@@ -268,16 +268,23 @@ def create_app(spec: ServeSpec, variants: list[LiveVariant] | None = None):
             return live[abtest.thompson(good, bad, nprng)], None
         return live[abtest.assign(state["weights"], spec.experiment, request.headers.get(spec.key_header), rng)], None
 
-    async def read_body(request: Request) -> bytes:
+    async def read_body(request: Request, what: str) -> bytes:
+        """The whole body: _TooLarge over serve.limits.max_body_mb, a 408 _Timeout when it has not
+        arrived within serve.limits.body_timeout_s. asyncio.timeout, not wait_for: on Python 3.11
+        wait_for wraps its awaitable in a task of its own, on every request."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_body:
             raise _TooLarge()
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                raise _TooLarge()
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(body_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > max_body:
+                        raise _TooLarge()
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise _Timeout(408, f"{what} body not received within serve.limits.body_timeout_s={body_timeout}")
         return b"".join(chunks)
 
     async def invocations(request: Request) -> Response:
@@ -291,13 +298,7 @@ def create_app(spec: ServeSpec, variants: list[LiveVariant] | None = None):
         headers |= {VARIANT_HEADER: variant.name, VERSION_HEADER: variant.version, URI_HEADER: variant.model_uri}
         body_json, answer = None, batching.Answer()
         try:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps its awaitable in a task
-            # of its own, two tasks per request on the hot path.
-            try:
-                async with asyncio.timeout(body_timeout):
-                    body = await read_body(request)
-            except TimeoutError:
-                raise _Timeout(408, f"request body not received within serve.limits.body_timeout_s={body_timeout}")
+            body = await read_body(request, "request")
             try:
                 async with asyncio.timeout(request_timeout):
                     answer = await variant.batcher.submit(body, request.headers.get("content-type"))
@@ -352,17 +353,14 @@ def create_app(spec: ServeSpec, variants: list[LiveVariant] | None = None):
 
     async def feedback(request: Request) -> Response:
         try:
-            async with asyncio.timeout(body_timeout):
-                body = await read_body(request)
-            payload = json.loads(body)
+            payload = json.loads(await read_body(request, "feedback"))
             request_id, label = payload["request_id"], payload["label"]
             if not isinstance(request_id, str):
                 raise TypeError("request_id must be a string")
         except _TooLarge:
             return _json_error(413, "REQUEST_TOO_LARGE", "feedback body too large")
-        except TimeoutError:
-            return _json_error(408, "TIMEOUT",
-                               f"feedback body not received within serve.limits.body_timeout_s={body_timeout}")
+        except _Timeout as exc:
+            return _json_error(exc.status, "TIMEOUT", exc.message)
         except (ValueError, KeyError, TypeError) as exc:
             return _json_error(400, "BAD_REQUEST",
                                f'expected JSON {{"request_id": "<X-Request-Id of a response>", "label": ...}}: {exc}')
