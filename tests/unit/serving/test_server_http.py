@@ -147,15 +147,21 @@ def test_variants_show_the_batches_that_waited(tmp_path, model_paths, adaptive, 
 
 
 def test_feedback_whose_body_does_not_arrive_is_408(tmp_path, model_paths):
-    import socket
+    import http.client
     from urllib.parse import urlsplit
 
     paths, _ = model_paths
     spec = _spec(tmp_path, paths, "serve.limits.body_timeout_s=0.5")
     with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1", startup_timeout=60, log_level="warning") as url:
         parts = urlsplit(url)
-        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-            sock.sendall(b"POST /feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 100\r\n\r\n{\"request_id\": ")
-            answer = sock.recv(4096).decode()
-    assert answer.startswith("HTTP/1.1 408") and "serve.limits.body_timeout_s=0.5" in answer
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:  # 100 bytes promised, 15 sent: the server waits for the rest
+            conn.putrequest("POST", "/feedback")
+            conn.putheader("Content-Type", "application/json")
+            conn.putheader("Content-Length", "100")
+            conn.endheaders(b'{"request_id": ')
+            answer = conn.getresponse()
+            status, text = answer.status, answer.read().decode()
+        finally:
+            conn.close()
+    assert status == 408 and "serve.limits.body_timeout_s=0.5" in json.loads(text)["message"]
