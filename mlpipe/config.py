@@ -1,4 +1,7 @@
-"""Compose the pipeline configuration with Hydra's compose API, flatten it for logging."""
+"""Compose the pipeline configuration with Hydra's compose API, flatten it for logging.
+
+May import: `mlpipe.errors`, `mlpipe.schema`.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ def _member_suffix(team: str | None, member: str | None) -> str:
 
 
 def register_resolvers() -> None:
-    """The `source_stem` and `member_suffix` resolvers and the config schema (mlpipe/schema.py) in
+    """The `source_stem` and `member_suffix` resolvers and the config schema (mlpipe/schema/) in
     Hydra's ConfigStore."""
     if not OmegaConf.has_resolver("source_stem"):
         OmegaConf.register_new_resolver("source_stem", _source_stem)
@@ -86,6 +89,8 @@ def compose(overrides: list[str]) -> DictConfig:
     team = os.environ.get(TEAM_ENV)
     if team and not any(o.lstrip("+~").startswith("team=") for o in overrides):
         overrides = [f"team={team}", *overrides]  # logged in through `python -m mlpipe.team as <member>`
+    # A Hydra app (the driver under @hydra.main) has set Hydra up already; initialize_config_dir
+    # refuses that, and on leaving restores the state it found: clear, from here on.
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
@@ -94,7 +99,7 @@ def compose(overrides: list[str]) -> DictConfig:
         if missing:
             raise ConfigError(f"missing required value(s) {', '.join(missing)}; set them in overrides")
         OmegaConf.resolve(cfg)
-        OmegaConf.to_object(cfg)  # builds mlpipe/schema.py's dataclasses: ranges and choices
+        OmegaConf.to_object(cfg)  # builds mlpipe/schema/'s dataclasses: ranges and choices
         unknown = schema.unknown_keys(to_container(cfg))
         if unknown:
             raise ConfigError(_suggest(unknown[0], overrides))
@@ -105,8 +110,6 @@ def compose(overrides: list[str]) -> DictConfig:
     except Exception as exc:  # Hydra raises several unrelated types for bad overrides
         raise ConfigError(_unknown_key_message(exc, overrides) or f"invalid configuration: {_hydra_message(exc)}") \
             from exc
-    finally:
-        GlobalHydra.instance().clear()
     return cfg
 
 

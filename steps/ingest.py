@@ -1,13 +1,14 @@
 """ingest: read `data.source`, validate it against its schema, hand it over as Parquet with its lineage."""
 
 from mlpipe.data import sources
-from mlpipe.data.frames import duplicated_rows, held_out
+from mlpipe.data.rows import duplicated_rows, held_out
 from mlpipe.errors import DataError
 from mlpipe.pipeline import key_inputs
-from mlpipe.quality import schema_store, validation
+from mlpipe.quality import validation
 from mlpipe.reports import sections
 from mlpipe.run import outputs
-from mlpipe.run.harness import StepContext, step_main
+from mlpipe.pipeline.harness import step_main
+from mlpipe.run.context import StepContext
 
 
 def run(ctx: StepContext) -> None:
@@ -27,8 +28,8 @@ def run(ctx: StepContext) -> None:
     failures = validation.all_failures(frame, schema, dcfg.target, task, vcfg, duplicated)
     if schema is None:
         schema, schema_from = validation.infer_schema(frame, vcfg), "inferred"
-    ctx.set_tags({schema_store.SCHEMA_FROM_TAG: schema_from})
-    ctx.log_text(validation.schema_to_yaml(schema), schema_store.SCHEMA_ARTIFACT)
+    ctx.set_tags({outputs.SCHEMA_FROM_TAG: schema_from})
+    ctx.log_text(validation.schema_to_yaml(schema), outputs.SCHEMA_ARTIFACT)
     ctx.log_metrics({"validation.failures": len(failures)})
     ctx.card.inputs["schema"] = schema_from
     sections.ingest(ctx.card, frame, dcfg.target, task, failures, schema_from)
@@ -36,7 +37,7 @@ def run(ctx: StepContext) -> None:
         ctx.log_text(failures.to_csv(index=False), "validation/failures.csv")
         against = "the first-ingest checks" if schema_from == "inferred" else f"the schema from {schema_from}"
         raise DataError(validation.summarise(failures, str(dcfg.source), against, vcfg["summary_items"]))
-    ctx.set_tags({schema_store.SCHEMA_STORED_TAG: "true"})
+    ctx.set_tags({outputs.SCHEMA_STORED_TAG: "true"})
 
     ctx.log_frame("raw", frame)
     ctx.log_dataset(frame, source=_dataset_source(ctx, source), targets=dcfg.target, name=dcfg.name,
@@ -47,20 +48,21 @@ def run(ctx: StepContext) -> None:
                      "data.memory_mb": float(frame.memory_usage(deep=True).sum()) / 2**20})
     ctx.hand_over(outputs.IngestOutput(task=task, data_source=str(dcfg.source), data_digest=digest))
     ctx.card.outputs.update({"rows": frame.shape[0], "columns": frame.shape[1], "task": task,
-                             "data": outputs.RAW_ARTIFACT, "schema": schema_store.SCHEMA_ARTIFACT})
+                             "data": outputs.RAW_ARTIFACT, "schema": outputs.SCHEMA_ARTIFACT})
     ctx.summary(f"rows={frame.shape[0]} task={task}")
 
 
 def _reference_schema(ctx: StepContext):
     """(schema, where it came from): data.schema if set, else the newest stored one, else (None, "inferred")."""
     if ctx.cfg.data.schema:
-        text = schema_store.read_configured(ctx.cfg.data.schema)
+        text = validation.read_configured(ctx.cfg.data.schema)
         return validation.schema_from_yaml(text, ctx.cfg.data.schema), ctx.cfg.data.schema
-    stored = schema_store.find_stored(ctx.client, ctx.run.info.experiment_id, str(ctx.cfg.data.source))
+    stored = ctx.newest_artifact("ingest", {outputs.SCHEMA_STORED_TAG: "true"}, {"data.source": str(ctx.cfg.data.source)},
+                                 outputs.SCHEMA_ARTIFACT)
     if stored is None:
         return None, "inferred"
     run_id, text = stored
-    return validation.schema_from_yaml(text, f"{schema_store.SCHEMA_ARTIFACT} of run {run_id}"), run_id
+    return validation.schema_from_yaml(text, f"{outputs.SCHEMA_ARTIFACT} of run {run_id}"), run_id
 
 
 def _dataset_source(ctx: StepContext, source: sources.Source) -> str:

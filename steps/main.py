@@ -8,8 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mlpipe.config import register_resolvers
-from mlpipe.pipeline.driver import hydra_argv
-from mlpipe.pipeline.jobs import preflight, run_job
+from mlpipe.pipeline.jobs import hydra_argv, preflight, run_job
 from mlpipe.run.processes import stop_with_parent
 
 

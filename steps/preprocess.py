@@ -4,7 +4,8 @@ from mlpipe.data import features, fit_worker, outliers, sources
 from mlpipe.quality import drift
 from mlpipe.reports import sections
 from mlpipe.run import outputs
-from mlpipe.run.harness import StepContext, step_main
+from mlpipe.pipeline.harness import step_main
+from mlpipe.run.context import StepContext
 from mlpipe.training import model_io
 
 
@@ -58,7 +59,7 @@ def run(ctx: StepContext) -> None:
     else:
         preprocessor, fitted_in = features.fit_preprocessor(spec, pcfg, train), "step"
     ctx.log_json(outputs.FEATURE_SPEC_ARTIFACT, spec.to_dict())
-    ctx.log_files(model_io.save_transformer(preprocessor, ctx.workdir, "preprocessor", ctx.cfg.serialization))
+    ctx.log_files(model_io.save_transformer(preprocessor, ctx.workdir, outputs.TRANSFORMER_NAME, ctx.cfg.serialization))
     ctx.log_metrics({f"split.{name}_rows": n for name, n in rows.items()}
                     | {"features.out": len(preprocessor.get_feature_names_out())})
     ctx.hand_over(outputs.PreprocessOutput(task=spec.task, fitted_in=fitted_in,

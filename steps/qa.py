@@ -4,11 +4,13 @@ rows, overfitting gaps, per-class recall, inference and drift checks; the report
 import sys
 
 from mlpipe.data import features, sources
-from mlpipe.errors import ModelValidationError
-from mlpipe.quality import assessment, gate
+from mlpipe.errors import ModelValidationError, one_line
+from mlpipe.pipeline.harness import step_main
+from mlpipe.quality import assessment
+from mlpipe.registry import champion
 from mlpipe.reports import sections
 from mlpipe.run import outputs
-from mlpipe.run.harness import StepContext, step_main
+from mlpipe.run.context import StepContext
 from mlpipe.training import model_io
 
 
@@ -24,50 +26,54 @@ def run(ctx: StepContext) -> None:
                             "preprocess run": splits_run.info.run_id, "qa.data_source": qa.data_source or "none"})
     assessment.primary_metric(qa, trained.task)  # a bad qa.primary_metric fails before the model loads
 
-    # Loaded here, past the trust boundary, not by evaluate() (its 1 s environment check is not needed);
-    # the digest of the files it validates is what serve and register check the model against later.
-    model, digest = model_io.load_model(trained.model_uri, ctx.cfg.serialization, ctx.cfg.skops_trusted_types)
-    result = assessment.assess(ctx.client, qa, ctx.cfg.registry, model, trained.model_uri, trained.task,
-                               train[spec.target], test, spec.target, ctx.upstream.data.metrics,
-                               _drift_inputs(ctx, splits_run.info.run_id, spec, test),
-                               (ctx.cfg.serialization, ctx.cfg.skops_trusted_types))
+    # Loaded past the trust boundary, not by evaluate(); serve and register check the files against its digest.
+    model, digest = model_io.load_model(trained.model_uri, *ctx.trust)
+    evaluation = ctx.evaluate(model, test, spec.target, trained.task, qa.plot_dpi)
+    evidence = assessment.Evidence(evaluation.metrics, _champion(ctx, trained, test, spec.target),
+                                   model_io.answer_serving_input(model, trained.model_uri))
+    result = assessment.assess(qa, model, trained.model_uri, trained.task, train[spec.target], test, spec.target,
+                               ctx.upstream.data.metrics, evidence, _drift_inputs(ctx, splits_run.info.run_id, spec, test))
 
-    ctx.log_json("qa_report.json", result.report)
+    ctx.log_json(outputs.QA_REPORT_ARTIFACT, result.report)
     if result.classes:
-        ctx.log_json("confusion_matrix.json", {"labels": result.classes["labels"],
-                                               "matrix": result.classes["confusion_matrix"]})
+        ctx.log_json("confusion_matrix.json", {"labels": result.classes["labels"], "matrix": result.classes["confusion_matrix"]})
     ctx.log_metrics(result.metrics)
     ctx.card.add_checks(result.checks)
-    sections.qa(ctx.card, result.report, result.truth, result.predictions, result.images)
+    sections.qa(ctx.card, result.report, result.truth, result.predictions, evaluation.images)
     passed = not result.failed
-    ctx.card.outputs.update({"passed": passed, result.primary: result.primary_value, "report": "qa_report.json"})
+    ctx.card.outputs.update({"passed": passed, result.primary: result.primary_value, "report": outputs.QA_REPORT_ARTIFACT})
     ctx.hand_over(outputs.QaOutput(passed=passed, model_uri=trained.model_uri, task=trained.task,
-                                   primary_metric=result.primary,
-                                   failed_checks=",".join(c.name for c in result.failed),
-                                   champion_replaced=bool(result.report["champion"].get("replaced")),
-                                   model_digest=digest))
-    message = (f"model {trained.model_uri} failed the qa gate on {len(test)} test rows: "
-               + gate.failure_line(result.failed, trained.task))
+                                   primary_metric=result.primary, failed_checks=",".join(c.name for c in result.failed),
+                                   champion_replaced=bool(result.report["champion"].get("replaced")), model_digest=digest))
     if result.failed and not qa.allow_unvalidated:
-        raise ModelValidationError(message)
+        raise ModelValidationError(assessment.failure_message(result, trained.model_uri, trained.task))
     if result.failed:
-        print(f"warning: qa: {message} (registry.allow_unvalidated=true: the run finishes)", file=sys.stderr)
-    shown = "missing" if result.primary_value is None else f"{result.primary_value:.4f}"
-    ctx.summary(f"{result.primary}={shown} lift={result.baseline.lift:+.4f} p={result.baseline.p_value:.2g}"
-                + (f" FAILED {len(result.failed)} checks (registry.allow_unvalidated)" if result.failed else ""))
+        print(f"warning: qa: {assessment.failure_message(result, trained.model_uri, trained.task)} "
+              "(registry.allow_unvalidated=true: the run finishes)", file=sys.stderr)
+    ctx.summary(assessment.summary_line(result))
+
+
+def _champion(ctx: StepContext, trained, test, target: str) -> champion.Champion | None:
+    """The champion, past the trust boundary, evaluated on the same rows in a nested run (plots on no card)."""
+    rcfg = ctx.cfg.registry
+    found = champion.find(ctx.client, rcfg.model_name, rcfg.champion_alias, trained.model_uri, trained.task, test,
+                          target, ctx.trust) if ctx.cfg.qa.champion.enabled else None
+    try:
+        if found is not None and found.model is not None:
+            found.metrics = ctx.evaluate(found.model, test, target, trained.task, ctx.cfg.qa.champion.plot_dpi,
+                                         nested=f"qa: {rcfg.model_name} v{found.version} on this test split").metrics
+    except Exception as exc:  # noqa: BLE001 - a champion this data cannot score is a decision of the gate
+        found.reason = f"the champion could not be evaluated on this data: {one_line(exc)[:300]}"
+    return found
 
 
 def _drift_inputs(ctx: StepContext, splits_run_id: str, spec, test) -> assessment.DriftInputs | None:
     """preprocess's drift reference, the test split and the qa.data_source batch, when drift is on."""
-    qa = ctx.cfg.qa
-    if not qa.drift.enabled:
-        return None
-    batches = {"test": test}
-    if qa.data_source:
-        batches["batch"] = sources.load_batch(qa.data_source, spec.numeric, spec.categorical)
+    source = ctx.cfg.qa.data_source
+    batches = {"test": test} | ({"batch": sources.load_batch(source, spec.numeric, spec.categorical)} if source else {})
     return assessment.DriftInputs(ctx.upstream_json(outputs.DRIFT_PROFILE_ARTIFACT, splits_run_id),
                                   ctx.upstream_frame("drift_reference", splits_run_id), batches,
-                                  str(qa.data_source) if qa.data_source else None)
+                                  str(source) if source else None) if ctx.cfg.qa.drift.enabled else None
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """register: register the qa-passed model with lineage tags, set challenger, maybe move champion."""
 
 from mlpipe.errors import ModelValidationError
-from mlpipe.quality import metric_names
+from mlpipe.training import metric_names
 from mlpipe.registry import promotion, provenance, versions
 from mlpipe.run import handoff, outputs
-from mlpipe.run.harness import StepContext, step_main
+from mlpipe.pipeline.harness import step_main
+from mlpipe.run.context import StepContext
 
 
 def run(ctx: StepContext) -> None:
@@ -31,8 +32,8 @@ def run(ctx: StepContext) -> None:
                                     replaces=qa.champion_replaced)
 
         lineage = handoff.lineage(ctx.run) | {f"qa.{metric}": "" if value is None else str(value),
-                                              "qa.metric": metric, "code.git_commit": ctx.run.data.tags.get("mlflow.source.git.commit", "")}
-        author = {"team.member": ctx.cfg.team.member} if ctx.cfg.team.member else {}
+                                              outputs.VERSION_METRIC_TAG: metric, "code.git_commit": ctx.run.data.tags.get("mlflow.source.git.commit", "")}
+        author = {outputs.MEMBER_TAG: ctx.cfg.team.member} if ctx.cfg.team.member else {}
         version = versions.register(model_uri, rcfg.model_name, lineage | author | {
             "pipeline.register_run_id": ctx.run_id, "qa.passed": str(validated).lower()})
         if validated:

@@ -1,4 +1,4 @@
-"""report: the team report, one self-contained HTML page and its PNG charts (mlpipe/reports/team.py).
+"""report: the team report, one self-contained HTML page and its PNG charts (mlpipe/team/report.py).
 
 Under a team (team=<name>, or `python -m mlpipe.team as <member> -- mlflow run . -e report`):
 a leaderboard of every member's champion on the held-out team evaluation set with paired
@@ -7,12 +7,17 @@ serving records, and each member's step runs of the last `team.report.days` days
 
 from mlpipe.data import sources
 from mlpipe.errors import ConfigError
+from mlpipe.quality import assessment, compare
 from mlpipe.reports import cards
-from mlpipe.reports import team as report
-from mlpipe.run.harness import StepContext, step_main
-from mlpipe.serving import abreport, records
+from mlpipe.reports import team as tables
+from mlpipe.team import report
+from mlpipe.pipeline.harness import step_main
+from mlpipe.run import outputs
+from mlpipe.run.context import StepContext
+from mlpipe.serving import abreport
+from mlpipe.serving.records.db import display
 
-PAGE = "team_report/index.html"
+PAGE = f"{outputs.TEAM_REPORT_DIR}/index.html"
 
 
 def run(ctx: StepContext) -> None:
@@ -21,26 +26,25 @@ def run(ctx: StepContext) -> None:
         raise ConfigError("the team report needs a team: team=<name> (conf/team/<name>.yaml), see docs/team.md")
     features, truth = report.holdout(dcfg)
     task = sources.infer_task(truth, dcfg.task, dcfg.max_classes)
+    measure = assessment.primary_metric(ctx.cfg.qa, task)  # the leaderboard ranks by qa.primary_metric
     found = report.candidates(ctx.client, team, ctx.cfg.registry.champion_alias)
-    report.score(ctx.client, found, features, truth, task, ctx.cfg.serialization, ctx.section("skops_trusted_types"),
-                 dcfg)
-    board = report.leaderboard(found, task, rcfg.alpha, rcfg.bootstrap, ctx.cfg.seed)
+    report.score(ctx.client, found, features, measure, *ctx.trust, dcfg)
+    board = compare.leaderboard(found, truth, measure, rcfg.alpha, rcfg.bootstrap, ctx.cfg.seed).rows
     history = report.promotions(ctx.client, team.shared_model, ctx.cfg.registry.champion_alias)
     target = abreport.records_path(ctx.section("serve"), ctx.tracking_uri)
-    tests = report.ab_tests(ctx.client, target, ctx.section("serve")["ab"], history)
+    tests = report.ab_tests(ctx.client, target, ctx.section("serve")["ab"], history, ctx.cfg.serve.records_timeout_s)
     runs = report.run_table([r for r in report.team_runs(ctx.client, team, rcfg.days) if r.info.run_id != ctx.run_id])
-    watch = report.monitoring_tables(runs)
+    watch = tables.monitoring_tables(runs)
 
-    measure = report.MEASURES[task]
     card, held = ctx.card, f"{len(truth)} held-out rows of {dcfg.source} (data.holdout_fraction={dcfg.holdout_fraction})"
-    card.inputs.update({"team": team.name, "evaluation set": held, "records": records.display(target)})
+    card.inputs.update({"team": team.name, "evaluation set": held, "records": display(target)})
     card.add_table(f"Leaderboard: {measure} on {held}, difference to the team champion with a "
                    f"{1 - rcfg.alpha:.0%} paired bootstrap interval",
                    ["model", "member", "version", measure, "difference", "CI low", "CI high", "note"],
                    [[r["label"], r["member"], r["version"], r.get(measure, float("nan")), r.get("delta", float("nan")),
                      r.get("ci_low", float("nan")), r.get("ci_high", float("nan")), r.get("error", "")] for r in board])
-    charts = {"leaderboard.png": report.leaderboard_chart(board, task, rcfg.plot_dpi),
-              "durations.png": report.duration_chart(runs, rcfg.plot_dpi)}
+    charts = {"leaderboard.png": tables.leaderboard_chart(board, measure, rcfg.plot_dpi),
+              "durations.png": tables.duration_chart(runs, rcfg.plot_dpi)}
     card.add_image("leaderboard: difference to the team champion", charts["leaderboard.png"])
     holder = next((p for p in history if p["champion"]), None)
     card.add_table(f"Champion: {team.shared_model}@{ctx.cfg.registry.champion_alias} = "
@@ -55,10 +59,10 @@ def run(ctx: StepContext) -> None:
                                                                   "max s", "peak MB"], watch["steps"])
     card.add_table("Failures by error type", ["member", "error type", "runs"], watch["errors"])
     card.add_table("qa failures by check", ["member", "check", "runs"], watch["qa"])
-    ctx.log_json("team_report/leaderboard.json", board)
+    ctx.log_json(f"{outputs.TEAM_REPORT_DIR}/leaderboard.json", board)
     for name, png in charts.items():
         (ctx.workdir / name).write_bytes(png)
-    ctx.log_files([ctx.workdir / name for name in charts], "team_report")
+    ctx.log_files([ctx.workdir / name for name in charts], outputs.TEAM_REPORT_DIR)
     page = cards.summary(card, run_id=ctx.run_id, experiment_id=ctx.run.info.experiment_id, status="FINISHED",
                          error=None, metrics={}) | {"step": f"team {team.name} report"}  # the page's title
     ctx.log_text(cards.render(page, card.sections), PAGE)

@@ -6,9 +6,11 @@ serve.mode=report computes the A/B report over the serving records (mlpipe/servi
 
 from mlpipe.errors import ConfigError
 from mlpipe.run import outputs
-from mlpipe.run.harness import StepContext, step_main
-from mlpipe.serving import abreport, abtest, records, smoke
-from mlpipe.serving.server import ServeSpec, check_startable, create_app, load_variants, serve
+from mlpipe.pipeline.harness import step_main
+from mlpipe.run.context import StepContext
+from mlpipe.serving import abreport, abtest, app, server, smoke, variants
+from mlpipe.serving.records import db, reads
+from mlpipe.serving.spec import ServeSpec
 from mlpipe.team import members
 
 
@@ -21,30 +23,29 @@ def run(ctx: StepContext) -> None:
     model_uri = ctx.params["model_uri"] or f"models:/{rcfg.model_name}@{rcfg.champion_alias}"
     if scfg["team_variants"]:  # every member's champion, an arm each (docs/team.md)
         scfg = {**scfg, "variants": members.champions(ctx.client, ctx.cfg.team, rcfg.champion_alias)}
-    # the smoke test's requests are not A/B traffic
     records_file = ctx.workdir / "smoke-records.db" if scfg["mode"] == "smoke" else \
-        abreport.records_path(scfg, ctx.tracking_uri)
-    spec = ServeSpec.from_config(scfg, model_uri, str(records_file), ctx.cfg.serialization, ctx.section("skops_trusted_types"))
-    variants = load_variants(spec)
-    ctx.set_tags({outputs.MODEL_URI_TAG: variants[0].model_uri}
+        abreport.records_path(scfg, ctx.tracking_uri)  # the smoke test's requests are not A/B traffic
+    spec = ServeSpec.from_config(scfg, model_uri, str(records_file), *ctx.trust)
+    served = variants.load_variants(spec)
+    ctx.set_tags({outputs.MODEL_URI_TAG: served[0].model_uri}
                  | {f"serve.variant.{v.name}": f"{v.model_uri} (version {v.version}, weight {v.weight:g})"
-                    for v in variants})
-    ctx.card.inputs.update({"variants": ", ".join(f"{v.name}={v.model_uri}" for v in variants),
-                            "serve.mode": scfg["mode"], "records": records.display(records_file)})
+                    for v in served})
+    ctx.card.inputs.update({"variants": ", ".join(f"{v.name}={v.model_uri}" for v in served),
+                            "serve.mode": scfg["mode"], "records": db.display(records_file)})
     if scfg["mode"] == "forever":
-        check_startable(spec, scfg)
-        print(f"[mlpipe] serving {', '.join(f'{v.name}={v.model_uri} (v{v.version})' for v in variants)} on "
-              f"http://{scfg['host']}:{scfg['port']} with {scfg['workers']} worker(s); records: {records.display(records_file)}",
+        server.check_startable(spec, scfg)
+        print(f"[mlpipe] serving {', '.join(f'{v.name}={v.model_uri} (v{v.version})' for v in served)} on "
+              f"http://{scfg['host']}:{scfg['port']} with {scfg['workers']} worker(s); records: {db.display(records_file)}",
               flush=True)
-        stopped_by = serve(spec, variants, scfg)
-        ctx.set_tags({"serve.stopped_by": stopped_by or "exit"})
+        stopped_by = server.serve(spec, served, scfg)
+        ctx.set_tags({outputs.STOPPED_BY_TAG: stopped_by or "exit"})
         if stopped_by == "SIGINT":  # Ctrl-C: `mlflow run` would leave the run FAILED
             ctx.finished_after_interrupt()
         ctx.summary(f"served until {stopped_by or 'exit'}")
         return
-    rows = smoke.test_rows(ctx.client, variants[0].model_uri, scfg["smoke_rows"])
-    result = smoke.smoke_test(create_app(spec, variants), scfg, rows)
-    ctx.log_json("smoke.json", result | {"model_uri": variants[0].model_uri})
+    rows = smoke.test_rows(ctx.client, served[0].model_uri, scfg["smoke_rows"])
+    result = smoke.smoke_test(app.create_app(spec, served), scfg, rows)
+    ctx.log_json("smoke.json", result | {"model_uri": served[0].model_uri})
     ctx.card.add_checks([{"name": "smoke.status", "passed": True, "value": float(result["rows"]),
                           "expected": "HTTP 200 with one prediction per row", "note": "POST /invocations"}])
     ctx.card.outputs.update({k: v for k, v in result.items() if not isinstance(v, (list, dict))})
@@ -57,10 +58,10 @@ def report(ctx: StepContext, scfg: dict) -> None:
     rcfg, ab = ctx.section("registry"), scfg["ab"]
     path = abreport.records_path(scfg, ctx.tracking_uri)
     configured = [v["name"] for v in abtest.configured_variants(scfg) or [] if isinstance(v, dict)]
-    served = records.served_models(path, scfg["experiment"])
+    served = reads.served_models(path, scfg["experiment"], scfg["records_timeout_s"])
     task = ab["task"] or abreport.task_of(ctx.client, served, ab.get("control") or next(iter(served), None))
-    result = abreport.build(path, scfg["experiment"], ab, configured, task)
-    ctx.card.inputs.update({"records": records.display(path), "experiment": scfg["experiment"], "task": task})
+    result = abreport.build(path, scfg["experiment"], ab, configured, task, scfg["records_timeout_s"])
+    ctx.card.inputs.update({"records": db.display(path), "experiment": scfg["experiment"], "task": task})
     ctx.log_json("ab/report.json", {k: v for k, v in result.items() if k != "latencies"})
     abreport.fill_card(ctx.card, result, ab)
     ctx.log_metrics(abreport.arm_metrics(result))

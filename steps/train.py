@@ -3,7 +3,8 @@
 from mlpipe.data import features
 from mlpipe.reports import sections
 from mlpipe.run import outputs
-from mlpipe.run.harness import StepContext, step_main
+from mlpipe.pipeline.harness import step_main
+from mlpipe.run.context import StepContext
 from mlpipe.training import estimators, model_io
 
 
@@ -14,7 +15,7 @@ def run(ctx: StepContext) -> None:
     ctx.log_dataset(train, source=ctx.artifact_source(outputs.split_artifact("train"), ctx.upstream),
                     targets=spec.target, name=f"{ctx.cfg.data.name}-train", digest=splits.train_digest,
                     context="training")
-    preprocessor = model_io.load_transformer(ctx.client, ctx.upstream.info.run_id, "preprocessor", ctx.workdir,
+    preprocessor = model_io.load_transformer(ctx.client, ctx.upstream.info.run_id, outputs.TRANSFORMER_NAME, ctx.workdir,
                                              ctx.cfg.serialization, ctx.cfg.skops_trusted_types)
     estimator = estimators.build_estimator(ctx.section("model"), spec.task)
     metric = estimators.metric_name(spec.task, ctx.cfg.train.metric)

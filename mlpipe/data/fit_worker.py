@@ -8,8 +8,8 @@ the step's own work folder. The step lets its rows go first, so the fit's peak (
 about two copies of the numeric block, inside scikit-learn) sits in the smaller process.
 
 A worker error comes back as the same `PipelineError` class with its message; any other
-exception, or a worker that dies without an answer (killed, out of memory), becomes a
-`PipelineError` naming what happened."""
+exception, or a worker that dies without an answer (killed, out of memory), is a `WorkerError`
+naming what happened; a worker past `preprocess.fit_worker_timeout_s` is a `ResourceLimitError`."""
 
 from __future__ import annotations
 
@@ -51,14 +51,14 @@ def fit_in_worker(spec, cfg: dict, data: Path, workdir: Path):
             proc = subprocess.run([sys.executable, "-m", "mlpipe.data.fit_worker", str(request)], env=env,
                                   capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:  # subprocess.run has killed the worker
-            raise errors.PipelineError(f"the preprocessor's fit worker ran over preprocess.fit_worker_timeout_s="
+            raise errors.ResourceLimitError(f"the preprocessor's fit worker ran over preprocess.fit_worker_timeout_s="
                                        f"{timeout:g} s and was stopped; raise it for bigger data") from None
         if proc.returncode == 0 and answer.exists():
             with answer.open("rb") as f:
                 return pickle.load(f)
         if failure.exists():
             raise as_error(json.loads(failure.read_text()))
-        raise errors.PipelineError(f"the preprocessor's fit worker {ended(proc.returncode)} without an answer"
+        raise errors.WorkerError(f"the preprocessor's fit worker {ended(proc.returncode)} without an answer"
                                    + (f"; it said: {last_line(proc.stderr)}" if proc.stderr.strip() else ""))
     finally:
         for path in files:  # also a worker's half-written answer
@@ -69,7 +69,7 @@ def as_error(failure: dict) -> errors.PipelineError:
     cls = getattr(errors, failure["type"], None)
     if isinstance(cls, type) and issubclass(cls, errors.PipelineError):
         return cls(failure["message"])
-    return errors.PipelineError(f"fitting the preprocessor failed: {failure['type']}: {failure['message']}")
+    return errors.WorkerError(f"fitting the preprocessor failed: {failure['type']}: {failure['message']}")
 
 
 def ended(returncode: int) -> str:
@@ -87,7 +87,7 @@ def last_line(text: str) -> str:
 
 
 def main(request_path: str) -> int:
-    from mlpipe.data.frames import read_parquet, return_freed_memory
+    from mlpipe.run.frames import read_parquet, return_freed_memory
     from mlpipe.run.processes import stop_with_parent
 
     stop_with_parent()  # a killed step does not leave its worker fitting

@@ -20,6 +20,23 @@ REQUIRED_KEYS = ("repository-uri", "kube-job-template-path")
 MAX_REASON = 600
 
 
+# What `mlflow run` tags its project runs with: the env manager it ran them under.
+ENV_MANAGER_TAG = "mlflow.project.env"
+
+
+def env_manager_for(cfg, client, run_id: str | None) -> str:
+    """main.env_manager when set, else the one this driver's own run uses: `mlflow.run` does not
+    pass the caller's on to nested runs (mlflow issue 6611)."""
+    if cfg.main.env_manager:
+        return cfg.main.env_manager
+    if not run_id:
+        return "local"
+    env = client.get_run(run_id).data.tags.get(ENV_MANAGER_TAG, "local")
+    # A docker_env project (deploy/kubernetes) runs this driver inside the step image: the steps
+    # run in the same container, with its Python.
+    return "local" if env == "docker" else env
+
+
 class NotSubmitted(Exception):
     """The step's image was not built or pushed, or its Job not created: nothing of it ran."""
 

@@ -10,22 +10,13 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import sys
-import tempfile
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from mlpipe.config import PROJECT_ROOT, digest, select
-from mlpipe.errors import StorageError
 from mlpipe.pipeline.spec import spec_of
 
-# Where the cross-process file locks live (one store's concurrent pipelines and registrations).
-LOCK_DIR = Path(tempfile.gettempdir()) / "mlpipe-locks"
-
-# A lock held this briefly is not worth a line: parallel sweep jobs looking up the same cached step.
-QUIET_WAIT_S = 2.0
 KEY_TAG = "pipeline.cache_key"
 KEY_INPUT_TAG = "pipeline.key_input"
 KEY_VERSION = 1
@@ -135,27 +126,3 @@ def step_key(
             "data": extra,
         }
     )
-
-
-@contextmanager
-def bounded_lock(path, timeout: float, holder: str, key: str, consequence: str):
-    """A file lock waited for at most `timeout` seconds (the config `key`); then a StorageError
-    that names who holds it, the key and what was (not) done."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(path))
-    quiet = min(QUIET_WAIT_S, timeout)
-    try:
-        try:
-            lock.acquire(timeout=quiet)
-        except Timeout:  # said once, so that a wait is never silent
-            print(f"[mlpipe] waiting for {holder} to finish (lock {path}; at most {timeout:g} s: {key})",
-                  file=sys.stderr, flush=True)
-            lock.acquire(timeout=timeout - quiet)
-    except Timeout:
-        raise StorageError(f"{holder} has held {path} for over {timeout:g} s ({key}); {consequence}. "
-                           f"Raise {key} if it is still working") from None
-    try:
-        yield
-    finally:
-        lock.release()

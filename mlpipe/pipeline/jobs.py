@@ -1,54 +1,90 @@
-"""One pipeline job: the body of the Hydra app behind `main`, alone or as one job of a sweep."""
+"""One pipeline job: the body of the Hydra app behind `main`, alone or as one job of a sweep;
+the preflight check of its command line; and `drive`, the one way a Driver is run and its
+summary logged and printed (a pipeline, a sweep job, a sweep's shared steps and its end)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
 import mlflow
 from hydra.core.hydra_config import HydraConfig
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from mlpipe.config import to_container
-from mlpipe.pipeline import driver
+from mlpipe.config import shell_unquoted, split_overrides
+from mlpipe.pipeline import backends, summary
+from mlpipe.pipeline.driver import Driver
 from mlpipe.pipeline.spec import AFTER_SWEEP, select_steps
-from mlpipe.run import storage, warm
-from mlpipe.run.harness import ERROR_MESSAGE_TAG, absolute_tracking_uri, guarded_run, log_config
+from mlpipe.pipeline.warm import control as warm
+from mlpipe.run import lifecycle, storage
+from mlpipe.run.outputs import (ERROR_MESSAGE_TAG, NODE_TAG, OVERRIDES_TAG, ROLE_TAG, SCORE_METRIC, SweepJob,
+                                SweepJobOutput)
 
 NODE_ENV = "MLPIPE_NODE"  # set in the job's Ray worker by hydra_plugins/mlpipe_ray_launcher
+SWEEP_ENV = "MLPIPE_SWEEP_RUN_ID"  # set by the sweep callback: this process runs jobs of that sweep
+EXPERIMENT_TAG = "pipeline.experiment_id"  # where the steps ran, when not the driver's experiment
+
+
+def hydra_argv(argv: list[str]) -> list[str]:
+    """`--steps=train,qa --overrides="-m a=1,2"` (from MLproject) -> Hydra's own command line."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--steps", default=None)
+    parser.add_argument("--overrides", default=None)
+    known, rest = parser.parse_known_args(shell_unquoted(argv[1:]))
+    if known.steps is None and known.overrides is None:
+        return argv
+    out = [argv[0], *rest, *split_overrides(known.overrides)]
+    if known.steps and known.steps != "all":
+        names = [s.strip() for s in known.steps.split(",") if s.strip()]
+        out.append(f"main.steps=[{','.join(names)}]")
+    return out
+
+
+def quiet_downloads(cfg) -> None:
+    """main.log=quiet: no artifact download progress bars (cards, configs) from this process."""
+    if cfg.main.log == "quiet":
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def drive(cfg, overrides: list[str], run_id: str, experiment_id: str, steps: list[str], *,
+          env_run_id: str | None = None, outputs: dict[str, Run] | None = None, cards_path: str = "cards",
+          summary_name: str = "pipeline_summary", title: str | None = None) -> dict[str, Run]:
+    """Run `steps` with a Driver under the run `run_id` (their parent: it must be this process's
+    active run), log the summary table in that run and print it; each step's run. The steps get
+    main.env_manager, else the env manager of the run `env_run_id` (the driver's own)."""
+    client = MlflowClient()
+    env_manager = backends.env_manager_for(cfg, client, env_run_id or run_id)
+    pipeline = Driver(cfg, overrides, run_id, experiment_id, env_manager)
+    pipeline.cards_path = cards_path
+    results, outputs = pipeline.run(steps, outputs)
+    summary.log_summary(client, run_id, results, summary_name)
+    print((f"{title}:\n" if title else "") + summary.format_table(results), flush=True)
+    return outputs
 
 
 def run_job(cfg: DictConfig) -> float | None:
     """Run the selected steps; in a sweep, defer register/serve to the sweep's end."""
-    absolute_tracking_uri()
+    lifecycle.prepare_process()
     warm.ensure(bool(cfg.main.warm_steps))
-    driver.quiet_downloads(cfg)
+    quiet_downloads(cfg)
     overrides = list(HydraConfig.get().overrides.task)
-    sweep_run_id = os.environ.get(driver.SWEEP_ENV)
+    sweep_run_id = os.environ.get(SWEEP_ENV)
     if sweep_run_id:
         return _sweep_job(cfg, overrides, sweep_run_id)
-    config = to_container(cfg)
-    storage.apply_client_settings(config["storage"])
-    with guarded_run("main", run_name=None) as active:
-        client = MlflowClient()
-        mlflow.set_tags({driver.ROLE_TAG: "pipeline", "pipeline.overrides": json.dumps(overrides)})
-        run = client.get_run(active.info.run_id)
-        storage.prepare(client, run, config["storage"], "main", mlflow.get_tracking_uri())
-        log_config(cfg, config, {}, run)
-        steps = select_steps(cfg.main.steps)
-        env_manager = driver.env_manager_for(cfg, client, run.info.run_id)
+    tags = {ROLE_TAG: "pipeline", OVERRIDES_TAG: json.dumps(overrides)}
+    with lifecycle.open_run("main", cfg, tags=tags, run_name=None) as opened:
         # storage=s3: the steps run in the experiment whose artifact location is the bucket.
-        experiment_id = storage.ensure_experiment(client, config["storage"]) or run.info.experiment_id
-        if experiment_id != run.info.experiment_id:
-            mlflow.set_tag("pipeline.experiment_id", experiment_id)
-        pipeline = driver.Driver(cfg, overrides, run.info.run_id, experiment_id, env_manager)
-        results, outputs = pipeline.run(steps)
-        driver.log_summary(client, run.info.run_id, results)
-        print(driver.format_table(results))
-        score = driver.score_of(outputs)
+        experiment_id = storage.ensure_experiment(opened.client, opened.config["storage"]) \
+            or opened.run.info.experiment_id
+        if experiment_id != opened.run.info.experiment_id:
+            mlflow.set_tag(EXPERIMENT_TAG, experiment_id)
+        outputs = drive(cfg, overrides, opened.run_id, experiment_id, select_steps(cfg.main.steps))
+        score = summary.score_of(outputs)
         if score:
-            mlflow.log_metric(driver.SCORE_METRIC, score[1])
+            mlflow.log_metric(SCORE_METRIC, score[1])
             return score[1]
     return None
 
@@ -73,29 +109,22 @@ def _sweep_job(cfg: DictConfig, overrides: list[str], sweep_run_id: str) -> floa
     sweep = client.get_run(sweep_run_id)
     job_num = HydraConfig.get().job.num
     steps = [s for s in select_steps(cfg.main.steps) if s not in AFTER_SWEEP]
-    with guarded_run(f"job-{job_num}", contain=True,
-                     experiment_id=sweep.info.experiment_id, parent_run_id=sweep_run_id, run_name=f"job-{job_num}",
-                     tags={driver.ROLE_TAG: "sweep-job", driver.SWEEP_TAG: sweep_run_id,
-                           "pipeline.overrides": json.dumps(overrides), "pipeline.job_num": str(job_num),
-                           # the Ray node that ran it (hydra/launcher=ray)
-                           **({"pipeline.node": os.environ[NODE_ENV]} if NODE_ENV in os.environ else {})}) as active:
-        # A PipelineError ends this job's run FAILED and leaves it out of the choice; the sweep goes on.
-        run_id = active.info.run_id
-        log_config(cfg, to_container(cfg), {}, client.get_run(run_id))
-        env_manager = driver.env_manager_for(cfg, client, sweep_run_id)
-        pipeline = driver.Driver(cfg, overrides, run_id, sweep.info.experiment_id, env_manager)
-        results, outputs = pipeline.run(steps)
-        driver.log_summary(client, run_id, results)
-        print(f"job {job_num} ({' '.join(overrides)}):\n{driver.format_table(results)}")
-        score = driver.score_of(outputs)
-        if "qa" in outputs:
-            mlflow.set_tag("pipeline.qa_run_id", outputs["qa"].info.run_id)
+    job = SweepJob(sweep_run_id=sweep_run_id, job_num=job_num, overrides=json.dumps(overrides))
+    tags = {ROLE_TAG: "sweep-job", **job.tags(),
+            **({NODE_TAG: os.environ[NODE_ENV]} if NODE_ENV in os.environ else {})}  # hydra/launcher=ray
+    # A PipelineError ends this job's run FAILED and leaves it out of the choice; the sweep goes on.
+    with lifecycle.open_run(f"job-{job_num}", cfg, contain=True, tags=tags, experiment_id=sweep.info.experiment_id,
+                            parent_run_id=sweep_run_id, run_name=f"job-{job_num}") as opened:
+        run_id = opened.run_id
+        outputs = drive(cfg, overrides, run_id, sweep.info.experiment_id, steps, env_run_id=sweep_run_id,
+                        title=f"job {job_num} ({' '.join(overrides)})")
+        score = summary.score_of(outputs)
         if score:
-            mlflow.set_tag("pipeline.score_metric", score[0])
-            mlflow.log_metric(driver.SCORE_METRIC, score[1])
+            mlflow.set_tags(SweepJobOutput(qa_run_id=outputs["qa"].info.run_id, score_metric=score[0]).tags())
+            mlflow.log_metric(SCORE_METRIC, score[1])
             return score[1]
-    job = client.get_run(run_id)
-    return FailedJob(job.data.tags.get(ERROR_MESSAGE_TAG) or f"job {job_num} ({job.info.status}) has no qa score")
+    ended = client.get_run(run_id)
+    return FailedJob(ended.data.tags.get(ERROR_MESSAGE_TAG) or f"job {job_num} ({ended.info.status}) has no qa score")
 
 
 def preflight(argv: list[str]) -> None:
@@ -109,7 +138,6 @@ def preflight(argv: list[str]) -> None:
     try:
         validate_cli(argv[1:])
     except ConfigError as exc:
-        absolute_tracking_uri()
-        with guarded_run("main"):
-            mlflow.set_tag(driver.ROLE_TAG, "pipeline")
-            raise exc
+        lifecycle.prepare_process()
+        with lifecycle.open_run("main", None, tags={ROLE_TAG: "pipeline"}, config_error=exc):
+            pass

@@ -45,7 +45,7 @@ def _qa(client: MlflowClient, cfg: DictConfig, train: Run | None) -> str | None:
     from mlpipe.registry.versions import champion_marker
 
     parts = []
-    champion = champion_marker(client, cfg, train.data.tags.get(outputs.MODEL_URI_TAG) if train else None)
+    champion = champion_marker(client, cfg, outputs.TrainOutput.from_run(train).model_uri if train else None)
     if champion:
         parts.append(champion)
     if cfg.qa.data_source:

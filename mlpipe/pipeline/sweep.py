@@ -10,6 +10,7 @@ never race for the champion alias.
 from __future__ import annotations
 
 import atexit
+import json
 import math
 import os
 import sys
@@ -21,11 +22,14 @@ from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from mlpipe.errors import ConfigError, PipelineError, StepFailedError
-from mlpipe.pipeline import driver
+from mlpipe.config import compose, to_container
+from mlpipe.errors import ConfigError, PipelineError, StepFailedError, UpstreamError
+from mlpipe.pipeline import jobs
 from mlpipe.pipeline.spec import AFTER_SWEEP, STEPS, select_steps
-from mlpipe.quality import metric_names
-from mlpipe.run.harness import ERROR_MESSAGE_TAG, absolute_tracking_uri, terminate
+from mlpipe.pipeline.warm import control as warm
+from mlpipe.run import handoff, lifecycle
+from mlpipe.run.outputs import (CONFIG_ARTIFACT, ERROR_MESSAGE_TAG, ROLE_TAG, SCORE_METRIC, SWEEP_TAG, SweepJob, SweepJobOutput)
+from mlpipe.training import metric_names
 
 
 class SweepCallback(Callback):
@@ -37,8 +41,9 @@ class SweepCallback(Callback):
         self.ended = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        absolute_tracking_uri()
-        driver.quiet_downloads(config)
+        lifecycle.prepare_process()
+        lifecycle.apply_client_settings(config)
+        jobs.quiet_downloads(config)
         client = MlflowClient()
         # Inside `mlflow run`, the project run is the sweep parent; jobs must not resume it.
         run_id = os.environ.pop("MLFLOW_RUN_ID", None)
@@ -48,8 +53,8 @@ class SweepCallback(Callback):
             self.owns_run = True
         run = client.get_run(run_id)
         os.environ["MLFLOW_EXPERIMENT_ID"] = run.info.experiment_id
-        client.set_tag(run_id, driver.ROLE_TAG, "sweep")
-        os.environ[driver.SWEEP_ENV] = self.sweep_run_id = run_id
+        client.set_tag(run_id, ROLE_TAG, "sweep")
+        os.environ[jobs.SWEEP_ENV] = self.sweep_run_id = run_id
         print(f"[mlpipe] sweep run {run_id}", file=sys.stderr)
         atexit.register(self._unended)
         try:
@@ -65,13 +70,13 @@ class SweepCallback(Callback):
         except Exception as exc:
             self._fail(exc)
         if self.owns_run:
-            terminate(self.sweep_run_id, "sweep")
+            lifecycle.terminate(self.sweep_run_id, "sweep")
         self.ended = True
 
     def _fail(self, exc: Exception) -> None:
         if not isinstance(exc, PipelineError):
             traceback.print_exc()
-        terminate(self.sweep_run_id, "sweep", exc)
+        lifecycle.terminate(self.sweep_run_id, "sweep", exc)
         self.ended = True
         sys.exit(getattr(exc, "exit_code", 1))
 
@@ -80,7 +85,7 @@ class SweepCallback(Callback):
         Optuna's does when no trial completed; Ctrl-C) is not left RUNNING: FAILED, with why."""
         if self.ended or MlflowClient().get_run(self.sweep_run_id).info.status != "RUNNING":
             return
-        terminate(self.sweep_run_id, "sweep", StepFailedError(
+        lifecycle.terminate(self.sweep_run_id, "sweep", StepFailedError(
             "the sweep stopped before its end (the sweeper's or launcher's error printed above, or an "
             "interrupt); its jobs' runs show how far it got"))
 
@@ -120,7 +125,20 @@ def _task_overrides(config: DictConfig) -> list:
 
 
 def job_num(job) -> int:
-    return int(job.data.tags.get("pipeline.job_num", "0"))
+    return SweepJob.from_run(job).job_num
+
+
+def job_overrides(job) -> list[str]:
+    """The Hydra task overrides a job ran with."""
+    return json.loads(SweepJob.from_run(job).overrides)
+
+
+def score_metric(job) -> str | None:
+    """The metric a job's `pipeline.score` is, when it finished qa."""
+    try:
+        return SweepJobOutput.from_run(job).score_metric
+    except UpstreamError:
+        return None
 
 
 def searched_keys(config: DictConfig) -> list[str]:
@@ -155,42 +173,35 @@ def shared_prefix(steps: list[str], swept: set[str]) -> list[str]:
 
 def run_shared_steps(config: DictConfig, sweep_run_id: str) -> list[str]:
     """Run the sweep's shared steps once, nested under the sweep parent, before any job."""
-    from mlpipe.run import warm
-
     steps = shared_prefix(select_steps(config.main.steps), swept_groups(config))
     if not steps:
         return []
     fixed = [o.input_line for o in _task_overrides(config) if not o.is_sweep_override()]
     warm.ensure(bool(config.main.warm_steps))
-    client = MlflowClient()
-    sweep = client.get_run(sweep_run_id)
-    env_manager = driver.env_manager_for(config, client, sweep_run_id)
+    sweep = MlflowClient().get_run(sweep_run_id)
     # The callback's config still holds Hydra's per-job keys (hydra.job.num): not the steps' config.
     cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
-    pipeline = driver.Driver(cfg, fixed, sweep_run_id, sweep.info.experiment_id, env_manager)
-    pipeline.cards_path = "cards/shared"  # register and serve publish theirs under cards/ at the end
     print(f"[mlpipe] sweep: {', '.join(steps)} run once for every job", file=sys.stderr)
     mlflow.start_run(run_id=sweep_run_id)  # the steps' runs nest under the sweep parent
-    try:
-        results, _ = pipeline.run(steps)
+    try:  # register and serve publish their cards under cards/ at the end
+        jobs.drive(cfg, fixed, sweep_run_id, sweep.info.experiment_id, steps, cards_path="cards/shared",
+                   summary_name="shared_steps")
     finally:
         # Detached, not ended: the jobs and the sweep's end come next. MLflow stamps an end time
         # meanwhile (the UI shows the shared steps' duration until the sweep ends and re-stamps it).
         mlflow.end_run("RUNNING")
-    driver.log_summary(client, sweep_run_id, results, "shared_steps")
-    print(driver.format_table(results))
     return steps
 
 
 def best_job(jobs: list, greater_is_better: bool):
     """The FINISHED job with the best score; ties go to the earliest job."""
     scored = [j for j in jobs if j.info.status == "FINISHED"
-              and not math.isnan(j.data.metrics.get(driver.SCORE_METRIC, math.nan))]
+              and not math.isnan(j.data.metrics.get(SCORE_METRIC, math.nan))]
     if not scored:
         return None
     scored.sort(key=job_num)
     pick = max if greater_is_better else min
-    return pick(scored, key=lambda j: j.data.metrics[driver.SCORE_METRIC])
+    return pick(scored, key=lambda j: j.data.metrics[SCORE_METRIC])
 
 
 def study(config: DictConfig, jobs: list, best, metric: str) -> dict:
@@ -199,31 +210,29 @@ def study(config: DictConfig, jobs: list, best, metric: str) -> dict:
     keys = searched_keys(config)
 
     def params(job) -> dict[str, str]:
-        pairs = (o.split("=", 1) for o in driver.overrides_of(job) if "=" in o)
+        pairs = (o.split("=", 1) for o in job_overrides(job) if "=" in o)
         return {k: v for k, v in pairs if k.lstrip("+~") in keys}
 
     trials = [{"number": job_num(j), "run_id": j.info.run_id,
                "state": "COMPLETE" if j.info.status == "FINISHED" else "FAIL",
-               "value": j.data.metrics.get(driver.SCORE_METRIC) if j.info.status == "FINISHED" else None,
+               "value": j.data.metrics.get(SCORE_METRIC) if j.info.status == "FINISHED" else None,
                "params": params(j), "error": j.data.tags.get(ERROR_MESSAGE_TAG)} for j in jobs]
     sampler = config.hydra.sweeper.get("sampler") or {}
     return {"metric": metric, "direction": optimizer(config), "sampler": sampler.get("_target_"),
             "n_trials": config.hydra.sweeper.get("n_trials"), "searched": keys,
             "best": {"number": job_num(best), "run_id": best.info.run_id,
-                     "value": best.data.metrics[driver.SCORE_METRIC], "params": params(best)},
+                     "value": best.data.metrics[SCORE_METRIC], "params": params(best)},
             "trials": sorted(trials, key=lambda t: t["number"])}
 
 
 def finish_sweep(config: DictConfig, sweep_run_id: str) -> None:
     client = MlflowClient()
     sweep = client.get_run(sweep_run_id)
-    jobs = client.search_runs([sweep.info.experiment_id],
-                              filter_string=f"tags.`{driver.SWEEP_TAG}` = '{sweep_run_id}'",
-                              order_by=["attributes.start_time ASC"], max_results=10000)
-    metric = next((j.data.tags["pipeline.score_metric"] for j in jobs if "pipeline.score_metric" in j.data.tags), None)
-    rows = [f"{j.data.tags.get('pipeline.job_num', '?'):>4}  {j.info.run_id}  {j.info.status:<8}  "
-            f"{j.data.metrics.get(driver.SCORE_METRIC, float('nan')):.4f}  {' '.join(driver.overrides_of(j))}"
-            for j in jobs]
+    jobs = handoff.all_runs(client, [sweep.info.experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep_run_id}'",
+                            order_by=["attributes.start_time ASC"])
+    metric = next(filter(None, map(score_metric, jobs)), None)
+    rows = [f"{job_num(j):>4}  {j.info.run_id}  {j.info.status:<8}  "
+            f"{j.data.metrics.get(SCORE_METRIC, float('nan')):.4f}  {' '.join(job_overrides(j))}" for j in jobs]
     print(f"sweep {sweep_run_id}: {len(jobs)} jobs, scored on {metric}\n" + "\n".join(rows))
     client.log_text(sweep_run_id, "\n".join(rows) + "\n", "sweep_jobs.txt")
     client.log_metric(sweep_run_id, "sweep.jobs", len(jobs))
@@ -237,18 +246,18 @@ def finish_sweep(config: DictConfig, sweep_run_id: str) -> None:
     if best is None:
         raise StepFailedError(f"every job of sweep {sweep_run_id} failed; nothing to register")
     for job in jobs:  # the sweep's history as one chart: the metric by job number
-        if job.info.status == "FINISHED" and driver.SCORE_METRIC in job.data.metrics:
-            client.log_metric(sweep_run_id, f"sweep.{metric}", job.data.metrics[driver.SCORE_METRIC],
+        if job.info.status == "FINISHED" and SCORE_METRIC in job.data.metrics:
+            client.log_metric(sweep_run_id, f"sweep.{metric}", job.data.metrics[SCORE_METRIC],
                               step=job_num(job))
     if optimizer(config):
         client.log_dict(sweep_run_id, study(config, jobs, best, metric), "sweep_study.json")
-    best_overrides = driver.overrides_of(best)
+    best_overrides = job_overrides(best)
     for key, value in {"sweep.best_job_run_id": best.info.run_id, "sweep.metric": metric,
                        "sweep.best_overrides": " ".join(best_overrides)}.items():
         client.set_tag(sweep_run_id, key, value)
-    client.log_metric(sweep_run_id, f"sweep.best_{metric}", best.data.metrics[driver.SCORE_METRIC])
+    client.log_metric(sweep_run_id, f"sweep.best_{metric}", best.data.metrics[SCORE_METRIC])
     print(f"best job: {best.info.run_id} ({' '.join(best_overrides)}) {metric}="
-          f"{best.data.metrics[driver.SCORE_METRIC]:.4f}")
+          f"{best.data.metrics[SCORE_METRIC]:.4f}")
     after = [s for s in steps if s in AFTER_SWEEP]
     if not after:
         return
@@ -257,16 +266,25 @@ def finish_sweep(config: DictConfig, sweep_run_id: str) -> None:
 
 def _run_after_sweep(config, sweep, best, best_overrides: list[str], steps: list[str]) -> None:
     """register (and serve) the best job's model, nested under the sweep parent run."""
-    from mlpipe.run.handoff import download
-
-    client = MlflowClient()
-    qa_run = client.get_run(best.data.tags["pipeline.qa_run_id"])
-    # The best job's own resolved config (the callback only receives the sweep's base config).
-    with tempfile.TemporaryDirectory() as tmp:
-        best_cfg = OmegaConf.load(download(client, best.info.run_id, "config/config.yaml", tmp))
-    env_manager = driver.env_manager_for(best_cfg, client, sweep.info.run_id)
-    pipeline = driver.Driver(best_cfg, best_overrides, sweep.info.run_id, sweep.info.experiment_id, env_manager)
+    qa_run = MlflowClient().get_run(SweepJobOutput.from_run(best).qa_run_id)
+    best_cfg = best_job_config(best, best_overrides)
     with mlflow.start_run(run_id=sweep.info.run_id):
-        results, _ = pipeline.run(steps, outputs={"qa": qa_run})
-    driver.log_summary(client, sweep.info.run_id, results)
-    print(driver.format_table(results))
+        jobs.drive(best_cfg, best_overrides, sweep.info.run_id, sweep.info.experiment_id, steps, outputs={"qa": qa_run})
+
+
+def best_job_config(best, overrides: list[str]) -> DictConfig:
+    """The best job's config composed again from its overrides (so checked like any config), and
+    the same as the config it ran with (`config/config.yaml` of its run): a config tree edited
+    during the sweep must not register the best job's model under other settings."""
+    composed = compose(overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        logged = OmegaConf.load(handoff.download(MlflowClient(), best.info.run_id, CONFIG_ARTIFACT, tmp))
+    ran = OmegaConf.to_container(logged, resolve=True)
+    ran.pop("hydra", None)
+    changed = sorted(key for key in set(ran) | set(to_container(composed))
+                     if ran.get(key) != to_container(composed).get(key))
+    if changed:
+        raise ConfigError(f"the best job {best.info.run_id} ran with another config than its overrides compose to now "
+                          f"({', '.join(changed)} differ: conf/ changed during the sweep?); nothing was registered: "
+                          "run the sweep again with the config as it is now")
+    return composed

@@ -1,6 +1,7 @@
-"""Quality: data validation and the stored reference schema, drift against the training split,
-and the model gate (metric names and directions, checks, the MLflow evaluation edge).
+"""Quality: data validation, drift against the training split, and the model gate (checks,
+the baseline test, the champion comparison, inference and overfitting checks).
 
-Pure checks return `gate.Check`s; only `model_checks` and `schema_store` touch MLflow.
-May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.data`, `mlpipe.registry`, `mlpipe.run.handoff`.
+Pure: frames, predictions, metric values and config in; `gate.Check`s and reports out. No MLflow,
+no registry, no tracking store: the qa step evaluates, reads the champion and logs (through
+`StepContext`). May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.data`, `mlpipe.training`.
 """

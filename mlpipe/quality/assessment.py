@@ -9,7 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from mlpipe.quality import drift, gate, metric_names, model_checks
+from mlpipe.quality import drift, gate, model_checks
+from mlpipe.training import metric_names
 from mlpipe.training import estimators
 
 
@@ -34,8 +35,19 @@ class Assessment:
     predictions: Any
     truth: pd.Series
     classes: dict[str, Any] | None
-    images: dict[str, bytes]  # the plots mlflow.models.evaluate drew, for the card
     failed: list[gate.Check] = field(default_factory=list)
+
+
+@dataclass
+class Evidence:
+    """What qa measured outside this module, through MLflow: the candidate's metrics from
+    mlflow.models.evaluate on the test split, the champion on the same rows (None when
+    qa.champion.enabled=false), and the serving payload's round trip
+    (training/model_io.answer_serving_input)."""
+
+    metrics: dict[str, float]
+    champion: model_checks.ChampionEvidence | None
+    serving: tuple[int | None, int | None, str | None]
 
 
 def primary_metric(qa, task: str) -> str:
@@ -44,36 +56,34 @@ def primary_metric(qa, task: str) -> str:
                                      "qa.primary_metric")[0]
 
 
-def assess(client, qa, registry, model, model_uri: str, task: str, train_target: pd.Series, test: pd.DataFrame,
-           target: str, train_metrics: dict[str, float], drift_inputs: DriftInputs | None,
-           trust: tuple[str, list[str]]) -> Assessment:
-    """Baseline, thresholds, champion, overfitting gaps, per-class recall, inference and drift;
-    `trust` is (serialization, skops_trusted_types) for loading the champion."""
+def assess(qa, model, model_uri: str, task: str, train_target: pd.Series, test: pd.DataFrame, target: str,
+           train_metrics: dict[str, float], evidence: Evidence, drift_inputs: DriftInputs | None) -> Assessment:
+    """Thresholds, baseline, champion, overfitting gaps, per-class recall, inference and drift, in
+    the order of the report and of the card."""
     primary = primary_metric(qa, task)
     X, truth = test.drop(columns=[target]), test[target]
-    result = model_checks.evaluate(model, test, target, task, qa.plot_dpi)
     predictions = model.predict(X)
     thresholds = dict(qa.thresholds[task])
     metric_names.task_metrics(task, thresholds, f"qa.thresholds.{task}")
-    checks = model_checks.threshold_checks(result, thresholds)
+    checks = model_checks.threshold_checks(evidence.metrics, thresholds)
 
     baseline_rows = gate.baseline_predictions(task, train_target, len(test))
     paired = gate.paired_classification_test if task == "classification" else gate.paired_regression_test
     baseline = paired(truth, predictions, baseline_rows, qa.baseline.alpha)
     checks += [gate.baseline_check(baseline, qa.baseline.alpha)] if qa.baseline.enabled else []
     champion = {"note": "qa.champion.enabled=false"}
-    if qa.champion.enabled:
+    if evidence.champion is not None:
         champion_checks, champion = model_checks.champion_checks(
-            client, registry.model_name, registry.champion_alias, model_uri, result, test, target,
-            task, metric_names.task_metrics(task, qa.champion.metrics[task], "qa.champion.metrics"), qa.champion.tolerance,
-            qa.champion.plot_dpi, trust, qa.champion.on_incompatible)
+            evidence.metrics, evidence.champion, metric_names.task_metrics(task, qa.champion.metrics[task],
+                                                                           "qa.champion.metrics"),
+            qa.champion.tolerance, qa.champion.on_incompatible)
         checks += champion_checks
-    primary_value = result.metrics.get(metric_names.evaluate_name(primary))
+    primary_value = model_checks.metric_value(evidence.metrics, primary)
     gaps, gap_checks = gate.gap_checks(primary, metric_names.greater_is_better(primary), train_metrics,
                                        primary_value, dict(qa.overfitting))
     classes = gate.per_class(truth, predictions) if task == "classification" else None
     checks += gap_checks + (gate.class_recall_checks(classes, qa.min_class_recall) if classes else [])
-    checks.append(model_checks.serving_input_check(model, model_uri))
+    checks.append(model_checks.serving_input_check(*evidence.serving))
     p95 = gate.p95_ms(model_checks.latency(model, X, qa.inference.latency_rows))
     checks.append(gate.limit_check("inference.latency_p95_ms", p95, qa.inference.p95_budget_ms, False))
     drift_checks, drift_report, drift_metrics = drift_gate(qa, drift_inputs)
@@ -86,8 +96,20 @@ def assess(client, qa, registry, model, model_uri: str, task: str, train_target:
               "checks": [c.as_dict() for c in checks]}
     metrics = drift_metrics | model_checks.report_metrics(
         {primary: primary_value}, baseline, gaps, classes, estimators.score(task, truth, baseline_rows), p95)
-    return Assessment(checks, report, metrics, primary, primary_value, baseline, predictions, truth, classes,
-                      model_checks.image_artifacts(result), failed)
+    return Assessment(checks, report, metrics, primary, primary_value, baseline, predictions, truth, classes, failed)
+
+
+def failure_message(result: Assessment, model_uri: str, task: str) -> str:
+    """The one line qa fails with (or warns with, under registry.allow_unvalidated)."""
+    return (f"model {model_uri} failed the qa gate on {result.report['test_rows']} test rows: "
+            + gate.failure_line(result.failed, task))
+
+
+def summary_line(result: Assessment) -> str:
+    """The short result the driver's table shows for qa."""
+    shown = "missing" if result.primary_value is None else f"{result.primary_value:.4f}"
+    return (f"{result.primary}={shown} lift={result.baseline.lift:+.4f} p={result.baseline.p_value:.2g}"
+            + (f" FAILED {len(result.failed)} checks (registry.allow_unvalidated)" if result.failed else ""))
 
 
 def drift_gate(qa, inputs: DriftInputs | None) -> tuple[list[gate.Check], dict[str, Any], dict[str, float]]:

@@ -7,6 +7,7 @@ them are reported at once, never only the first.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from mlpipe.data.frames import duplicated_rows
+from mlpipe.data.rows import duplicated_rows
 from mlpipe.errors import ConfigError, DataError, one_line
 
 FAILURE_COLUMNS = ["column", "check", "failure_case", "index"]
@@ -215,3 +216,11 @@ def summarise(failures: pd.DataFrame, label: str, against: str, items: int) -> s
     shown = "; ".join(groups[:items]) + (f"; and {len(groups) - items} more" if len(groups) > items else "")
     return (f"{label}: {len(failures)} validation failure(s) against {against}: {shown} "
             "(all of them: validation/failures.csv)")
+
+
+def read_configured(path: str) -> str:
+    """The YAML text of a schema named by `data.schema`."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: no such schema file (data.schema)")
+    return p.read_text()

@@ -1,5 +1,7 @@
-"""The model registry: versions, aliases and their lineage tags, the promotion lock, and the
-pure decision whether a new version takes the champion alias.
+"""The model registry: versions, aliases and their lineage tags, provenance (which versions a qa
+run vouches for), the champion a candidate is compared with, the promotion lock, and the pure
+decision whether a new version takes the champion alias.
 
-May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.pipeline.cache` (the lock folder).
+May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.run` (qa's typed hand-off, artifacts,
+locks), `mlpipe.training` (model files and their digests).
 """

@@ -19,7 +19,7 @@ from mlpipe.errors import UntrustedModelError, UpstreamError, one_line
 from mlpipe.registry import versions
 from mlpipe.run import handoff, outputs
 
-QA_RUN_TAG = f"{handoff.LINEAGE_PREFIX}qa_run_id"  # on a version register made: the qa run behind it
+QA_RUN_TAG = f"{outputs.LINEAGE_PREFIX}qa_run_id"  # on a version register made: the qa run behind it
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def _validating_run(client: MlflowClient, source: str):
     logged = versions.lookup(source, lambda: client.get_logged_model(versions.logged_model_id(source)))
     if logged is None:
         raise UpstreamError(f"{source}: no such logged model in the tracking store")
-    return handoff.newest_finished_run(client, logged.experiment_id, {handoff.STEP_TAG: "qa", outputs.MODEL_URI_TAG: source,
+    return handoff.newest_finished_run(client, logged.experiment_id, {outputs.STEP_TAG: "qa", outputs.MODEL_URI_TAG: source,
                                                                "qa.passed": "true"})
 
 
@@ -112,9 +112,9 @@ def _qa_output(client: MlflowClient, qa_run_id: str, where: str, refused: str) -
     run = versions.lookup(f"qa run {qa_run_id}", lambda: client.get_run(qa_run_id))
     if run is None:
         raise UntrustedModelError(f"{where}: its qa run {qa_run_id} is not in the tracking store; {refused}")
-    if run.data.tags.get(handoff.STEP_TAG) != "qa" or run.info.status != "FINISHED":
+    if run.data.tags.get(outputs.STEP_TAG) != "qa" or run.info.status != "FINISHED":
         raise UntrustedModelError(f"{where}: run {qa_run_id} is not a FINISHED qa run "
-                                  f"({run.data.tags.get(handoff.STEP_TAG)}, {run.info.status}); {refused}")
+                                  f"({run.data.tags.get(outputs.STEP_TAG)}, {run.info.status}); {refused}")
     try:
         qa = outputs.QaOutput.from_run(run)
     except UpstreamError as exc:

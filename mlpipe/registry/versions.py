@@ -105,7 +105,7 @@ def promotion_lock(name: str, timeout: float):
     import mlflow
 
     from mlpipe.config import digest
-    from mlpipe.pipeline.cache import LOCK_DIR, bounded_lock
+    from mlpipe.run.locks import LOCK_DIR, bounded_lock
 
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
     path = LOCK_DIR / f"registry-{digest([mlflow.get_registry_uri(), name])[:32]}.lock"

@@ -1,6 +1,9 @@
-"""Run handling: the harness (the one writer of a step's run), the typed outputs each step hands
-to the next (`outputs`) and how they travel (`handoff`), resource monitoring and artifact storage.
+"""Run handling: a run's life (`lifecycle`: open one, fail one), what a step writes through
+(`context.StepContext`, the one writer of a step's run), the typed outputs each step hands to
+the next and every shared tag name (`outputs`), how they travel (`handoff`, `frames`: Parquet),
+where artifacts go (`storage`), and the process side (`monitor`, `processes`, `locks`,
+`interrupted`).
 
-May import: `mlpipe.config`, `mlpipe.errors`, `mlpipe.pipeline` (step table, cache keys),
-`mlpipe.data.frames` and `mlpipe.reports`. Steps import the harness; core packages do not.
+Below every domain part: it knows runs, not models or data. May import: `mlpipe.errors`,
+`mlpipe.config`, `mlpipe.reports`.
 """

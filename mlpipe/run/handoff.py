@@ -13,14 +13,9 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlpipe.data.frames import read_parquet, write_parquet  # noqa: F401 - the hand-off's Parquet format
+from mlpipe.run.frames import read_parquet, write_parquet  # noqa: F401 - the hand-off's Parquet format
 from mlpipe.errors import StorageError, UpstreamError
-
-STEP_TAG = "pipeline.step"
-PROCESS_TAG = "pipeline.process"  # warm (a fork of the warm helper) or own
-SUMMARY_TAG = "pipeline.summary"
-CONFIG_DIGEST_TAG = "pipeline.config_digest"
-LINEAGE_PREFIX = "lineage."
+from mlpipe.run.outputs import CONFIG_DIGEST_TAG, LINEAGE_PREFIX, STEP_TAG
 
 
 def get_upstream(client: MlflowClient, upstream: str, run_id: str) -> Run:
@@ -54,6 +49,23 @@ def newest_finished_run(client: MlflowClient, experiment_id: str, tags: Mapping[
     runs = client.search_runs([experiment_id], filter_string=" and ".join(clauses),
                               order_by=["attributes.start_time DESC"], max_results=scan if accept else 1)
     return next((run for run in runs if accept is None or accept(run)), None)
+
+
+# Runs per search call while reading every match (MLflow's own default page size).
+SEARCH_PAGE = 1000
+
+
+def all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str,
+             order_by: list[str] | None = None) -> list[Run]:
+    """Every run a search matches, page by page: none is dropped past a page size."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, order_by=order_by, max_results=SEARCH_PAGE,
+                                  page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def newest_finished(client: MlflowClient, experiment_id: str, step: str,

@@ -15,10 +15,10 @@ from __future__ import annotations
 import sys
 import time
 
+from mlpipe.run.outputs import ERROR_TYPE_TAG, STOPPED_BY_TAG
 from mlpipe.run.processes import exited
 
 WAIT_S = 60.0
-STOP_TAG = "serve.stopped_by"
 
 
 def main(run_id: str, launcher_pid: int) -> int:
@@ -30,7 +30,7 @@ def main(run_id: str, launcher_pid: int) -> int:
     client = MlflowClient()
     run = client.get_run(run_id)
     tags = run.data.tags
-    if run.info.status == "FAILED" and tags.get(STOP_TAG) and "error.type" not in tags:
+    if run.info.status == "FAILED" and tags.get(STOPPED_BY_TAG) and ERROR_TYPE_TAG not in tags:
         client.set_terminated(run_id, "FINISHED", end_time=run.info.end_time)
     return 0
 

@@ -38,7 +38,7 @@ class Limits:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "Limits":
-        """`conf/monitor` (types, ranges and choices checked when composed: mlpipe/schema.py)."""
+        """`conf/monitor` (types, ranges and choices checked when composed: mlpipe/schema/)."""
         return cls(cfg["max_rss_mb"], cfg["max_step_seconds"], cfg["action"], float(cfg["poll_seconds"]))
 
     @property

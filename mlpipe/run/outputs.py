@@ -3,7 +3,9 @@ run by the harness (`StepContext.hand_over`) and read back with `from_run(run)`.
 
 A field's tag name lives here and nowhere else; a missing or malformed value is an
 `UpstreamError` naming the run, the tag and how to make it again. Artifacts (Parquet splits,
-JSON, the transformer) keep their paths in the `*_ARTIFACT` constants beside each class.
+JSON, the transformer) keep their paths in the `*_ARTIFACT` constants beside each class. So do
+the names every run carries (its step, its error, its summary) and any other tag or artifact
+that one module writes and another reads.
 """
 
 from __future__ import annotations
@@ -18,6 +20,33 @@ from mlpipe.errors import UpstreamError
 
 TASKS = ("classification", "regression")
 MODEL_URI_TAG = "pipeline.model_uri"
+
+# -- what every run of the pipeline carries ------------------------------------------------------
+STEP_TAG = "pipeline.step"
+PROCESS_TAG = "pipeline.process"  # warm (a fork of the warm helper) or own
+SUMMARY_TAG = "pipeline.summary"  # the short result the driver's table shows
+CONFIG_DIGEST_TAG = "pipeline.config_digest"
+LINEAGE_PREFIX = "lineage."
+ROLE_TAG = "pipeline.role"  # pipeline, sweep, sweep-job
+OVERRIDES_TAG = "pipeline.overrides"  # the job's Hydra overrides, as JSON
+# A failed run: the error's class (mlpipe/errors.py, or StepDied... set by the driver) and its line.
+ERROR_TYPE_TAG = "error.type"
+ERROR_MESSAGE_TAG = "error.message"
+MAX_TAG = 5000  # MLflow's tag value limit (characters)
+# Under a team (conf/team): on every run and on every registered version, who made it.
+TEAM_TAG = "team.name"
+MEMBER_TAG = "team.member"
+CONFIG_ARTIFACT = "config/config.yaml"  # the resolved config every run logs
+
+
+def lineage_tag(step: str) -> str:
+    """`lineage.<step>_run_id`: on a run, the run of `step` it descends from (itself included)."""
+    return f"{LINEAGE_PREFIX}{step}_run_id"
+
+
+def frame_artifact(name: str) -> str:
+    """Where a run's frame `name` is logged (`StepContext.log_frame`) and read back."""
+    return f"data/{name}.parquet"
 
 T = TypeVar("T", bound="StepOutput")
 
@@ -49,6 +78,11 @@ class StepOutput:
         return {f.metadata["tag"]: _encode(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
+    def tag_name(cls, name: str) -> str:
+        """The run tag a field is stored as (for a search or a table over many runs)."""
+        return next(f.metadata["tag"] for f in dataclasses.fields(cls) if f.name == name)
+
+    @classmethod
     def from_run(cls: type[T], run: Run) -> T:
         tags, values = run.data.tags, {}
         for f in dataclasses.fields(cls):
@@ -76,6 +110,10 @@ class IngestOutput(StepOutput):
 
 RAW_ARTIFACT = "data/raw.parquet"
 PROFILE_ARTIFACT = "data_profile.json"
+# The reference schema of a source: stored by the first ingest that passed, read by later ones.
+SCHEMA_ARTIFACT = "validation/schema.yaml"
+SCHEMA_STORED_TAG = "validation.schema_stored"  # "true" on an ingest run that stored one
+SCHEMA_FROM_TAG = "data.schema_from"  # inferred, the run id it came from, or the data.schema path
 
 
 @dataclass(frozen=True)
@@ -98,7 +136,10 @@ DRIFT_REFERENCE_ARTIFACT = "data/drift_reference.parquet"
 
 
 def split_artifact(split: str) -> str:
-    return f"data/{split}.parquet"
+    return frame_artifact(split)
+
+
+TRANSFORMER_NAME = "preprocessor"  # the fitted transformer's file stem in preprocess's run
 
 
 @dataclass(frozen=True)
@@ -108,6 +149,10 @@ class TrainOutput(StepOutput):
     task: str = tag("data.task", choices=TASKS)
     model_class: str = tag("model.class")
     preprocess_run_id: str = tag("pipeline.preprocess_run_id")
+
+
+QA_REPORT_ARTIFACT = "qa_report.json"
+TEAM_REPORT_DIR = "team_report"  # the team report's page, charts and leaderboard (steps/report.py)
 
 
 @dataclass(frozen=True)
@@ -125,6 +170,17 @@ class QaOutput(StepOutput):
     model_digest: str = tag("qa.model_digest")
 
 
+# Tags of a registered version (register writes them; qa, serve and the team report read them):
+# the qa metric it was validated on (its value as `qa.<metric>`) and its lineage.* tags.
+VERSION_METRIC_TAG = "qa.metric"
+# Tags of a version an A/B test promoted into the team model (serving/abreport.py).
+COPIED_FROM_TAG = "team.copied_from"
+PROMOTED_BY_TAG = "ab.promoted_by"
+PROMOTED_AT_TAG = "ab.promoted_at"
+PROMOTED_EXPERIMENT_TAG = "ab.promoted_by_experiment"
+EVIDENCE_TAG = "ab.evidence"
+
+
 @dataclass(frozen=True)
 class RegisterOutput(StepOutput):
     step: ClassVar[str] = "register"
@@ -133,3 +189,33 @@ class RegisterOutput(StepOutput):
     promoted: bool = tag("registry.promoted", bool)
     reason: str = tag("registry.reason")
     model_uri: str = tag(MODEL_URI_TAG)
+
+
+# -- serve ------------------------------------------------------------------------------------
+STOPPED_BY_TAG = "serve.stopped_by"  # the signal that stopped a forever server (mlpipe/run/interrupted.py)
+
+
+# -- sweeps (pipeline/sweep.py, pipeline/jobs.py) -----------------------------------------------
+SWEEP_TAG = "pipeline.sweep_run_id"  # on each job: its sweep parent
+NODE_TAG = "pipeline.node"  # on a job run by hydra/launcher=ray: the node it ran on
+SCORE_METRIC = "pipeline.score"  # a pipeline's qa primary metric value (what a sweep optimises)
+
+
+@dataclass(frozen=True)
+class SweepJob(StepOutput):
+    """What a sweep job is, tagged when its run opens: its sweep, its number, its overrides."""
+
+    step: ClassVar[str] = "sweep job"
+    sweep_run_id: str = tag(SWEEP_TAG)
+    job_num: int = tag("pipeline.job_num", int)
+    overrides: str = tag(OVERRIDES_TAG)  # JSON list of the job's Hydra task overrides
+
+
+@dataclass(frozen=True)
+class SweepJobOutput(StepOutput):
+    """What a job that finished qa hands to the sweep's end: the qa run whose model register
+    would take, and the metric its `pipeline.score` is."""
+
+    step: ClassVar[str] = "sweep job"
+    qa_run_id: str = tag("pipeline.qa_run_id")
+    score_metric: str = tag("pipeline.score_metric")

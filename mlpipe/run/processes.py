@@ -1,14 +1,18 @@
 """Whether a process (or a process group) has ended, stopping a group, and a process that stops
 with the one that launched it: for the waits that stop or outlive one (the driver's step timer,
 the Ctrl-C watcher, the team server's stop, the demo's model server) and for every step process.
-Standard library only at import: the warm launcher (`mlpipe.run.warm`) uses it."""
+Standard library only at import: the warm launcher (`mlpipe.pipeline.warm.launcher`) uses it."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-# Set in a step forked by the warm helper (mlpipe/run/warm.py), whose parent is the helper: the
+# main.stop_grace_s, handed by the driver to its step processes (a warm step reads it when its
+# launcher dies: SIGTERM, then SIGKILL this many seconds later).
+STOP_GRACE_ENV = "MLPIPE_STOP_GRACE_S"
+
+# Set in a step forked by the warm helper (mlpipe/pipeline/warm/), whose parent is the helper: the
 # parent it would have had without the helper, i.e. that of the thin `python -m steps.<step>`
 # launcher (`mlflow run`, or a shell under the uv / virtualenv env managers).
 WARM_PARENT: int | None = None

@@ -59,7 +59,7 @@ class RetryPolicy:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "RetryPolicy":
-        """`storage.retry` (ranges checked when composed: mlpipe/schema.py)."""
+        """`storage.retry` (ranges checked when composed: mlpipe/schema/)."""
         return cls(int(cfg["attempts"]), float(cfg["initial_wait"]), float(cfg["max_wait"]), float(cfg["jitter"]))
 
     def call(self, fn: Callable[[], Any], retry_if: Callable[[BaseException], bool],

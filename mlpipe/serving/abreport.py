@@ -11,8 +11,11 @@ import numpy as np
 from mlpipe.errors import ConfigError, DataError, UpstreamError
 from mlpipe.registry import provenance, versions
 from mlpipe.reports import cards, plots
+from mlpipe.run import outputs
 from mlpipe.run.storage import sqlite_path
-from mlpipe.serving import abtest, records
+from mlpipe.serving import abtest
+from mlpipe.serving.records import reads
+from mlpipe.serving.records.db import is_postgres
 
 
 def default_records_path(tracking_uri: str) -> Path:
@@ -26,7 +29,7 @@ def default_records_path(tracking_uri: str) -> Path:
 def records_path(scfg: dict, tracking_uri: str) -> str:
     """`serve.records`: a postgresql:// URL as given, a file path made absolute, else the default."""
     target = scfg.get("records")
-    if target and records.is_postgres(target):
+    if target and is_postgres(target):
         return str(target)
     return str(Path(str(target)).expanduser().resolve() if target else default_records_path(tracking_uri))
 
@@ -41,13 +44,14 @@ def outcomes(pairs: list[tuple[Any, Any]], task: str) -> list[float]:
         raise DataError(f"regression feedback must be numbers: {exc}") from exc
 
 
-def build(path: Path, experiment: str, ab: dict, configured: list[str], task: str) -> dict[str, Any]:
-    data = records.labelled_rows(path, experiment)
+def build(path: Path, experiment: str, ab: dict, configured: list[str], task: str, timeout_s: float) -> dict[str, Any]:
+    """The A/B report of `experiment` from the records at `path` (read within `timeout_s`)."""
+    data = reads.labelled_rows(path, experiment, timeout_s)
     arms = list(data["latencies"])
     if not arms:
         raise DataError(f"no answered requests for A/B experiment {experiment!r} in {path}")
     # the command line's serve.ab.control, else the control the server recorded when it started
-    control = ab.get("control") or records.served_control(path, experiment) or \
+    control = ab.get("control") or reads.served_control(path, experiment, timeout_s) or \
         next((n for n in configured if n in arms), arms[0])
     if control not in arms:
         raise ConfigError(f"serve.ab.control={control!r} has no answered requests in {experiment!r}; "
@@ -56,7 +60,7 @@ def build(path: Path, experiment: str, ab: dict, configured: list[str], task: st
     inputs = [{"name": a, "latencies": data["latencies"][a], "outcomes": outcomes(data["pairs"].get(a, []), task),
                "times": [ts for _, _, ts in data["stream"].get(a, [])]} for a in ordered]
     result = abtest.compare(inputs, task, control=control, min_samples=int(ab["min_samples"]),
-                            alpha=float(ab["alpha"]), method=ab.get("method", "sequential"), tau=ab.get("tau"))
+                            alpha=float(ab["alpha"]), method=ab["method"], sequential=ab)
     for arm in result["arms"]:
         arm["errors"] = int(data["errors"].get(arm["variant"], 0))
         arm["model_versions"] = ", ".join(sorted(data["versions"].get(arm["variant"], set())))
@@ -93,7 +97,7 @@ def promote(client, result: dict[str, Any], served: dict[str, tuple[str, str]], 
     with versions.promotion_lock(model_name, lock_timeout_s):
         before = versions.current(client, model_name, alias)
         versions.set_alias(client, model_name, alias, version)
-        client.set_model_version_tag(model_name, version, "ab.promoted_by_experiment", result["experiment"])
+        client.set_model_version_tag(model_name, version, outputs.PROMOTED_EXPERIMENT_TAG, result["experiment"])
     return {"model": model_name, "alias": alias, "version": version,
             "previous_version": str(before.version) if before else "none"}
 
@@ -143,9 +147,9 @@ def promote_to_team(client, result: dict[str, Any], served: dict[str, tuple[str,
         if target is None:  # not copied yet (a report re-run finds the copy it made before)
             stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             target = versions.copy_version(client, source, team_model, {
-                "team.copied_from": f"{name}/{version}", "ab.promoted_by_experiment": result["experiment"],
-                "ab.promoted_by": promoted_by, "ab.promoted_at": stamp,
-                "ab.evidence": _evidence_tag(evidence(result))},
+                outputs.COPIED_FROM_TAG: f"{name}/{version}", outputs.PROMOTED_EXPERIMENT_TAG: result["experiment"],
+                outputs.PROMOTED_BY_TAG: promoted_by, outputs.PROMOTED_AT_TAG: stamp,
+                outputs.EVIDENCE_TAG: _evidence_tag(evidence(result))},
                 f"{name} version {version}, promoted by A/B experiment {result['experiment']}: "
                 f"{result['recommendation']}").version
         versions.set_alias(client, team_model, alias, str(target))
@@ -156,7 +160,7 @@ def promote_to_team(client, result: dict[str, Any], served: dict[str, tuple[str,
 def _copy_of(client, team_model: str, source: str) -> str | None:
     """The team model's version already copied from `source` (`<model>.<member>/<version>`)."""
     return next((str(v.version) for v in versions.all_of(client, team_model)
-                 if (v.tags or {}).get("team.copied_from") == source), None)
+                 if (v.tags or {}).get(outputs.COPIED_FROM_TAG) == source), None)
 
 
 def _evidence_tag(evidence: dict[str, Any]) -> str:

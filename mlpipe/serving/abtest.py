@@ -163,14 +163,15 @@ METHODS = ("sequential", "fixed")
 
 
 def compare(arms: Sequence[dict[str, Any]], task: str, *, control: str, min_samples: int,
-            alpha: float, method: str = "sequential", tau: float | None = None) -> dict[str, Any]:
+            alpha: float, method: str, sequential: dict[str, Any]) -> dict[str, Any]:
     """Each challenger against the control, and one recommendation.
 
     arms: dicts with name, latencies (ms), outcomes (see arm_summary) and optionally times (when
     each outcome's label arrived; else the outcomes' order). method=sequential (the default):
     the mSPRT's always-valid p-value and confidence sequence (sequential.py), valid however
-    often the report is re-run while labels arrive; `tau` is the mixture's effect-size scale
-    (None: sequential.default_tau). method=fixed: the fixed-horizon tests, valid only when
+    often the report is re-run while labels arrive; `sequential` holds its settings (serve.ab's
+    tau, burn_in and default_tau: the mixture's effect-size scale, given or by the default
+    rule, and the labelled rows per arm before its first look). method=fixed: the fixed-horizon tests, valid only when
     read once at a sample size fixed in advance: accuracy by a two-proportion z test per
     challenger (and a chi-square over all arms when there are more than two), regression by
     Mann-Whitney U on absolute errors. Latency: Mann-Whitney U. Alpha is split over the
@@ -192,7 +193,7 @@ def compare(arms: Sequence[dict[str, Any]], task: str, *, control: str, min_samp
         arm = by_name[name]
         test: dict[str, Any] = {"control": control, "challenger": name, "alpha": alpha_each}
         if method == "sequential":
-            test |= _sequential(base, arm, task, alpha_each, tau)
+            test |= _sequential(base, arm, task, alpha_each, sequential)
         elif task == "classification":
             a, b = np.asarray(base["outcomes"]), np.asarray(arm["outcomes"])
             z, p = two_proportion_z(int(a.sum()), a.size, int(b.sum()), b.size)
@@ -218,7 +219,7 @@ def compare(arms: Sequence[dict[str, Any]], task: str, *, control: str, min_samp
     return result
 
 
-def _sequential(base: dict, arm: dict, task: str, alpha: float, tau: float | None) -> dict[str, Any]:
+def _sequential(base: dict, arm: dict, task: str, alpha: float, settings: dict[str, Any]) -> dict[str, Any]:
     """The mSPRT of one challenger against the control over their labelled rows merged in the
     order the labels arrived (a stable sort on `times`)."""
     from mlpipe.serving import sequential
@@ -229,10 +230,11 @@ def _sequential(base: dict, arm: dict, task: str, alpha: float, tau: float | Non
     order = sorted([(t, 0, i) for i, t in enumerate(t_c)] + [(t, 1, i) for i, t in enumerate(t_t)])
     arms = [a for _, a, _ in order]
     outcomes = [(out_t if a else out_c)[i] for _, a, i in order]
-    # the mixture's scale must not move as data arrives: from the control's first 20 labelled rows only
-    first = [outcomes[i] for i, a in enumerate(arms) if a == 0][:20]
-    tau = float(tau) if tau else sequential.default_tau(task, first)
-    seq = sequential.always_valid(arms, outcomes, tau=tau, alpha=alpha)
+    # the mixture's scale must not move as data arrives: from the control's first burn_in labelled rows only
+    burn_in = int(settings["burn_in"])
+    first = [outcomes[i] for i, a in enumerate(arms) if a == 0][:burn_in]
+    tau = float(settings["tau"]) if settings["tau"] else sequential.default_tau(task, first, settings["default_tau"])
+    seq = sequential.always_valid(arms, outcomes, tau=tau, alpha=alpha, burn_in=burn_in)
     name = "accuracy_diff" if task == "classification" else "mae_diff"
     diff = seq.diff
     return {"test": "mSPRT (always valid)", "statistic": float("nan"), "p_value": seq.p_value, name: diff,

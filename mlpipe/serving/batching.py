@@ -1,7 +1,7 @@
 """Parsing and micro-batching for the server: each request body goes through MLflow's own
 `scoring_server.invocations` (content type, JSON/CSV/Parquet, the model's schema) with a
 capturing stand-in model; concurrent same-shaped JSON frames are merged into one predict call.
-No HTTP here: the app (server.py) hands bodies in and gets `Answer`s back."""
+No HTTP here: the app (app.py) hands bodies in and gets `Answer`s back."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import asyncio
 import json
 import math
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlpipe.errors import one_line
+
+if TYPE_CHECKING:
+    from mlpipe.serving.variants import LiveVariant
 
 
 # -- parsing with MLflow's own code ------------------------------------------------------------
@@ -209,12 +211,13 @@ class ArrivalWindow:
     Each time a batch takes its first request, a window of `max_wait` seconds opens, and closes
     early when the batch's answers go out; the requests that arrive inside it are the ones that
     could have joined the batch had it waited (whether it did or not). Their moving average
-    (weight `smoothing` on the newest window) is the number of requests a wait is expected to
-    bring; the next batch waits only when that is at least `threshold`. One client that sends its
+    (weight `smoothing` on the newest window: serve.batching.adaptive_smoothing) is the number of
+    requests a wait is expected to bring; the next batch waits only when that is at least
+    `threshold` (serve.batching.adaptive_threshold). One client that sends its
     next request after its answer brings nobody: no wait. Fifty clients whose answers went out
     together send a burst: wait."""
 
-    def __init__(self, max_wait: float, smoothing: float = 0.2, threshold: float = 0.5):
+    def __init__(self, max_wait: float, smoothing: float, threshold: float):
         self.max_wait, self.smoothing, self.threshold = max_wait, smoothing, threshold
         self.expected = 0.0
         self.window_end: float | None = None
@@ -248,14 +251,15 @@ class MicroBatcher:
     model predicts (in a worker thread), new requests queue, so batches grow with the load and
     shrink to one request when it is quiet. A batch then waits up to `max_wait_ms` for more,
     unless adaptive (the default) and `ArrivalWindow` expects nobody to come: a lone client is not
-    held. enabled=false: one request per call."""
+    held. enabled=false: one request per call. `settings` is `serve.batching`."""
 
-    def __init__(self, variant: LiveVariant, input_schema, max_rows: int, max_wait_ms: float, enabled: bool = True,
-                 adaptive: bool = True):
+    def __init__(self, variant: LiveVariant, input_schema, settings: dict[str, Any]):
         self.variant, self.input_schema = variant, input_schema
-        self.max_rows, self.max_wait = max(1, int(max_rows)), max_wait_ms / 1000
+        self.max_rows, self.max_wait = max(1, int(settings["max_rows"])), float(settings["max_wait_ms"]) / 1000
+        enabled = bool(settings["enabled"])
         self.limit = self.max_rows if enabled else 1
-        self.window = ArrivalWindow(self.max_wait) if adaptive and enabled else None
+        self.window = ArrivalWindow(self.max_wait, float(settings["adaptive_smoothing"]),
+                                    float(settings["adaptive_threshold"])) if settings["adaptive"] and enabled else None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"predict-{variant.name}")
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None

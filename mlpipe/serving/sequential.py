@@ -28,24 +28,25 @@ class Sequential:
     looks: int  # prefixes at which Lambda was computed
 
 
-def default_tau(task: str, control_outcomes: Sequence[float]) -> float:
+def default_tau(task: str, control_outcomes: Sequence[float], rule: dict[str, float]) -> float:
     """The mixture's effect-size scale: the standard deviation of the N(0, tau^2) prior on the
-    difference. Classification: 0.1 (an accuracy difference of about 10 points). Regression:
-    0.5 x the standard deviation of the control's absolute errors given (1.0 with fewer than two,
-    or when they do not vary)."""
+    difference, by `rule` (serve.ab.default_tau). Classification: rule["classification"] (0.1:
+    an accuracy difference of about 10 points). Regression: rule["regression_sd"] x the standard
+    deviation of the control's absolute errors given (0.5), rule["fallback"] with fewer than
+    two or when they do not vary (1.0)."""
     if task not in TASKS:
         raise ValueError(f"task={task!r}; expected classification or regression")
     if task == "classification":
-        return 0.1
+        return float(rule["classification"])
     out = np.asarray(control_outcomes, dtype=float)
     if out.size < 2:
-        return 1.0
+        return float(rule["fallback"])
     sd = float(np.std(out, ddof=1))
-    return 0.5 * sd if math.isfinite(sd) and sd > 0 else 1.0
+    return float(rule["regression_sd"]) * sd if math.isfinite(sd) and sd > 0 else float(rule["fallback"])
 
 
 def always_valid(arms: Sequence[int], outcomes: Sequence[float], *, tau: float, alpha: float,
-                 burn_in: int = 20) -> Sequential:
+                 burn_in: int) -> Sequential:
     """arms: 0 (control) or 1 (challenger) per row, in arrival order; outcomes: 1/0 correct
     (classification) or absolute error (regression) per row. Evaluates the mSPRT at every
     prefix (every row) where both arms have >= burn_in rows and a positive variance estimate."""

@@ -20,15 +20,19 @@ def free_port(host: str) -> int:
 
 
 class BackgroundServer:
-    """uvicorn in a daemon thread; `with BackgroundServer(app, host, ...) as url:` stops it on exit."""
+    """uvicorn in a daemon thread; `with BackgroundServer(app, host, ...) as url:` stops it on exit.
+    It must answer /ping within `startup_timeout` seconds (serve.startup_timeout); on exit it
+    finishes requests in flight for at most `shutdown_timeout` (serve.limits.graceful_shutdown_s)."""
 
-    def __init__(self, app, host: str, *, startup_timeout: float, log_level: str, port: int = 0):
+    def __init__(self, app, host: str, *, startup_timeout: float, shutdown_timeout: float, log_level: str,
+                 port: int = 0):
         import uvicorn
 
         self.host, self.port = host, port or free_port(host)
-        self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level=log_level))
+        self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level=log_level,
+                                                    timeout_graceful_shutdown=shutdown_timeout))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.startup_timeout = startup_timeout
+        self.startup_timeout, self.shutdown_timeout = startup_timeout, shutdown_timeout
 
     @property
     def url(self) -> str:
@@ -37,10 +41,10 @@ class BackgroundServer:
     def __enter__(self) -> str:
         self.thread.start()
         deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
+        while (remaining := deadline - time.monotonic()) > 0:
             if self.server.started:
                 try:
-                    status, _ = request(f"{self.url}/ping", None, timeout=5)
+                    status, _ = request(f"{self.url}/ping", None, timeout=remaining)
                     if status == 200:
                         return self.url
                 except OSError:
@@ -53,10 +57,10 @@ class BackgroundServer:
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=self.shutdown_timeout + self.startup_timeout)  # its drain, then its lifespan's end
 
 
-def request(url: str, payload: dict | None, timeout: float = 30) -> tuple[int, bytes]:
+def request(url: str, payload: dict | None, timeout: float) -> tuple[int, bytes]:
     """A real HTTP request: GET without payload, POST JSON with it. Returns (status, body)."""
     data = None if payload is None else json.dumps(payload).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -84,7 +88,8 @@ def smoke(url: str, frame, timeout: float) -> dict:
 def smoke_test(app, scfg: dict, rows) -> dict:
     """serve.mode=smoke: the app on a free port in this process, `rows` sent over HTTP, stopped
     (`serve.host`, `startup_timeout`, `smoke_request_timeout`, `log_level`)."""
-    with BackgroundServer(app, scfg["host"], startup_timeout=scfg["startup_timeout"], log_level=scfg["log_level"]) as url:
+    with BackgroundServer(app, scfg["host"], startup_timeout=scfg["startup_timeout"], log_level=scfg["log_level"],
+                          shutdown_timeout=scfg["limits"]["graceful_shutdown_s"]) as url:
         return smoke(url, rows, scfg["smoke_request_timeout"])
 
 

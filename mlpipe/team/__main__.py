@@ -22,6 +22,7 @@ import sys
 
 from mlpipe.config import compose
 from mlpipe.errors import ConfigError, PipelineError, one_line
+from mlpipe.run import lifecycle
 from mlpipe.team import members, server
 
 
@@ -41,7 +42,9 @@ def main(argv: list[str]) -> int:
     try:
         if args.command == "as":
             return run_as(args.team, rest, command)
-        team = compose([f"team={args.team}", "team.member=${team.lead}", *rest]).team
+        cfg = compose([f"team={args.team}", "team.member=${team.lead}", *rest])
+        lifecycle.apply_client_settings(cfg)  # storage.http: a server that does not answer fails fast
+        team = cfg.team
         if args.command == "start":
             where, started = server.start(team.server)
             members.setup(team)
@@ -75,7 +78,9 @@ def run_as(team_name: str, rest: list[str], command: list[str]) -> int:
     if not rest or not command:
         raise SystemExit("usage: python -m mlpipe.team as <member> [--team NAME] [overrides...] -- <command...>")
     member, overrides = rest[0], rest[1:]
-    team = compose([f"team={team_name}", f"team.member={member}", *overrides]).team
+    cfg = compose([f"team={team_name}", f"team.member={member}", *overrides])
+    lifecycle.apply_client_settings(cfg)  # for the login check here, and the command's own calls after it
+    team = cfg.team
     env = members.member_env(team, member)
     os.environ.update(env)
     members.check_login(env["MLFLOW_TRACKING_URI"])

@@ -25,26 +25,26 @@ from pathlib import Path
 import numpy as np
 
 from mlpipe.run import processes
+from mlpipe.run.outputs import STEP_TAG, TEAM_REPORT_DIR
 from mlpipe.serving.smoke import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ("data=synthetic data.synthetic.rows=3000 data.synthetic.columns=6 data.synthetic.informative=4 "
-        "data.synthetic.classes=3 train.cv_folds=2")
-MODEL = "synthetic_classification_model"
-# who trains what: three members, three models (alice's one-split tree is the weak one). Light
-# models: qa's latency bound (qa.inference.p95_budget_ms) is measured on whatever else this
-# machine runs, and gradient boosting's OpenMP threads crossed it (3.6 s) beside a test run
-MEMBERS = {"alice": "model=random_forest model.max_depth=1 model.n_estimators=1",
-           "bob": "model=random_forest model.n_estimators=30",
-           "carol": "model=logistic_regression"}
-EXPERIMENT = "demo-cross"
 
 
 class Demo:
+    """The demo's settings (conf/team/demo.yaml's `demo`), its state folder, server port and the
+    environment its commands run with (no one's login), and how long each part took."""
+
     def __init__(self, state: Path, port: int, env: dict[str, str]):
+        from mlpipe.config import compose
+
         self.state, self.port, self.env = state, port, env
+        settings = compose(["team=demo", "team.member=${team.lead}"])
+        self.settings = settings.team.demo
+        self.data = " ".join(str(self.settings.data).split())
+        self.model = compose(self.data.split()).registry.model_name  # what every member's data registers as
         self.team = ["--team", "demo", f"team.server.state_dir={state}", f"team.server.port={port}",
-                     f"team.models=[{MODEL}]"]
+                     f"team.models=[{self.model}]"]
         self.started = time.monotonic()
         self.timings: dict[str, float] = {}
 
@@ -105,84 +105,94 @@ def traffic(url: str, features, labels, requests: int, rows_per_request: int, de
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlpipe.team demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--state-dir", type=Path, default=Path.home() / ".mlpipe" / "demo" / time.strftime("%Y%m%d-%H%M%S"))
-    parser.add_argument("--port", type=int, default=0, help="the team server's port (0: a free one)")
-    parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--rows-per-request", type=int, default=5)
-    parser.add_argument("--feedback-delay-s", type=float, default=2.0)
-    args = parser.parse_args(argv)
+    args = _arguments(argv)
     state = args.state_dir.expanduser().resolve()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_REGISTRY", "MLFLOW_EXPERIMENT", "MLPIPE_TEAM"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     demo = Demo(state, args.port or free_port("127.0.0.1"), env)
-    records = state / "serve-records.db"
-    server, log = None, None
+    records, data = state / "serve-records.db", demo.data
     try:
         demo.say(f"1/6 starting the demo team's MLflow server (state: {state})")
         demo.step("server start", lambda: demo.cli("start", *demo.team))
-        for member, model in MEMBERS.items():
+        for member, model in demo.settings.members.items():
             demo.say(f"2/6 {member} runs the pipeline ({model}) under their own login")
             demo.step(f"{member}'s pipeline", lambda: demo.as_member(
-                member, "main", f"{DATA} {model}", "-P", "steps=ingest,preprocess,train,qa,register"))
-        serve_port = free_port("127.0.0.1")
-        demo.say(f"3/6 alice serves every member's champion on http://127.0.0.1:{serve_port} (an A/B test)")
-        log = (state / "serve.log").open("w")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlpipe.team", "as", "alice", *demo.team, "--", sys.executable, "-m", "mlflow",
-             "run", ".", "-e", "serve", "--env-manager", "local", "-P",
-             f"overrides={DATA} serve.team_variants=true serve.port={serve_port} serve.records={records} "
-             f"serve.experiment={EXPERIMENT} serve.refresh_seconds=0"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_for(serve_port, server, state / "serve.log")
-        features, labels = _evaluation_set()
-        report = f"{DATA} serve.mode=report serve.experiment={EXPERIMENT} serve.records={records}"
-
-        def interim() -> None:
-            result = demo.as_member("carol", "serve", report, check=False)
-            line = next((ln for ln in result.stdout.splitlines() if ln.startswith("A/B experiment")), "(no verdict)")
-            demo.say(f"   half-way, carol reads the A/B report: {line}")
-
-        demo.say(f"   traffic: {args.requests} requests of {args.rows_per_request} held-out rows, true labels "
-                 f"{args.feedback_delay_s:g} s later")
-        arms = demo.step("traffic", lambda: traffic(f"http://127.0.0.1:{serve_port}", features, labels, args.requests,
-                                                    args.rows_per_request, args.feedback_delay_s, 0, interim))
-        demo.say(f"   requests per arm: {dict(arms)}")
-        processes.stop_group(server.pid, timeout=60)  # SIGTERM: it drains and writes its records
-        server = None
+                member, "main", f"{data} {model}", "-P", "steps=ingest,preprocess,train,qa,register"))
+        report = f"{data} serve.mode=report serve.experiment={demo.settings.experiment} serve.records={records}"
+        _ab_test(demo, args, records, report)
         demo.say("4/6 alice (the lead) runs the A/B report with promotion on")
         result = demo.step("A/B report", lambda: demo.as_member("alice", "serve", f"{report} serve.ab.promote=true"))
-        print("\n".join(ln for ln in result.stdout.splitlines() if not ln.startswith(("20", "\U0001f3c3", "\U0001f9ea"))), flush=True)
+        print("\n".join(ln for ln in result.stdout.splitlines() if not ln.startswith(("20", "\U0001f3c3", "\U0001f9ea"))),
+              flush=True)
         demo.say("5/6 the team report")
-        demo.step("team report", lambda: demo.as_member("alice", "report", f"{DATA} serve.records={records}"))
+        demo.step("team report", lambda: demo.as_member("alice", "report", f"{data} serve.records={records}"))
         page = _download_report(demo)
-        url = f"http://127.0.0.1:{demo.port}"
         demo.say("6/6 done; stopping everything the demo started")
-        print(f"\nwhere to look:\n  team report:   {page}\n  MLflow UI:     {url} (stopped now; start it again: "
-              f"python -m mlpipe.team start {' '.join(demo.team)})\n  credentials:   {state / 'credentials.json'}\n"
-              f"  A/B records:   {records}\n  serve log:     {state / 'serve.log'}\n"
+        print(f"\nwhere to look:\n  team report:   {page}\n  MLflow UI:     http://127.0.0.1:{demo.port} (stopped now; "
+              f"start it again: python -m mlpipe.team start {' '.join(demo.team)})\n  credentials:   "
+              f"{state / 'credentials.json'}\n  A/B records:   {records}\n  serve log:     {state / 'serve.log'}\n"
               f"  timings (s):   {json.dumps(demo.timings)}", flush=True)
     finally:
-        if server is not None:
-            processes.stop_group(server.pid, timeout=60)
-        if log is not None:
-            log.close()
         demo.cli("stop", *demo.team, check=False)
     demo.say(f"the whole demo took {time.monotonic() - demo.started:.0f} s")
     return 0
 
 
-def _evaluation_set():
+def _arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m mlpipe.team demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--state-dir", type=Path, default=Path.home() / ".mlpipe" / "demo" / time.strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument("--port", type=int, default=0, help="the team server's port (0: a free one)")
+    # None: team.demo's setting (conf/team/demo.yaml)
+    parser.add_argument("--requests", type=int, default=None)
+    parser.add_argument("--rows-per-request", type=int, default=None)
+    parser.add_argument("--feedback-delay-s", type=float, default=None)
+    return parser.parse_args(argv)
+
+
+def _ab_test(demo: Demo, args: argparse.Namespace, records: Path, report: str) -> None:
+    """alice serves every member's champion as an arm; traffic and labels arrive; carol reads the
+    report half-way; the server is stopped (it drains and writes its records)."""
+    serve_port = free_port("127.0.0.1")
+    demo.say(f"3/6 alice serves every member's champion on http://127.0.0.1:{serve_port} (an A/B test)")
+    with (demo.state / "serve.log").open("w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlpipe.team", "as", "alice", *demo.team, "--", sys.executable, "-m", "mlflow",
+             "run", ".", "-e", "serve", "--env-manager", "local", "-P",
+             f"overrides={demo.data} serve.team_variants=true serve.port={serve_port} serve.records={records} "
+             f"serve.experiment={demo.settings.experiment} serve.refresh_seconds=0"],
+            cwd=ROOT, env=demo.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_for(serve_port, server, demo.state / "serve.log", float(demo.settings.serve_start_timeout_s))
+            features, labels = _evaluation_set(demo.data)
+
+            def interim() -> None:
+                result = demo.as_member("carol", "serve", report, check=False)
+                line = next((ln for ln in result.stdout.splitlines() if ln.startswith("A/B experiment")), "(no verdict)")
+                demo.say(f"   half-way, carol reads the A/B report: {line}")
+
+            requests, rows, delay = (value if value is not None else demo.settings[key] for value, key in (
+                (args.requests, "requests"), (args.rows_per_request, "rows_per_request"),
+                (args.feedback_delay_s, "feedback_delay_s")))
+            demo.say(f"   traffic: {requests} requests of {rows} held-out rows, true labels {delay:g} s later")
+            arms = demo.step("traffic", lambda: traffic(f"http://127.0.0.1:{serve_port}", features, labels, requests,
+                                                        rows, delay, 0, interim))
+            demo.say(f"   requests per arm: {dict(arms)}")
+        finally:
+            # SIGTERM: it drains and writes its records
+            processes.stop_group(server.pid, timeout=float(demo.settings.serve_stop_timeout_s))
+
+
+def _evaluation_set(data: str):
     """The team evaluation set (rows no member trained on: data.holdout_fraction)."""
     from mlpipe.config import compose
-    from mlpipe.reports.team import holdout
+    from mlpipe.team.report import holdout
 
-    cfg = compose(["team=demo", "team.member=alice", *DATA.split()])
+    cfg = compose(["team=demo", "team.member=alice", *data.split()])
     return holdout(cfg.data)
 
 
-def _wait_for(port: int, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+def _wait_for(port: int, proc: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -198,8 +208,8 @@ def _wait_for(port: int, proc: subprocess.Popen, log: Path, timeout: float = 180
 def _download_report(demo: Demo) -> Path:
     """The team report page from alice's newest report run, into the state folder."""
     script = ("import mlflow, sys; c = mlflow.MlflowClient(); e = c.get_experiment_by_name('demo/alice'); "
-              "r = c.search_runs([e.experiment_id], \"tags.`pipeline.step` = 'report'\", "
+              f"r = c.search_runs([e.experiment_id], \"tags.`{STEP_TAG}` = 'report'\", "
               "order_by=['attributes.start_time DESC'], max_results=1)[0]; "
-              f"print(c.download_artifacts(r.info.run_id, 'team_report', {str(demo.state)!r}))")
+              f"print(c.download_artifacts(r.info.run_id, {TEAM_REPORT_DIR!r}, {str(demo.state)!r}))")
     result = demo.cli("as", "alice", *demo.team, "--", sys.executable, "-c", script)
     return Path(result.stdout.strip().splitlines()[-1]) / "index.html"

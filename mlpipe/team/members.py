@@ -16,7 +16,7 @@ from typing import Iterator
 
 from mlflow.exceptions import MlflowException
 
-from mlpipe.errors import AccessDeniedError, ConfigError
+from mlpipe.errors import AccessDeniedError, ConfigError, StorageError, one_line
 from mlpipe.registry import versions
 from mlpipe.team import server
 
@@ -122,7 +122,9 @@ def check_login(uri: str) -> None:
             raise AccessDeniedError(f"the MLflow server at {uri} refused the login of user {user!r} (HTTP 401): "
                                     "wrong password or no such user; check MLFLOW_TRACKING_USERNAME / "
                                     "MLFLOW_TRACKING_PASSWORD or ~/.mlflow/credentials") from None
-        raise
+        raise StorageError(f"the MLflow server at {uri} did not answer the login check "
+                           f"({one_line(exc)[:300]}); is it running (python -m mlpipe.team status)? The wait is "
+                           "bounded by storage.http (timeout, max_retries, backoff_factor)") from None
 
 
 def champions(client, team, alias: str) -> list[dict]:

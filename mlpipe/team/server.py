@@ -161,14 +161,14 @@ def _wait_healthy(scfg, proc: subprocess.Popen, where: Paths) -> None:
                        f"{scfg.start_timeout_s:g} s; see {where.log}")
 
 
-def stop(scfg, timeout: float = 30) -> bool:
-    """SIGTERM to the server's process group (its workers too), SIGKILL to what lingers; returns
-    once no process of the group is left."""
+def stop(scfg) -> bool:
+    """SIGTERM to the server's process group (its workers too), SIGKILL to what lingers
+    `team.server.stop_timeout_s` later; returns once no process of the group is left."""
     where = paths(scfg)
     pid = running_pid(where)
     if pid is None:
         where.pid.unlink(missing_ok=True)
         return False
-    stop_group(pid, timeout)
+    stop_group(pid, float(scfg.stop_timeout_s))
     where.pid.unlink(missing_ok=True)
     return True

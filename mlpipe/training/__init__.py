@@ -1,6 +1,7 @@
-"""Training: the estimator built from config, cross-validation, fitting and scoring, and how
-fitted scikit-learn objects are saved and loaded (cloudpickle or skops).
+"""Training: the metric names and their directions, the estimator built from config,
+cross-validation, fitting and scoring, and how fitted scikit-learn objects and logged models
+are saved, loaded and checked (cloudpickle or skops; the serving payload round trip).
 
-May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.data`, `mlpipe.quality.metric_names`,
-`mlpipe.run.handoff` (reading a fitted object back from its run).
+May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.data`, `mlpipe.run.handoff` (a fitted
+object read back from its run).
 """

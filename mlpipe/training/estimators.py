@@ -12,7 +12,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
 from mlpipe.errors import ConfigError, DataError, one_line
-from mlpipe.quality import metric_names
+from mlpipe.training import metric_names
 
 
 

@@ -83,7 +83,7 @@ def load_transformer(client, run_id: str, name: str, workdir: Path, fmt: str, al
     needed = sio.get_untrusted_types(file=path)
     refused = untrusted(needed, allowed)
     if refused:
-        raise UpstreamError(f"run {run_id}: {meta['file']} holds types outside skops_trusted_types: "
+        raise UntrustedModelError(f"run {run_id}: {meta['file']} holds types outside skops_trusted_types: "
                             f"{', '.join(refused)}; refused, nothing loaded")
     return sio.load(path, trusted=needed)
 
@@ -140,18 +140,43 @@ def load_model(model_uri: str, fmt: str, allowed, expect_digest: str | None = No
                                       f"qa recorded {expect_digest[:19]}): refused, nothing loaded")
         flavor = (yaml.safe_load((local / "MLmodel").read_text()) or {}).get("flavors", {}).get("sklearn")
         if flavor is None:
-            raise UpstreamError(f"{model_uri} is not a scikit-learn model (no sklearn flavor in its MLmodel): refused")
+            raise UntrustedModelError(f"{model_uri} is not a scikit-learn model (no sklearn flavor in its MLmodel): refused")
         found, name = flavor.get("serialization_format"), flavor.get("pickled_model")
         if fmt == "skops" and found != "skops":
-            raise UpstreamError(f"{model_uri}: {name} is a {found} file but serialization=skops: refused, "
-                                "nothing unpickled")
+            raise UntrustedModelError(f"{model_uri}: {name} is a {found} file but serialization=skops: refused, "
+                                      "nothing unpickled")
         if found == "skops":
             import skops.io as sio
 
             refused = untrusted(set(flavor.get("skops_trusted_types") or [])
                                 | set(sio.get_untrusted_types(file=local / name)), allowed)
             if refused:
-                raise UpstreamError(f"{model_uri}: {name} holds or trusts types outside skops_trusted_types: "
-                                    f"{', '.join(refused)}; refused, nothing loaded")
+                raise UntrustedModelError(f"{model_uri}: {name} holds or trusts types outside skops_trusted_types: "
+                                          f"{', '.join(refused)}; refused, nothing loaded")
         # serialization=cloudpickle: a pickle is loaded, as configured (docs/quality.md, the trust model)
         return mlflow.pyfunc.load_model(str(local), suppress_warnings=True), digest
+
+
+def answer_serving_input(model, model_uri: str) -> tuple[int | None, int | None, str | None]:
+    """The serving payload built from the model's input example, answered by the model loaded from
+    its URI as a scoring server would (mlflow.models.validate_serving_input): (predictions,
+    example rows, None), or (None, example rows, the error); (None, None, None) without an example."""
+    import warnings
+
+    import mlflow
+
+    from mlpipe.errors import one_line
+
+    example = model.input_example
+    if example is None:
+        example = model.metadata.load_input_example(model_uri)
+    if example is None:
+        return None, None, None
+    payload = mlflow.models.convert_input_example_to_serving_input(example)
+    try:
+        with warnings.catch_warnings():  # deprecated for mlflow.models.predict, which builds a new environment
+            warnings.simplefilter("ignore", FutureWarning)
+            predictions = mlflow.models.validate_serving_input(model_uri, payload)
+    except Exception as exc:  # noqa: BLE001 - any failure to load or predict is the finding
+        return None, len(example), one_line(exc)
+    return len(predictions), len(example), None

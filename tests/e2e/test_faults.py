@@ -40,7 +40,7 @@ def warm_child(root_pid: int, step: str) -> psutil.Process | None:
     """The process doing a warm step's work: the fork of the driver's warm helper named after it."""
     for proc in psutil.Process(root_pid).children(recursive=True):
         try:
-            if proc.name() == f"steps.{step}" and proc.cmdline()[1:3] == ["-m", "mlpipe.run.warm"]:
+            if proc.name() == f"steps.{step}" and proc.cmdline()[1:3] == ["-m", "mlpipe.pipeline.warm.helper"]:
                 return proc
         except psutil.NoSuchProcess:
             continue
@@ -97,7 +97,7 @@ def test_a_dead_helper_leaves_the_next_steps_to_their_own_processes_loudly(fresh
     try:
         keyed_step(store, proc, "ingest")
         (helper,) = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                     if p.pid == os.getpgid(p.pid) and p.cmdline()[1:3] == ["-m", "mlpipe.run.warm"]]  # its own group
+                     if p.pid == os.getpgid(p.pid) and p.cmdline()[1:3] == ["-m", "mlpipe.pipeline.warm.helper"]]  # its own group
         helper.send_signal(signal.SIGKILL)
         out, err = proc.communicate(timeout=300)
     finally:

@@ -29,9 +29,9 @@ def _no_password(url: str) -> str:
 def test_the_store_in_postgresql_is_append_only_and_joins_feedback(database, monkeypatch):
     import psycopg
 
-    from mlpipe.serving import records
+    from mlpipe.serving.records import reads, writer
 
-    store = records.RecordStore(database.url, flush_ms=20)
+    store = writer.RecordStore(database.url, flush_ms=20, timeout_s=30)
     try:
         for i, variant in enumerate("aab"):
             store.append({"request_id": f"pg{i}", "ts": 1000.0 + i, "experiment": "pg", "variant": variant,
@@ -44,10 +44,10 @@ def test_the_store_in_postgresql_is_append_only_and_joins_feedback(database, mon
         assert store.aggregates()[0][:5] == ("pg", "a", "3", 200, 2)
     finally:
         store.close()
-    data = records.labelled_rows(database.url, "pg")
+    data = reads.labelled_rows(database.url, "pg", 30)
     assert data["pairs"] == {"a": [(0, 0)], "b": [(2, 1)]}
     assert data["authors"] == {"a": {"bob"}, "b": {"bob"}}
-    assert records.served_control(database.url, "pg") == "a"
+    assert reads.served_control(database.url, "pg", 30) == "a"
     with psycopg.connect(database.url, autocommit=True) as conn:
         for sql in ("UPDATE requests SET status = 500", "DELETE FROM feedback"):
             with pytest.raises(psycopg.errors.RaiseException, match="append-only"):

@@ -9,7 +9,6 @@ import re
 import subprocess
 import time
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 from services import tracking_server_fixture

@@ -1,4 +1,4 @@
-"""Warm step processes (mlpipe/run/warm.py) seen from outside: the switch, and a step run on its
+"""Warm step processes (mlpipe/pipeline/warm/) seen from outside: the switch, and a step run on its
 own with a helper that is not there. The faults (a killed launcher, a killed fork, a dead
 helper) are in test_faults.py; every other end-to-end test runs with the helper on."""
 
@@ -23,7 +23,7 @@ def test_main_warm_steps_false_runs_every_step_in_its_own_process_and_starts_no_
     while proc.poll() is None:  # the process table, polled while the pipeline runs
         for p in psutil.Process(proc.pid).children(recursive=True):
             try:
-                if p.cmdline()[1:3] == ["-m", "mlpipe.run.warm"]:
+                if p.cmdline()[1:3] == ["-m", "mlpipe.pipeline.warm.helper"]:
                     helpers.add(p.pid)
             except psutil.NoSuchProcess:
                 continue

@@ -116,12 +116,12 @@ def registry(tmp_path, _empty_store, monkeypatch):
 def record_qa_run(client, model_uri: str, passed: bool = True, digest: str | None = None,
                   status: str = "FINISHED", experiment_id: str = "0") -> str:
     """A qa run as the qa step leaves it (its QaOutput tags, the digest of the model's files now)."""
-    from mlpipe.run import handoff, outputs
+    from mlpipe.run import outputs
     from mlpipe.training import model_io
 
     output = outputs.QaOutput(passed=passed, model_uri=model_uri, task="classification", primary_metric="accuracy",
                               failed_checks="" if passed else "baseline", champion_replaced=False,
                               model_digest=digest or model_io.model_digest(model_uri))
-    run = client.create_run(experiment_id, tags={handoff.STEP_TAG: "qa"} | output.tags())
+    run = client.create_run(experiment_id, tags={outputs.STEP_TAG: "qa"} | output.tags())
     client.set_terminated(run.info.run_id, status)
     return run.info.run_id

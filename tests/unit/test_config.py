@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mlpipe import config
-from mlpipe.config import compose, digest, flatten, select, split_overrides, to_container, validate_cli
+from mlpipe.config import compose, digest, flatten, select, shell_unquoted, split_overrides, to_container, validate_cli
 from mlpipe.errors import ConfigError
 
 
@@ -143,8 +143,23 @@ def test_compose_file_data_requires_target():
         compose(["data=file", "data.source=/tmp/x/my_data.csv"])
 
 
-def test_compose_is_repeatable():
-    """compose clears Hydra's global state: composing twice in one process works."""
+def test_compose_works_under_hydra_already_set_up_and_leaves_it_clear():
+    """A process that has set Hydra up already (the driver under @hydra.main, a test's own
+    initialize) can still compose: compose clears Hydra's global state first, and clears it again
+    when done, so the next compose (or initialize) starts clean."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mlpipe.config import CONF_DIR
+
+    outer = initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR))
+    outer.__enter__()  # left set up, as a Hydra app leaves it
+    try:
+        assert GlobalHydra.instance().is_initialized()
+        assert to_container(compose(["seed=1"]))["seed"] == 1
+        assert not GlobalHydra.instance().is_initialized()
+    finally:
+        GlobalHydra.instance().clear()
     assert to_container(compose(["seed=1"])) == to_container(compose(["seed=1"]))
 
 
@@ -309,3 +324,15 @@ def test_a_password_in_a_records_url_is_refused():
     with pytest.raises(ConfigError, match=r"^serve.records holds a password"):
         config.compose(["serve.records='postgresql://u@127.0.0.1:5432/db?password=secret'"])
     assert config.compose(["serve.records=postgresql://u@127.0.0.1:5432/db"]).serve.records.startswith("postgresql")
+
+
+@pytest.mark.parametrize("given, expected", [
+    (["--overrides=", "--train-run-id=abc"], ["--overrides=", "--train-run-id=abc"]),
+    (["'--overrides=model=ridge seed=3'"], ["--overrides=model=ridge seed=3"]),
+    (["'--overrides=x='\"'\"'it s'\"'\"''"], ["--overrides=x='it s'"]),
+    (["'a' 'b'"], ["'a' 'b'"]),  # two shell words: not one quoted argument
+    (["'unterminated"], ["'unterminated"]),
+    (["'"], ["'"]),
+])
+def test_shell_unquoted(given, expected):
+    assert shell_unquoted(given) == expected

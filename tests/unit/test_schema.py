@@ -1,4 +1,4 @@
-"""mlpipe/schema.py: every config key's type, range and choices, checked when composed; no defaults of its own."""
+"""mlpipe/schema/: every config key's type, range and choices, checked when composed; no defaults of its own."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import pytest
 
 from mlpipe.data import fit_worker
 from mlpipe.data.features import feature_spec, fit_preprocessor, normalise_types
-from mlpipe.data.frames import write_parquet
-from mlpipe.errors import PipelineError
+from mlpipe.run.frames import write_parquet
+from mlpipe.errors import ResourceLimitError, WorkerError
 
 
 @pytest.fixture
@@ -47,10 +47,10 @@ def test_the_worker_fits_what_the_step_would(training_rows, preprocess_cfg, tmp_
     assert list(work.iterdir()) == []  # request and answer are gone
 
 
-def test_a_worker_exception_comes_back_as_a_pipeline_error_naming_it(training_rows, preprocess_cfg, tmp_path):
+def test_a_worker_exception_comes_back_as_a_worker_error_naming_it(training_rows, preprocess_cfg, tmp_path):
     spec, _, path = training_rows
     cfg = {**preprocess_cfg, "numeric_impute": "bogus"}
-    with pytest.raises(PipelineError) as caught:
+    with pytest.raises(WorkerError) as caught:
         fit_worker.fit_in_worker(spec, cfg, path, tmp_path)
     message = str(caught.value)
     assert message.startswith("fitting the preprocessor failed: InvalidParameterError: ")
@@ -60,7 +60,7 @@ def test_a_worker_exception_comes_back_as_a_pipeline_error_naming_it(training_ro
 
 def test_a_worker_over_its_time_is_stopped_naming_the_key(training_rows, preprocess_cfg, tmp_path):
     spec, _, path = training_rows
-    with pytest.raises(PipelineError) as caught:
+    with pytest.raises(ResourceLimitError) as caught:
         fit_worker.fit_in_worker(spec, {**preprocess_cfg, "fit_worker_timeout_s": 0.01}, path, tmp_path)
     assert str(caught.value) == ("the preprocessor's fit worker ran over preprocess.fit_worker_timeout_s=0.01 s and was "
                                  "stopped; raise it for bigger data")
@@ -69,7 +69,7 @@ def test_a_worker_over_its_time_is_stopped_naming_the_key(training_rows, preproc
 
 def test_a_missing_training_split_is_named(training_rows, preprocess_cfg, tmp_path):
     spec, _, _ = training_rows
-    with pytest.raises(PipelineError, match=r"FileNotFoundError: .*nowhere\.parquet"):
+    with pytest.raises(WorkerError, match=r"FileNotFoundError: .*nowhere\.parquet"):
         fit_worker.fit_in_worker(spec, preprocess_cfg, tmp_path / "nowhere.parquet", tmp_path)
 
 
@@ -78,7 +78,7 @@ def test_pipeline_errors_keep_their_class():
 
     error = fit_worker.as_error({"type": "DataError", "message": "no rows"})
     assert type(error) is DataError and str(error) == "no rows"
-    assert type(fit_worker.as_error({"type": "Exception", "message": "x"})) is PipelineError
+    assert type(fit_worker.as_error({"type": "Exception", "message": "x"})) is WorkerError
 
 
 def test_how_a_worker_ended_is_said():

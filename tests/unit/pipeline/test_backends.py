@@ -12,9 +12,9 @@ import pytest
 from mlflow.entities import Run, RunData, RunInfo, RunTag
 from mlflow.exceptions import ExecutionException
 
-from mlpipe.config import PROJECT_ROOT, compose, shell_unquoted
+from mlpipe.config import PROJECT_ROOT, compose
 from mlpipe.errors import ConfigError, StepFailedError
-from mlpipe.pipeline import backends, driver
+from mlpipe.pipeline import backends, driver, launch
 
 
 @pytest.fixture(scope="module")
@@ -132,29 +132,6 @@ def test_not_submitted_is_one_bounded_line():
 # -- MLflow's quoting of the entry point's words -------------------------------------------------
 
 
-@pytest.mark.parametrize("given, expected", [
-    (["--overrides=", "--train-run-id=abc"], ["--overrides=", "--train-run-id=abc"]),
-    (["'--overrides=model=ridge seed=3'"], ["--overrides=model=ridge seed=3"]),
-    (["'--overrides=x='\"'\"'it s'\"'\"''"], ["--overrides=x='it s'"]),
-    (["'a' 'b'"], ["'a' 'b'"]),  # two shell words: not one quoted argument
-    (["'unterminated"], ["'unterminated"]),
-    (["'"], ["'"]),
-])
-def test_shell_unquoted(given, expected):
-    assert shell_unquoted(given) == expected
-
-
-def test_the_step_parser_and_the_drivers_argv_read_mlflows_quoted_words(monkeypatch):
-    from mlpipe.run.harness import parse_args
-
-    monkeypatch.setattr("sys.argv", ["steps/train.py", "'--overrides=model=ridge main.force=[train]'",
-                                     "--preprocess-run-id=abc"])
-    args = parse_args("train", ())
-    assert (args.overrides, args.preprocess_run_id) == ("model=ridge main.force=[train]", "abc")
-    assert driver.hydra_argv(["main.py", "--steps=all", "'--overrides=model=ridge seed=3'"]) == \
-        ["main.py", "model=ridge", "seed=3"]
-
-
 # -- the driver --------------------------------------------------------------------------------
 
 
@@ -172,10 +149,13 @@ def test_a_driver_in_the_step_image_runs_its_steps_there(monkeypatch):
             self.env = env
 
         def get_run(self, run_id):
-            return _run(run_id, {driver.ENV_MANAGER_TAG: self.env})
+            return _run(run_id, {backends.ENV_MANAGER_TAG: self.env})
 
-    assert driver.detect_env_manager(Client("docker"), "r") == "local"
-    assert driver.detect_env_manager(Client("uv"), "r") == "uv"
+    cfg = compose([])
+    assert backends.env_manager_for(cfg, Client("docker"), "r") == "local"
+    assert backends.env_manager_for(cfg, Client("uv"), "r") == "uv"
+    assert backends.env_manager_for(cfg, Client("uv"), None) == "local"  # no run of its own: this Python
+    assert backends.env_manager_for(compose(["main.env_manager=virtualenv"]), Client("uv"), "r") == "virtualenv"
 
 
 def test_a_step_whose_pod_ran_other_code_fails_the_pipeline(kube_cfg):
@@ -253,7 +233,7 @@ def test_a_job_that_failed_without_a_word_from_its_step_names_the_pod(store, kub
         pipeline._launch("ingest", {"overrides": ""})
     (child,) = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
     assert child.info.status == "FAILED"
-    assert child.data.tags["error.message"] == driver.DIED_IN_POD
+    assert child.data.tags["error.message"] == launch.DIED_IN_POD
 
 
 def test_the_checks_before_any_step_stop_at_a_file_store(store, kube_cfg, monkeypatch):
@@ -293,5 +273,5 @@ def test_ctrl_c_while_waiting_deletes_the_job(store, kube_cfg, monkeypatch):
 
     monkeypatch.setattr(mlflow, "run", lambda **kwargs: Submitted())
     with pytest.raises(KeyboardInterrupt):
-        driver.Driver(kube_cfg, [], parent, experiment_id, "local")._start("ingest", {"overrides": ""})
+        launch.start(kube_cfg, "local", "ingest", {"overrides": ""}, experiment_id)
     assert cancelled == [True]

@@ -40,7 +40,7 @@ def test_train_closure(project_root):
     files = _relative(cache.source_closure(project_root / "steps" / "train.py", project_root), project_root)
     for expected in ("steps/train.py", "mlpipe/__init__.py", "mlpipe/training/__init__.py", "mlpipe/training/estimators.py",
                      "mlpipe/data/__init__.py", "mlpipe/data/features.py",
-                     "mlpipe/training/model_io.py", "mlpipe/run/harness.py", "mlpipe/errors.py"):
+                     "mlpipe/training/model_io.py", "mlpipe/pipeline/harness.py", "mlpipe/run/context.py", "mlpipe/errors.py"):
         assert expected in files
     for unrelated in ("mlpipe/pipeline/driver.py", "mlpipe/pipeline/sweep.py", "mlpipe/pipeline/jobs.py", "mlpipe/serving/smoke.py",
                       "steps/main.py", "steps/ingest.py"):
@@ -50,7 +50,7 @@ def test_train_closure(project_root):
 
 def test_ingest_closure_excludes_training(project_root):
     files = _relative(cache.source_closure(project_root / "steps" / "ingest.py", project_root), project_root)
-    assert {"steps/ingest.py", "mlpipe/data/sources.py", "mlpipe/run/harness.py"} <= files
+    assert {"steps/ingest.py", "mlpipe/data/sources.py", "mlpipe/pipeline/harness.py"} <= files
     assert "mlpipe/training/estimators.py" not in files
     assert "mlpipe/data/features.py" not in files
 
@@ -106,7 +106,7 @@ STEP_NAMES = ("ingest", "preprocess", "train", "qa", "register", "serve", "main"
 
 @pytest.mark.parametrize("module, importers", [
     # one room each: an edit there changes exactly the steps that import it, nothing else
-    ("mlpipe/serving/records.py", {"serve"}),
+    ("mlpipe/serving/records/writer.py", {"serve"}),
     ("mlpipe/data/outliers.py", {"preprocess"}),
     ("mlpipe/quality/drift.py", {"preprocess", "qa"}),
     ("mlpipe/registry/promotion.py", {"register"}),
@@ -233,58 +233,3 @@ def test_config_digest_uses_the_step_slice(base_config):
     other_model = to_container(compose(["model=gradient_boosting"]))
     assert cache.config_digest("preprocess", other_model) == cache.config_digest("preprocess", base_config)
     assert cache.config_digest("train", other_model) != cache.config_digest("train", base_config)
-
-
-def hold_lock(path, seconds: float):
-    """Another process that holds the file lock at `path` for `seconds` (returned once it holds it)."""
-    import subprocess
-    import sys
-
-    holder = subprocess.Popen([sys.executable, "-c", f"from filelock import FileLock; import time\n"
-                               f"with FileLock({str(path)!r}):\n    print('held', flush=True); time.sleep({seconds})"],
-                              stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    return holder
-
-
-def test_a_lock_held_elsewhere_is_waited_for_within_its_bound_then_named(tmp_path, capsys):
-    """Another process holds the lock: the wait ends after `timeout` with a StorageError naming
-    the holder, the config key and what was not done; once it is free the lock is taken."""
-    import time
-
-    from mlpipe.errors import StorageError
-
-    path = tmp_path / "step.lock"
-    holder = hold_lock(path, 30)
-    try:
-        started = time.monotonic()
-        with pytest.raises(StorageError) as info:
-            with cache.bounded_lock(path, 0.5, "another pipeline running step train", "main.step_lock_timeout_s",
-                                    "step train did not run"):
-                pass
-        assert 0.5 <= time.monotonic() - started < 5
-        assert str(info.value) == (f"another pipeline running step train has held {path} for over 0.5 s "
-                                   "(main.step_lock_timeout_s); step train did not run. Raise "
-                                   "main.step_lock_timeout_s if it is still working")
-        # the wait was said before it began
-        assert capsys.readouterr().err == (f"[mlpipe] waiting for another pipeline running step train to finish "
-                                           f"(lock {path}; at most 0.5 s: main.step_lock_timeout_s)\n")
-    finally:
-        holder.kill()
-        holder.wait()
-    with cache.bounded_lock(path, 5, "x", "main.step_lock_timeout_s", "y"):
-        pass
-
-
-def test_a_lock_held_briefly_is_waited_for_without_a_line(tmp_path, capsys):
-    """Parallel sweep jobs take the same step's lock for a cache lookup: no line for that."""
-    path = tmp_path / "step.lock"
-    holder = hold_lock(path, 0.5)
-    try:
-        with cache.bounded_lock(path, 60, "another pipeline running step train", "main.step_lock_timeout_s",
-                                "step train did not run"):
-            assert holder.poll() is not None or holder.wait(5) == 0  # we hold it only after it let go
-        assert capsys.readouterr().err == ""
-    finally:
-        holder.kill()
-        holder.wait()

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from mlpipe.errors import DataError
 from mlpipe.pipeline import key_inputs
+from mlpipe.run.outputs import TrainOutput
 
 
 @pytest.fixture
@@ -24,7 +25,9 @@ def cfg(tmp_path, **data):
 
 
 def train_run(uri="models:/m-1"):
-    return SimpleNamespace(data=SimpleNamespace(tags={"pipeline.model_uri": uri}))
+    """A train run as the train step leaves it: its typed hand-off."""
+    tags = TrainOutput(model_uri=uri, task="classification", model_class="X", preprocess_run_id="p").tags()
+    return SimpleNamespace(info=SimpleNamespace(run_id="t"), data=SimpleNamespace(tags=tags))
 
 
 def test_only_ingest_and_qa_have_key_inputs(client, tmp_path):

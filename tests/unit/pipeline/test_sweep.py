@@ -9,18 +9,32 @@ from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 import pytest
 
 from mlpipe.errors import ConfigError
-from mlpipe.pipeline.driver import SCORE_METRIC
+from mlpipe.errors import UpstreamError
 from mlpipe.pipeline.spec import select_steps
-from mlpipe.pipeline.sweep import best_job, check_direction, searched_keys, shared_prefix, study, swept_groups
+from mlpipe.pipeline.sweep import (best_job, check_direction, job_overrides, score_metric, searched_keys,
+                                   shared_prefix, study, swept_groups)
+from mlpipe.run.outputs import SCORE_METRIC, SweepJob, SweepJobOutput
 
 
-def job(run_id: str, num: int | None, score: float | None, status: str = "FINISHED", **tags: str) -> Run:
+def job(run_id: str, num: int, score: float | None, status: str = "FINISHED", overrides: str = "[]",
+        **tags: str) -> Run:
+    """A sweep job's run as jobs._sweep_job leaves it (SweepJob tags; SweepJobOutput when scored)."""
     info = RunInfo(run_id=run_id, experiment_id="0", user_id="test", status=status, start_time=0,
                    end_time=None, lifecycle_stage="active")
     metrics = [] if score is None else [Metric(SCORE_METRIC, score, 0, 0)]
-    tags = [RunTag(k.replace("__", "."), v) for k, v in tags.items()]
-    tags += [] if num is None else [RunTag("pipeline.job_num", str(num))]
-    return Run(info, RunData(metrics=metrics, tags=tags))
+    tags = {k.replace("__", "."): v for k, v in tags.items()} | SweepJob("s", num, overrides).tags()
+    if score is not None:
+        tags |= SweepJobOutput(qa_run_id=f"qa-{run_id}", score_metric="accuracy").tags()
+    return Run(info, RunData(metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()]))
+
+
+def test_a_jobs_overrides_and_metric_are_read_from_its_typed_tags():
+    scored = job("a", 3, 0.9, overrides='["model=ridge", "seed=3"]')
+    assert job_overrides(scored) == ["model=ridge", "seed=3"] and score_metric(scored) == "accuracy"
+    assert score_metric(job("b", 4, None)) is None  # it did not finish qa
+    untyped = Run(scored.info, RunData(tags=[RunTag("pipeline.job_num", "3")]))
+    with pytest.raises(UpstreamError, match="has no tag pipeline.sweep_run_id"):
+        job_overrides(untyped)
 
 
 def ids(run):
@@ -145,7 +159,7 @@ def test_the_study_lists_every_trial_with_its_state_and_the_best():
     config = _sweep_config("hydra/sweeper=optuna", "hydra.sweeper.direction=maximize",
                            "model.n_estimators=int(interval(1,60))", "model.max_depth=1")
     def trial(num, n, score, status="FINISHED", **tags):
-        return job(f"r{num}", num, score, status, pipeline__overrides=f'["model.n_estimators={n}", "model.max_depth=1"]',
+        return job(f"r{num}", num, score, status, overrides=f'["model.n_estimators={n}", "model.max_depth=1"]',
                    **tags)
 
     jobs = [trial(0, 23, 0.9), trial(1, 58, 0.97), trial(2, 10, None, "FAILED", error__message="failed the qa gate")]

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from mlpipe.config import compose, to_container
-from mlpipe.data import outliers
 from mlpipe.errors import ConfigError, DataError
 from mlpipe.quality import validation
 
@@ -238,78 +237,15 @@ def test_summary_counts_and_names_the_first_groups():
     assert "\n" not in line
 
 
-# -- outliers -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def spiky() -> pd.DataFrame:
-    values = list(np.linspace(10, 20, 20)) + [100.0, -50.0]
-    return pd.DataFrame({"v": values, "flat": [1.0] * 22, "w": list(range(22))})
-
-
-def test_iqr_bounds_and_counts(spiky, ocfg):
-    limits = outliers.bounds(spiky, ["v", "flat", "w"], ocfg)
-    assert "flat" not in limits  # no spread, no outliers
-    report = outliers.report(spiky, limits, ocfg)
-    assert report["columns"]["v"]["count"] == 2 and report["columns"]["w"]["count"] == 0
-    assert report["rows_with_outliers"] == 2 and report["method"] == "iqr"
-
-
-def test_robust_z_bounds(spiky, ocfg):
-    limits = outliers.bounds(spiky, ["v"], {**ocfg, "method": "robust_z"})
-    median = spiky["v"].median()
-    mad = (spiky["v"] - median).abs().median()
-    assert limits["v"] == pytest.approx((median - 3.5 * 1.4826 * mad, median + 3.5 * 1.4826 * mad))
-    assert outliers.outlier_mask(spiky, limits)["v"].sum() == 2
-
-
-def test_actions(spiky, ocfg):
-    limits = outliers.bounds(spiky, ["v"], ocfg)
-    low, high = limits["v"]
-    assert outliers.apply(spiky, limits, "keep") is spiky
-    clipped = outliers.apply(spiky, limits, "clip")
-    assert clipped["v"].max() == high and clipped["v"].min() == low and len(clipped) == 22
-    assert spiky["v"].max() == 100.0  # the input is not changed
-    dropped = outliers.apply(spiky, limits, "drop")
-    assert len(dropped) == 20 and dropped["v"].between(low, high).all()
-
-
-def test_missing_values_are_not_outliers(ocfg):
-    frame = pd.DataFrame({"v": [1.0, 2.0, 3.0, 4.0, np.nan, 100.0]})
-    limits = outliers.bounds(frame, ["v"], ocfg)
-    assert len(outliers.apply(frame, limits, "drop")) == 5
-
-
-def test_bad_method_or_action(spiky, ocfg):
-    with pytest.raises(ConfigError, match="method"):
-        outliers.bounds(spiky, ["v"], {**ocfg, "method": "zscore"})
-    with pytest.raises(ConfigError, match="action"):
-        outliers.apply(spiky, {"v": (0.0, 1.0)}, "remove")
-
-
 def test_summary_names_the_row_of_a_missing_value():
     failures = pd.DataFrame([["d", "not_nullable", None, 4]], columns=validation.FAILURE_COLUMNS)
     assert "'d': not_nullable failed for 1 value(s), e.g. row 4" in validation.summarise(failures, "f", "s", 3)
 
 
 def test_configured_schema_file(tmp_path, frame, cfg):
-    from mlpipe.quality import schema_store
-
     with pytest.raises(DataError, match="no such schema file"):
-        schema_store.read_configured(str(tmp_path / "nope.yaml"))
+        validation.read_configured(str(tmp_path / "nope.yaml"))
     path = tmp_path / "schema.yaml"
     path.write_text(validation.schema_to_yaml(validation.infer_schema(frame, cfg)))
-    schema = validation.schema_from_yaml(schema_store.read_configured(str(path)), str(path))
+    schema = validation.schema_from_yaml(validation.read_configured(str(path)), str(path))
     assert validation.schema_failures(frame, schema, cfg).empty
-
-
-def test_duplicated_rows_matches_pandas_on_repeats_missing_values_and_mixed_types():
-    from mlpipe.quality.validation import duplicated_rows
-
-    rng = np.random.default_rng(1)
-    frame = pd.DataFrame({"a": rng.integers(0, 3, 400).astype(float), "b": rng.choice(["x", "y", None], 400),
-                          "c": rng.integers(0, 2, 400)})
-    frame.loc[rng.choice(400, 30, replace=False), "a"] = np.nan
-    assert duplicated_rows(frame).equals(frame.duplicated())
-    unique = pd.DataFrame({"a": np.arange(50.0), "b": ["s"] * 50})
-    assert not duplicated_rows(unique).any() and duplicated_rows(unique).equals(unique.duplicated())

@@ -8,7 +8,12 @@ import pytest
 from scipy import stats
 
 from mlpipe.errors import ConfigError
+from mlpipe.config import compose, to_container
 from mlpipe.serving import abtest
+
+# The shipped A/B settings (conf/serve/default.yaml, serve.ab): the sequential test's among them.
+AB = to_container(compose([]))["serve"]["ab"]
+METHOD = AB["method"]  # sequential
 
 
 def test_no_variants_means_one_default_variant():
@@ -95,7 +100,7 @@ def _arm(name, correct, n, latency=10.0, seed=0):
 
 def test_a_clearly_better_challenger_is_recommended():
     result = abtest.compare([_arm("a", 700, 1000), _arm("b", 800, 1000, seed=1)], "classification",
-                            control="a", min_samples=200, alpha=0.05)
+                            control="a", min_samples=200, alpha=0.05, method=METHOD, sequential=AB)
     assert result["winner"] == "b"
     assert result["recommendation"].startswith("promote b")
     assert result["arms"][1]["accuracy"] == pytest.approx(0.8)
@@ -103,20 +108,20 @@ def test_a_clearly_better_challenger_is_recommended():
 
 def test_equal_arms_keep_the_control():
     result = abtest.compare([_arm("a", 700, 1000), _arm("b", 705, 1000, seed=1)], "classification",
-                            control="a", min_samples=200, alpha=0.05)
+                            control="a", min_samples=200, alpha=0.05, method=METHOD, sequential=AB)
     assert result["winner"] is None
     assert result["recommendation"] == "keep a: no significant difference"
 
 
 def test_a_worse_challenger_is_named():
     result = abtest.compare([_arm("a", 800, 1000), _arm("b", 600, 1000, seed=1)], "classification",
-                            control="a", min_samples=200, alpha=0.05)
+                            control="a", min_samples=200, alpha=0.05, method=METHOD, sequential=AB)
     assert result["winner"] is None and "b significantly worse" in result["recommendation"]
 
 
 def test_too_few_samples_decides_nothing():
     result = abtest.compare([_arm("a", 10, 50), _arm("b", 50, 50, seed=1)], "classification",
-                            control="a", min_samples=200, alpha=0.05)
+                            control="a", min_samples=200, alpha=0.05, method=METHOD, sequential=AB)
     assert result["winner"] is None
     assert result["recommendation"].startswith("collect more data: every arm needs 200 labelled rows")
     assert not result["tests"][0]["significant"]
@@ -124,7 +129,8 @@ def test_too_few_samples_decides_nothing():
 
 def test_three_arms_use_bonferroni_and_chi_square():
     arms = [_arm("a", 700, 1000), _arm("b", 730, 1000, seed=1), _arm("c", 790, 1000, seed=2)]
-    result = abtest.compare(arms, "classification", control="a", min_samples=100, alpha=0.05)
+    result = abtest.compare(arms, "classification", control="a", min_samples=100, alpha=0.05, method=METHOD,
+                            sequential=AB)
     assert [t["alpha"] for t in result["tests"]] == [0.025, 0.025]
     assert result["overall"]["test"] == "chi-square" and result["overall"]["p_value"] < 0.05
     assert result["winner"] == "c"
@@ -134,11 +140,13 @@ def test_regression_compares_absolute_errors():
     rng = np.random.default_rng(0)
     a = {"name": "a", "latencies": [5.0] * 300, "outcomes": list(np.abs(rng.normal(0, 2, 300)))}
     b = {"name": "b", "latencies": [5.0] * 300, "outcomes": list(np.abs(rng.normal(0, 1, 300)))}
-    result = abtest.compare([a, b], "regression", control="a", min_samples=100, alpha=0.05, method="fixed")
+    result = abtest.compare([a, b], "regression", control="a", min_samples=100, alpha=0.05, method="fixed",
+                            sequential=AB)
     assert result["winner"] == "b"
     assert result["arms"][1]["mae"] < result["arms"][0]["mae"]
     assert result["tests"][0]["test"].startswith("Mann-Whitney")
-    sequential = abtest.compare([a, b], "regression", control="a", min_samples=100, alpha=0.05)
+    sequential = abtest.compare([a, b], "regression", control="a", min_samples=100, alpha=0.05, method=METHOD,
+                                sequential=AB)
     assert sequential["winner"] == "b" and sequential["tests"][0]["test"] == "mSPRT (always valid)"
     test = sequential["tests"][0]
     assert test["ci_low"] <= test["mae_diff"] <= test["ci_high"] < 0
@@ -151,25 +159,27 @@ def test_the_default_method_is_the_always_valid_one_with_labels_in_arrival_order
                             "times": list(range(0, 800, 2))}
     b = _arm("b", 0, 0) | {"latencies": [5.0] * 400, "outcomes": list(rng.binomial(1, 0.85, 400).astype(float)),
                             "times": list(range(1, 800, 2))}
-    result = abtest.compare([a, b], "classification", control="a", min_samples=100, alpha=0.05)
+    result = abtest.compare([a, b], "classification", control="a", min_samples=100, alpha=0.05, method=METHOD,
+                            sequential=AB)
     assert result["method"] == "sequential" and result["winner"] == "b"
     test = result["tests"][0]
     assert test["p_value"] < 0.05 and 0 < test["ci_low"] <= test["accuracy_diff"] <= test["ci_high"]
     assert test["tau"] == 0.1 and test["looks"] > 300
     with pytest.raises(ConfigError, match="serve.ab.method='bayes'; expected sequential or fixed"):
-        abtest.compare([a, b], "classification", control="a", min_samples=100, alpha=0.05, method="bayes")
+        abtest.compare([a, b], "classification", control="a", min_samples=100, alpha=0.05, method="bayes",
+                       sequential=AB)
 
 
 def test_latency_difference_is_tested():
     result = abtest.compare([_arm("a", 700, 500, latency=10), _arm("b", 700, 500, latency=20, seed=1)],
-                            "classification", control="a", min_samples=100, alpha=0.05)
+                            "classification", control="a", min_samples=100, alpha=0.05, method=METHOD, sequential=AB)
     assert result["tests"][0]["latency_p_value"] < 1e-10
     assert result["arms"][1]["latency_p50_ms"] == pytest.approx(20, abs=0.5)
 
 
 def test_unknown_control_is_a_config_error():
     with pytest.raises(ConfigError, match="serve.ab.control='z' is not a variant"):
-        abtest.compare([_arm("a", 1, 2)], "classification", control="z", min_samples=1, alpha=0.05)
+        abtest.compare([_arm("a", 1, 2)], "classification", control="z", min_samples=1, alpha=0.05, method=METHOD, sequential=AB)
 
 
 def test_variants_from_a_yaml_file(tmp_path):

@@ -8,7 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlpipe.serving import batching, server
+from mlpipe.config import compose, to_container
+from mlpipe.serving import batching
+from mlpipe.serving.variants import LiveVariant
+
+BATCHING = to_container(compose([]))["serve"]["batching"]  # the shipped settings (conf/serve/default.yaml)
 
 
 def _parse(model, body, ctype="application/json"):
@@ -114,10 +118,11 @@ def test_one_bad_request_in_a_batch_fails_alone_and_says_why_the_batch_split(iri
 
 def test_micro_batcher_merges_concurrent_requests(iris_model):
     model, X = iris_model
-    variant = server.LiveVariant("a", "uri", 1.0, model, "7")
+    variant = LiveVariant("a", "uri", 1.0, model, "7")
 
     async def go():
-        batcher = batching.MicroBatcher(variant, model.metadata.get_input_schema(), max_rows=64, max_wait_ms=20)
+        batcher = batching.MicroBatcher(variant, model.metadata.get_input_schema(),
+                                        BATCHING | {"max_rows": 64, "max_wait_ms": 20})
         batcher.start()
         try:
             answers = await asyncio.gather(*(batcher.submit(_records(X.iloc[[i]]), "application/json")
@@ -134,8 +139,16 @@ def test_micro_batcher_merges_concurrent_requests(iris_model):
 
 # -- when a batch waits for more (serve.batching.adaptive) ---------------------------------------
 
+# The rule's weights as the tests below work them out (serve.batching.adaptive_smoothing and
+# adaptive_threshold ship with these values).
+RULE = {"smoothing": 0.2, "threshold": 0.5}
+
+
+def test_the_rule_the_tests_work_out_is_the_shipped_one():
+    assert (BATCHING["adaptive_smoothing"], BATCHING["adaptive_threshold"]) == (RULE["smoothing"], RULE["threshold"])
+
 def test_arrival_window_learns_to_wait_from_bursts_and_to_stop_when_quiet():
-    window = batching.ArrivalWindow(max_wait=0.002)
+    window = batching.ArrivalWindow(0.002, **RULE)
     assert not window.should_wait()  # nothing seen yet: start at once
     now = 0.0
     for _ in range(3):  # a burst of 20 arrives inside each batch's first 2 ms
@@ -153,7 +166,7 @@ def test_arrival_window_learns_to_wait_from_bursts_and_to_stop_when_quiet():
 
 
 def test_arrival_window_counts_nobody_who_came_after_the_batch_answered():
-    window = batching.ArrivalWindow(max_wait=0.05)
+    window = batching.ArrivalWindow(0.05, **RULE)
     for k in range(10):  # a fast model: the lone client's next request is inside 50 ms, but after its answer
         window.opened(k * 0.01)
         window.answered(k * 0.01 + 0.004)
@@ -162,7 +175,7 @@ def test_arrival_window_counts_nobody_who_came_after_the_batch_answered():
 
 
 def test_arrival_window_remembers_and_keeps_its_end_when_answered_late():
-    window = batching.ArrivalWindow(max_wait=0.002)
+    window = batching.ArrivalWindow(0.002, **RULE)
     for k in range(3):
         window.opened(k * 0.02)
         for _ in range(20):
@@ -177,12 +190,12 @@ def test_arrival_window_remembers_and_keeps_its_end_when_answered_late():
 
 
 def test_arrival_window_never_waits_without_a_wait_and_counts_nothing_between_windows():
-    never = batching.ArrivalWindow(max_wait=0.0)
+    never = batching.ArrivalWindow(0.0, **RULE)
     never.opened(0.0)
     for _ in range(50):
         never.arrived(0.0)
     assert not never.should_wait()
-    window = batching.ArrivalWindow(max_wait=0.002)
+    window = batching.ArrivalWindow(0.002, **RULE)
     window.opened(0.0)
     assert not window.should_wait()  # the window is closed by should_wait: later arrivals count for nothing
     for _ in range(50):
@@ -204,10 +217,10 @@ class _GatedModel:
 
 
 def _run_batcher(model, X, pattern, **options):
-    variant = server.LiveVariant("a", "uri", 1.0, model, "7")
+    variant = LiveVariant("a", "uri", 1.0, model, "7")
 
     async def go():
-        batcher = batching.MicroBatcher(variant, model.metadata.get_input_schema(), **options)
+        batcher = batching.MicroBatcher(variant, model.metadata.get_input_schema(), BATCHING | options)
         batcher.start()
         try:
             answers = await pattern(batcher, lambda i: batcher.submit(_records(X.iloc[[i]]), "application/json"))

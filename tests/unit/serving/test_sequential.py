@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from mlpipe.config import compose, to_container
 from mlpipe.serving import sequential
 
 ALPHA = 0.05
+# The shipped settings (conf/serve/default.yaml, serve.ab): what the properties below are shown for.
+AB = to_container(compose([]))["serve"]["ab"]
+BURN_IN, RULE = AB["burn_in"], AB["default_tau"]
 BATCH, BATCHES = 100, 20
 
 
@@ -25,8 +29,8 @@ def _reports(arms, outcomes, tau=None):
     """The report re-run after every batch on all rows so far."""
     for b in range(1, BATCHES + 1):
         a, o = arms[: b * BATCH], outcomes[: b * BATCH]
-        t = sequential.default_tau("regression", o[a == 0]) if tau is None else tau
-        yield a, o, sequential.always_valid(a, o, tau=t, alpha=ALPHA)
+        t = sequential.default_tau("regression", o[a == 0], RULE) if tau is None else tau
+        yield a, o, sequential.always_valid(a, o, tau=t, alpha=ALPHA, burn_in=BURN_IN)
 
 
 def _naive_z_p(a, o):
@@ -85,7 +89,7 @@ def test_regression_aa_with_exponential_errors_keeps_false_promotions_under_alph
 def test_p_value_never_rises_and_interval_never_widens_as_rows_arrive(p_challenger):
     rng = np.random.default_rng(3)
     arms, outcomes = _traffic(rng, 0.8, p_challenger)
-    results = [sequential.always_valid(arms[:n], outcomes[:n], tau=0.1, alpha=ALPHA)
+    results = [sequential.always_valid(arms[:n], outcomes[:n], tau=0.1, alpha=ALPHA, burn_in=BURN_IN)
                for n in range(1, arms.size + 1)]
     first = next(i for i, r in enumerate(results) if r.looks)
     assert all(math.isnan(r.p_value) for r in results[:first])
@@ -103,34 +107,34 @@ def test_p_value_never_rises_and_interval_never_widens_as_rows_arrive(p_challeng
 
 def test_too_few_rows_means_no_look():
     arms, outcomes = [0, 1] * 19, [1.0, 0.0] * 19
-    result = sequential.always_valid(arms, outcomes, tau=0.1, alpha=ALPHA)
+    result = sequential.always_valid(arms, outcomes, tau=0.1, alpha=ALPHA, burn_in=BURN_IN)
     assert math.isnan(result.p_value) and result.looks == 0
     assert (result.ci_low, result.ci_high) == (-math.inf, math.inf)
     assert (result.n_control, result.n_challenger, result.diff) == (19, 19, -1.0)
-    assert sequential.always_valid([], [], tau=0.1, alpha=ALPHA).looks == 0
-    assert math.isnan(sequential.always_valid([], [], tau=0.1, alpha=ALPHA).diff)
+    assert sequential.always_valid([], [], tau=0.1, alpha=ALPHA, burn_in=BURN_IN).looks == 0
+    assert math.isnan(sequential.always_valid([], [], tau=0.1, alpha=ALPHA, burn_in=BURN_IN).diff)
 
 
 def test_all_correct_arms_still_give_finite_looks():
     # A 0/1 arm that is all right early on has sample variance 0; the smoothed variance keeps
     # V > 0, so the look counts, with Lambda finite (p = 1 at no difference).
-    result = sequential.always_valid([0, 1] * 20, [1.0] * 40, tau=0.1, alpha=ALPHA)
+    result = sequential.always_valid([0, 1] * 20, [1.0] * 40, tau=0.1, alpha=ALPHA, burn_in=BURN_IN)
     assert result.looks == 1 and result.p_value == 1.0
     assert math.isfinite(result.ci_low) and result.ci_low < 0 < result.ci_high
     # ...and a blatant difference between two constant arms is found, not skipped.
-    blatant = sequential.always_valid([0, 1] * 20, [0.0, 1.0] * 20, tau=0.1, alpha=ALPHA)
+    blatant = sequential.always_valid([0, 1] * 20, [0.0, 1.0] * 20, tau=0.1, alpha=ALPHA, burn_in=BURN_IN)
     assert blatant.looks == 1 and 0 < blatant.p_value < 1e-6 and blatant.ci_low > 0
 
 
 def test_constant_regression_errors_are_no_look_not_rounding_noise():
-    result = sequential.always_valid([0, 1] * 50, [0.1] * 100, tau=0.5, alpha=ALPHA)
+    result = sequential.always_valid([0, 1] * 50, [0.1] * 100, tau=0.5, alpha=ALPHA, burn_in=BURN_IN)
     assert result.looks == 0 and math.isnan(result.p_value)
 
 
 def test_huge_evidence_does_not_overflow():
     arms = np.tile([0, 1], 5000)
     outcomes = np.where(arms == 1, 10.0, 0.0) + np.tile([0.0, 0.0, 0.01, 0.01], 2500)
-    result = sequential.always_valid(arms, outcomes, tau=1.0, alpha=ALPHA)
+    result = sequential.always_valid(arms, outcomes, tau=1.0, alpha=ALPHA, burn_in=BURN_IN)
     assert result.p_value == 0.0 and result.ci_low > 9.9 and result.ci_high < 10.1
 
 
@@ -147,16 +151,18 @@ def test_huge_evidence_does_not_overflow():
     ({"outcomes": [1.0, float("nan"), 0.0, 1.0]}, "outcomes"),
 ])
 def test_bad_inputs_raise_value_error_naming_the_argument(kwargs, message):
-    args = {"arms": [0, 1, 1, 0], "outcomes": [1.0, 0.0, 1.0, 1.0], "tau": 0.1, "alpha": ALPHA} | kwargs
+    args = {"arms": [0, 1, 1, 0], "outcomes": [1.0, 0.0, 1.0, 1.0], "tau": 0.1, "alpha": ALPHA, "burn_in": 20} | kwargs
     with pytest.raises(ValueError, match=message) as info:
         sequential.always_valid(args.pop("arms"), args.pop("outcomes"), **args)
     assert "\n" not in str(info.value)
 
 
 def test_default_tau():
-    assert sequential.default_tau("classification", [1, 0, 1]) == 0.1
-    assert sequential.default_tau("regression", [1.0, 3.0]) == pytest.approx(0.5 * np.std([1.0, 3.0], ddof=1))
-    assert sequential.default_tau("regression", [2.0]) == 1.0
-    assert sequential.default_tau("regression", [2.0, 2.0]) == 1.0
+    assert sequential.default_tau("classification", [1, 0, 1], RULE) == 0.1
+    assert sequential.default_tau("regression", [1.0, 3.0], RULE) == pytest.approx(0.5 * np.std([1.0, 3.0], ddof=1))
+    assert sequential.default_tau("regression", [2.0], RULE) == 1.0
+    assert sequential.default_tau("regression", [2.0, 2.0], RULE) == 1.0
+    assert sequential.default_tau("regression", [1.0, 3.0], RULE | {"regression_sd": 2.0}) == \
+        pytest.approx(2.0 * np.std([1.0, 3.0], ddof=1))
     with pytest.raises(ValueError, match="task"):
-        sequential.default_tau("ranking", [1.0])
+        sequential.default_tau("ranking", [1.0], RULE)

@@ -238,3 +238,49 @@ def test_transform_in_blocks_equals_a_whole_transform(wine_parts, chunk_rows):
     blocks = estimators.transform(pre, X, chunk_rows=chunk_rows)
     assert blocks.shape == whole.shape and blocks.dtype == whole.dtype
     np.testing.assert_array_equal(blocks, whole)
+
+
+class _Recording:
+    """The fitted transformer itself, noting how many rows each transform call got."""
+
+    def __init__(self, fitted):
+        self.fitted, self.rows = fitted, []
+
+    def transform(self, X):
+        self.rows.append(len(X))
+        return self.fitted.transform(X)
+
+
+def test_transform_goes_through_the_rows_a_block_at_a_time(wine_parts):
+    spec, parts, pre = wine_parts
+    X = parts["train"][spec.columns]
+    recording = _Recording(pre)
+    estimators.transform(recording, X, chunk_rows=7)
+    assert max(recording.rows) == 7 and sum(recording.rows) == len(X)
+
+
+def test_a_transform_in_blocks_holds_a_fraction_of_a_whole_transforms_memory(preprocess_cfg):
+    """What the blocks are for: scikit-learn's temporary copies of the numeric block exist for one
+    block at a time. Peak traced allocations (numpy reports its arrays to tracemalloc) beyond the
+    output array itself (3.8 MB in both), whole against blocks, on 40,000 rows of 12 numeric
+    columns: measured 3.9 MB against 0.6 MB."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(40_000, 12)), columns=[f"x{i}" for i in range(12)])
+    frame["y"] = rng.integers(0, 2, len(frame))
+    spec = feature_spec(frame, "y", "classification")
+    pre = build_preprocessor(spec, preprocess_cfg).fit(frame[spec.columns])
+    X = frame[spec.columns]
+
+    def peak(chunk_rows: int) -> int:
+        tracemalloc.start()
+        try:
+            estimators.transform(pre, X, chunk_rows=chunk_rows)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    output = X.shape[0] * X.shape[1] * 8
+    whole, blocks = peak(len(X)) - output, peak(2_000) - output
+    assert blocks < 0.3 * whole, (blocks, whole)

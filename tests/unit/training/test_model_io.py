@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from importlib.metadata import version
 
@@ -97,10 +96,10 @@ def evil_model(tmp_path):
 
 
 def test_a_model_holding_an_untrusted_type_is_refused_before_it_loads(evil_model, allowed):
-    with pytest.raises(UpstreamError) as info:
+    with pytest.raises(UntrustedModelError) as info:
         model_io.load_model(str(evil_model), "skops", allowed)
     assert "model.skops holds or trusts types outside skops_trusted_types: builtins.eval; refused" in str(info.value)
-    with pytest.raises(UpstreamError, match="builtins.eval"):  # with serialization=cloudpickle too
+    with pytest.raises(UntrustedModelError, match="builtins.eval"):  # with serialization=cloudpickle too
         model_io.load_model(str(evil_model), "cloudpickle", allowed)
 
 
@@ -108,7 +107,7 @@ def test_a_pickle_is_refused_under_serialization_skops(tmp_path, fitted_model, a
     import mlflow
 
     mlflow.sklearn.save_model(fitted_model[0], str(tmp_path / "m"), serialization_format="cloudpickle")
-    with pytest.raises(UpstreamError, match=r"model.pkl is a cloudpickle file but serialization=skops: refused, "
+    with pytest.raises(UntrustedModelError, match=r"model.pkl is a cloudpickle file but serialization=skops: refused, "
                                             r"nothing unpickled"):
         model_io.load_model(str(tmp_path / "m"), "skops", allowed)
     assert model_io.load_model(str(tmp_path / "m"), "cloudpickle", allowed)[0].predict(fitted_model[1]).shape

@@ -1,5 +1,5 @@
-"""mlpipe/serving/server.py without a server: schema checks, loading, the spec from config.
-Real pyfunc models saved to tmp_path."""
+"""mlpipe/serving/variants.py without a server: schema checks, loading past the trust boundary,
+the alias pick-up. Real pyfunc models saved to tmp_path."""
 
 from types import SimpleNamespace
 
@@ -9,9 +9,8 @@ from mlflow.models import infer_signature
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from mlpipe.config import compose, to_container
-from mlpipe.errors import ServingError
-from mlpipe.serving import server
+from mlpipe.errors import ServingError, UntrustedModelError
+from mlpipe.serving import variants
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +26,13 @@ def other_model(tmp_path_factory):
 
 def test_variants_with_different_schemas_are_refused(iris_model, other_model):
     with pytest.raises(ServingError, match="variants 'a' and 'b' take different inputs"):
-        server.check_schemas([("a", iris_model[0]), ("b", other_model)])
-    server.check_schemas([("a", iris_model[0]), ("b", iris_model[0])])
+        variants.check_schemas([("a", iris_model[0]), ("b", other_model)])
+    variants.check_schemas([("a", iris_model[0]), ("b", iris_model[0])])
 
 
 def test_a_model_that_cannot_load_names_the_variant(tmp_path):
     with pytest.raises(ServingError, match=r"variant 'b': cannot load model .*nowhere"):
-        server.load_model(str(tmp_path / "nowhere"), "b", _trust(allow_unvalidated=True))
+        variants.load_model(str(tmp_path / "nowhere"), "b", _trust(allow_unvalidated=True))
 
 
 def _trust(allow_unvalidated=False):
@@ -41,46 +40,39 @@ def _trust(allow_unvalidated=False):
 
 
 def test_only_a_model_qa_validated_is_loaded_unless_allow_unvalidated(registry, tmp_path):
-    model, version = server.load_model("models:/m@champion", "a", _trust())
+    model, version = variants.load_model("models:/m@champion", "a", _trust())
     assert version == "1" and model.predict(registry.X).shape == (2,)
     from sklearn.dummy import DummyClassifier
 
     mlflow.sklearn.save_model(DummyClassifier().fit(registry.X, [0, 1]), str(tmp_path / "path"),
                               pip_requirements=["scikit-learn"])
-    with pytest.raises(ServingError, match=r"variant 'b': cannot load model .*/path: .* is not a registered version or "
+    with pytest.raises(UntrustedModelError, match=r"variant 'b': cannot load model .*/path: .* is not a registered version or "
                                            r"a logged model, .*; refused, nothing loaded; serve a version qa validated, "
                                            r"or set serve.allow_unvalidated=true"):
-        server.load_model(str(tmp_path / "path"), "b", _trust())
-    assert server.load_model(str(tmp_path / "path"), "b", _trust(allow_unvalidated=True))[1] == "unregistered"
+        variants.load_model(str(tmp_path / "path"), "b", _trust())
+    assert variants.load_model(str(tmp_path / "path"), "b", _trust(allow_unvalidated=True))[1] == "unregistered"
 
 
 def test_a_moved_alias_is_swapped_in_only_for_a_version_qa_validated(registry, capsys):
     """The alias refresher: a version no qa run vouches for is refused once and the variant keeps
     serving its version; a validated one is swapped in."""
-    live = server.LiveVariant("a", "models:/m@champion", 1.0, *server.load_model("models:/m@champion", "a", _trust()))
+    live = variants.LiveVariant("a", "models:/m@champion", 1.0, *variants.load_model("models:/m@champion", "a", _trust()))
     info = registry.log_model([1, 1])
     registry.client.create_model_version("m", info.model_uri, model_id=info.model_id, tags=registry.version.tags)
     registry.client.set_registered_model_alias("m", "champion", "2")
     refused = set()
-    line, model, _ = server.refresh_variant(live, _trust(), refused)
+    line, model, _ = variants.refresh_variant(live, _trust(), refused)
     assert model is None and refused == {("models:/m@champion", "2")}
     assert line.startswith("models:/m@champion moved to version 2, refused: variant 'a': cannot load model models:/m/2: ")
     assert line.endswith("is not the model qa run " + registry.qa_run_id + " validated (" + registry.model_uri + "); "
                          "refused, nothing loaded; serve a version qa validated, or set serve.allow_unvalidated=true; "
                          "still serving version 1")
-    assert server.refresh_variant(live, _trust(), refused) == (None, None, "2")  # said once
+    assert variants.refresh_variant(live, _trust(), refused) == (None, None, "2")  # said once
 
     qa_run_id = registry.record_qa_run(info.model_uri)
     registry.client.create_model_version("m", info.model_uri, model_id=info.model_id,
                                          tags={"lineage.qa_run_id": qa_run_id})
     registry.client.set_registered_model_alias("m", "champion", "3")
-    line, model, version = server.refresh_variant(live, _trust(), refused)
+    line, model, version = variants.refresh_variant(live, _trust(), refused)
     assert line == "variant 'a': models:/m@champion moved, version 1 -> 3" and version == "3"
     assert list(model.predict(registry.X)) == [1, 1]
-
-
-def test_spec_from_the_default_config():
-    scfg = to_container(compose([]))["serve"]
-    spec = server.ServeSpec.from_config(scfg, "models:/m@champion", "/tmp/r.db", "cloudpickle", [])
-    assert spec.variants == [{"name": "default", "model_uri": "models:/m@champion", "weight": 1.0}]
-    assert server.ServeSpec.from_json(spec.to_json()) == spec

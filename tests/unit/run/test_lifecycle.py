@@ -1,4 +1,4 @@
-"""The harness's own guards around MLflow."""
+"""mlpipe/run/lifecycle.py: the process settings around MLflow."""
 
 import sys
 
@@ -6,12 +6,12 @@ import pytest
 
 
 def test_rest_requests_try_no_databricks_imports_outside_databricks(monkeypatch):
-    """harness.skip_databricks_checks: MLflow's request headers are resolved without asking any
+    """lifecycle.skip_databricks_checks: MLflow's request headers are resolved without asking any
     import finder (MLflow's import-hook finder among them: the deadlock it avoids)."""
     from mlflow.tracking.request_header.databricks_request_header_provider import DatabricksRequestHeaderProvider
     from mlflow.tracking.request_header.registry import resolve_request_headers
 
-    from mlpipe.run import harness
+    from mlpipe.run import lifecycle
 
     monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
     monkeypatch.setattr(DatabricksRequestHeaderProvider, "in_context", DatabricksRequestHeaderProvider.in_context)
@@ -27,6 +27,6 @@ def test_rest_requests_try_no_databricks_imports_outside_databricks(monkeypatch)
     if not asked:
         pytest.skip("this MLflow's request headers import nothing: nothing to skip")
     asked.clear()
-    harness.skip_databricks_checks()
+    lifecycle.skip_databricks_checks()
     resolve_request_headers()
     assert asked == []

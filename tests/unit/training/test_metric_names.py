@@ -1,4 +1,4 @@
-"""mlpipe/quality/metric_names.py: the qa gate's metric names and directions (mlflow.models.evaluate names)."""
+"""mlpipe/training/metric_names.py: the qa gate's metric names and directions (mlflow.models.evaluate names)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from mlpipe.errors import ConfigError
-from mlpipe.quality import metric_names
-from mlpipe.quality.metric_names import greater_is_better, task_metrics
+from mlpipe.training import metric_names
+from mlpipe.training.metric_names import greater_is_better, task_metrics
 
 
 def test_one_table_serves_qa_and_train():

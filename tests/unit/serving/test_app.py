@@ -1,4 +1,4 @@
-"""The app over real HTTP on 127.0.0.1 (uvicorn in a thread) with pyfunc models saved to tmp_path:
+"""mlpipe/serving/app.py over real HTTP on 127.0.0.1 (uvicorn in a thread) with pyfunc models saved to tmp_path:
 routing policies and feedback, cheaply, without a pipeline. The full server through `mlflow run`
 is tests/e2e/test_serving.py."""
 
@@ -11,7 +11,8 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from mlpipe.config import compose, to_container
-from mlpipe.serving import server, smoke
+from mlpipe.serving import app, server, smoke, variants
+from mlpipe.serving.spec import ServeSpec
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +29,18 @@ def model_paths(tmp_path_factory):
 
 
 def _spec(tmp_path, paths, *overrides):
-    variants = f"[{{name: a, model_uri: '{paths[0]}'}}, {{name: b, model_uri: '{paths[1]}'}}]"
-    # models saved to paths: no qa run vouches for them (the trust check: test_server.py)
-    scfg = to_container(compose([f"serve.variants={variants}", "serve.allow_unvalidated=true", *overrides]))["serve"]
-    spec = server.ServeSpec.from_config(scfg, "unused", str(tmp_path / "records.db"), "cloudpickle", [])
+    arms = f"[{{name: a, model_uri: '{paths[0]}'}}, {{name: b, model_uri: '{paths[1]}'}}]"
+    # models saved to paths: no qa run vouches for them (the trust check: test_variants.py)
+    scfg = to_container(compose([f"serve.variants={arms}", "serve.allow_unvalidated=true", *overrides]))["serve"]
+    spec = ServeSpec.from_config(scfg, "unused", str(tmp_path / "records.db"), "cloudpickle", [])
     spec.seed = 0  # deterministic random routing
     return spec
+
+
+def _served(spec):
+    """The app of `spec` on a free port of 127.0.0.1, its models loaded: a context giving its URL."""
+    return smoke.BackgroundServer(app.create_app(spec, variants.load_variants(spec)), "127.0.0.1", startup_timeout=60, shutdown_timeout=5,
+                                  log_level="warning")
 
 
 def _post(url, path, payload, headers=None):
@@ -50,7 +57,7 @@ def test_thompson_routing_moves_traffic_to_the_arm_with_better_feedback(tmp_path
     spec = _spec(tmp_path, paths, "serve.routing.policy=thompson", "serve.routing.thompson_refresh_seconds=0.2",
                  "serve.records_flush_ms=20")
     row = {"dataframe_records": X.head(1).to_dict(orient="records")}
-    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1", startup_timeout=60, log_level="warning") as url:
+    with _served(spec) as url:
         # Feedback: a is always right, b always wrong (40 labelled requests each).
         for name in ("a", "b"):
             for _ in range(40):
@@ -70,7 +77,7 @@ def test_weighted_routing_without_keys_follows_the_weights(tmp_path, model_paths
     spec = _spec(tmp_path, paths)
     spec.variants[1]["weight"] = 3.0
     row = {"dataframe_records": X.head(1).to_dict(orient="records")}
-    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1", startup_timeout=60, log_level="warning") as url:
+    with _served(spec) as url:
         chosen = [_post(url, "/invocations", row)[0]["X-Variant"] for _ in range(400)]
     assert 0.68 < chosen.count("b") / 400 < 0.82
 
@@ -81,10 +88,10 @@ def test_a_prediction_over_the_time_limit_is_504_and_recorded(tmp_path, model_pa
     paths, X = model_paths
     spec = _spec(tmp_path, paths, "serve.limits.request_timeout_s=0.001", "serve.records_flush_ms=20")
     many = {"dataframe_records": X.sample(20000, replace=True, random_state=0).to_dict(orient="records")}
-    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1", startup_timeout=60, log_level="warning") as url:
+    with _served(spec) as url:
         with pytest.raises(urllib.error.HTTPError) as info:
             _post(url, "/invocations", many, {"X-Variant-Override": "a"})
-        metrics = smoke.request(f"{url}/metrics", None)[1].decode()
+        metrics = smoke.request(f"{url}/metrics", None, 30)[1].decode()
     assert info.value.code == 504
     assert "serve.limits.request_timeout_s=0.001" in json.loads(info.value.read())["message"]
     assert 'variant="a",model_version="unregistered",status="504"} 1' in metrics
@@ -120,9 +127,9 @@ def test_start_up_objects_are_moved_out_of_the_collectors_reach(tmp_path, model_
     spec = _spec(tmp_path, paths)
     gc.unfreeze()
     try:
-        app = server.create_app(spec, server.load_variants(spec))
+        served = app.create_app(spec, variants.load_variants(spec))
         assert gc.get_freeze_count() == 0
-        with smoke.BackgroundServer(app, "127.0.0.1", startup_timeout=60, log_level="warning") as url:
+        with smoke.BackgroundServer(served, "127.0.0.1", startup_timeout=60, shutdown_timeout=5, log_level="warning") as url:
             frozen = gc.get_freeze_count()
             assert frozen > 100_000, frozen  # MLflow, scikit-learn, pandas, the models
             _, body = _post(url, "/invocations", {"dataframe_records": X.head(2).to_dict(orient="records")})
@@ -138,10 +145,10 @@ def test_variants_show_the_batches_that_waited(tmp_path, model_paths, adaptive, 
     paths, X = model_paths
     spec = _spec(tmp_path, paths, f"serve.batching.adaptive={adaptive}")
     row = {"dataframe_records": X.head(1).to_dict(orient="records")}
-    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1", startup_timeout=60, log_level="warning") as url:
+    with _served(spec) as url:
         for _ in range(3):
             _post(url, "/invocations", row, {"X-Variant-Override": "a"})
-        view = json.loads(smoke.request(f"{url}/variants", None)[1])
+        view = json.loads(smoke.request(f"{url}/variants", None, 30)[1])
     a = next(v for v in view["variants"] if v["name"] == "a")
     assert (a["batches"], a["requests"], a["waits"]) == (3, 3, waits)
 
@@ -152,7 +159,7 @@ def test_feedback_whose_body_does_not_arrive_is_408(tmp_path, model_paths):
 
     paths, _ = model_paths
     spec = _spec(tmp_path, paths, "serve.limits.body_timeout_s=0.5")
-    with smoke.BackgroundServer(server.create_app(spec, server.load_variants(spec)), "127.0.0.1", startup_timeout=60, log_level="warning") as url:
+    with _served(spec) as url:
         parts = urlsplit(url)
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
         try:  # 100 bytes promised, 15 sent: the server waits for the rest

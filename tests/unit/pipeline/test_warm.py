@@ -17,7 +17,10 @@ import psutil
 import pytest
 
 from mlpipe.config import PROJECT_ROOT
-from mlpipe.run import processes, warm
+from mlpipe.pipeline import warm
+from mlpipe.pipeline.warm import child, launcher as warm_launcher
+from mlpipe.pipeline.warm.helper import Helper
+from mlpipe.run import processes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the warm helper is Linux-only")
 
@@ -49,6 +52,11 @@ PROBE = textwrap.dedent("""
         if what == "sleep":
             Path(args[1]).write_text(str(os.getpid()))
             time.sleep(60)
+        if what == "stubborn":  # ignores SIGTERM: only the SIGKILL after main.stop_grace_s ends it
+            import signal
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            Path(args[1]).write_text(str(os.getpid()))
+            time.sleep(60)
         if what == "wait":  # until the file `go` appears, then exit with args[2]
             Path(args[1]).write_text(str(os.getpid()))
             while not Path(args[1] + ".go").exists():
@@ -64,9 +72,10 @@ def start_helper(folder: Path):
     """A helper serving `warm_probe` (from `folder`), stopped by PID afterwards."""
     (folder / "warm_probe.py").write_text(PROBE)
     path = str(folder / "helper.sock")
-    env = {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{PROJECT_ROOT}"}
+    # what the driver hands its steps: main.stop_grace_s (short here)
+    env = {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{PROJECT_ROOT}", processes.STOP_GRACE_ENV: "1"}
     env.pop(warm.SOCKET_ENV, None)
-    proc = subprocess.Popen([sys.executable, "-m", "mlpipe.run.warm", path, "warm_probe"], cwd=PROJECT_ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", warm.HELPER_MODULE, path, "warm_probe"], cwd=PROJECT_ROOT,
                             env=env, stdin=subprocess.DEVNULL, process_group=0)
     deadline = time.monotonic() + 30
     while not os.path.exists(path):
@@ -88,7 +97,8 @@ def own_helper(tmp_path):
 
 
 def launcher(path: str, env: dict, *args: str, cwd=None, **kw) -> subprocess.Popen:
-    code = f"from mlpipe.run import warm; warm.finish(warm.launch({path!r}, 'warm_probe', {list(args)!r}))"
+    code = (f"from mlpipe.pipeline.warm import launcher; "
+            f"launcher.finish(launcher.launch({path!r}, 'warm_probe', {list(args)!r}))")
     return subprocess.Popen([sys.executable, "-c", code], cwd=cwd or PROJECT_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
@@ -156,6 +166,16 @@ def test_sigkill_of_the_launcher_ends_its_child(helper, tmp_path):
     child.wait(timeout=10)  # SIGTERM from the launcher's closed connection
 
 
+def test_a_child_that_ignores_sigterm_is_killed_stop_grace_s_after_its_launcher_died(helper, tmp_path):
+    _, path, env = helper
+    run, child = start_step(path, env, tmp_path, "stubborn")
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=10)
+    started = time.monotonic()
+    child.wait(timeout=20)  # SIGTERM (ignored), then SIGKILL main.stop_grace_s (1 s) later
+    assert 0.5 < time.monotonic() - started < 15
+
+
 def test_sigterm_of_the_launcher_goes_to_the_child_and_comes_back_as_its_status(helper, tmp_path):
     _, path, env = helper
     run, child = start_step(path, env, tmp_path)
@@ -195,10 +215,10 @@ def test_a_step_and_its_helper_both_gone_without_a_status_is_a_failure(own_helpe
 
 def test_no_helper_or_a_refusal_is_a_fallback_not_a_failure(helper, tmp_path):
     _, path, env = helper
-    with pytest.raises(warm.Fallback, match="cannot connect"):
-        warm.launch(str(tmp_path / "missing.sock"), "warm_probe", [])
-    with pytest.raises(warm.Fallback, match="it serves warm_probe"):
-        warm.launch(path, "steps.train", [])
+    with pytest.raises(warm_launcher.Fallback, match="cannot connect"):
+        warm_launcher.launch(str(tmp_path / "missing.sock"), "warm_probe", [])
+    with pytest.raises(warm_launcher.Fallback, match="it serves warm_probe"):
+        warm_launcher.launch(path, "steps.train", [])
 
 
 def test_the_helper_forks_only_from_one_thread(tmp_path):
@@ -206,13 +226,14 @@ def test_the_helper_forks_only_from_one_thread(tmp_path):
     # pytest's parent is a shell), and a helper with any would rightly refuse.
     fresh = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         import sys
-        from mlpipe.run import warm
-        helper = warm.Helper({str(tmp_path / "fresh.sock")!r}, ["warm_probe"])
-        print(helper.refusal({{"module": "warm_probe", "prefix": sys.prefix, "root": warm._root()}}))
+        from mlpipe.pipeline import warm
+        from mlpipe.pipeline.warm.helper import Helper
+        helper = Helper({str(tmp_path / "fresh.sock")!r}, ["warm_probe"])
+        print(helper.refusal({{"module": "warm_probe", "prefix": sys.prefix, "root": warm.project_root()}}))
         """)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert fresh.stdout.strip() == "None", fresh.stderr[-2000:]
-    helper = warm.Helper(str(tmp_path / "h.sock"), ["warm_probe"])
-    request = {"module": "warm_probe", "prefix": sys.prefix, "root": warm._root()}
+    helper = Helper(str(tmp_path / "h.sock"), ["warm_probe"])
+    request = {"module": "warm_probe", "prefix": sys.prefix, "root": warm.project_root()}
     assert "Python environment" in helper.refusal({**request, "prefix": "/elsewhere"})
     release = threading.Event()
     thread = threading.Thread(target=release.wait)
@@ -226,15 +247,15 @@ def test_the_helper_forks_only_from_one_thread(tmp_path):
 
 
 def test_hand_off_only_for_step_modules_and_the_switch_in_the_drivers_overrides():
-    assert warm.target(["python", "-m", "steps.train", "--overrides=x"]) == "steps.train"
-    assert warm.target(["python", "-X", "importtime", "-m", "steps.qa"]) == "steps.qa"
-    assert warm.target(["python", "-m", "pytest", "-m", "steps.x"]) is None
-    assert warm.target(["python", "script.py"]) is None
-    assert warm.turned_off(["--steps=all", "--overrides=data=iris main.warm_steps=false"])
-    assert warm.turned_off(["--overrides=main.warm_steps=False"])
-    assert not warm.turned_off(["--overrides=main.warm_steps=true"])
-    assert not warm.turned_off(["--overrides=x.main.warm_steps_old=false"])
+    assert warm_launcher.target(["python", "-m", "steps.train", "--overrides=x"]) == "steps.train"
+    assert warm_launcher.target(["python", "-X", "importtime", "-m", "steps.qa"]) == "steps.qa"
+    assert warm_launcher.target(["python", "-m", "pytest", "-m", "steps.x"]) is None
+    assert warm_launcher.target(["python", "script.py"]) is None
+    assert warm_launcher.turned_off(["--steps=all", "--overrides=data=iris main.warm_steps=false"])
+    assert warm_launcher.turned_off(["--overrides=main.warm_steps=False"])
+    assert not warm_launcher.turned_off(["--overrides=main.warm_steps=true"])
+    assert not warm_launcher.turned_off(["--overrides=x.main.warm_steps_old=false"])
 
 
 def test_exit_code_follows_sys_exit():
-    assert warm.exit_code(None) == 0 and warm.exit_code(5) == 5 and warm.exit_code(256 + 2) == 2
+    assert child.exit_code(None) == 0 and child.exit_code(5) == 5 and child.exit_code(256 + 2) == 2

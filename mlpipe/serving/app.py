@@ -1,0 +1,257 @@
+"""The Starlette app of one server process: `ServingApp` holds its variants, router, batchers and
+records, and each route is one of its methods.
+
+Parsing, content types, schema enforcement and the JSON answer are MLflow's own
+(`mlflow.pyfunc.scoring_server.invocations` and `predictions_to_json`): each request is parsed by
+`invocations` with a capturing model, and the real model predicts batches of parsed frames
+(serving/batching.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import json
+import os
+import random
+import sys
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+from mlflow.pyfunc.scoring_server import predictions_to_json
+from mlflow.version import VERSION
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mlpipe.serving import abtest, batching
+from mlpipe.serving.records import writer
+from mlpipe.serving.spec import SPEC_ENV, ServeSpec
+from mlpipe.serving.variants import LiveVariant, load_variants, refresh_aliases
+
+VARIANT_HEADER, VERSION_HEADER, URI_HEADER, REQUEST_ID_HEADER = (
+    "X-Variant", "X-Model-Version", "X-Model-Uri", "X-Request-Id")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Timeout(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _json_error(status: int, code: str, message: str, headers: dict | None = None):
+    return Response(json.dumps({"error_code": code, "message": message}), status, media_type="application/json",
+                    headers=headers)
+
+
+class ServingApp:
+    """One server process: its variants (loaded here unless the step process passes them in),
+    the router, one micro-batcher per variant, the record store, and the routes."""
+
+    def __init__(self, spec: ServeSpec, variants: list[LiveVariant] | None = None):
+        self.spec = spec
+        self.variants = variants
+        self.by_name: dict[str, LiveVariant] = {}
+        self.weights: list[float] = []
+        self.store: writer.RecordStore | None = None
+        self.bandit: tuple[list[int], list[int]] = ([], [])  # (good, bad) feedback per variant, for thompson
+        self.rng, self.nprng = random.Random(spec.seed), np.random.default_rng(spec.seed)
+        self.max_body = int(float(spec.limits["max_body_mb"]) * 1024 * 1024)
+        self.body_timeout = float(spec.limits["body_timeout_s"])
+        self.request_timeout = float(spec.limits["request_timeout_s"])
+
+    # -- life ---------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def lifespan(self, app):
+        self._start()
+        tasks = []
+        if self.spec.refresh_seconds > 0 and any("@" in v.model_uri for v in self.variants):
+            tasks.append(asyncio.create_task(refresh_aliases(self.variants, self.spec)))
+        if self.spec.policy == "thompson":
+            tasks.append(asyncio.create_task(self._refresh_bandit()))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for v in self.variants:
+                v.batcher.close()
+            self.store.close()
+
+    def _start(self) -> None:
+        spec = self.spec
+        if self.variants is None:
+            self.variants = load_variants(spec)
+        self.by_name = {v.name: v for v in self.variants}
+        self.weights = [v.weight for v in self.variants]
+        self.store = writer.RecordStore(spec.records, spec.flush_ms, spec.records_timeout_s, shared=spec.workers > 1)
+        self.store.record_experiment(spec.experiment, spec.variants, spec.control)
+        self.bandit = ([0] * len(self.variants), [0] * len(self.variants))
+        schema = self.variants[0].model.metadata.get_input_schema()
+        for v in self.variants:
+            v.batcher = batching.MicroBatcher(v, schema, spec.batching)
+            v.batcher.start()
+        # Start-up leaves millions of long-lived objects (MLflow, scikit-learn, pandas, the models);
+        # a full collection scanning them paused every request for 200-250 ms, which was most of
+        # the p99 at 50 clients (docs/serving.md). Out of the collector's reach from now on; what
+        # requests allocate is still collected.
+        gc.collect()
+        gc.freeze()
+
+    async def _refresh_bandit(self) -> None:
+        names = [v.name for v in self.variants]
+        while True:
+            try:
+                self.bandit = await asyncio.to_thread(self.store.feedback_counts, self.spec.experiment, names)
+            except Exception as exc:  # noqa: BLE001
+                print(f"[mlpipe] serve: cannot read feedback for thompson routing: {exc}", file=sys.stderr, flush=True)
+            await asyncio.sleep(self.spec.thompson_refresh_seconds)
+
+    # -- requests -----------------------------------------------------------------------------
+    def choose(self, request) -> tuple[LiveVariant | None, str | None]:
+        """The variant that answers: the override header's, the only one, or the router's pick."""
+        spec, live = self.spec, self.variants
+        forced = request.headers.get(spec.override_header)
+        if forced is not None:
+            variant = self.by_name.get(forced)
+            if variant is None:
+                return None, f"{spec.override_header}: no variant {forced!r}; variants: {', '.join(self.by_name)}"
+            return variant, None
+        if len(live) == 1:
+            return live[0], None
+        if spec.policy == "thompson":
+            good, bad = self.bandit
+            return live[abtest.thompson(good, bad, self.nprng)], None
+        return live[abtest.assign(self.weights, spec.experiment, request.headers.get(spec.key_header), self.rng)], None
+
+    async def read_body(self, request, what: str) -> bytes:
+        """The whole body: _TooLarge over serve.limits.max_body_mb, a 408 _Timeout when it has not
+        arrived within serve.limits.body_timeout_s. asyncio.timeout, not wait_for: on Python 3.11
+        wait_for wraps its awaitable in a task of its own, on every request."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body:
+            raise _TooLarge()
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.max_body:
+                        raise _TooLarge()
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise _Timeout(408, f"{what} body not received within serve.limits.body_timeout_s={self.body_timeout}")
+        return b"".join(chunks)
+
+    async def invocations(self, request):
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        variant, problem = self.choose(request)
+        headers = {REQUEST_ID_HEADER: request_id}
+        if variant is None:
+            return Response(json.dumps({"error_code": "BAD_REQUEST", "message": problem}), 400,
+                            media_type="application/json", headers=headers)
+        headers |= {VARIANT_HEADER: variant.name, VERSION_HEADER: variant.version, URI_HEADER: variant.model_uri}
+        response, answer, body_json = await self._answer(request, variant, headers)
+        rows = answer.rows if response.status_code == 200 else 0
+        self.store.append({"request_id": request_id, "ts": time.time(), "experiment": self.spec.experiment,
+                           "variant": variant.name, "model_uri": variant.model_uri,
+                           "model_version": headers[VERSION_HEADER], "author": variant.author,
+                           "status": response.status_code, "latency_ms": (time.perf_counter() - started) * 1000,
+                           "rows": rows, "predictions": body_json})
+        return response
+
+    async def _answer(self, request, variant: LiveVariant, headers: dict) -> tuple[Any, batching.Answer, str | None]:
+        """(the response, the batcher's answer, the JSON predictions) for one request."""
+        body_json, answer = None, batching.Answer()
+        try:
+            body = await self.read_body(request, "request")
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    answer = await variant.batcher.submit(body, request.headers.get("content-type"))
+            except TimeoutError:
+                raise _Timeout(504, f"prediction took over serve.limits.request_timeout_s={self.request_timeout}")
+            headers[VERSION_HEADER] = answer.version or variant.version
+            if answer.error is not None:
+                raise answer.error
+            if answer.http is not None:
+                status, content, mimetype = answer.http
+                return Response(content, status, media_type=mimetype, headers=headers), answer, None
+            out = io.StringIO()
+            predictions_to_json(answer.predictions, out)
+            body_json = out.getvalue()
+            return Response(body_json, 200, media_type="application/json", headers=headers), answer, body_json
+        except _TooLarge:
+            return _json_error(413, "REQUEST_TOO_LARGE", f"request body over serve.limits.max_body_mb="
+                               f"{self.spec.limits['max_body_mb']}", headers), answer, None
+        except _Timeout as exc:
+            return _json_error(exc.status, "TIMEOUT", exc.message, headers), answer, None
+        except ClientDisconnect:
+            return Response(b"", 499, headers=headers), answer, None
+        except Exception as exc:  # noqa: BLE001 - MLflow's status and message for bad input
+            status, content = batching.error_payload(exc)
+            return Response(content, status, media_type="application/json", headers=headers), answer, None
+
+    async def feedback(self, request):
+        try:
+            payload = json.loads(await self.read_body(request, "feedback"))
+            request_id, label = payload["request_id"], payload["label"]
+            if not isinstance(request_id, str):
+                raise TypeError("request_id must be a string")
+        except _TooLarge:
+            return _json_error(413, "REQUEST_TOO_LARGE", "feedback body too large")
+        except _Timeout as exc:
+            return _json_error(exc.status, "TIMEOUT", exc.message)
+        except (ValueError, KeyError, TypeError) as exc:
+            return _json_error(400, "BAD_REQUEST",
+                               f'expected JSON {{"request_id": "<X-Request-Id of a response>", "label": ...}}: {exc}')
+        if not await asyncio.to_thread(self.store.add_feedback, request_id, label):
+            return _json_error(404, "NOT_FOUND", f"no recorded request {request_id!r}")
+        return Response(json.dumps({"request_id": request_id, "recorded": True}), 200, media_type="application/json")
+
+    # -- views --------------------------------------------------------------------------------
+    async def ping(self, request):
+        return Response("\n", 200, media_type="application/json")
+
+    async def version(self, request):
+        return Response(VERSION, 200, media_type="application/json")
+
+    async def metrics(self, request):
+        text = writer.prometheus(await asyncio.to_thread(self.store.aggregates))
+        return Response(text, 200, media_type="text/plain; version=0.0.4")
+
+    async def variants_view(self, request):
+        view = [{"name": v.name, "model_uri": v.model_uri, "model_version": v.version, "weight": v.weight,
+                 "batches": v.batcher.batches if v.batcher else 0, "requests": v.batcher.requests if v.batcher else 0,
+                 "waits": v.batcher.waits if v.batcher else 0} for v in self.variants]
+        return Response(json.dumps({"experiment": self.spec.experiment, "policy": self.spec.policy, "variants": view}),
+                        200, media_type="application/json")
+
+    def routes(self) -> list:
+        return [Route("/invocations", self.invocations, methods=["POST"]), Route("/ping", self.ping, methods=["GET"]),
+                Route("/health", self.ping, methods=["GET"]), Route("/version", self.version, methods=["GET"]),
+                Route("/metrics", self.metrics, methods=["GET"]), Route("/variants", self.variants_view, methods=["GET"]),
+                Route("/feedback", self.feedback, methods=["POST"])]
+
+
+def create_app(spec: ServeSpec, variants: list[LiveVariant] | None = None):
+    """The Starlette app. Variants already loaded (the step process checked them) are reused;
+    worker processes load their own."""
+    served = ServingApp(spec, variants)
+    app = Starlette(routes=served.routes(), lifespan=served.lifespan)
+    app.state.mlpipe = served
+    return app
+
+
+def app_from_env():
+    """uvicorn factory for worker processes (serve.workers > 1): the spec comes from SPEC_ENV."""
+    return create_app(ServeSpec.from_json(os.environ[SPEC_ENV]))

@@ -1,0 +1,124 @@
+"""What is read back from the records (each read waits at most `timeout_s`, serve.records_timeout_s): labelled rows per variant (the A/B report, thompson
+routing), the experiments servers started and their arms (the team report), the models that
+answered (`serve.mode=report`)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from mlpipe.errors import DataError, one_line
+from mlpipe.serving.records.db import TABLES, Db, columns, display, is_postgres, tables
+
+
+def labelled_pairs(db: Db, experiment: str) -> dict[str, list[tuple[Any, Any]]]:
+    """Per variant, (prediction, label) for every labelled row of its answered requests."""
+    return _pairs(labelled_stream(db, experiment))
+
+
+def _pairs(stream: dict[str, list[tuple[Any, Any, float]]]) -> dict[str, list[tuple[Any, Any]]]:
+    return {variant: [(p, t) for p, t, _ in rows] for variant, rows in stream.items()}
+
+
+def labelled_stream(db: Db, experiment: str) -> dict[str, list[tuple[Any, Any, float]]]:
+    """Per variant, (prediction, label, feedback time) of every labelled row, in the order the
+    labels arrived."""
+    rows = db.execute(
+        "SELECT r.variant, r.predictions, f.label, f.ts FROM requests r JOIN feedback f ON f.request_id = r.request_id "
+        "WHERE r.experiment = ? AND r.status = 200 ORDER BY f.id", (experiment,))
+    out: dict[str, list[tuple[Any, Any, float]]] = {}
+    for variant, predictions, label, ts in rows:
+        preds, truth = _aligned(predictions, label)
+        out.setdefault(variant, []).extend((p, t, float(ts)) for p, t in zip(preds, truth))
+    return out
+
+
+def _aligned(predictions: str | None, label: str) -> tuple[list, list]:
+    """Predictions and labels of one request as two equal-length lists (a scalar label = 1 row)."""
+    preds = json.loads(predictions) if predictions else []
+    if isinstance(preds, dict):  # the server stores MLflow's whole answer, {"predictions": [...]}
+        preds = preds.get("predictions", [])
+    truth = json.loads(label)
+    truth = truth if isinstance(truth, list) else [truth]
+    preds = [p[0] if isinstance(p, list) and len(p) == 1 else p for p in preds]
+    n = min(len(preds), len(truth))
+    return preds[:n], truth[:n]
+
+
+@contextmanager
+def read_only(target: str | Path, timeout_s: float) -> Iterator[Db]:
+    """The store for reading; a missing file or database, or one no server has written to, is a
+    DataError that says how to get one."""
+    how = "start the server (mlflow run . -e serve) and send requests first, or set serve.records to the store " \
+          "the server wrote"
+    if not is_postgres(target) and not Path(target).is_file():
+        raise DataError(f"no serving records at {target}; {how}")
+    try:
+        db = Db(target, timeout_s, read_only=True)
+    except Exception as exc:  # noqa: BLE001 - sqlite3 and psycopg errors alike
+        raise DataError(f"cannot open the serving records at {display(target)}: {one_line(exc)}; {how}") from None
+    try:
+        if "requests" not in tables(db):
+            raise DataError(f"no serving records in {display(target)} (no requests table); {how}")
+        yield db
+    finally:
+        db.close()
+
+
+def served_control(target: str | Path, experiment: str, timeout_s: float) -> str | None:
+    """The control of the newest server started for `experiment` (None: no server recorded one)."""
+    with read_only(target, timeout_s) as db:
+        if "experiments" not in tables(db):  # a records file from before servers recorded their experiment
+            return None
+        rows = db.execute("SELECT control FROM experiments WHERE experiment = ? ORDER BY id DESC LIMIT 1",
+                          (experiment,))
+    return rows[0][0] if rows else None
+
+
+def experiments(target: str | Path, timeout_s: float) -> list[dict[str, Any]]:
+    """Every A/B experiment a server started: name, first and last start, its latest variants and
+    control, requests and labelled requests so far."""
+    with read_only(target, timeout_s) as db:
+        if tables(db) != TABLES:
+            return []
+        started = db.execute("SELECT experiment, MIN(ts), MAX(ts) FROM experiments GROUP BY experiment")
+        latest = {e: (v, c) for e, v, c in db.execute("SELECT experiment, variants, control FROM experiments "
+                                                     "ORDER BY id")}
+        counts = dict(db.execute("SELECT experiment, COUNT(*) FROM requests WHERE status = 200 GROUP BY experiment"))
+        labelled = dict(db.execute("SELECT r.experiment, COUNT(DISTINCT f.request_id) FROM requests r JOIN feedback f "
+                                   "ON f.request_id = r.request_id GROUP BY r.experiment"))
+    return [{"experiment": e, "first_start": float(first), "last_start": float(last),
+             "variants": json.loads(latest[e][0]), "control": latest[e][1], "requests": int(counts.get(e, 0)),
+             "labelled_requests": int(labelled.get(e, 0))} for e, first, last in sorted(started, key=lambda r: r[1])]
+
+
+def served_models(target: str | Path, experiment: str, timeout_s: float) -> dict[str, tuple[str, str]]:
+    """Per arm, the (model_uri, model_version) of its most recent answered request."""
+    with read_only(target, timeout_s) as db:
+        rows = db.execute("SELECT variant, model_uri, model_version FROM requests WHERE experiment = ? "
+                          "AND status = 200 ORDER BY id", (experiment,))
+    return {variant: (uri, version) for variant, uri, version in rows}
+
+
+def labelled_rows(target: str | Path, experiment: str, timeout_s: float) -> dict[str, Any]:
+    """What the A/B report reads: per variant, the latencies of every answered request, the
+    versions and authors that answered, and per labelled row (prediction, label, time) in the
+    order the labels arrived."""
+    with read_only(target, timeout_s) as db:
+        author = "author" if "author" in columns(db, "requests") else "''"  # a file from before authors
+        lat = db.execute(f"SELECT variant, latency_ms, model_version, {author} FROM requests "
+                         "WHERE experiment = ? AND status = 200 ORDER BY id", (experiment,))
+        stream = labelled_stream(db, experiment) if "feedback" in tables(db) else {}
+        errors = db.execute("SELECT variant, COUNT(*) FROM requests WHERE experiment = ? AND status != 200 "
+                            "GROUP BY variant", (experiment,))
+    out: dict[str, Any] = {"latencies": {}, "versions": {}, "authors": {}, "errors": dict(errors),
+                           "pairs": _pairs(stream),
+                           "stream": stream}
+    for variant, latency, version, author in lat:
+        out["latencies"].setdefault(variant, []).append(float(latency))
+        out["versions"].setdefault(variant, set()).add(version)
+        if author:
+            out["authors"].setdefault(variant, set()).add(author)
+    return out

@@ -1,0 +1,70 @@
+"""What a server process serves, JSON-able: the variants, the routing, batching and limits, the
+records, the trust boundary (worker processes read it from MLPIPE_SERVE_SPEC)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from mlpipe.errors import ConfigError
+from mlpipe.serving import abtest
+
+SPEC_ENV = "MLPIPE_SERVE_SPEC"
+
+
+@dataclass
+class ServeSpec:
+    """Everything a server process needs, JSON-able (worker processes read it from SPEC_ENV)."""
+
+    variants: list[dict]
+    experiment: str
+    records: str
+    policy: str
+    key_header: str
+    override_header: str
+    batching: dict
+    limits: dict
+    refresh_seconds: float
+    flush_ms: float
+    records_timeout_s: float  # serve.records_timeout_s
+    thompson_refresh_seconds: float
+    # the variant the A/B report compares the others with (serve.ab.control, else the first)
+    control: str
+    # the trust boundary for model files (top-level `serialization`, `skops_trusted_types`)
+    serialization: str
+    trusted_types: list[str]
+    # serve.allow_unvalidated: load models no passing qa run vouches for (registry/provenance.py)
+    allow_unvalidated: bool = False
+    seed: int | None = None  # tests: a seeded router
+    workers: int = 1  # serve.workers: processes writing the same records
+
+    @classmethod
+    def from_config(cls, scfg: dict, default_uri: str, records_path: str, serialization: str,
+                    trusted_types: list[str]) -> "ServeSpec":
+        variants = abtest.parse_variants(abtest.configured_variants(scfg), default_uri)
+        # types and ranges were checked when the config was composed (mlpipe/schema/)
+        routing, limits = scfg["routing"], scfg["limits"]
+        return cls(variants=[v.__dict__ for v in variants], experiment=str(scfg["experiment"]),
+                   records=records_path, policy=routing["policy"], key_header=routing["key_header"],
+                   override_header=routing["override_header"], batching=dict(scfg["batching"]),
+                   limits=dict(limits), refresh_seconds=float(scfg["refresh_seconds"]),
+                   flush_ms=float(scfg["records_flush_ms"]), records_timeout_s=float(scfg["records_timeout_s"]),
+                   thompson_refresh_seconds=float(routing["thompson_refresh_seconds"]),
+                   serialization=serialization, trusted_types=list(trusted_types),
+                   allow_unvalidated=bool(scfg["allow_unvalidated"]), control=_control(scfg, variants),
+                   workers=int(scfg["workers"]))
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServeSpec":
+        return cls(**json.loads(text))
+
+
+def _control(scfg: dict, variants) -> str:
+    names = [v.name for v in variants]
+    control = scfg["ab"]["control"] or names[0]
+    if control not in names:
+        raise ConfigError(f"serve.ab.control={control!r} is not a served variant; variants: {', '.join(names)}")
+    return control

@@ -1,0 +1,33 @@
+"""mlpipe/team/__main__.py: the team commands run with the configured client timeouts."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+from mlpipe.config import PROJECT_ROOT
+
+
+def test_as_a_member_against_a_server_that_is_not_there_fails_fast_in_one_line(tmp_path):
+    """storage.http bounds the login check: one line naming the server and exit 14 (StorageError),
+    not MLflow's default retries (about 4 minutes) and a traceback."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "credentials.json").write_text(json.dumps({"alice": "pw", "bob": "pw", "carol": "pw"}))
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "mlpipe.team", "as", "alice", f"team.server.state_dir={state}",
+                             f"team.server.port={port}", "storage.http.timeout=2", "storage.http.max_retries=1",
+                             "storage.http.backoff_factor=0", "--", "true"], cwd=PROJECT_ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 14, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith(f"error: team: StorageError: the MLflow server at http://127.0.0.1:{port} did not "
+                               "answer the login check")
