@@ -3,6 +3,9 @@
 Scenarios (each `mlflow run ... --env-manager local` (or --env-manager), timed from outside as a
 subprocess):
 
+  noop    benchmarks/floor -e noop        `mlflow run` of an entry point whose command is `true`
+  client  benchmarks/floor -e client      `mlflow run` of Python importing MLflow, opening the store,
+                                          reading its run: what any Python driver pays at least
   floor   benchmarks/floor -e main        the same seven entry points and mlflow.run chain, no-op steps
   cold    . -e main                       default config (wine), fresh tracking store
   cached  . -e main                       again, same store as cold: every step should be reused
@@ -11,9 +14,11 @@ subprocess):
 
 Every fresh store is a new temp dir with MLFLOW_TRACKING_URI=sqlite:////<dir>/mlflow.db, created
 (migrated) once before the measured command so that command does not pay the migration.
-floor/cold/cached run --repeat times, interleaved; the report uses medians. The sweep runs once.
+noop/client/floor/cold/cached run --repeat times, interleaved; the report uses medians. The sweep
+runs once.
 
-Targets (issue 14): cold/floor <= 1.0, cached/cold <= 0.25, sweep3/cold <= 1.5. A miss is
+Targets (issue 14): cold/floor <= 1.0, cached/cold <= 0.25, sweep3/cold <= 1.5; (issue 24)
+cached/noop <= 1.5, with client/noop beside it: the least a Python driver on MLflow's client costs. A miss is
 reported, not an error: the exit code is non-zero only when a command fails. With --env-manager
 uv or virtualenv, one untimed run of each project first creates the environment.
 
@@ -43,6 +48,8 @@ RESULTS = BENCH_DIR / "results"
 STEPS = ("ingest", "preprocess", "train", "qa", "register", "serve")
 SWEEP_OVERRIDES = "-m model.n_estimators=50,100,200"
 TARGETS = {  # ratio name -> (numerator, denominator, maximum)
+    "cached/noop": ("cached", "noop", 1.5),
+    "client/noop": ("client", "noop", None),  # the floor of cached/noop for a driver in Python on MLflow
     "cold/floor": ("cold", "floor", 1.0),
     "cached/cold": ("cached", "cold", 0.25),
     "sweep3/cold": ("sweep3", "cold", 1.5),
@@ -261,7 +268,7 @@ def main() -> int:
         "timestamp": stamp, "python": sys.version.split()[0], "platform": platform.platform(),
         "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "repeat": args.repeat, "quick": args.quick,
         "env_manager": args.env_manager, "git": git, "tree_start": tree_fingerprint(),
-        "runs": {"floor": [], "cold": [], "cached": [], "own": [], "sweep3": []},
+        "runs": {"noop": [], "client": [], "floor": [], "cold": [], "cached": [], "own": [], "sweep3": []},
         "cold_breakdowns": [], "cached_breakdowns": [], "executed": {}, "checks": [],
     }
     try:
@@ -280,6 +287,10 @@ def main() -> int:
                   args.timeout)
         for i in range(1, args.repeat + 1):
             print(f"trio {i}/{args.repeat}")
+            _, uri = new_store(stores, f"noop{i}")
+            for name in ("noop", "client"):
+                report["runs"][name].append(timed(f"{name}-{i}", mlflow_run(".", entry=name), FLOOR, uri, logs,
+                                                  args.timeout))
             _, uri = new_store(stores, f"floor{i}")
             report["runs"]["floor"].append(timed(f"floor-{i}", mlflow_run("."), FLOOR, uri, logs, args.timeout))
 
@@ -411,10 +422,10 @@ def print_breakdown(scenario: str, breakdowns: list, runs: list, median: float) 
 def print_report(report: dict[str, Any]) -> None:
     med = report["median_s"]
     n = report["repeat"]
-    print(f"\n== wall time (median of {n} for floor/cold/cached/own; sweep3 once; --env-manager "
+    print(f"\n== wall time (median of {n} for noop/client/floor/cold/cached/own; sweep3 once; --env-manager "
           f"{report['env_manager']}) ==")
     print(f"{'scenario':<10} {'seconds':>8}   all runs")
-    for name in ("floor", "cold", "cached", "own", "sweep3"):
+    for name in ("noop", "client", "floor", "cold", "cached", "own", "sweep3"):
         recs = report["runs"][name]
         if recs:
             print(f"{name:<10} {med[name]:8.1f}   " + " ".join(f"{r['seconds']:.1f}" for r in recs))

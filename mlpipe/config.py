@@ -236,18 +236,24 @@ def _hydra_message(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def validate_cli(args: list[str]) -> None:
-    """Compose a Hydra command line (sweeps included: each sweep's first value) or raise ConfigError."""
+def validate_cli(args: list[str]) -> tuple[DictConfig, bool]:
+    """Compose a Hydra command line (sweeps included: each sweep's first value) or raise
+    ConfigError. Returns the composed config and whether the command line is plain: one
+    pipeline, no Hydra flag (-m, --cfg, -cn...), no sweep and no Hydra key (hydra.*, hydra/...),
+    so that the config composed here is the one to run."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from hydra._internal.utils import get_args_parser
 
     try:
         # Hydra's own argument parser separates flags (--cfg job, -cn x, -m) from overrides.
-        overrides = get_args_parser().parse_args(args).overrides
+        known = get_args_parser().parse_args(args)
+        overrides = known.overrides
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as exc:
         raise ConfigError(f"invalid override: {_hydra_message(exc)}") from exc
+    flags = {key: value for key, value in vars(known).items() if key != "overrides"}
+    plain = not any(flags.values()) and not any(o.is_hydra_override() or o.is_sweep_override() for o in parsed)
     concrete = []
     for override, text in zip(parsed, overrides, strict=True):
         if override.is_hydra_override():
@@ -262,7 +268,7 @@ def validate_cli(args: list[str]) -> None:
             concrete.append(text)
     # Only for a command line that sets the model: the check imports scikit-learn (1.4 s of the
     # driver's start), and the config files' own model keys are checked by train when it builds it.
+    cfg = compose(concrete)
     if any(text.lstrip("+~").split("=")[0].split(".")[0] == "model" for text in concrete):
-        check_model_params(to_container(compose(concrete))["model"])
-    else:
-        compose(concrete)
+        check_model_params(to_container(cfg)["model"])
+    return cfg, plain

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from mlpipe.config import PROJECT_ROOT, digest, select
 from mlpipe.pipeline.spec import spec_of
+from mlpipe.run.locks import LOCK_DIR
 
 KEY_TAG = "pipeline.cache_key"
 KEY_INPUT_TAG = "pipeline.key_input"
@@ -25,6 +28,7 @@ ENV_FILES = ("MLproject", "python_env.yaml")
 LOCAL_PACKAGES = ("mlpipe", "steps")
 
 
+@lru_cache(maxsize=None)  # six steps' closures ask for the same modules thousands of times
 def _module_file(module: str, root: Path) -> Path | None:
     parts = module.split(".")
     if parts[0] not in LOCAL_PACKAGES:
@@ -44,8 +48,49 @@ def _package_of(path: Path, root: Path) -> list[str]:
 
 @lru_cache(maxsize=None)  # the driver keys six steps whose closures share most files
 def _imports(path: Path, root: Path) -> frozenset[str]:
-    """Absolute module names imported by a file (function-level and relative imports included)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    """Absolute module names imported by a file (function-level and relative imports included),
+    from the cache of parsed files when this file's text was parsed before."""
+    text = path.read_text()
+    key = hashlib.sha256(f"{path.relative_to(root)}\0{text}".encode()).hexdigest()
+    cached = _parsed().get(key)
+    if cached is None:
+        cached = _PARSED[key] = sorted(_parse_imports(text, path, root))
+        _UNSAVED.add(key)
+    return frozenset(cached)
+
+
+# The import names of every project file parsed so far, by the digest of its path and text: the
+# driver keys six steps in a fresh process each time, and parsing their closures (about 70
+# files) was a third of a cached pipeline's own work. Kept beside the locks; a lost or broken
+# file only means parsing again.
+PARSED_FILE = LOCK_DIR.parent / "mlpipe-parsed-imports.json"
+_PARSED: dict[str, list[str]] = {}
+_UNSAVED: set[str] = set()
+
+
+def _parsed() -> dict[str, list[str]]:
+    if not _PARSED:
+        try:
+            _PARSED.update(json.loads(PARSED_FILE.read_text()))
+        except (OSError, ValueError):
+            pass
+    return _PARSED
+
+
+def _save_parsed() -> None:
+    if not _UNSAVED:
+        return
+    _UNSAVED.clear()
+    try:
+        partial = PARSED_FILE.with_name(f"{PARSED_FILE.name}.{os.getpid()}")
+        partial.write_text(json.dumps(_PARSED))
+        partial.replace(PARSED_FILE)  # whole or not at all, whoever writes last
+    except OSError:
+        pass
+
+
+def _parse_imports(text: str, path: Path, root: Path) -> set[str]:
+    tree = ast.parse(text, filename=str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -59,7 +104,7 @@ def _imports(path: Path, root: Path) -> frozenset[str]:
                 module = node.module or ""
             names.add(module)
             names.update(f"{module}.{alias.name}" for alias in node.names)
-    return frozenset(names)
+    return names
 
 
 def _with_packages(module: str) -> list[str]:
@@ -91,6 +136,7 @@ def source_closure(entry: Path, root: Path = PROJECT_ROOT) -> list[Path]:
 def code_digest(step: str, root: Path = PROJECT_ROOT) -> str:
     """sha256 over the step's source closure and the environment files."""
     files = source_closure(root / "steps" / f"{step}.py", root)
+    _save_parsed()
     files += [root / name for name in ENV_FILES if (root / name).is_file()]
     sha = hashlib.sha256()
     for path in files:

@@ -65,12 +65,13 @@ def drive(cfg, overrides: list[str], run_id: str, experiment_id: str, steps: lis
     return outputs
 
 
-def run_job(cfg: DictConfig) -> float | None:
-    """Run the selected steps; in a sweep, defer register/serve to the sweep's end."""
+def run_job(cfg: DictConfig, overrides: list[str] | None = None) -> float | None:
+    """Run the selected steps; in a sweep, defer register/serve to the sweep's end. `overrides`:
+    the command line's, for a pipeline run without Hydra's app (else Hydra's task overrides)."""
     lifecycle.prepare_process()
     warm.ensure(bool(cfg.main.warm_steps))
     quiet_downloads(cfg)
-    overrides = list(HydraConfig.get().overrides.task)
+    overrides = list(HydraConfig.get().overrides.task) if overrides is None else overrides
     sweep_run_id = os.environ.get(SWEEP_ENV)
     if sweep_run_id:
         return _sweep_job(cfg, overrides, sweep_run_id)
@@ -127,17 +128,19 @@ def _sweep_job(cfg: DictConfig, overrides: list[str], sweep_run_id: str) -> floa
     return FailedJob(ended.data.tags.get(ERROR_MESSAGE_TAG) or f"job {job_num} ({ended.info.status}) has no qa score")
 
 
-def preflight(argv: list[str]) -> None:
-    """Check the command line's config before Hydra runs it, so a bad override ends the
-    driver's run FAILED with one clear line (Hydra alone prints a multi-line report)."""
+def preflight(argv: list[str]) -> DictConfig | None:
+    """Check the command line's config before anything runs, so a bad override ends the
+    driver's run FAILED with one clear line (Hydra alone prints a multi-line report). For a plain
+    command line (one pipeline: no Hydra flag, no sweep, no Hydra key), the composed config:
+    the driver runs it without Hydra's app, which would compose it again (twice) and write an
+    output folder nothing reads. None: Hydra runs the command line."""
     from mlpipe.config import validate_cli
     from mlpipe.errors import ConfigError
 
-    if not [arg for arg in argv[1:] if arg.strip()]:
-        return  # no command line: the config files alone (tests/unit/test_config.py composes them)
     try:
-        validate_cli(argv[1:])
+        cfg, plain = validate_cli([arg for arg in argv[1:] if arg.strip()])
     except ConfigError as exc:
         lifecycle.prepare_process()
         with lifecycle.open_run("main", None, tags={ROLE_TAG: "pipeline"}, config_error=exc):
             pass
+    return cfg if plain else None

@@ -8,10 +8,12 @@ import math
 import shutil
 import sys
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mlflow.entities import Run
+from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
 from mlpipe.errors import UpstreamError, one_line
@@ -74,9 +76,10 @@ def log_summary(client: MlflowClient, run_id: str, results: list[StepResult], na
     table = format_table(results)
     client.log_text(run_id, table + "\n", f"{name}.txt")
     client.log_dict(run_id, [asdict(r) for r in results], f"{name}.json")
-    for r in results:
-        if "step.wall_s" in r.metrics:
-            client.log_metric(run_id, f"{r.step}.wall_s", r.metrics["step.wall_s"])
+    now = int(time.time() * 1000)
+    walls = [Metric(f"{r.step}.wall_s", r.metrics["step.wall_s"], now, 0) for r in results if "step.wall_s" in r.metrics]
+    if walls:
+        client.log_batch(run_id, metrics=walls)
 
 
 def publish_cards(client: MlflowClient, parent_run_id: str, rows: list[tuple[str, Run, str]], where: str) -> None:
@@ -89,17 +92,20 @@ def publish_cards(client: MlflowClient, parent_run_id: str, rows: list[tuple[str
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "cards"
             out.mkdir()
-            index = []
-            for i, (step, run, outcome) in enumerate(rows, 1):
+            def copy(i: int, step: str, run: Run) -> str | None:
                 href = f"{i:02d}-{step}.html"
                 try:
                     got = client.download_artifacts(run.info.run_id, cards.CARD_HTML, str(Path(tmp) / str(i)))
                     shutil.copyfile(got, out / href)
+                    return href
                 except Exception:  # noqa: BLE001 - no card to copy
-                    href = None
-                index.append({"step": step, "run_id": run.info.run_id, "status": run.info.status, "outcome": outcome,
-                              "href": href,
-                              "summary": run.data.tags.get(SUMMARY_TAG) or run.data.tags.get(ERROR_MESSAGE_TAG, "")})
+                    return None
+
+            with ThreadPoolExecutor(max_workers=len(rows)) as pool:  # each a download: they wait on I/O
+                hrefs = list(pool.map(copy, range(1, len(rows) + 1), [r[0] for r in rows], [r[1] for r in rows]))
+            index = [{"step": step, "run_id": run.info.run_id, "status": run.info.status, "outcome": outcome,
+                      "href": href, "summary": run.data.tags.get(SUMMARY_TAG) or run.data.tags.get(ERROR_MESSAGE_TAG, "")}
+                     for (step, run, outcome), href in zip(rows, hrefs)]
             (out / "index.html").write_text(cards.render_index(f"pipeline {parent_run_id}", index))
             (out / "index.json").write_text(json.dumps(index, indent=1))
             client.log_artifacts(parent_run_id, str(out), where)

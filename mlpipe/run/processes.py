@@ -18,6 +18,26 @@ STOP_GRACE_ENV = "MLPIPE_STOP_GRACE_S"
 WARM_PARENT: int | None = None
 
 
+def exit_now(code: int = 0) -> None:
+    """End this process as Python would, without the interpreter's teardown: other threads are
+    joined and the atexit handlers run (logging flushed, MLflow's own, the warm helper stopped),
+    the standard streams flushed, then os._exit. Freeing every module's objects one by one took
+    0.5 s of a cached pipeline's 5.5 s with MLflow, pandas and scikit-learn loaded (measured),
+    and nothing in it is needed once the run has ended."""
+    import atexit
+    import os
+    import threading
+
+    threading._shutdown()  # noqa: SLF001 - what the interpreter does first at exit: join non-daemon threads
+    atexit._run_exitfuncs()  # noqa: SLF001
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def launcher_pid() -> int:
     """The process that launched this step: its parent, or in a warm child the launcher's parent."""
     import os
