@@ -167,18 +167,25 @@ def test_compose_works_under_hydra_already_set_up_and_leaves_it_clear():
 
 
 @pytest.mark.parametrize(
-    "args",
+    "args, plain",
     [
-        [],
-        ["model=ridge", "data.source=sklearn:diabetes"],
-        ["-m", "model.n_estimators=10,20", "seed=1,2"],
-        ["--multirun", "model=gradient_boosting,random_forest"],
-        ["-m", "seed=range(1,3)"],
-        ["hydra.verbose=true"],
+        ([], True),
+        (["model=ridge", "data.source=sklearn:diabetes"], True),
+        (["-m", "model.n_estimators=10,20", "seed=1,2"], False),
+        (["--multirun", "model=gradient_boosting,random_forest"], False),
+        (["-m", "seed=range(1,3)"], False),
+        (["hydra.verbose=true"], False),
+        (["--cfg", "job"], False),
+        (["model.n_estimators=10,20"], False),  # a sweep without -m: Hydra refuses it itself
     ],
 )
-def test_validate_cli_accepts(args):
-    assert validate_cli(args) is None
+def test_validate_cli_accepts_and_says_whether_the_config_is_the_one_to_run(args, plain):
+    """A plain command line (one pipeline) runs on the config composed here; anything Hydra
+    must run itself (a sweep, a flag, a Hydra key) is checked, then left to Hydra."""
+    cfg, is_plain = validate_cli(args)
+    assert is_plain is plain
+    if plain:
+        assert to_container(cfg) == to_container(compose(args))
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -219,7 +226,7 @@ def test_validate_cli_accepts_hydra_flags_with_values():
 
 def test_validate_cli_leaves_a_glob_sweep_to_hydra():
     """glob() needs Hydra's config loader to expand: the preflight accepts it, Hydra checks it."""
-    assert validate_cli(["-m", "model=glob(random*)"]) is None
+    assert validate_cli(["-m", "model=glob(random*)"])[1] is False
 
 
 # -- source_stem resolver ----------------------------------------------------------------------
