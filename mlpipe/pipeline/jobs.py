@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 
 import mlflow
 from hydra.core.hydra_config import HydraConfig
@@ -20,8 +21,8 @@ from mlpipe.pipeline.driver import Driver
 from mlpipe.pipeline.spec import AFTER_SWEEP, select_steps
 from mlpipe.pipeline.warm import control as warm
 from mlpipe.run import lifecycle, storage
-from mlpipe.run.outputs import (ERROR_MESSAGE_TAG, NODE_TAG, OVERRIDES_TAG, ROLE_TAG, SCORE_METRIC, SweepJob,
-                                SweepJobOutput)
+from mlpipe.run.outputs import (ERROR_MESSAGE_TAG, JOB_PROCESS_TAG, NODE_TAG, OVERRIDES_TAG, ROLE_TAG, SCORE_METRIC,
+                                SweepJob, SweepJobOutput)
 
 NODE_ENV = "MLPIPE_NODE"  # set in the job's Ray worker by hydra_plugins/mlpipe_ray_launcher
 SWEEP_ENV = "MLPIPE_SWEEP_RUN_ID"  # set by the sweep callback: this process runs jobs of that sweep
@@ -69,10 +70,11 @@ def run_job(cfg: DictConfig, overrides: list[str] | None = None) -> float | None
     """Run the selected steps; in a sweep, defer register/serve to the sweep's end. `overrides`:
     the command line's, for a pipeline run without Hydra's app (else Hydra's task overrides)."""
     lifecycle.prepare_process()
-    warm.ensure(bool(cfg.main.warm_steps))
+    sweep_run_id = os.environ.get(SWEEP_ENV)
+    # One step shares nothing with another step process: its own process imports what the helper would.
+    warm.ensure(bool(cfg.main.warm_steps) and (bool(sweep_run_id) or len(select_steps(cfg.main.steps)) > 1))
     quiet_downloads(cfg)
     overrides = list(HydraConfig.get().overrides.task) if overrides is None else overrides
-    sweep_run_id = os.environ.get(SWEEP_ENV)
     if sweep_run_id:
         return _sweep_job(cfg, overrides, sweep_run_id)
     tags = {ROLE_TAG: "pipeline", OVERRIDES_TAG: json.dumps(overrides)}
@@ -111,7 +113,7 @@ def _sweep_job(cfg: DictConfig, overrides: list[str], sweep_run_id: str) -> floa
     job_num = HydraConfig.get().job.num
     steps = [s for s in select_steps(cfg.main.steps) if s not in AFTER_SWEEP]
     job = SweepJob(sweep_run_id=sweep_run_id, job_num=job_num, overrides=json.dumps(overrides))
-    tags = {ROLE_TAG: "sweep-job", **job.tags(),
+    tags = {ROLE_TAG: "sweep-job", **job.tags(), JOB_PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}",
             **({NODE_TAG: os.environ[NODE_ENV]} if NODE_ENV in os.environ else {})}  # hydra/launcher=ray
     # A PipelineError ends this job's run FAILED and leaves it out of the choice; the sweep goes on.
     with lifecycle.open_run(f"job-{job_num}", cfg, contain=True, tags=tags, experiment_id=sweep.info.experiment_id,

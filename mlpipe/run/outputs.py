@@ -198,6 +198,7 @@ STOPPED_BY_TAG = "serve.stopped_by"  # the signal that stopped a forever server 
 # -- sweeps (pipeline/sweep.py, pipeline/jobs.py) -----------------------------------------------
 SWEEP_TAG = "pipeline.sweep_run_id"  # on each job: its sweep parent
 NODE_TAG = "pipeline.node"  # on a job run by hydra/launcher=ray: the node it ran on
+JOB_PROCESS_TAG = "pipeline.job_process"  # host:pid of the process that ran a sweep job (a launcher's worker)
 SCORE_METRIC = "pipeline.score"  # a pipeline's qa primary metric value (what a sweep optimises)
 
 

@@ -247,6 +247,10 @@ def card_summary(store: Store, run) -> dict:
     return json.load(open(store.client.download_artifacts(run.info.run_id, "card/summary.json", str(store.path))))
 
 
+# slow: the duplicate-rows rule through ingest; the rule itself is unit-tested
+# (test_duplicate_rows_fail_only_above_the_limit) and the other tests here prove the path of a
+# validation failure through ingest
+@pytest.mark.slow
 def test_survey_answers_repeat_rows_and_pass_with_the_count_reported(store: Store, tmp_path):
     """3000 respondents, eight questions answered on a skewed 1-5 scale: many identical rows (about
     30%; data.validation.max_duplicate_fraction=0.1 stopped them), while a file appended to itself

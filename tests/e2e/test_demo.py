@@ -28,6 +28,11 @@ def demo(tmp_path_factory):
     return team, result
 
 
+# slow: every command the demo strings together is proven by test_team.py in the default run
+# (the team server, each member's pipeline under their login, every member's champion served as
+# an arm, the cross-team A/B test promoted by the lead, the team report in a browser); this
+# re-runs them all as `python -m mlpipe.team demo` does (2 minutes, the most of any module)
+@pytest.mark.slow
 def test_the_demo_tells_the_whole_story_and_stops_what_it_started(demo, monkeypatch, tmp_path):
     team, result = demo
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

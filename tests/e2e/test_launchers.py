@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from itertools import combinations
 
 import pytest
 import yaml
@@ -23,10 +22,10 @@ def jobs_of(store: Store, parent) -> list:
     return [c for c in store.children(parent.info.run_id) if c.data.tags.get("pipeline.role") == "sweep-job"]
 
 
-def overlapping(jobs: list) -> int:
-    """How many pairs of jobs were running at the same time."""
-    spans = [(j.info.start_time, j.info.end_time) for j in jobs]
-    return sum(a[0] < b[1] and b[0] < a[1] for a, b in combinations(spans, 2))
+def processes(jobs: list) -> set[str]:
+    """The launcher's worker processes that ran the jobs (host:pid), as each job's run says:
+    jobs in two processes ran side by side, however the machine's load stretched them."""
+    return {j.data.tags["pipeline.job_process"] for j in jobs}
 
 
 def sweep_dir(output: str):
@@ -47,7 +46,7 @@ def test_joblib_runs_four_jobs_two_at_a_time(joblib_sweep):
     assert sorted(json.loads(j.data.tags["pipeline.overrides"])[1] for j in jobs) == [
         f"model.n_estimators={n}" for n in (10, 20, 40, 5)]
     assert all(j.info.status == "FINISHED" for j in jobs)
-    assert overlapping(jobs) >= 2, [(j.info.start_time, j.info.end_time) for j in jobs]
+    assert len(processes(jobs)) == 2, processes(jobs)
     assert "Joblib.Parallel(n_jobs=2" in result.output
 
 
@@ -93,7 +92,7 @@ def test_submitit_local_executor_runs_the_jobs_as_its_own_processes(tmp_path_fac
     jobs = jobs_of(store, parent)
     assert parent.info.status == "FINISHED" and len(jobs) == 2
     assert all(j.info.status == "FINISHED" for j in jobs)
-    assert overlapping(jobs) == 1
+    assert len(processes(jobs)) == 2
     assert [len(store.step_runs(s)) for s in ("ingest", "preprocess", "train", "register")] == [1, 1, 2, 1]
     # each job ran as a submitit job: its own log files in the sweep folder
     logs = sorted(sweep_dir(result.output).glob(".submitit/*/*_log.out"))
@@ -134,7 +133,7 @@ def test_optuna_records_every_trial_and_the_best(optuna_sweep):
     assert parent.data.tags["sweep.best_job_run_id"] == study["best"]["run_id"]
     # Optuna's own account of the best trial agrees
     assert f"Best value: {study['best']['value']}" in result.output
-    assert overlapping(list(jobs.values())) >= 1
+    assert len(processes(list(jobs.values()))) == 2
 
 
 def test_optuna_trials_that_fail_the_gate_are_failed_trials_not_scores(optuna_sweep):

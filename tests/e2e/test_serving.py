@@ -390,6 +390,9 @@ mlflow.register_model(info.model_uri, "evil")
 """
 
 
+# slow: the skops refusal is unit-tested where it is made (tests/unit/training/test_model_io.py),
+# and the refused-at-start-up path through serve by the tests around this one
+@pytest.mark.slow
 def test_a_model_holding_an_untrusted_type_is_refused_at_start_up(store: Store):
     """skops's boundary on its own: even with serve.allow_unvalidated=true."""
     store.python("-c", EVIL_MODEL, check=True)

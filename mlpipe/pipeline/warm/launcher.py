@@ -34,13 +34,24 @@ def turned_off(argv: list[str]) -> bool:
     return any(t.lstrip("+") == OFF or t.endswith("=" + OFF) for t in tokens)
 
 
+def one_step(argv: list[str]) -> bool:
+    """`--steps=<one step>` on the driver's command line (MLproject's `-P steps=train`): nothing to
+    share between step processes, so no helper."""
+    for arg in (a.strip("'\"") for a in argv):
+        if arg.startswith("--steps="):
+            names = [name.strip() for name in arg[len("--steps="):].split(",") if name.strip()]
+            return len(names) == 1 and names[0] != "all"
+    return False
+
+
 def hand_off() -> None:
     """Run this step in a fork of the warm helper and exit with its status; return (after one
     line on stderr) when the helper does not take it, and the caller goes on as usual. In the
-    driver, start the helper now, so that it imports while the driver does."""
+    driver, start the helper now, so that it imports while the driver does (not for one step:
+    its own process imports what the helper would, and the helper's other imports are waste)."""
     path, module = os.environ.get(SOCKET_ENV), target(getattr(sys, "orig_argv", []))
     if module == DRIVER:
-        if not turned_off(sys.argv):
+        if not turned_off(sys.argv) and not one_step(sys.argv):
             from mlpipe.pipeline.warm import control
 
             control.ensure(True)  # the config decides later: run_job's ensure() stops a helper it turns off

@@ -257,5 +257,15 @@ def test_hand_off_only_for_step_modules_and_the_switch_in_the_drivers_overrides(
     assert not warm_launcher.turned_off(["--overrides=x.main.warm_steps_old=false"])
 
 
+def test_one_step_starts_no_helper_early():
+    """`-P steps=train`: its own process imports what the helper would (run_job keeps to that
+    for a selection in the overrides too)."""
+    assert warm_launcher.one_step(["--steps=ingest", "--overrides="])
+    assert warm_launcher.one_step(["'--steps=qa'"])  # as MLflow's Kubernetes backend quotes it
+    assert not warm_launcher.one_step(["--steps=all", "--overrides="])
+    assert not warm_launcher.one_step(["--steps=ingest,preprocess"])
+    assert not warm_launcher.one_step(["--overrides=main.steps=[qa]"])  # the config decides, in run_job
+
+
 def test_exit_code_follows_sys_exit():
     assert child.exit_code(None) == 0 and child.exit_code(5) == 5 and child.exit_code(256 + 2) == 2
