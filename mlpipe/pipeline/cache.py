@@ -20,8 +20,6 @@ from mlpipe.config import PROJECT_ROOT, digest, select
 from mlpipe.pipeline.spec import spec_of
 from mlpipe.run.locks import LOCK_DIR
 
-KEY_TAG = "pipeline.cache_key"
-KEY_INPUT_TAG = "pipeline.key_input"
 KEY_VERSION = 1
 # Files outside Python that change what a step does or the environment it runs in.
 ENV_FILES = ("MLproject", "python_env.yaml")

@@ -24,9 +24,8 @@ from mlpipe.pipeline import backends, cache, launch, summary
 from mlpipe.pipeline.warm import control as warm
 from mlpipe.pipeline.spec import STEPS, forced_steps
 from mlpipe.run import handoff, lifecycle, locks
-from mlpipe.run.outputs import ERROR_MESSAGE_TAG, ERROR_TYPE_TAG, RegisterOutput
+from mlpipe.run.outputs import ERROR_MESSAGE_TAG, ERROR_TYPE_TAG, FALLBACK_TAG, KEY_TAG, RegisterOutput
 from mlpipe.run.processes import STOP_GRACE_ENV
-from mlpipe.run.storage import FALLBACK_TAG
 
 REUSED_TAG = "pipeline.reused_run_id"
 
@@ -111,7 +110,7 @@ class Driver:
     def _cached(self, key: str) -> Run | None:
         """The newest FINISHED run with this key, except runs whose artifacts fell back to local
         disk: once the store is back, their step reruns onto it."""
-        return handoff.newest_finished_run(self.client, self.experiment_id, {cache.KEY_TAG: key},
+        return handoff.newest_finished_run(self.client, self.experiment_id, {KEY_TAG: key},
                                            accept=lambda run: run.data.tags.get(FALLBACK_TAG) != "true")
 
     def _link(self, step: str, run: Run) -> None:
@@ -186,7 +185,7 @@ class Driver:
         """A step in a pod keys itself with the image's code and the config its pod composed: a
         key other than the driver's means an image built from other code (or other settings in
         the pod's environment), whose run this checkout must not take as its own."""
-        theirs = run.data.tags.get(cache.KEY_TAG)
+        theirs = run.data.tags.get(KEY_TAG)
         if self.cfg.main.backend == "local" or key is None or theirs == key:
             return
         raise StepFailedError(

@@ -27,7 +27,8 @@ from mlpipe.pipeline.spec import StepSpec, spec_of
 from mlpipe.reports import cards
 from mlpipe.run import frames, handoff, lifecycle, monitor, processes
 from mlpipe.run.context import StepContext, log_card
-from mlpipe.run.outputs import CONFIG_DIGEST_TAG, LINEAGE_PREFIX, MEMBER_TAG, PROCESS_TAG, STEP_TAG, TEAM_TAG, lineage_tag
+from mlpipe.run.outputs import (CONFIG_DIGEST_TAG, KEY_INPUT_TAG, KEY_TAG, LINEAGE_PREFIX, MEMBER_TAG,
+                                MONITOR_WARNING_TAG, PROCESS_TAG, STEP_TAG, TEAM_TAG, lineage_tag)
 
 # The run name a step's run gets when it is opened without one (tests name their runs).
 RUN_NAME_ENV = "MLPIPE_RUN_NAME"
@@ -105,9 +106,9 @@ def _identity_tags(step: str, cfg: DictConfig, opened: lifecycle.Opened, params:
     if cfg.team.name and cfg.team.member:  # the author of every run, under a team (conf/team)
         tags |= {TEAM_TAG: cfg.team.name, MEMBER_TAG: cfg.team.member}
     if extra:
-        tags[cache.KEY_INPUT_TAG] = extra
+        tags[KEY_INPUT_TAG] = extra
     if cacheable is None or cacheable(cfg):
-        tags[cache.KEY_TAG] = cache.step_key(step, config, params, extra)
+        tags[KEY_TAG] = cache.step_key(step, config, params, extra)
     return tags
 
 
@@ -128,5 +129,5 @@ def _run_recipe(ctx: StepContext, recipe: Callable[[StepContext], None], limits:
         log_card(ctx, "FINISHED", None)
     finally:
         if watchdog.warnings:
-            mlflow.set_tag(monitor.WARNING_TAG, "; ".join(watchdog.warnings.values()))
+            mlflow.set_tag(MONITOR_WARNING_TAG, "; ".join(watchdog.warnings.values()))
         shutil.rmtree(ctx.workdir, ignore_errors=True)

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from mlpipe.errors import UpstreamError, one_line
 from mlpipe.reports import cards
-from mlpipe.run.outputs import ERROR_MESSAGE_TAG, SUMMARY_TAG, QaOutput
+from mlpipe.run.outputs import CARD_HTML, ERROR_MESSAGE_TAG, SUMMARY_TAG, QaOutput
 
 
 @dataclass
@@ -95,7 +95,7 @@ def publish_cards(client: MlflowClient, parent_run_id: str, rows: list[tuple[str
             def copy(i: int, step: str, run: Run) -> str | None:
                 href = f"{i:02d}-{step}.html"
                 try:
-                    got = client.download_artifacts(run.info.run_id, cards.CARD_HTML, str(Path(tmp) / str(i)))
+                    got = client.download_artifacts(run.info.run_id, CARD_HTML, str(Path(tmp) / str(i)))
                     shutil.copyfile(got, out / href)
                     return href
                 except Exception:  # noqa: BLE001 - no card to copy

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any, Iterable, Sequence
 
-CARD_HTML = "card/card.html"
-CARD_JSON = "card/summary.json"
 
 STYLE = """
 body{font-family:sans-serif;margin:24px;color:#222;max-width:980px}

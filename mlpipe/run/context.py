@@ -224,7 +224,7 @@ def log_card(ctx: StepContext, status: str, error: str | None) -> None:
         metrics = dict(ctx.client.get_run(ctx.run_id).data.metrics) | monitor.usage(ctx.started)
         data = cards.summary(ctx.card, run_id=ctx.run_id, experiment_id=ctx.run.info.experiment_id, status=status,
                              error=error, metrics=metrics)
-        mlflow.log_dict(data, cards.CARD_JSON)
-        mlflow.log_text(cards.render(data, ctx.card.sections), cards.CARD_HTML)
+        mlflow.log_dict(data, outputs.CARD_JSON)
+        mlflow.log_text(cards.render(data, ctx.card.sections), outputs.CARD_HTML)
     except Exception as exc:  # noqa: BLE001 - the step's result matters more than its card
         print(f"warning: {ctx.step}: report card not written: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)

@@ -26,7 +26,6 @@ from mlpipe.errors import ResourceLimitError
 
 ACTIONS = ("warn", "fail")
 LIMIT_SIGNAL = signal.SIGUSR1
-WARNING_TAG = "monitor.warnings"
 
 
 @dataclass(frozen=True)

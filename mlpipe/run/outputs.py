@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
-
-from mlflow.entities import Run
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from mlpipe.errors import UpstreamError
+
+if TYPE_CHECKING:  # the names alone import nothing heavy: run/storage.py, the data readers use them
+    from mlflow.entities import Run
 
 TASKS = ("classification", "regression")
 MODEL_URI_TAG = "pipeline.model_uri"
@@ -37,6 +38,19 @@ MAX_TAG = 5000  # MLflow's tag value limit (characters)
 TEAM_TAG = "team.name"
 MEMBER_TAG = "team.member"
 CONFIG_ARTIFACT = "config/config.yaml"  # the resolved config every run logs
+# Every step's report card (run/context.py writes it; the driver copies it into the parent run).
+CARD_HTML = "card/card.html"
+CARD_JSON = "card/summary.json"
+# The cache key a step run is looked up by, and what entered it beyond config and code
+# (pipeline/harness.py tags it; the driver searches for it).
+KEY_TAG = "pipeline.cache_key"
+KEY_INPUT_TAG = "pipeline.key_input"
+# A run whose artifacts fell back to local disk (run/storage.py): never reused (the driver).
+FALLBACK_TAG = "storage.fallback"
+FALLBACK_REASON_TAG = "storage.fallback_reason"
+ORIGINAL_URI_TAG = "storage.original_artifact_uri"
+# A resource limit a step went past under monitor.action=warn (run/monitor.py's warnings).
+MONITOR_WARNING_TAG = "monitor.warnings"
 
 
 def lineage_tag(step: str) -> str:

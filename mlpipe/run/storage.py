@@ -31,10 +31,8 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
 from mlpipe.errors import ConfigError, StorageError, one_line
+from mlpipe.run.outputs import FALLBACK_REASON_TAG, FALLBACK_TAG, ORIGINAL_URI_TAG
 
-FALLBACK_TAG = "storage.fallback"
-REASON_TAG = "storage.fallback_reason"
-ORIGINAL_URI_TAG = "storage.original_artifact_uri"
 
 # S3 error codes that no retry can fix: the configuration is wrong.
 PERMANENT_CODES = frozenset({
@@ -325,7 +323,7 @@ def prepare(client, run, cfg: Mapping[str, Any], step: str, tracking_uri: str) -
     target.mkdir(parents=True, exist_ok=True)
     repoint_run(client, run.info.run_id, target.as_uri())
     client.set_tag(run.info.run_id, FALLBACK_TAG, "true")
-    client.set_tag(run.info.run_id, REASON_TAG, reason[:5000])
+    client.set_tag(run.info.run_id, FALLBACK_REASON_TAG, reason[:5000])
     client.set_tag(run.info.run_id, ORIGINAL_URI_TAG, uri)
     _FALLBACK_ROOT = root
     print(banner(step, run.info.run_id, uri, reason, target.as_uri()), file=sys.stderr)

@@ -170,3 +170,53 @@ def test_the_study_lists_every_trial_with_its_state_and_the_best():
         (0, "COMPLETE", 0.9, {"model.n_estimators": "23"}), (1, "COMPLETE", 0.97, {"model.n_estimators": "58"}),
         (2, "FAIL", None, {"model.n_estimators": "10"})]
     assert record["trials"][2]["error"] == "failed the qa gate"
+
+
+# -- the best job's config, composed again (a real SQLite store) -------------------------------
+
+@pytest.fixture
+def logged_job(tmp_path, _empty_store):
+    """A sweep job's run that logged the config its overrides composed to, as every run does."""
+    import shutil
+
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from mlpipe.config import compose
+    from mlpipe.run.outputs import CONFIG_ARTIFACT
+
+    shutil.copy(_empty_store, tmp_path / "mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = mlflow.MlflowClient().create_experiment("sweep", artifact_location=str(tmp_path / "artifacts"))
+
+    def log(overrides: list[str], logged: list[str] | None = None):
+        with mlflow.start_run(experiment_id=experiment) as run:
+            mlflow.log_text(OmegaConf.to_yaml(compose(logged if logged is not None else overrides), resolve=True),
+                            CONFIG_ARTIFACT)
+        return mlflow.MlflowClient().get_run(run.info.run_id)
+
+    yield log
+    mlflow.set_tracking_uri(None)
+
+
+def test_the_best_jobs_config_is_composed_again_from_its_overrides(logged_job):
+    from mlpipe.config import compose, to_container
+    from mlpipe.pipeline.sweep import best_job_config
+
+    overrides = ["model.n_estimators=20", "seed=3"]
+    cfg = best_job_config(logged_job(overrides), overrides)
+    assert to_container(cfg) == to_container(compose(overrides))
+    assert cfg.model.n_estimators == 20  # a DictConfig the driver runs register with
+
+
+def test_a_best_job_whose_config_no_longer_composes_the_same_is_refused(logged_job):
+    """conf/ edited during the sweep (here: the job ran with another seed than its overrides now
+    give): nothing is registered under settings the job did not run with."""
+    from mlpipe.pipeline.sweep import best_job_config
+
+    run = logged_job(["model.n_estimators=20"], logged=["model.n_estimators=20", "seed=99"])
+    with pytest.raises(ConfigError, match=r"ran with another config than its overrides compose to now \(seed "
+                                          r"differ: conf/ changed during the sweep\?\); nothing was registered"):
+        best_job_config(run, ["model.n_estimators=20"])
+    with pytest.raises(ConfigError, match="unknown config key model.n_estimator"):  # and the schema checks it
+        best_job_config(run, ["model.n_estimator=20"])
