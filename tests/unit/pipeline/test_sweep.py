@@ -211,11 +211,11 @@ def test_the_best_jobs_config_is_composed_again_from_its_overrides(logged_job):
 
 def test_a_best_job_whose_config_no_longer_composes_the_same_is_refused(logged_job):
     """conf/ edited during the sweep (here: the job ran with another seed than its overrides now
-    give): nothing is registered under settings the job did not run with."""
+    give, and so another model.random_state): nothing is registered under settings the job did not run with."""
     from mlpipe.pipeline.sweep import best_job_config
 
     run = logged_job(["model.n_estimators=20"], logged=["model.n_estimators=20", "seed=99"])
-    with pytest.raises(ConfigError, match=r"ran with another config than its overrides compose to now \(seed "
+    with pytest.raises(ConfigError, match=r"ran with another config than its overrides compose to now \(model, seed "
                                           r"differ: conf/ changed during the sweep\?\); nothing was registered"):
         best_job_config(run, ["model.n_estimators=20"])
     with pytest.raises(ConfigError, match="unknown config key model.n_estimator"):  # and the schema checks it
