@@ -146,8 +146,7 @@ class StepContext:
         settings = {"savefig.dpi": plot_dpi} if plot_dpi else {}
         opened = mlflow.start_run(nested=True, run_name=nested) if nested else contextlib.nullcontext()
         with opened, matplotlib.rc_context(settings):
-            result = mlflow.models.evaluate(model, frame, targets=target, model_type=MODEL_TYPES[task],
-                                            evaluator_config={"log_model_explainability": False})
+            result = evaluate_logged(model, frame, target, MODEL_TYPES[task])
         return Evaluation(dict(result.metrics), _images(result))
 
     def summary(self, text: str) -> None:
@@ -168,6 +167,16 @@ class StepContext:
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def evaluate_logged(model, frame, target: str, model_type: str):
+    """mlflow.models.evaluate in the active run, its evaluation data logged first by
+    log_input_once: evaluate's own insert of the same dataset (parallel sweep jobs scoring one
+    test split) then finds the row instead of racing for it."""
+    dataset = mlflow.data.from_pandas(frame, targets=target)  # as evaluate names it: "dataset", no context
+    log_input_once(dataset, None)
+    return mlflow.models.evaluate(model, dataset, model_type=model_type,
+                                  evaluator_config={"log_model_explainability": False})
+
+
 def duplicate_dataset(exc: Exception) -> bool:
     """True for the store's answer to two runs registering the same new dataset at once: MLflow's
     SQL store looks for (experiment, name, digest), then inserts it, so the slower of two parallel
@@ -177,7 +186,7 @@ def duplicate_dataset(exc: Exception) -> bool:
     return "unique constraint" in text and "datasets" in text
 
 
-def log_input_once(dataset, context: str, attempts: int = 3) -> None:
+def log_input_once(dataset, context: str | None, attempts: int = 3) -> None:
     """mlflow.log_input, tried again when a parallel run inserted the same dataset first: the
     failed transaction wrote nothing, and the next attempt finds the row and links to it."""
     for attempt in range(attempts):

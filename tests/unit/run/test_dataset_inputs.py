@@ -74,6 +74,19 @@ def test_without_the_retry_the_store_refuses_the_slower_run(raced):
     assert client.get_run(run.info.run_id).inputs.dataset_inputs == []
 
 
+def test_evaluate_on_a_dataset_a_concurrent_run_inserted_first_scores_and_links_it(raced):
+    """mlflow.models.evaluate logs its data as a dataset input itself: a parallel sweep job's qa
+    inserting the same test split first failed qa with the unique constraint (seen in a joblib
+    sweep). evaluate_logged logs it first, with the retry, and evaluate then finds the row."""
+    client, experiment_id, concurrent = raced
+    frame = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0], "y": [0, 1, 0, 1]})
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        result = context.evaluate_logged(lambda df: (df["x"] % 2).astype(int), frame, "y", "classifier")
+    assert len(concurrent) == 1 and result.metrics["accuracy_score"] == 1.0
+    (linked,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert linked.dataset.name == "dataset" and not linked.tags  # as evaluate alone logs it
+
+
 def test_duplicate_dataset_is_only_the_unique_constraint_on_datasets():
     assert context.duplicate_dataset(Exception(
         "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest"))
