@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,7 @@ class Store:
 
     python_exe = sys.executable
     root = ROOT
+    _empty: Path | None = None  # the empty store each new one copies (_template)
 
     def __init__(self, path: Path):
         self.path = path
@@ -42,8 +46,24 @@ class Store:
         }
         self.env.pop("MLFLOW_RUN_ID", None)
         self.env.pop("MLFLOW_EXPERIMENT_ID", None)
-        # A new store must be created by one process before concurrent use.
-        self.python("-c", "import mlflow; mlflow.MlflowClient().search_experiments()", check=True)
+        # A new store must be created by one process before concurrent use: a copy of an empty
+        # store this test process created once (MLflow's migrations cost about 2.5 CPU-s a store).
+        shutil.copy(self._template(), path / "mlflow.db")
+
+    @classmethod
+    def _template(cls) -> Path:
+        """An empty store with MLflow's tables, made once per test process the way a first
+        `mlflow run` would (a process of its own, in the project folder: the Default experiment's
+        artifact location is <project>/mlruns, as it was when each store made its own)."""
+        if cls._empty is None:
+            folder = Path(tempfile.mkdtemp(prefix="mlpipe-empty-store-"))
+            atexit.register(shutil.rmtree, folder, True)
+            env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+                   "MLFLOW_DISABLE_TELEMETRY": "true"}
+            subprocess.run([sys.executable, "-c", "import mlflow; mlflow.MlflowClient().search_experiments()"],
+                           cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+            cls._empty = folder / "mlflow.db"
+        return cls._empty
 
     def python(self, *args: str, cwd: Path = ROOT, check: bool = False, timeout: float = 600, env=None) -> Result:
         proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env or self.env, capture_output=True,
