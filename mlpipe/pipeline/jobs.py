@@ -141,6 +141,7 @@ def preflight(argv: list[str]) -> DictConfig | None:
 
     try:
         cfg, plain = validate_cli([arg for arg in argv[1:] if arg.strip()])
+        select_steps(cfg.main.steps)  # contiguous, known: refused here, not after the helper started
     except ConfigError as exc:
         lifecycle.prepare_process()
         with lifecycle.open_run("main", None, tags={ROLE_TAG: "pipeline"}, config_error=exc):
