@@ -76,6 +76,17 @@ def shell_unquoted(args: list[str]) -> list[str]:
     return out
 
 
+def with_team(overrides: list[str]) -> list[str]:
+    """`team=<MLPIPE_TEAM>` added at the end of the overrides unless they choose a team: what a
+    member's commands compose (`python -m mlpipe.team as <member>` sets MLPIPE_TEAM). The driver
+    (under Hydra's app too) and every step compose through this, so their configs, and so the
+    cache keys the driver looks up and the steps write, are the same."""
+    team = os.environ.get(TEAM_ENV)
+    if team and not any(o.lstrip("+~").startswith("team=") for o in overrides):
+        return [*overrides, f"team={team}"]
+    return list(overrides)
+
+
 def compose(overrides: list[str]) -> DictConfig:
     """Compose conf/config.yaml with Hydra overrides; every error becomes a ConfigError."""
     from hydra import compose as hydra_compose
@@ -86,9 +97,7 @@ def compose(overrides: list[str]) -> DictConfig:
         raise ConfigError(
             "a sweep (-m) can only be run by the driver: mlflow run . -e main -P overrides=\"-m ...\""
         )
-    team = os.environ.get(TEAM_ENV)
-    if team and not any(o.lstrip("+~").startswith("team=") for o in overrides):
-        overrides = [f"team={team}", *overrides]  # logged in through `python -m mlpipe.team as <member>`
+    overrides = with_team(overrides)
     # A Hydra app (the driver under @hydra.main) has set Hydra up already; initialize_config_dir
     # refuses that, and on leaving restores the state it found: clear, from here on.
     GlobalHydra.instance().clear()
@@ -108,8 +117,8 @@ def compose(overrides: list[str]) -> DictConfig:
     except ConfigError:
         raise
     except Exception as exc:  # Hydra raises several unrelated types for bad overrides
-        raise ConfigError(_unknown_key_message(exc, overrides) or f"invalid configuration: {_hydra_message(exc)}") \
-            from exc
+        raise ConfigError(_unknown_key_message(exc, overrides) or _unknown_option_message(exc)
+                          or f"invalid configuration: {_hydra_message(exc)}") from exc
     return cfg
 
 
@@ -126,6 +135,23 @@ def _unknown_key_message(exc: BaseException, overrides: list[str]) -> str | None
     return _suggest(found.group(1), overrides)
 
 
+def _unknown_option_message(exc: BaseException) -> str | None:
+    """"model=gradient_boostin: no such option in conf/model/; did you mean gradient_boosting?"
+    for a config group option that does not exist, with every option when none is close."""
+    import difflib
+    import re
+
+    text = one_line(exc)
+    found = re.search(r"Could not find '([\w/]+)/([^']+)'", text)
+    options = re.search(r"Available options in '[\w/]+':\s*(.*?)\s*(Config search path|$)", text)
+    if not found or not options:
+        return None
+    group, name, choices = found.group(1), found.group(2), options.group(1).split()
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    hint = f"did you mean {group.replace('/', '.')}={close[0]}?" if close else f"options: {', '.join(choices)}"
+    return f"{group.replace('/', '.')}={name}: no such option in conf/{group}/; {hint}"
+
+
 def _suggest(key: str, overrides: list[str]) -> str:
     import difflib
 
@@ -134,7 +160,10 @@ def _suggest(key: str, overrides: list[str]) -> str:
         keys = list(flatten(to_container(compose(rest))))
     except ConfigError:  # another override is bad too: suggest from the defaults
         keys = list(flatten(to_container(compose([]))))
-    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    # the keys and the nodes above them: `modle=...` was meant for the group `model`
+    nodes = {".".join(k.split(".")[:depth]) for k in keys for depth in range(1, k.count(".") + 1)}
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6) or \
+        difflib.get_close_matches(key, sorted(nodes), n=1, cutoff=0.75)  # closer: short names match loosely
     if close:
         return f"unknown config key {key}; did you mean {close[0]}?"
     parent = key.rsplit(".", 1)[0] + "." if "." in key else ""

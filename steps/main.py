@@ -8,7 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from mlpipe.config import register_resolvers
+from mlpipe.config import register_resolvers, with_team
 from mlpipe.pipeline.jobs import hydra_argv, preflight, run_job
 from mlpipe.run.processes import exit_now, stop_with_parent
 
@@ -22,6 +22,7 @@ if __name__ == "__main__":
     register_resolvers()
     stop_with_parent()  # a killed `mlflow run` takes the driver, and so its steps, with it
     sys.argv = hydra_argv(sys.argv)
+    sys.argv = [sys.argv[0], *with_team(sys.argv[1:])]  # under a team: what its steps compose
     cfg = preflight(sys.argv)
     if cfg is None:
         main()

@@ -98,6 +98,7 @@ class TeamServerConfig(Checked):
     state_dir: str = MISSING
     start_timeout_s: float = spec(gt=0)
     stop_timeout_s: float = spec(gt=0)
+    probe_timeout_s: float = spec(gt=0)
 
 
 @dataclass

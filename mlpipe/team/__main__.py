@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from mlpipe.config import compose
@@ -45,33 +46,53 @@ def main(argv: list[str]) -> int:
         cfg = compose([f"team={args.team}", "team.member=${team.lead}", *rest])
         lifecycle.apply_client_settings(cfg)  # storage.http: a server that does not answer fails fast
         team = cfg.team
+        again = shlex.join(["--team", str(team.name), *rest])  # what reaches this server again
+        where = server.paths(team.server)
         if args.command == "start":
             where, started = server.start(team.server)
             members.setup(team)
             print(f"team {team.name}: MLflow server {'started' if started else 'already running'} at "
-                  f"{server.url(team.server)} (UI and API; log {where.log})\n"
+                  f"{server.url(team.server)} (UI and API; state {where.root}, log {where.log})\n"
                   f"members: {', '.join(members.names(team))} (lead: {team.lead}); passwords in {where.credentials}\n"
-                  f"run as a member:  python -m mlpipe.team as <member> -- mlflow run . -e main --env-manager local\n"
-                  f"stop it:          make team-server-stop TEAM={team.name}")
+                  f"run as a member:  python -m mlpipe.team as <member> {again} -- mlflow run . -e main "
+                  "--env-manager local\n"
+                  f"status:           python -m mlpipe.team status {again}\n"
+                  f"stop it:          python -m mlpipe.team stop {again}")
         elif args.command == "setup":
-            where = server.paths(team.server)
             if server.ADMIN not in server.credentials(where):
                 raise ConfigError(f"team {team.name}: no {server.ADMIN} password in {where.credentials}; write the "
                                   f'server\'s there first ({{"{server.ADMIN}": "<password>"}}, mode 0600; '
                                   "docs/kubernetes.md)")
+            server.probe(team.server)
             members.setup(team)
             print(f"team {team.name}: members {', '.join(members.names(team))} (lead: {team.lead}) set up on "
                   f"{server.url(team.server)}; passwords in {where.credentials}")
         elif args.command == "stop":
-            print(f"team {team.name}: server {'stopped' if server.stop(team.server) else 'was not running'}")
+            address = server.recorded_url(where) or server.url(team.server)
+            print(f"team {team.name}: server at {address} (state {where.root}) "
+                  f"{'stopped' if server.stop(team.server) else 'was not running: nothing to stop'}")
         else:
-            pid = server.running_pid(server.paths(team.server))
-            print(f"team {team.name}: server {'running (pid %d) at %s' % (pid, server.url(team.server)) if pid else 'not running'}; "
-                  f"members: {', '.join(members.names(team))} (lead: {team.lead})")
+            print(status_line(team, where))
         return 0
     except PipelineError as exc:
         print(f"error: team: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+
+
+def status_line(team, where) -> str:
+    """Which server this state dir holds, where it runs, whether it answers; the members."""
+    pid, configured = server.running_pid(where), server.url(team.server)
+    crew = f"members: {', '.join(members.names(team))} (lead: {team.lead})"
+    if not pid:
+        return f"team {team.name}: no server running from state {where.root} (it would run at {configured}); {crew}"
+    address = server.recorded_url(where) or configured
+    try:
+        server.probe(team.server, address)
+        health = "answering"
+    except PipelineError as exc:
+        health = f"not answering: {one_line(exc)}"
+    moved = "" if address == configured else f" (not at {configured}: team.server.host/port differ from its start)"
+    return f"team {team.name}: server running (pid {pid}) at {address}{moved}, {health}; state {where.root}; {crew}"
 
 
 def run_as(team_name: str, rest: list[str], command: list[str]) -> int:
@@ -82,6 +103,7 @@ def run_as(team_name: str, rest: list[str], command: list[str]) -> int:
     lifecycle.apply_client_settings(cfg)  # for the login check here, and the command's own calls after it
     team = cfg.team
     env = members.member_env(team, member)
+    server.probe(team.server)  # a server that does not answer: one line in seconds
     os.environ.update(env)
     members.check_login(env["MLFLOW_TRACKING_URI"])
     os.execvp(command[0], command)

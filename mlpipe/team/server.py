@@ -41,6 +41,10 @@ class Paths:
         return self.root / "server.log"
 
     @property
+    def address(self) -> Path:  # the URL the running server was started at
+        return self.root / "server.address"
+
+    @property
     def secret(self) -> Path:
         return self.root / "flask_secret"
 
@@ -105,6 +109,10 @@ def start(scfg) -> tuple[Paths, bool]:
     user from it on an empty user store)."""
     where = paths(scfg)
     if running_pid(where):
+        if recorded_url(where) not in (None, url(scfg)):
+            raise ConfigError(f"team server: the server of {where.root} runs at {recorded_url(where)}, not at "
+                              f"{url(scfg)}; stop it first, or give a second server its own "
+                              "team.server.state_dir=<folder>")
         return where, False
     creds = credentials(where)
     if ADMIN not in creds:
@@ -126,8 +134,30 @@ def start(scfg) -> tuple[Paths, bool]:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     where.pid.write_text(str(proc.pid))
+    where.address.write_text(url(scfg))
     _wait_healthy(scfg, proc, where)
     return where, True
+
+
+def recorded_url(where: Paths) -> str | None:
+    """The address the server of this state dir was started at (None: never started here)."""
+    return where.address.read_text().strip() if where.address.exists() else None
+
+
+def probe(scfg, address: str | None = None) -> None:
+    """One GET /health of the server (or of `address`), bounded by team.server.probe_timeout_s:
+    a server that does not answer is a StorageError naming the address and the keys, in seconds."""
+    address, timeout = address or url(scfg), float(scfg.probe_timeout_s)
+    try:
+        with urllib.request.urlopen(f"{address}/health", timeout=timeout) as resp:
+            if resp.status == 200:
+                return
+            reason = f"HTTP {resp.status}"
+    except OSError as exc:
+        reason = str(getattr(exc, "reason", None) or exc)
+    raise StorageError(f"no MLflow server answers at {address} ({reason}; waited at most "
+                       f"team.server.probe_timeout_s={timeout:g} s): start it (python -m mlpipe.team start) or set "
+                       "team.server.host / team.server.port to where it runs")
 
 
 def _check_port_free(scfg) -> None:
@@ -171,4 +201,5 @@ def stop(scfg) -> bool:
         return False
     stop_group(pid, float(scfg.stop_timeout_s))
     where.pid.unlink(missing_ok=True)
+    where.address.unlink(missing_ok=True)
     return True

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -19,6 +20,9 @@ from services import free_port
 from support import ROOT, error_lines
 
 MODEL = "iris_model"
+ALICE_MAIN = (sys.executable, "-m", "mlflow", "run", ".", "-e", "main", "--env-manager", "local",
+              "-P", "steps=ingest,preprocess,train,qa,register",
+              "-P", "overrides=data=iris model=logistic_regression train.cv_folds=2")
 
 
 class Team:
@@ -69,9 +73,7 @@ def team(tmp_path_factory):
 @pytest.fixture(scope="module")
 def alice_pipeline(team):
     """alice's pipeline through `mlflow run`, logged in as alice (no step reuses anything)."""
-    result = team.as_member("alice", sys.executable, "-m", "mlflow", "run", ".", "-e", "main", "--env-manager",
-                            "local", "-P", "steps=ingest,preprocess,train,qa,register",
-                            "-P", "overrides=data=iris model=logistic_regression train.cv_folds=2")
+    result = team.as_member("alice", *ALICE_MAIN)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
@@ -90,6 +92,24 @@ def test_start_prints_the_address_and_keeps_passwords_to_its_owner(team):
     assert not [p for p in passwords.values() if p in said]
     again = team.start()  # a second start finds it running
     assert again.returncode == 0 and "already running" in again.stdout
+    # the commands it prints reach this server, copied as they are
+    said = dict(re.findall(r"^(run as a member|status|stop it): +(.+)$", out, re.M))
+    assert said["stop it"] == f"python -m mlpipe.team stop --team demo {' '.join(team.overrides)}"
+    status = subprocess.run([sys.executable, *shlex.split(said["status"])[1:]], cwd=ROOT, env=team.env,
+                            capture_output=True, text=True, timeout=120)
+    assert status.stdout.startswith(f"team demo: server running (pid {(team.state / 'server.pid').read_text()}) "
+                                    f"at {team.url}, answering; state {team.state}; members: alice, bob, carol"), status
+    as_bob = shlex.split(said["run as a member"].split(" -- ")[0].replace("<member>", "bob"))[1:]
+    whoami = subprocess.run([sys.executable, *as_bob, "--", sys.executable, "-c", "import os; print("
+                             "os.environ['MLFLOW_TRACKING_URI'], os.environ['MLFLOW_TRACKING_USERNAME'])"],
+                            cwd=ROOT, env=team.env, capture_output=True, text=True, timeout=120)
+    assert whoami.stdout.split() == [team.url, "bob"], whoami.stderr
+    # a second server from the same state dir on another port: refused, the state dir named
+    other = team.cli("start", "--team", "demo", f"team.server.state_dir={team.state}", f"team.server.port={free_port()}")
+    assert other.returncode != 0 and error_lines(other.stderr) == [
+        f"error: team: ConfigError: team server: the server of {team.state} runs at {team.url}, not at "
+        f"http://127.0.0.1:{other.args[-1].split('=')[1]}; stop it first, or give a second server its own "
+        "team.server.state_dir=<folder>"]
 
 
 def test_a_members_pipeline_registers_into_their_own_model_tagged_with_their_name(team, alice_pipeline,
@@ -104,6 +124,22 @@ def test_a_members_pipeline_registers_into_their_own_model_tagged_with_their_nam
     assert not [p for p in passwords.values() if p in alice_pipeline.stdout + alice_pipeline.stderr]
     with pytest.raises(MlflowException):  # the team model itself is not hers to register into
         client.get_model_version_by_alias(MODEL, "champion")
+
+
+def test_a_members_identical_second_run_reuses_every_step_and_registers_nothing(team, alice_pipeline, monkeypatch):
+    """The driver composes what its steps compose (team=demo from MLPIPE_TEAM), so the keys it
+    looks up are the keys the steps wrote, and the parent run records the config they ran."""
+    again = team.as_member("alice", *ALICE_MAIN)
+    assert again.returncode == 0, again.stderr[-4000:]
+    outcomes = dict(re.findall(r"^(\w+) +\w{32} +(ran|cached) ", again.stdout, re.M))
+    assert outcomes == dict.fromkeys(["ingest", "preprocess", "train", "qa", "register"], "cached"), again.stdout
+    client = team.client("alice", monkeypatch)
+    assert [v.version for v in client.search_model_versions(f"name = '{MODEL}.alice'")] == ["1"]
+    experiment = client.get_experiment_by_name("demo/alice")
+    parent = client.search_runs([experiment.experiment_id], "tags.`pipeline.role` = 'pipeline'",
+                                order_by=["attributes.start_time DESC"])[0]
+    assert parent.info.run_id in again.stdout + again.stderr
+    assert parent.data.params["team.name"] == "demo" and parent.data.params["data.holdout_fraction"] == "0.2"
 
 
 def test_another_member_cannot_change_alices_model_or_the_team_champion(team, alice_pipeline, monkeypatch):
@@ -175,7 +211,11 @@ def test_stop_stops_the_server_and_frees_the_port(tmp_path_factory):
     assert started.returncode == 0, started.stderr[-3000:]
     pid = int((team.state / "server.pid").read_text())
     result = team.stop()
-    assert result.returncode == 0 and "server stopped" in result.stdout
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"team demo: server at {team.url} (state {team.state}) stopped"
+    status = team.cli("status", "--team", "demo", *team.overrides)
+    assert status.stdout.startswith(f"team demo: no server running from state {team.state} (it would run at "
+                                    f"{team.url})"), status
     import psutil
 
     try:

@@ -12,8 +12,9 @@ from mlpipe.config import PROJECT_ROOT
 
 
 def test_as_a_member_against_a_server_that_is_not_there_fails_fast_in_one_line(tmp_path):
-    """storage.http bounds the login check: one line naming the server and exit 14 (StorageError),
-    not MLflow's default retries (about 4 minutes) and a traceback."""
+    """`as` asks the server's /health first, bounded by team.server.probe_timeout_s: one line
+    naming the address and the keys, exit 14 (StorageError), nothing run; not MLflow's retries
+    (storage.http: 4 min 14 s with the shipped settings) and a traceback."""
     state = tmp_path / "state"
     state.mkdir()
     (state / "credentials.json").write_text(json.dumps({"alice": "pw", "bob": "pw", "carol": "pw"}))
@@ -22,12 +23,15 @@ def test_as_a_member_against_a_server_that_is_not_there_fails_fast_in_one_line(t
         port = sock.getsockname()[1]
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "mlpipe.team", "as", "alice", f"team.server.state_dir={state}",
-                             f"team.server.port={port}", "storage.http.timeout=2", "storage.http.max_retries=1",
-                             "storage.http.backoff_factor=0", "--", "true"], cwd=PROJECT_ROOT, capture_output=True,
+                             f"team.server.port={port}", "--", sys.executable, "-c",
+                             f"open({str(tmp_path / 'ran')!r}, 'w')"], cwd=PROJECT_ROOT, capture_output=True,
                             text=True, timeout=120)
     assert time.monotonic() - started < 30
     assert result.returncode == 14, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr[-2000:]
-    assert lines[0].startswith(f"error: team: StorageError: the MLflow server at http://127.0.0.1:{port} did not "
-                               "answer the login check")
+    assert lines[0].startswith(f"error: team: StorageError: no MLflow server answers at http://127.0.0.1:{port} ("), \
+        lines[0]
+    assert lines[0].endswith("waited at most team.server.probe_timeout_s=5 s): start it (python -m mlpipe.team start) "
+                             "or set team.server.host / team.server.port to where it runs"), lines[0]
+    assert not (tmp_path / "ran").exists()

@@ -105,6 +105,7 @@ def test_setup_on_a_server_that_runs_elsewhere_needs_the_admin_password_first(tm
     server.save_credentials(server.paths(_team(tmp_path).server), {"admin": "from-the-cluster"})
     seen = []
     monkeypatch.setattr(members, "setup", lambda team: seen.append((team.name, team.server.port)))
+    monkeypatch.setattr(server, "probe", lambda scfg, address=None: seen.append(("probed", scfg.port)))
     assert main(["setup", "--team", "demo", state, "team.server.port=5099"]) == 0
-    assert seen == [("demo", 5099)]
+    assert seen == [("probed", 5099), ("demo", 5099)]
     assert "set up on http://127.0.0.1:5099" in capsys.readouterr().out
