@@ -135,7 +135,8 @@ def relax_hint(name: str, task: str) -> str:
         "champion": "qa.champion.on_incompatible=replace" if rest == "compatible" else "qa.champion.tolerance=<tolerance>",
         "overfitting": f"qa.overfitting.max_{rest}=<limit>",
         "class_recall": "qa.min_class_recall=<recall>",
-        "inference": "qa.inference.p95_budget_ms=<ms>" if rest == "latency_p95_ms" else "registry.allow_unvalidated=true",
+        "inference": {"latency_p95_ms": "qa.inference.p95_budget_ms=<ms>",
+                      "cpu_p95_ms": "qa.inference.cpu_p95_budget_ms=<ms>"}.get(rest, "registry.allow_unvalidated=true"),
         "drift": "qa.drift.max_drifted_columns=<count>",
     }
     return hints.get(group, "registry.allow_unvalidated=true")

@@ -134,7 +134,8 @@ class OverfittingConfig(Checked):
 class InferenceConfig(Checked):
     KEY = "qa.inference"
     latency_rows: int = spec(ge=1)
-    p95_budget_ms: float = spec(gt=0)
+    cpu_p95_budget_ms: float = spec(gt=0)
+    p95_budget_ms: Optional[float] = spec(gt=0)
 
 
 @dataclass

@@ -240,7 +240,9 @@ def test_every_step_logs_a_card_and_a_summary(store: Store, cold):
         assert not re.search(r'(src|href)="(https?:)?//', html), step  # opens offline
     qa = card(store, steps["qa"])
     names = {c["name"] for c in qa["checks"]}
-    assert {"baseline.p_value", "inference.serving_input", "inference.latency_p95_ms", "drift.test"} <= names
+    assert {"baseline.p_value", "inference.serving_input", "inference.cpu_p95_ms", "drift.test"} <= names
+    assert "inference.latency_p95_ms" not in names  # wall-clock: reported (qa.latency_p95_ms), not gated by default
+    assert {"qa.latency_p95_ms", "qa.cpu_p95_ms"} <= set(steps["qa"].data.metrics)
     assert {"confusion matrix", "drift: test", "roc curve plot"} <= set(qa["sections"])
     assert "feature importances" in card(store, steps["train"])["sections"]
     assert "class balance" in card(store, steps["ingest"])["sections"]

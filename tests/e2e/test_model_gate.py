@@ -60,7 +60,7 @@ def test_pure_noise_is_stopped_at_qa_by_the_baseline(noise):
     baseline = checks(store, qa)["baseline.p_value"]
     assert not baseline["passed"] and baseline["value"] >= 0.05 and "McNemar" in baseline["note"]
     metrics = qa.data.metrics
-    assert {"qa.baseline_accuracy", "qa.lift", "qa.lift_lower_bound", "qa.p_value", "qa.latency_p95_ms",
+    assert {"qa.baseline_accuracy", "qa.lift", "qa.lift_lower_bound", "qa.p_value", "qa.latency_p95_ms", "qa.cpu_p95_ms",
             "qa.recall.yes", "qa.recall.no"} <= set(metrics)
     assert metrics["qa.lift_lower_bound"] < 0
     assert {a.path for a in store.client.list_artifacts(qa.info.run_id)} >= {"qa_report.json", "confusion_matrix.json"}

@@ -191,13 +191,14 @@ def test_default_qa_config_has_a_level_and_every_limit(project_root):
     assert qa["baseline"]["enabled"] is True and 0 < qa["baseline"]["alpha"] < 0.5
     assert set(qa["overfitting"]) == {"max_train_test_gap", "max_train_validation_gap", "max_validation_test_gap",
                                       "max_cv_std"}
-    assert qa["inference"]["latency_rows"] > 0 and qa["inference"]["p95_budget_ms"] > 0
+    assert qa["inference"]["latency_rows"] > 0 and qa["inference"]["cpu_p95_budget_ms"] > 0
+    assert qa["inference"]["p95_budget_ms"] is None  # wall-clock moves with the machine's load: report only
 
 
 CHECK_NAMES = ["baseline.p_value", "threshold.accuracy", "threshold.roc_auc", "champion.accuracy", "champion.compatible",
                "overfitting.train_test_gap", "overfitting.train_validation_gap", "overfitting.validation_test_gap",
                "overfitting.cv_std", "class_recall.2", "inference.serving_input", "inference.latency_p95_ms",
-               "drift.test", "drift.batch"]
+               "inference.cpu_p95_ms", "drift.test", "drift.batch"]
 
 
 @pytest.mark.parametrize("name", CHECK_NAMES)

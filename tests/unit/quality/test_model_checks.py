@@ -58,3 +58,37 @@ def test_the_serving_payload_check_says_what_went_wrong():
     assert not no_example.passed and no_example.expected == "an input example logged with the model"
     failed = model_checks.serving_input_check(None, 2, "x" * 500)
     assert not failed.passed and failed.note == "x" * 300
+
+
+class Timed:
+    """A model whose single-row predict either waits (as a call on a busy machine waits for a
+    CPU) or computes, for `seconds`."""
+
+    def __init__(self, seconds: float, busy: bool):
+        self.seconds, self.busy = seconds, busy
+
+    def predict(self, frame):
+        import time
+
+        if not self.busy:
+            time.sleep(self.seconds)
+            return [0] * len(frame)
+        until = time.process_time() + self.seconds
+        while time.process_time() < until:
+            pass
+        return [0] * len(frame)
+
+
+def test_latency_measures_cpu_per_call_beside_the_wall_clock():
+    """Waiting (what load from other processes adds) shows in the wall-clock figure only; work the
+    model does shows in both: the gate's CPU p95 does not fail a fast model on a busy machine."""
+    import pandas as pd
+
+    from mlpipe.quality import gate
+
+    rows = pd.DataFrame({"x": [1.0, 2.0, 3.0]})
+    wall, cpu = model_checks.latency(Timed(0.05, busy=False), rows, 5)
+    assert len(wall) == len(cpu) == 5
+    assert gate.p95_ms(wall) >= 50 and gate.p95_ms(cpu) < 20
+    wall, cpu = model_checks.latency(Timed(0.03, busy=True), rows, 5)
+    assert gate.p95_ms(cpu) >= 30 and gate.p95_ms(wall) >= 30
