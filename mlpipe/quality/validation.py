@@ -188,12 +188,24 @@ def _table(rows: list[dict]) -> pd.DataFrame:
 RELAX = {
     "max_missing_fraction(": "data.validation.max_missing_fraction=<fraction>",
     "max_duplicate_fraction(": "data.validation.max_duplicate_fraction=<fraction>",
-    "min_classes(": "data.validation.min_classes=<count>",
+    "min_classes(": "data.target=<label column>",
     "min_class_fraction(": "data.validation.min_class_fraction=<fraction>",
     "numeric (text in a numeric column)": "data.validation.numeric_text_fraction=<fraction>",
     "isin(": "data.validation.new_categories=allow",
 }
 SCHEMA_RELAX = "data.schema=<a pandera YAML schema>"
+
+
+# Checks whose remedy is the data, not a looser limit: the key names where to point instead.
+FIX_THE_DATA = {"min_classes(": "too few classes to learn from: fix the data, or point {key} at the label"}
+
+
+def remedy(check: str) -> str:
+    """What the failure line suggests for `check`: the override that changes it, or, where a
+    looser limit would only hide the problem, the data and the key to check."""
+    key = relax_hint(check)
+    fix = next((text for start, text in FIX_THE_DATA.items() if check.startswith(start)), None)
+    return fix.format(key=key) if fix else f"to change: {key}"
 
 
 def relax_hint(check: str) -> str:
@@ -212,7 +224,7 @@ def summarise(failures: pd.DataFrame, label: str, against: str, items: int) -> s
             text = f"{column!r}: {check} failed for {len(part)} value(s), e.g. row {part['index'].iloc[0]}"
         else:
             text = f"{column!r}: {check} failed for {len(part)} value(s), e.g. {example!r}"
-        groups.append(f"{text} (to change: {relax_hint(str(check))})")
+        groups.append(f"{text} ({remedy(str(check))})")
     shown = "; ".join(groups[:items]) + (f"; and {len(groups) - items} more" if len(groups) > items else "")
     return (f"{label}: {len(failures)} validation failure(s) against {against}: {shown} "
             "(all of them: validation/failures.csv)")

@@ -59,7 +59,23 @@ def error_payload(exc: BaseException) -> tuple[int, str]:
             "Encountered an unexpected error while evaluating the model. Verify that the serialized input "
             f"Dataframe is compatible with the model for inference. Error: {type(exc).__name__}: {exc}",
             error_code=BAD_REQUEST, stack_trace="".join(traceback.format_exception(exc)))
+    elif (cause := schema_cause(exc)) is not None:
+        exc = MlflowException.invalid_parameter_value(f"the request does not fit the model's input schema: {cause}")
     return exc.get_http_status_code(), exc.serialize_as_json()
+
+
+def schema_cause(exc: BaseException) -> str | None:
+    """MLflow's schema enforcement failure says "Failed to enforce schema of data '<every row>'
+    with schema '<every column>'. Error: <cause>": the cause alone (missing and extra columns, a
+    type that does not convert), without the payload and the schema; None for other errors."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException) or not exc.message.startswith("Failed to enforce schema of data"):
+        return None
+    cause = exc.__context__
+    if cause is None:
+        return None
+    return cause.message if isinstance(cause, MlflowException) else str(cause)
 
 
 # -- micro-batching -----------------------------------------------------------------------------

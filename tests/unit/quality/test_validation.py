@@ -187,7 +187,8 @@ def test_every_data_check_names_an_override_that_exists(check):
     """The key a failure names composes against conf/ (its <placeholder> replaced by a value)."""
     hint = validation.relax_hint(check)
     key, _, value = hint.partition("=")
-    value = {"<fraction>": "0.5", "<count>": "2", "<a pandera YAML schema>": "/tmp/schema.yaml"}.get(value, value)
+    value = {"<fraction>": "0.5", "<count>": "2", "<a pandera YAML schema>": "/tmp/schema.yaml",
+             "<label column>": "label"}.get(value, value)
     assert to_container(compose([f"{key}={value}"]))  # raises ConfigError for a key that does not exist
 
 
@@ -195,6 +196,11 @@ def test_single_class(frame, cfg):
     failures = validation.frame_failures(frame.assign(label="a"), "label", "classification", cfg)
     assert checks_of(failures) == [("label", "min_classes(2)")]
     assert failures["failure_case"].tolist() == ["1 class(es): ['a']"]
+    # the remedy is the data or the target column, not a lower min_classes
+    line = validation.summarise(failures, "data", "the every-ingest checks", 3)
+    assert "'label': min_classes(2) failed for 1 value(s), e.g. \"1 class(es): ['a']\" (too few classes to learn " \
+           "from: fix the data, or point data.target=<label column> at the label)" in line, line
+    assert "data.validation.min_classes" not in line
     assert validation.frame_failures(frame.assign(label="a"), "label", "regression", cfg).empty
 
 

@@ -116,6 +116,21 @@ def test_one_bad_request_in_a_batch_fails_alone_and_says_why_the_batch_split(iri
     assert said[0].endswith("); answering them one by one")
 
 
+def test_wrong_columns_name_the_missing_and_extra_ones_without_the_payload_or_the_schema(iris_model):
+    """MLflow's own message carries every row and the whole schema; the answer keeps its 400 and
+    error code (what `mlflow models serve` answers) with only the cause."""
+    model, X = iris_model
+    schema = model.metadata.get_input_schema()
+    wrong = X.head(2).rename(columns={"petal width (cm)": "petal_width"})
+    (answer,) = batching.predict_batch(model, schema, [(_records(wrong), "application/json")], max_rows=64)
+    status, body = batching.error_payload(answer.error)
+    error = json.loads(body)
+    assert status == 400 and error["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert error["message"] == ("the request does not fit the model's input schema: Model is missing inputs "
+                                "['petal width (cm)']. Note that there were extra inputs: ['petal_width'].")
+    assert "Failed to enforce" in str(answer.error)  # what MLflow said, cut down
+
+
 def test_micro_batcher_merges_concurrent_requests(iris_model):
     model, X = iris_model
     variant = LiveVariant("a", "uri", 1.0, model, "7")
