@@ -35,3 +35,16 @@ def test_as_a_member_against_a_server_that_is_not_there_fails_fast_in_one_line(t
     assert lines[0].endswith("waited at most team.server.probe_timeout_s=5 s): start it (python -m mlpipe.team start) "
                              "or set team.server.host / team.server.port to where it runs"), lines[0]
     assert not (tmp_path / "ran").exists()
+
+
+def test_the_driver_under_hydras_app_composes_the_team_its_steps_compose():
+    """A sweep (or any command line Hydra runs itself) under `as <member>`: the driver adds
+    team=<MLPIPE_TEAM> as compose() does for the steps, so its keys are theirs."""
+    import os
+
+    env = {**os.environ, "MLPIPE_TEAM": "demo", "MLFLOW_TRACKING_USERNAME": "alice"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run([sys.executable, "-m", "steps.main", "--cfg", "job", "--package", "team"],
+                            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("# @package team\nname: demo\n"), result.stdout[:2000]
