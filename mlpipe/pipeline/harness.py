@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from mlpipe.config import compose, shell_unquoted, split_overrides
 from mlpipe.errors import PipelineError, one_line
-from mlpipe.pipeline import cache, key_inputs
+from mlpipe.pipeline import cache, key_inputs, summary
 from mlpipe.pipeline.spec import StepSpec, spec_of
 from mlpipe.reports import cards
 from mlpipe.run import frames, handoff, lifecycle, monitor, processes
@@ -67,6 +67,9 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
     params = dict(vars(args))
     started = time.monotonic()
     cfg, config_error = _compose(args.overrides)
+    alone = not os.environ.get(lifecycle.QUIET_ENV)  # not under the driver, which reports for it
+    if alone and cfg is not None and cfg.main.log == "quiet":
+        _quiet_mlflow()
     # warm: forked by the driver's warm helper (pipeline/warm.py); own: a process of its own
     tags = {STEP_TAG: step, PROCESS_TAG: "own" if processes.WARM_PARENT is None else "warm"}
     with lifecycle.open_run(step, cfg, tags=tags, params=params, config_error=config_error, started=started,
@@ -82,6 +85,18 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
         if args.overrides:
             ctx.card.inputs["overrides"] = args.overrides
         _run_recipe(ctx, recipe, monitor.Limits.from_config(opened.config["monitor"]))
+    if alone:  # what `main` prints as the step ends (a failure said its one line and exited above)
+        run = opened.client.get_run(opened.run_id)
+        print(summary.step_line(summary.result_of(step, run, "ran", time.monotonic() - started)), flush=True)
+
+
+def _quiet_mlflow() -> None:
+    """main.log=quiet for a step run alone, as `main` has it for its steps: MLflow's INFO and
+    WARNING lines (system metrics, the pickle advice) and its download progress bars left out."""
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _upstream(opened: lifecycle.Opened, spec: StepSpec, params: dict[str, str]) -> Run | None:

@@ -211,6 +211,30 @@ def guarded(name: str, started: float | None = None, contain: bool = False,
 
 # -- opening a run ----------------------------------------------------------------------------
 
+def store_address(uri: str, cwd: str) -> str:
+    """The tracking URI with a relative SQLite or file path made absolute (against `cwd`): the
+    store a user can find again."""
+    for scheme in ("sqlite:///", "file://"):
+        if uri.startswith(scheme) and not uri.startswith(scheme + "/"):
+            return scheme + os.path.abspath(os.path.join(cwd, uri[len(scheme):]))
+    if "://" not in uri:  # a bare folder: MLflow's file store
+        return os.path.abspath(os.path.join(cwd, uri))
+    return uri
+
+
+def where_line(client: MlflowClient, run: Run) -> str:
+    """`[mlpipe] tracking store <uri>, experiment "<name>" (id <id>), run <id>`; and when the
+    store holds nothing but this run, that this command created it (a run from a Git URI or
+    another folder without MLFLOW_TRACKING_URI lands in a new store there)."""
+    experiment = client.get_experiment(run.info.experiment_id)
+    line = (f"[mlpipe] tracking store {store_address(mlflow.get_tracking_uri(), os.getcwd())}, experiment "
+            f'"{experiment.name}" (id {experiment.experiment_id}), run {run.info.run_id}')
+    others = client.search_experiments(max_results=2)
+    if len(others) <= 1 and [r.info.run_id for r in client.search_runs([experiment.experiment_id], max_results=2)] \
+            == [run.info.run_id]:
+        line += "; a new store, created by this command (set MLFLOW_TRACKING_URI to use another)"
+    return line
+
 @dataclass
 class Opened:
     """An open run: its id, the run as the store holds it after the probe, and the config."""
@@ -252,6 +276,8 @@ def open_run(name: str, cfg: DictConfig | None, *, tags: dict[str, str] | None =
         if config_error is not None:
             raise config_error
         run = client.get_run(active.info.run_id)
+        if cfg is not None and not os.environ.get(QUIET_ENV):  # the command's own run: say where it went
+            print(where_line(client, run), file=sys.stderr, flush=True)
         config = None
         if cfg is not None:
             config = to_container(cfg)

@@ -24,10 +24,14 @@ def test_pinned_commit_runs_from_a_git_uri_into_the_callers_store(fresh_store: S
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
 
-    fresh_store.mlflow_run("--version", sha, uri=URL, cwd=workdir, env=env, check=True)
+    result = fresh_store.mlflow_run("--version", sha, uri=URL, cwd=workdir, env=env, check=True)
 
     parent = fresh_store.newest("tags.`pipeline.role` = 'pipeline'")
     assert parent.info.status == "FINISHED"
+    # the one line that says where it went: the caller's store, not a new one
+    (where,) = [line for line in result.stderr.splitlines() if line.startswith("[mlpipe] tracking store ")]
+    assert where == (f'[mlpipe] tracking store {fresh_store.uri}, experiment "Default" (id 0), '
+                     f"run {parent.info.run_id}"), where
     assert parent.data.tags["mlflow.source.git.commit"] == sha
     assert parent.data.tags["mlflow.source.git.repoURL"] == URL
     children = fresh_store.children(parent.info.run_id)
@@ -39,3 +43,4 @@ def test_pinned_commit_runs_from_a_git_uri_into_the_callers_store(fresh_store: S
     assert sorted(p.name for p in workdir.iterdir()) == []
     assert subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout == head_before
+

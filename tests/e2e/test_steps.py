@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -120,3 +121,33 @@ def test_serve_alone_serves_the_champion_until_interrupted(store: Store, prepare
     serve = store.newest("tags.`mlflow.project.entryPoint` = 'serve'")
     assert serve.data.tags["pipeline.model_uri"] == "models:/wine_model@champion"
     assert "pipeline.cache_key" not in serve.data.tags
+
+
+def test_steps_run_alone_from_another_folder_say_where_they_logged_and_print_what_main_prints(fresh_store: Store,
+                                                                                            tmp_path):
+    """No MLFLOW_TRACKING_URI: MLflow makes ./mlflow.db in the folder `mlflow run` started from;
+    the step's first line names that file and says it is new. A step alone prints its one line,
+    as `main` does for it, without MLflow's INFO/WARNING lines and download bars (main.log=quiet);
+    main.log=full brings them back."""
+    env = {k: v for k, v in fresh_store.env.items() if k != "MLFLOW_TRACKING_URI"}
+
+    def step(entry: str, *params: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([fresh_store.python_exe, "-m", "mlflow", "run", str(ROOT), "-e", entry, "--env-manager",
+                                 "local", *params], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    ingest = step("ingest", "-P", "overrides=data=iris")
+    (where,) = [line for line in ingest.stderr.splitlines() if line.startswith("[mlpipe] tracking store ")]
+    assert where.startswith(f'[mlpipe] tracking store sqlite:///{tmp_path}/mlflow.db, experiment "Default" (id 0), '
+                            "run "), where
+    assert where.endswith("; a new store, created by this command (set MLFLOW_TRACKING_URI to use another)"), where
+    assert re.fullmatch(r"\[mlpipe\] ingest ran in [\d.]+ s: rows=150 task=classification\n", ingest.stdout), ingest.stdout
+    step("preprocess", "-P", "overrides=data=iris")
+    train = step("train", "-P", "overrides=data=iris model=logistic_regression")
+    assert re.fullmatch(r"\[mlpipe\] train ran in [\d.]+ s: validation\.accuracy=[\d.]+\n", train.stdout), train.stdout
+    assert "a new store" not in train.stderr  # the same store, found again
+    ours = [line for line in train.stderr.splitlines() if " mlflow." not in line]  # `mlflow run`'s own INFO lines aside
+    assert not [line for line in ours if "Downloading artifacts" in line or "WARNING" in line], ours
+    full = step("train", "-P", "overrides=data=iris model=logistic_regression main.log=full")
+    assert "WARNING mlflow.sklearn: Saving scikit-learn models in the pickle" in full.stderr

@@ -30,3 +30,14 @@ def test_rest_requests_try_no_databricks_imports_outside_databricks(monkeypatch)
     lifecycle.skip_databricks_checks()
     resolve_request_headers()
     assert asked == []
+
+
+def test_the_store_a_command_names_is_one_a_user_can_find_again():
+    from mlpipe.run.lifecycle import store_address
+
+    assert store_address("sqlite:///mlflow.db", "/home/u/proj") == "sqlite:////home/u/proj/mlflow.db"
+    assert store_address("sqlite:////abs/mlflow.db", "/x") == "sqlite:////abs/mlflow.db"
+    assert store_address("mlruns", "/home/u") == "/home/u/mlruns"
+    assert store_address("file://./mlruns", "/home/u") == "file:///home/u/mlruns"
+    assert store_address("http://127.0.0.1:5050", "/x") == "http://127.0.0.1:5050"
+    assert store_address("postgresql://db/mlflow", "/x") == "postgresql://db/mlflow"
