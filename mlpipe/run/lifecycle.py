@@ -224,15 +224,15 @@ def store_address(uri: str, cwd: str) -> str:
 
 def where_line(client: MlflowClient, run: Run) -> str:
     """`[mlpipe] tracking store <uri>, experiment "<name>" (id <id>), run <id>`; and when the
-    store holds nothing but this run, that this command created it (a run from a Git URI or
-    another folder without MLFLOW_TRACKING_URI lands in a new store there)."""
+    store holds nothing but this run, that it is new (a run from a Git URI or another folder
+    without MLFLOW_TRACKING_URI lands in a new ./mlflow.db where `mlflow run` started)."""
     experiment = client.get_experiment(run.info.experiment_id)
     line = (f"[mlpipe] tracking store {store_address(mlflow.get_tracking_uri(), os.getcwd())}, experiment "
             f'"{experiment.name}" (id {experiment.experiment_id}), run {run.info.run_id}')
     others = client.search_experiments(max_results=2)
     if len(others) <= 1 and [r.info.run_id for r in client.search_runs([experiment.experiment_id], max_results=2)] \
             == [run.info.run_id]:
-        line += "; a new store, created by this command (set MLFLOW_TRACKING_URI to use another)"
+        line += "; a new store: no run before this one (set MLFLOW_TRACKING_URI to use another)"
     return line
 
 @dataclass

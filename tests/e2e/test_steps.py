@@ -141,7 +141,7 @@ def test_steps_run_alone_from_another_folder_say_where_they_logged_and_print_wha
     (where,) = [line for line in ingest.stderr.splitlines() if line.startswith("[mlpipe] tracking store ")]
     assert where.startswith(f'[mlpipe] tracking store sqlite:///{tmp_path}/mlflow.db, experiment "Default" (id 0), '
                             "run "), where
-    assert where.endswith("; a new store, created by this command (set MLFLOW_TRACKING_URI to use another)"), where
+    assert where.endswith("; a new store: no run before this one (set MLFLOW_TRACKING_URI to use another)"), where
     assert re.fullmatch(r"\[mlpipe\] ingest ran in [\d.]+ s: rows=150 task=classification\n", ingest.stdout), ingest.stdout
     step("preprocess", "-P", "overrides=data=iris")
     train = step("train", "-P", "overrides=data=iris model=logistic_regression")
