@@ -108,3 +108,10 @@ def test_step_sections():
     assert "residuals" in titles and "drift: batch" in titles and "drift: batch, x" in titles
     _, html = finished(card)
     assert len(svgs(html)) == 3
+
+
+def test_the_drift_chart_says_the_whole_rule_a_bar_over_the_line_alone_is_not_red():
+    from mlpipe.reports import sections
+
+    report = {"max_psi": 0.2, "alpha_per_column": 0.05 / 13}
+    assert sections.drift_legend("test", report) == "PSI, test vs training. Red = drifted: PSI > 0.2 (line) and test p < 0.0038"
