@@ -79,6 +79,7 @@ def run_job(cfg: DictConfig, overrides: list[str] | None = None) -> float | None
         return _sweep_job(cfg, overrides, sweep_run_id)
     tags = {ROLE_TAG: "pipeline", OVERRIDES_TAG: json.dumps(overrides)}
     with lifecycle.open_run("main", cfg, tags=tags, run_name=None) as opened:
+        opened.client.update_run(opened.run_id, name=summary.run_name("main", cfg, opened.run.info.start_time / 1000))
         # storage=s3: the steps run in the experiment whose artifact location is the bucket.
         experiment_id = storage.ensure_experiment(opened.client, opened.config["storage"]) \
             or opened.run.info.experiment_id

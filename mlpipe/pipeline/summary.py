@@ -111,3 +111,12 @@ def publish_cards(client: MlflowClient, parent_run_id: str, rows: list[tuple[str
             client.log_artifacts(parent_run_id, str(out), where)
     except Exception as exc:  # noqa: BLE001 - the pipeline's outcome matters more than its cards
         print(f"warning: main: report cards not linked: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+
+
+def run_name(kind: str, cfg, when: float) -> str:
+    """A pipeline's or a sweep's run name in MLflow's UI, after what it ran: `main wine
+    RandomForestClassifier 12-06 18:30` (MLflow's own names are random words)."""
+    import time
+
+    estimator = str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1] or "model"
+    return f"{kind} {cfg.data.name} {estimator} {time.strftime('%m-%d %H:%M', time.localtime(when))}"

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlpipe.config import compose, to_container
 from mlpipe.errors import ConfigError, PipelineError, StepFailedError, UpstreamError
-from mlpipe.pipeline import jobs
+from mlpipe.pipeline import jobs, summary
 from mlpipe.pipeline.spec import AFTER_SWEEP, STEPS, select_steps
 from mlpipe.pipeline.warm import control as warm
 from mlpipe.run import handoff, lifecycle
@@ -54,6 +54,7 @@ class SweepCallback(Callback):
         run = client.get_run(run_id)
         os.environ["MLFLOW_EXPERIMENT_ID"] = run.info.experiment_id
         client.set_tag(run_id, ROLE_TAG, "sweep")
+        client.update_run(run_id, name=summary.run_name("sweep", config, run.info.start_time / 1000))
         os.environ[jobs.SWEEP_ENV] = self.sweep_run_id = run_id
         print(f"[mlpipe] sweep run {run_id}", file=sys.stderr)
         atexit.register(self._unended)

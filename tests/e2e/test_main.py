@@ -26,6 +26,8 @@ def cold(store: Store):
 def test_cold_run_nests_one_finished_child_per_step(store: Store, cold):
     result, parent = cold
     assert parent.info.status == "FINISHED"
+    # named in MLflow's UI after what it ran, not with random words
+    assert re.fullmatch(r"main wine RandomForestClassifier \d\d-\d\d \d\d:\d\d", parent.info.run_name), parent.info.run_name
     children = store.children(parent.info.run_id)
     assert [c.data.tags["mlflow.project.entryPoint"] for c in children] == STEPS
     assert all(c.info.status == "FINISHED" for c in children)

@@ -21,6 +21,7 @@ def test_one_sweep_parent_with_one_nested_pipeline_per_job(store: Store, sweep):
     _, parent = sweep
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["mlflow.project.entryPoint"] == "main"
+    assert parent.info.run_name.startswith("sweep wine RandomForestClassifier "), parent.info.run_name
     children = store.children(parent.info.run_id)
     jobs = [c for c in children if c.data.tags.get("pipeline.role") == "sweep-job"]
     assert [j.data.tags["pipeline.overrides"] for j in jobs] == [
