@@ -209,10 +209,20 @@ def format_report(result: dict[str, Any]) -> str:
                      f"{arm['latency_p99_ms']:.1f}", arm.get("member") or "-"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines += [f"  {t['challenger']} vs {result['control']}: {t['test']}, p={t['p_value']:.3g}"
-              + (f", {(1 - t['alpha']) * 100:g}% confidence sequence for the difference [{t['ci_low']:.4f}, "
-                 f"{t['ci_high']:.4f}]" if "ci_low" in t else "") for t in result["tests"]]
+    lines += [f"  {t['challenger']} vs {result['control']}: {t['test']}, p={t['p_value']:.3g}" + _interval(t)
+              for t in result["tests"]]
     return "\n".join([f"A/B experiment {result['experiment']}: {result['recommendation']}", *lines])
+
+
+def _interval(test: dict[str, Any]) -> str:
+    """The confidence sequence as the terminal shows it; an empty one said in words, never as
+    [low, high] with low above high."""
+    if "ci_low" not in test:
+        return ""
+    if test.get("empty_interval"):
+        return f"; {abtest.EMPTY_INTERVAL}"
+    return (f", {(1 - test['alpha']) * 100:g}% confidence sequence for the difference [{test['ci_low']:.4f}, "
+            f"{test['ci_high']:.4f}]")
 
 
 def fill_card(card: cards.Card, result: dict[str, Any], ab: dict[str, Any]) -> None:
@@ -227,8 +237,10 @@ def fill_card(card: cards.Card, result: dict[str, Any], ab: dict[str, Any]) -> N
     diff = "accuracy_diff" if task == "classification" else "mae_diff"
     card.add_table("Tests against the control", ["challenger", "test", "difference", "CI low", "CI high", "p",
                                                  "alpha (Bonferroni)", "significant", "latency p (Mann-Whitney U)"],
-                   [[t["challenger"], t["test"], t.get(diff, float("nan")), t.get("ci_low", float("nan")),
-                     t.get("ci_high", float("nan")), t["p_value"], t["alpha"], t["significant"],
+                   [[t["challenger"], t["test"], t.get(diff, float("nan")),
+                     "empty" if t.get("empty_interval") else t.get("ci_low", float("nan")),
+                     "empty" if t.get("empty_interval") else t.get("ci_high", float("nan")), t["p_value"], t["alpha"],
+                     t["significant"],
                      t["latency_p_value"]] for t in result["tests"]])
     names = [a["variant"] for a in result["arms"]]
     card.add_plot(f"{measure} per arm", plots.bars(names, [_num(a[measure]) for a in result["arms"]],

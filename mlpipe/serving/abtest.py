@@ -208,7 +208,8 @@ def compare(arms: Sequence[dict[str, Any]], task: str, *, control: str, min_samp
                      "mae_diff": float(diff), "better": bool(diff < 0)}
         lu, lp = mann_whitney(base["latencies"], arm["latencies"])
         test |= {"latency_test": "Mann-Whitney U", "latency_statistic": lu, "latency_p_value": lp}
-        test["significant"] = bool(not short and math.isfinite(test["p_value"]) and test["p_value"] < alpha_each)
+        test["significant"] = bool(not short and math.isfinite(test["p_value"]) and test["p_value"] < alpha_each
+                                   and not test.get("empty_interval"))
         tests.append(test)
     result: dict[str, Any] = {"task": task, "control": control, "min_samples": min_samples, "alpha": alpha,
                               "method": method, "arms": summaries, "tests": tests}
@@ -217,6 +218,12 @@ def compare(arms: Sequence[dict[str, Any]], task: str, *, control: str, min_samp
         result["overall"] = {"test": "chi-square", "statistic": chi2, "p_value": p}
     result["recommendation"], result["winner"] = _recommend(tests, short, control, min_samples, summaries)
     return result
+
+
+# What an empty confidence sequence means, where the report would print [low, high] with low > high.
+EMPTY_INTERVAL = ("the confidence sequence is empty: the running intervals no longer overlap, so no single "
+                  "difference fits every look (the difference moved over time, or the same rows came again "
+                  "and again); not significant whatever p says: start a new serve.experiment")
 
 
 def _sequential(base: dict, arm: dict, task: str, alpha: float, settings: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +246,7 @@ def _sequential(base: dict, arm: dict, task: str, alpha: float, settings: dict[s
     diff = seq.diff
     return {"test": "mSPRT (always valid)", "statistic": float("nan"), "p_value": seq.p_value, name: diff,
             "ci_low": seq.ci_low, "ci_high": seq.ci_high, "tau": tau, "looks": seq.looks,
+            "empty_interval": bool(seq.ci_low > seq.ci_high),
             "better": bool(diff > 0) if task == "classification" else bool(diff < 0)}
 
 
@@ -247,6 +255,7 @@ def _recommend(tests, short, control, min_samples, summaries) -> tuple[str, str 
         have = ", ".join(f"{s['variant']}={s['labelled']}" for s in summaries)
         return (f"collect more data: every arm needs {min_samples} labelled rows (have {have}); "
                 f"keep {control}", None)
+    broken = [t["challenger"] for t in tests if t.get("empty_interval")]
     winners = [t for t in tests if t["significant"] and t["better"]]
     if winners:
         key = "accuracy_diff" if "accuracy_diff" in winners[0] else "mae_diff"
@@ -256,4 +265,6 @@ def _recommend(tests, short, control, min_samples, summaries) -> tuple[str, str 
     worse = [t["challenger"] for t in tests if t["significant"] and not t["better"]]
     if worse:
         return f"keep {control}: {', '.join(worse)} significantly worse", None
+    if broken:
+        return f"keep {control}: the test of {', '.join(broken)} is void ({EMPTY_INTERVAL})", None
     return f"keep {control}: no significant difference", None

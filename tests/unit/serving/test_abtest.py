@@ -93,8 +93,10 @@ def test_mann_whitney_finds_a_shift_and_not_noise():
 
 
 def _arm(name, correct, n, latency=10.0, seed=0):
+    """`correct` right answers of `n`, in a random order: labels arriving one after another from
+    steady traffic (all the right ones first would be traffic that changed mid-test)."""
     rng = np.random.default_rng(seed)
-    outcomes = [1.0] * correct + [0.0] * (n - correct)
+    outcomes = list(rng.permutation([1.0] * correct + [0.0] * (n - correct)))
     return {"name": name, "latencies": list(rng.normal(latency, 1, n)), "outcomes": outcomes}
 
 
@@ -205,3 +207,28 @@ def test_bad_variants_file_is_a_config_error(tmp_path, content, message):
 def test_variants_and_a_file_together_are_refused():
     with pytest.raises(ConfigError, match="not both"):
         abtest.configured_variants({"variants": [{"name": "a"}], "variants_file": "x.yaml"})
+
+
+def test_an_empty_confidence_sequence_is_said_in_words_and_decides_nothing():
+    """The challenger far better early, far worse later (traffic that changed, or a few rows sent
+    again and again): the running intervals stop overlapping. The report must not print
+    [low, high] with low > high, nor promote on the p-value."""
+    from mlpipe.serving import abreport
+
+    early, late = 300, 1500
+    a = {"name": "a", "latencies": [5.0] * (early + late), "outcomes": [0.0] * early + [1.0] * late,
+         "times": [2 * i for i in range(early + late)]}
+    b = {"name": "b", "latencies": [5.0] * (early + late), "outcomes": [1.0] * early + [0.0] * late,
+         "times": [2 * i + 1 for i in range(early + late)]}
+    result = abtest.compare([a, b], "classification", control="a", min_samples=100, alpha=0.05, method=METHOD,
+                            sequential=AB)
+    (test,) = result["tests"]
+    assert test["ci_low"] > test["ci_high"] and test["empty_interval"] and test["p_value"] < 0.05
+    assert not test["significant"] and result["winner"] is None
+    assert result["recommendation"] == f"keep a: the test of b is void ({abtest.EMPTY_INTERVAL})"
+    result |= {"experiment": "e1"}
+    for arm in result["arms"]:
+        arm |= {"model_versions": "", "member": "", "errors": 0}
+    printed = abreport.format_report(result)
+    assert "confidence sequence for the difference [" not in printed
+    assert f"b vs a: mSPRT (always valid), p={test['p_value']:.3g}; {abtest.EMPTY_INTERVAL}" in printed
