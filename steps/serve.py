@@ -72,7 +72,7 @@ def report(ctx: StepContext, scfg: dict) -> None:
         ctx.card.outputs["promoted"] = f"{moved['model']}@{moved['alias']}: {moved['previous_version']} -> " \
                                        f"{moved['version']}"
     ctx.set_tags(tags)
-    print(abreport.format_report(result), flush=True)
+    print(abreport.format_report(result), abreport.promotion_line(ab["promote"], moved, result), sep="\n", flush=True)
     ctx.summary(result["recommendation"][:200])
 
 

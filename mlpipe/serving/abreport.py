@@ -225,6 +225,19 @@ def _interval(test: dict[str, Any]) -> str:
             f"{test['ci_high']:.4f}]")
 
 
+def promotion_line(promote: bool, moved: dict[str, str] | None, result: dict[str, Any]) -> str:
+    """The report's last line: what it changed in the registry, or that it changed nothing."""
+    if not promote:
+        return "read-only report: no alias moved (serve.ab.promote=true moves the champion to a winner)"
+    if moved is None:
+        return f"serve.ab.promote=true: no alias moved ({result['recommendation'].split(':', 1)[0]})"
+    copied = f", a copy of {moved['source']}" if moved.get("source") and moved["source"] != \
+        f"{moved['model']}/{moved['version']}" else ""
+    before = "no version held it before" if moved["previous_version"] == "none" else \
+        f"it was version {moved['previous_version']}"
+    return f"promoted: {moved['model']}@{moved['alias']} is now version {moved['version']}{copied} ({before})"
+
+
 def fill_card(card: cards.Card, result: dict[str, Any], ab: dict[str, Any]) -> None:
     """The tables, bar charts and latency histogram (`serve.ab.plot_dpi`, `latency_bins`)."""
     task = result["task"]

@@ -289,6 +289,9 @@ def test_ab_report_finds_the_better_variant_and_promotion_reaches_the_running_se
     assert run.data.tags["ab.promoted_version"] == registered["v2"]
     assert run.data.tags["ab.recommendation"].startswith("promote b: better than a")
     assert "A/B experiment e2e: promote b: better than a" in result.stdout
+    # the last line says what moved in the registry
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"promoted: {MODEL}@champion is now version {registered['v2']} (it was version {registered['v1']})"), result.stdout
     # one line per arm, the control first and marked (requests and errors include this module's other tests)
     assert re.search(r"^a \(control\) +\S+ +\d+ +\d+ +250 +0\.6000 ", result.stdout, re.M), result.stdout
     assert re.search(r"^b +\S+ +\d+ +\d+ +250 +0\.9000 ", result.stdout, re.M), result.stdout

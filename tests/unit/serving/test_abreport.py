@@ -32,3 +32,14 @@ def test_a_winner_no_qa_run_vouches_for_is_not_promoted(registry):
 def test_a_winner_that_is_not_a_registered_version_is_a_config_error(registry):
     with pytest.raises(ConfigError, match="not a registered model version"):
         abreport.promote(registry.client, RESULT, {"b": ("/some/path", "unregistered")}, "m", "champion", 30)
+
+
+def test_the_report_says_what_it_changed_in_the_registry_or_that_it_changed_nothing():
+    from mlpipe.serving import abreport
+
+    result = {"recommendation": "keep a: no significant difference"}
+    assert abreport.promotion_line(False, None, result) == (
+        "read-only report: no alias moved (serve.ab.promote=true moves the champion to a winner)")
+    assert abreport.promotion_line(True, None, result) == "serve.ab.promote=true: no alias moved (keep a)"
+    moved = {"model": "m", "alias": "champion", "version": "3", "previous_version": "2"}
+    assert abreport.promotion_line(True, moved, result) == "promoted: m@champion is now version 3 (it was version 2)"
