@@ -143,6 +143,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mlpipe.team demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--state-dir", type=Path, default=Path.home() / ".mlpipe" / "demo" / time.strftime("%Y%m%d-%H%M%S"))
     parser.add_argument("--port", type=int, default=0, help="the team server's port (0: a free one)")
+    parser.add_argument("--serve-port", type=int, default=0, help="the model server's port (0: a free one)")
     # None: team.demo's setting (conf/team/demo.yaml)
     parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("--rows-per-request", type=int, default=None)
@@ -153,7 +154,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
 def _ab_test(demo: Demo, args: argparse.Namespace, records: Path, report: str) -> None:
     """alice serves every member's champion as an arm; traffic and labels arrive; carol reads the
     report half-way; the server is stopped (it drains and writes its records)."""
-    serve_port = free_port("127.0.0.1")
+    serve_port = args.serve_port or free_port("127.0.0.1")
     demo.say(f"3/6 alice serves every member's champion on http://127.0.0.1:{serve_port} (an A/B test)")
     with (demo.state / "serve.log").open("w") as log:
         server = subprocess.Popen(

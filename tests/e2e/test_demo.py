@@ -20,11 +20,12 @@ MODEL = "synthetic_classification_model"
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     state = tmp_path_factory.mktemp("demo") / "state"
-    port = free_port()
+    port, serve_port = free_port(), free_port()
     team = Team(state, port, f"team.models=[{MODEL}]")
     result = subprocess.run([sys.executable, "-m", "mlpipe.team", "demo", "--state-dir", str(state), "--port",
-                             str(port), "--requests", "200", "--feedback-delay-s", "1"], cwd=ROOT, env=team.env,
-                            capture_output=True, text=True, timeout=1500)
+                             str(port), "--serve-port", str(serve_port), "--requests", "200", "--feedback-delay-s", "1"],
+                            cwd=ROOT, env=team.env, capture_output=True, text=True, timeout=1500)
+    team.serve_port = serve_port
     return team, result
 
 
@@ -41,6 +42,7 @@ def test_the_demo_tells_the_whole_story_and_stops_what_it_started(demo, monkeypa
                  "4/6", "5/6", "6/6", "where to look:", "the whole demo took"):
         assert step in out, step
     assert "A/B experiment demo-cross: promote " in out
+    assert f"3/6 alice serves every member's champion on http://127.0.0.1:{team.serve_port} " in out  # --serve-port
     page = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("team report:"))
     assert page.endswith("index.html") and "Leaderboard: accuracy on" in open(page).read()
     status = team.cli("status", "--team", "demo", *team.overrides)
