@@ -16,6 +16,7 @@ from mlpipe.run import outputs
 from mlpipe.run.context import StepContext
 from mlpipe.serving import abreport
 from mlpipe.serving.records.db import display
+from mlpipe.training.metric_names import greater_is_better
 
 PAGE = f"{outputs.TEAM_REPORT_DIR}/index.html"
 
@@ -32,7 +33,8 @@ def run(ctx: StepContext) -> None:
     board = compare.leaderboard(found, truth, measure, rcfg.alpha, rcfg.bootstrap, ctx.cfg.seed).rows
     history = report.promotions(ctx.client, team.shared_model, ctx.cfg.registry.champion_alias)
     target = abreport.records_path(ctx.section("serve"), ctx.tracking_uri)
-    tests = report.ab_tests(ctx.client, target, ctx.section("serve")["ab"], history, ctx.cfg.serve.records_timeout_s)
+    tests = report.ab_tests(ctx.client, target, ctx.section("serve")["ab"], history, ctx.cfg.serve.records_timeout_s,
+                            team.shared_model)
     runs = report.run_table([r for r in report.team_runs(ctx.client, team, rcfg.days) if r.info.run_id != ctx.run_id])
     watch = tables.monitoring_tables(runs)
 
@@ -43,7 +45,7 @@ def run(ctx: StepContext) -> None:
                    ["model", "member", "version", measure, "difference", "CI low", "CI high", "note"],
                    [[r["label"], r["member"], r["version"], r.get(measure, float("nan")), r.get("delta", float("nan")),
                      r.get("ci_low", float("nan")), r.get("ci_high", float("nan")), r.get("error", "")] for r in board])
-    charts = {"leaderboard.png": tables.leaderboard_chart(board, measure, rcfg.plot_dpi),
+    charts = {"leaderboard.png": tables.leaderboard_chart(board, measure, rcfg.plot_dpi, greater_is_better(measure)),
               "durations.png": tables.duration_chart(runs, rcfg.plot_dpi)}
     card.add_image("leaderboard: difference to the team champion", charts["leaderboard.png"])
     holder = next((p for p in history if p["champion"]), None)
@@ -52,7 +54,8 @@ def run(ctx: StepContext) -> None:
                    + "; promotions, newest first",
                    ["version", "champion", "from", "member", "promoted by", "at", "A/B experiment", "test", "p",
                     "difference", "interval"], [list(p.values()) for p in history])
-    card.add_table("A/B tests", ["experiment", "arms", "control", "requests", "labelled", "state"],
+    card.add_table(f"A/B tests of {team.shared_model}", ["experiment", "arms", "control", "requests",
+                                                         "labelled rows", "state"],
                    [list(t.values()) for t in tests])
     card.add_image("median step duration per member", charts["durations.png"])
     card.add_table(f"Step runs of the last {rcfg.days:g} days", ["member", "step", "runs", "failed", "median s",
@@ -68,7 +71,8 @@ def run(ctx: StepContext) -> None:
     ctx.log_text(cards.render(page, card.sections), PAGE)
     ctx.set_tags({"report.page": PAGE, "report.champion": holder["version"] if holder else "none"})
     ctx.log_metrics({f"report.{r['label'].replace(' ', '_')}.{measure}": r[measure] for r in board if measure in r})
-    ctx.summary(f"{len(board)} models on {len(truth)} held-out rows; {len(tests)} A/B tests; {len(runs)} runs")
+    ctx.summary(f"{len(board)} models on {len(truth)} held-out rows; {len(tests)} A/B tests; {len(runs)} runs; "
+                f"page: {ctx.run.info.artifact_uri}/{PAGE}")
 
 
 if __name__ == "__main__":

@@ -56,16 +56,27 @@ def _figure(dpi: float, size=(6.4, 3.2)):
     return plt.subplots(figsize=size, dpi=dpi)
 
 
-def leaderboard_chart(rows: list[dict[str, Any]], metric: str, dpi: float) -> bytes:
-    """Each model's difference to the team champion in `metric`, with its interval."""
+def bar_label(row: dict[str, Any]) -> str:
+    """Who made the model and which version: `bob v3`, and `(team champion)` on the leader."""
+    who = f"{row.get('member') or 'unknown member'} v{row['version']}"
+    return f"{who} (team champion)" if row["label"] == "team champion" else who
+
+
+def leaderboard_chart(rows: list[dict[str, Any]], metric: str, dpi: float, higher_is_better: bool = True) -> bytes:
+    """Each model's difference to the team champion in `metric`, with its interval, drawn so that
+    right is better whatever the metric (an error's difference is turned round): green bars beat
+    the champion, red ones trail it."""
     scored = [r for r in rows if "delta" in r]
     fig, ax = _figure(dpi)
-    labels = [f"{r['label']} (v{r['version']})" for r in scored]
-    deltas = np.array([r["delta"] for r in scored])
-    err = np.array([[r["delta"] - r["ci_low"] for r in scored], [r["ci_high"] - r["delta"] for r in scored]])
-    ax.barh(labels, deltas, xerr=err, color="#4a78b5", capsize=4)
+    sign = 1.0 if higher_is_better else -1.0
+    deltas = np.array([sign * r["delta"] for r in scored])
+    low = np.array([sign * (r["ci_low"] if higher_is_better else r["ci_high"]) for r in scored])
+    high = np.array([sign * (r["ci_high"] if higher_is_better else r["ci_low"]) for r in scored])
+    colors = ["#2e8b57" if d > 0 else "#c0392b" if d < 0 else "#888888" for d in deltas]
+    ax.barh([bar_label(r) for r in scored], deltas, xerr=np.array([deltas - low, high - deltas]), color=colors,
+            capsize=4)
     ax.axvline(0, color="#333", lw=1)
-    ax.set_xlabel(f"{metric} difference to {scored[0]['baseline'] if scored else '-'} (paired CI)")
+    ax.set_xlabel(f"{metric}: worse <- than {scored[0]['baseline'] if scored else '-'} -> better (paired CI)")
     return _png(fig)
 
 

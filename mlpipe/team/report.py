@@ -118,24 +118,38 @@ def promotions(client, shared: str, alias: str) -> list[dict[str, Any]]:
     return out
 
 
-def ab_tests(client, target: str, ab: dict, promoted: list[dict[str, Any]], timeout_s: float) -> list[dict[str, Any]]:
-    """Every A/B experiment in the serving records with its state now: the verdict of the same
-    test the promoting report runs (its task from the control's model, as that report finds it)."""
+def of_model(served: dict[str, tuple[str, str]], shared: str) -> bool:
+    """True when every arm served a version of the team model or of a member's `<shared>.<member>`:
+    the report's dataset and model, not another test in the same records."""
+    names = [(versions.parse_model_uri(uri) or (None,))[0] for uri, _ in served.values()]
+    return bool(names) and all(n is not None and (n == shared or n.startswith(f"{shared}.")) for n in names)
+
+
+def ab_tests(client, target: str, ab: dict, promoted: list[dict[str, Any]], timeout_s: float,
+             shared: str) -> list[dict[str, Any]]:
+    """The A/B experiments in the serving records that served the team model `shared` (or its
+    members'), with their state now: the verdict of the same test the promoting report runs (its
+    task from the control's model, as that report finds it), and its labelled rows as that
+    report counts them."""
     if not is_postgres(target) and not Path(target).is_file():
         return []
     out = []
     for exp in reads.experiments(target, timeout_s):
         name = exp["experiment"]
         done = [p["version"] for p in promoted if p["experiment"] == name]
+        served = reads.served_models(target, name, timeout_s)
+        if not of_model(served, shared):
+            continue
+        labelled: Any = "-"
         try:
-            served = reads.served_models(target, name, timeout_s)
             task = ab["task"] or abreport.task_of(client, served, exp["control"] if exp["control"] in served
                                                   else next(iter(served), None))
-            state = abreport.build(target, name, ab, [], task, timeout_s)["recommendation"]
+            result = abreport.build(target, name, ab, [], task, timeout_s)
+            state, labelled = result["recommendation"], sum(int(a["labelled"]) for a in result["arms"])
         except Exception as exc:  # noqa: BLE001 - one experiment that cannot be read does not hide the rest
             state = f"cannot decide: {one_line(exc)[:200]}"
         out.append({"experiment": name, "arms": ", ".join(v["name"] for v in exp["variants"]),
-                    "control": exp["control"], "requests": exp["requests"], "labelled": exp["labelled_requests"],
+                    "control": exp["control"], "requests": exp["requests"], "labelled_rows": labelled,
                     "state": state + (f" (promoted: version {', '.join(done)})" if done else "")})
     return out
 
@@ -156,6 +170,8 @@ def run_table(runs: Sequence[Any]) -> pd.DataFrame:
     rows = []
     for run in runs:
         tags, info = run.data.tags, run.info
+        if tags.get(outputs.STEP_TAG) == "serve" and run.data.params.get("serve.mode") == "serve":
+            continue  # a model server runs until stopped: its hours are not a step's duration
         end = info.end_time or info.start_time
         rows.append({"member": tags.get(outputs.MEMBER_TAG, ""), "step": tags.get(outputs.STEP_TAG, ""),
                      "status": info.status, "started": pd.Timestamp(info.start_time, unit="ms"),

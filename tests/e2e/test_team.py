@@ -338,6 +338,9 @@ def test_the_team_report_page_renders_its_leaderboard_and_charts_in_a_browser(te
     experiment = carol.get_experiment_by_name("demo/carol")
     (run,) = carol.search_runs([experiment.experiment_id], "tags.`pipeline.step` = 'report'")
     assert run.info.status == "FINISHED" and run.data.tags["report.champion"] == "1"
+    # the terminal says where the page is
+    assert re.search(rf"^\[mlpipe\] report ran in [\d.]+ s: .*; page: {re.escape(run.info.artifact_uri)}"
+                     r"/team_report/index\.html$", result.stdout, re.M), result.stdout
     assert {"report.team_champion.accuracy", "report.alice.accuracy", "report.bob.accuracy"} <= set(run.data.metrics)
     page = carol.download_artifacts(run.info.run_id, "team_report", str(tmp_path))
     board = json.loads(open(f"{page}/leaderboard.json").read())
@@ -348,7 +351,8 @@ def test_the_team_report_page_renders_its_leaderboard_and_charts_in_a_browser(te
         pytest.skip(reason)
     dom = browser.dump_dom(tmp_path / "team_report" / "index.html")
     for text in ("Leaderboard: accuracy on", "team champion", "paired bootstrap interval", "promoted by",
-                 "cross", "Step runs of the last 7 days", "qa failures by check"):
+                 "A/B tests of iris_model", "labelled rows", "cross", "Step runs of the last 7 days",
+                 "qa failures by check"):
         assert text in dom, text
     assert dom.count('src="data:image/png;base64,') == 2
     shot = browser.screenshot(tmp_path / "team_report" / "index.html", tmp_path / "page.png")

@@ -50,3 +50,25 @@ def test_monitoring_counts_runs_failures_by_type_and_qa_failures_by_check():
     none = [["(none)", "", 0]]
     assert tables.monitoring_tables(report.run_table([])) == {"steps": [], "errors": none, "qa": none}
     assert tables.monitoring_tables(report.run_table([_run("carol", "train")]))["errors"] == none
+
+
+def test_the_report_lists_only_ab_tests_of_its_model_and_no_model_server_as_a_step():
+    served = {"alice": ("models:/iris_model.alice/1", "1"), "bob": ("models:/iris_model.bob@champion", "2")}
+    assert report.of_model(served, "iris_model")
+    assert report.of_model({"a": ("models:/iris_model/3", "3")}, "iris_model")
+    assert not report.of_model({"a": ("models:/wine_model/1", "1"), "b": ("models:/iris_model/1", "1")}, "iris_model")
+    assert not report.of_model({"a": ("runs:/abc/model", "abc")}, "iris_model")
+    assert not report.of_model({}, "iris_model")
+    server = _run("alice", "serve", seconds=431)
+    server.data.params = {"serve.mode": "serve"}
+    smoke = _run("alice", "serve", seconds=1)
+    smoke.data.params = {"serve.mode": "smoke"}
+    table = report.run_table([server, smoke, _run("alice", "train")])
+    assert sorted(table["duration_s"]) == [1.0, 2.0]  # the 431 s server is not a step's duration
+
+
+def test_every_leaderboard_bar_names_its_member_and_version():
+    assert tables.bar_label({"label": "team champion", "member": "bob", "version": "1"}) == "bob v1 (team champion)"
+    assert tables.bar_label({"label": "alice", "member": "alice", "version": "4"}) == "alice v4"
+    assert tables.bar_label({"label": "team champion", "member": "", "version": "2"}) == \
+        "unknown member v2 (team champion)"
