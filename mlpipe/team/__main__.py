@@ -10,6 +10,9 @@
   as <member> [overrides...] -- <command...>
                  run a command logged in as a member (their password from the credentials file,
                  their experiment, team=<name>); checks the login first
+  traffic --url URL [--requests N | --seconds T] [--rate R] [overrides...]
+                 replay rows of a dataset against a running model server, true labels sent as
+                 feedback a delay later (mlpipe/team/traffic.py)
   demo [--requests N ...]
                  the whole team story with three members, end to end (mlpipe/team/demo.py)
 """
@@ -31,9 +34,9 @@ def main(argv: list[str]) -> int:
     command = argv[argv.index("--") + 1:] if "--" in argv else []
     head = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(prog="python -m mlpipe.team", description=__doc__.split("\n\n")[0],
-                                     usage="python -m mlpipe.team {start,stop,status,setup,as <member>,demo} "
+                                     usage="python -m mlpipe.team {start,stop,status,setup,as <member>,traffic,demo} "
                                            "[--team NAME] [overrides...] [-- command...]")
-    parser.add_argument("command", choices=("start", "stop", "status", "setup", "as", "demo"))
+    parser.add_argument("command", choices=("start", "stop", "status", "setup", "as", "traffic", "demo"))
     parser.add_argument("--team", default=os.environ.get("MLPIPE_TEAM", "demo"))
     args, rest = parser.parse_known_args(head)
     if args.command == "demo":
@@ -41,6 +44,10 @@ def main(argv: list[str]) -> int:
 
         return demo.main(rest)
     try:
+        if args.command == "traffic":
+            from mlpipe.team import traffic
+
+            return traffic.main(rest)
         if args.command == "as":
             return run_as(args.team, rest, command)
         cfg = compose([f"team={args.team}", "team.member=${team.lead}", *rest])

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import subprocess
@@ -22,11 +21,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 
 from mlpipe.run import processes
 from mlpipe.run.outputs import STEP_TAG, TEAM_REPORT_DIR
 from mlpipe.serving.smoke import free_port
+from mlpipe.team import traffic
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,40 +67,6 @@ class Demo:
         out = fn()
         self.timings[name] = round(time.monotonic() - began, 1)
         return out
-
-
-def traffic(url: str, features, labels, requests: int, rows_per_request: int, delay_s: float,
-            seed: int, on_half=None) -> collections.Counter:
-    """`requests` POSTs of `rows_per_request` rows drawn from the team evaluation set; each
-    request's true labels are sent to /feedback `delay_s` later (a queue of due labels)."""
-    rng = np.random.default_rng(seed)
-    due: collections.deque = collections.deque()
-    arms: collections.Counter = collections.Counter()
-
-    def post(path: str, payload: dict):
-        request = urllib.request.Request(f"{url}{path}", data=json.dumps(payload).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.headers, json.loads(response.read() or b"{}")
-
-    def send_due(now: float) -> None:
-        while due and due[0][0] <= now:
-            _, request_id, label = due.popleft()
-            post("/feedback", {"request_id": request_id, "label": label})
-
-    for i in range(requests):
-        picked = rng.integers(0, len(features), rows_per_request)
-        rows = features.iloc[picked]
-        headers, _ = post("/invocations", {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))})
-        arms[headers["X-Variant"]] += 1
-        due.append((time.monotonic() + delay_s, headers["X-Request-Id"], labels.iloc[picked].tolist()))
-        send_due(time.monotonic())
-        if on_half and i == requests // 2:
-            on_half()
-    while due:
-        time.sleep(max(0.0, due[0][0] - time.monotonic()))
-        send_due(time.monotonic())
-    return arms
 
 
 def main(argv: list[str]) -> int:
@@ -176,9 +141,10 @@ def _ab_test(demo: Demo, args: argparse.Namespace, records: Path, report: str) -
                 (args.requests, "requests"), (args.rows_per_request, "rows_per_request"),
                 (args.feedback_delay_s, "feedback_delay_s")))
             demo.say(f"   traffic: {requests} requests of {rows} held-out rows, true labels {delay:g} s later")
-            arms = demo.step("traffic", lambda: traffic(f"http://127.0.0.1:{serve_port}", features, labels, requests,
-                                                        rows, delay, 0, interim))
-            demo.say(f"   requests per arm: {dict(arms)}")
+            sent = demo.step("traffic", lambda: traffic.replay(
+                f"http://127.0.0.1:{serve_port}", features, labels, requests=requests, seconds=None, rate=0.0,
+                rows_per_request=rows, delay_s=delay, seed=0, on_half=interim))
+            demo.say(f"   requests per arm: {dict(sent.arms)} (python -m mlpipe.team traffic sends the same)")
         finally:
             # SIGTERM: it drains and writes its records
             processes.stop_group(server.pid, timeout=float(demo.settings.serve_stop_timeout_s))

@@ -289,9 +289,9 @@ def test_ab_report_finds_the_better_variant_and_promotion_reaches_the_running_se
     assert run.data.tags["ab.promoted_version"] == registered["v2"]
     assert run.data.tags["ab.recommendation"].startswith("promote b: better than a")
     assert "A/B experiment e2e: promote b: better than a" in result.stdout
-    # the last line says what moved in the registry
-    assert result.stdout.strip().splitlines()[-1] == (
-        f"promoted: {MODEL}@champion is now version {registered['v2']} (it was version {registered['v1']})"), result.stdout
+    # its own line says what moved in the registry
+    assert [line for line in result.stdout.splitlines() if line.startswith("promoted:")] == [
+        f"promoted: {MODEL}@champion is now version {registered['v2']} (it was version {registered['v1']})"], result.stdout
     # one line per arm, the control first and marked (requests and errors include this module's other tests)
     assert re.search(r"^a \(control\) +\S+ +\d+ +\d+ +250 +0\.6000 ", result.stdout, re.M), result.stdout
     assert re.search(r"^b +\S+ +\d+ +\d+ +250 +0\.9000 ", result.stdout, re.M), result.stdout
@@ -311,6 +311,30 @@ def test_ab_report_finds_the_better_variant_and_promotion_reaches_the_running_se
             break
         time.sleep(0.5)
     assert headers["X-Model-Version"] == registered["v2"]
+
+
+def test_traffic_replays_rows_with_their_labels_against_a_running_server(store: Store, ab_server):
+    """`python -m mlpipe.team traffic`: no code to write for an A/B test's traffic. After the A/B
+    report test (it counts this experiment's labelled rows exactly)."""
+    import sqlite3
+
+    def labels() -> int:
+        with sqlite3.connect(ab_server.records) as db:
+            return db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+
+    before = labels()
+    result = subprocess.run([sys.executable, "-m", "mlpipe.team", "traffic", "--url", ab_server.url, "--requests", "20",
+                             "--rows-per-request", "3", "--feedback-delay-s", "0.2", "data=wine"], cwd=ROOT,
+                            env=store.env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, last = result.stdout.strip().splitlines()
+    assert first == (f"[mlpipe] traffic: all rows (178) to {ab_server.url}, 3 a request, back to back, true labels "
+                     "0.2 s later")
+    assert re.fullmatch(r"\[mlpipe\] traffic: 20 requests in [\d.]+ s, per arm \{.+\}; 20 labelled", last), last
+    deadline = time.monotonic() + 30  # the server writes its records in batches
+    while labels() < before + 20 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert labels() == before + 20
 
 
 def test_sigterm_drains_the_request_in_flight(ab_server, registered):

@@ -306,10 +306,10 @@ def test_a_cross_team_ab_test_promotes_a_copy_of_the_winner_into_the_team_model_
     assert cross_team_ab["again"].returncode == 0, cross_team_ab["again"].stderr[-3000:]
     (version,) = alice.search_model_versions(f"name = '{MODEL}'")  # none from bob's attempt or the re-run
     bob_version = alice.get_model_version_by_alias(f"{MODEL}.bob", "champion").version
-    # what the lead's report changed, on its last line: the copy it made and the alias it moved
-    assert promoted.stdout.strip().splitlines()[-1] == (
+    # what the lead's report changed, on a line of its own: the copy it made and the alias it moved
+    assert [line for line in promoted.stdout.splitlines() if line.startswith("promoted:")] == [
         f"promoted: {MODEL}@champion is now version {version.version}, a copy of {MODEL}.bob/{bob_version} "
-        "(no version held it before)"), promoted.stdout
+        "(no version held it before)"], promoted.stdout
     champion = alice.get_model_version_by_alias(MODEL, "champion")
     source = alice.get_model_version_by_alias(f"{MODEL}.bob", "champion")
     assert version.version == champion.version

@@ -48,3 +48,18 @@ def test_the_driver_under_hydras_app_composes_the_team_its_steps_compose():
                             cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("# @package team\nname: demo\n"), result.stdout[:2000]
+
+
+def test_traffic_against_a_server_that_is_not_there_is_one_line():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = subprocess.run([sys.executable, "-m", "mlpipe.team", "traffic", "--url", f"http://127.0.0.1:{port}",
+                             "--requests", "3", "data=iris"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 14, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: team: StorageError: traffic: no model server answers at http://127.0.0.1:{port} ("), result.stderr
+    nothing = subprocess.run([sys.executable, "-m", "mlpipe.team", "traffic", "data=iris"], cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert nothing.returncode == 11 and "give --requests N or --seconds T" in nothing.stderr, nothing.stderr
