@@ -123,12 +123,13 @@ class StepContext:
         dataset = mlflow.data.from_pandas(frame, source=source, targets=targets, name=name, digest=digest)
         log_input_once(dataset, context)
 
-    def log_model(self, model, example, **kwargs: Any) -> str:
-        """The fitted scikit-learn model (raw rows in) with its signature and input example;
-        `kwargs` go to mlflow.sklearn.log_model. Returns the model's URI."""
+    def log_model(self, model, example, name: str = "model", **kwargs: Any) -> str:
+        """The fitted scikit-learn model (raw rows in) with its signature and input example, as the
+        logged model `name` (what MLflow's UI lists); `kwargs` go to mlflow.sklearn.log_model.
+        Returns the model's URI."""
         from mlflow.models import infer_signature
 
-        info = storage.log_model(mlflow.sklearn.log_model, sk_model=model, name="model",
+        info = storage.log_model(mlflow.sklearn.log_model, sk_model=model, name=name,
                                  signature=infer_signature(example, model.predict(example)),
                                  input_example=example, **kwargs)
         return info.model_uri

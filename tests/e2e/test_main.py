@@ -61,6 +61,9 @@ def test_cold_run_registers_a_champion_with_lineage(store: Store, cold):
     assert float(tags["qa.accuracy"]) >= 0.7
     # The version points at the model train logged (a models:/m-... logged model).
     assert children["train"].data.tags["pipeline.model_uri"].startswith("models:/m-")
+    # named in MLflow's UI after its data and estimator, not "model"
+    model_id = children["train"].data.tags["pipeline.model_uri"].removeprefix("models:/")
+    assert store.client.get_logged_model(model_id).name == "wine-RandomForestClassifier"
 
 
 def test_the_terminal_shows_one_line_per_step_the_table_and_no_mlflow_chatter(cold):
