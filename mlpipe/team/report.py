@@ -170,7 +170,7 @@ def run_table(runs: Sequence[Any]) -> pd.DataFrame:
     rows = []
     for run in runs:
         tags, info = run.data.tags, run.info
-        if tags.get(outputs.STEP_TAG) == "serve" and run.data.params.get("serve.mode") == "serve":
+        if tags.get(outputs.STEP_TAG) == "serve" and run.data.params.get("serve.mode") == "forever":
             continue  # a model server runs until stopped: its hours are not a step's duration
         end = info.end_time or info.start_time
         rows.append({"member": tags.get(outputs.MEMBER_TAG, ""), "step": tags.get(outputs.STEP_TAG, ""),

@@ -60,7 +60,7 @@ def test_the_report_lists_only_ab_tests_of_its_model_and_no_model_server_as_a_st
     assert not report.of_model({"a": ("runs:/abc/model", "abc")}, "iris_model")
     assert not report.of_model({}, "iris_model")
     server = _run("alice", "serve", seconds=431)
-    server.data.params = {"serve.mode": "serve"}
+    server.data.params = {"serve.mode": "forever"}
     smoke = _run("alice", "serve", seconds=1)
     smoke.data.params = {"serve.mode": "smoke"}
     table = report.run_table([server, smoke, _run("alice", "train")])
