@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
         cfg = compose([f"team={args.team}", "team.member=${team.lead}", *rest])
         lifecycle.apply_client_settings(cfg)  # storage.http: a server that does not answer fails fast
         team = cfg.team
-        again = shlex.join(["--team", str(team.name), *rest])  # what reaches this server again
+        again = shlex.join(["--team", str(team.name), *where_overrides(rest)])  # what reaches this server again
         where = server.paths(team.server)
         if args.command == "start":
             where, started = server.start(team.server)
@@ -84,6 +84,15 @@ def main(argv: list[str]) -> int:
     except PipelineError as exc:
         print(f"error: team: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+
+
+# The overrides that say which server a command reaches: the ones the start message repeats in
+# the commands it prints (never the others: team.server.backend_store_uri may hold a password).
+WHERE_KEYS = ("team.server.state_dir", "team.server.host", "team.server.port")
+
+
+def where_overrides(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if o.lstrip("+~").split("=", 1)[0] in WHERE_KEYS]
 
 
 def status_line(team, where) -> str:

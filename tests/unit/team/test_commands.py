@@ -63,3 +63,13 @@ def test_traffic_against_a_server_that_is_not_there_is_one_line():
     nothing = subprocess.run([sys.executable, "-m", "mlpipe.team", "traffic", "data=iris"], cwd=PROJECT_ROOT,
                              capture_output=True, text=True, timeout=120)
     assert nothing.returncode == 11 and "give --requests N or --seconds T" in nothing.stderr, nothing.stderr
+
+
+def test_the_start_message_repeats_only_the_overrides_that_say_which_server():
+    """The printed as/status/stop commands carry state dir, host and port, never the backend
+    store's URL (it may hold a PostgreSQL password)."""
+    from mlpipe.team.__main__ import where_overrides
+
+    given = ["team.server.state_dir=/s", "team.server.port=5051", "team.server.host=0.0.0.0",
+             "team.server.backend_store_uri=postgresql://u:secret@db/x", "team.models=[iris_model]"]
+    assert where_overrides(given) == ["team.server.state_dir=/s", "team.server.port=5051", "team.server.host=0.0.0.0"]
