@@ -110,6 +110,7 @@ class TeamDemoConfig(Checked):
     requests: int = spec(ge=1)
     rows_per_request: int = spec(ge=1)
     feedback_delay_s: float = spec(ge=0)
+    rate: float = spec(ge=0)  # requests a second (0: back to back)
     serve_start_timeout_s: float = spec(gt=0)
     serve_stop_timeout_s: float = spec(gt=0)
 

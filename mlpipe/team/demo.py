@@ -113,6 +113,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("--rows-per-request", type=int, default=None)
     parser.add_argument("--feedback-delay-s", type=float, default=None)
+    parser.add_argument("--rate", type=float, default=None, help="requests a second (0: back to back)")
     return parser.parse_args(argv)
 
 
@@ -137,12 +138,13 @@ def _ab_test(demo: Demo, args: argparse.Namespace, records: Path, report: str) -
                 line = next((ln for ln in result.stdout.splitlines() if ln.startswith("A/B experiment")), "(no verdict)")
                 demo.say(f"   half-way, carol reads the A/B report: {line}")
 
-            requests, rows, delay = (value if value is not None else demo.settings[key] for value, key in (
+            requests, rows, delay, rate = (value if value is not None else demo.settings[key] for value, key in (
                 (args.requests, "requests"), (args.rows_per_request, "rows_per_request"),
-                (args.feedback_delay_s, "feedback_delay_s")))
-            demo.say(f"   traffic: {requests} requests of {rows} held-out rows, true labels {delay:g} s later")
+                (args.feedback_delay_s, "feedback_delay_s"), (args.rate, "rate")))
+            demo.say(f"   traffic: {requests} requests of {rows} held-out rows, {rate:g} a second, true labels "
+                     f"{delay:g} s later")
             sent = demo.step("traffic", lambda: traffic.replay(
-                f"http://127.0.0.1:{serve_port}", features, labels, requests=requests, seconds=None, rate=0.0,
+                f"http://127.0.0.1:{serve_port}", features, labels, requests=requests, seconds=None, rate=rate,
                 rows_per_request=rows, delay_s=delay, seed=0, on_half=interim))
             demo.say(f"   requests per arm: {dict(sent.arms)} (python -m mlpipe.team traffic sends the same)")
         finally:
