@@ -148,8 +148,8 @@ def _unknown_option_message(exc: BaseException) -> str | None:
         return None
     group, name, choices = found.group(1), found.group(2), options.group(1).split()
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    hint = f"did you mean {group.replace('/', '.')}={close[0]}?" if close else f"options: {', '.join(choices)}"
-    return f"{group.replace('/', '.')}={name}: no such option in conf/{group}/; {hint}"
+    hint = f"did you mean {group}={close[0]}?" if close else f"options: {', '.join(choices)}"
+    return f"{group}={name}: no such option in conf/{group}/; {hint}"  # data/validation=...: Hydra's group syntax
 
 
 def _suggest(key: str, overrides: list[str]) -> str:

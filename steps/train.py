@@ -1,5 +1,7 @@
 """train: cross-validate, fit on the training split, log the model (raw rows in) with metrics."""
 
+import re
+
 from mlpipe.data import features
 from mlpipe.reports import sections
 from mlpipe.run import outputs
@@ -41,7 +43,8 @@ def run(ctx: StepContext) -> None:
     sections.train(ctx.card, model, cv, metric, scores)
 
     fmt = model_io.check_format(ctx.cfg.serialization)
-    model_uri = ctx.log_model(model, example, f"{ctx.cfg.data.name}-{type(estimator).__name__}",  # its name in the UI
+    name = re.sub(r"[^\w-]", "_", f"{ctx.cfg.data.name}-{type(estimator).__name__}")  # its name in MLflow's UI
+    model_uri = ctx.log_model(model, example, name,
                               serialization_format=fmt, pip_requirements=model_io.pip_requirements(fmt),
                               skops_trusted_types=model_io.trusted_types(model, ctx.cfg.skops_trusted_types) if fmt == "skops" else None)
     ctx.hand_over(outputs.TrainOutput(model_uri=model_uri, task=spec.task, model_class=type(estimator).__name__,

@@ -113,10 +113,13 @@ def publish_cards(client: MlflowClient, parent_run_id: str, rows: list[tuple[str
         print(f"warning: main: report cards not linked: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
 
 
-def run_name(kind: str, cfg, when: float) -> str:
+def run_name(kind: str, cfg, when: float, swept: dict[str, str] | None = None) -> str:
     """A pipeline's or a sweep's run name in MLflow's UI, after what it ran: `main wine
-    RandomForestClassifier 12-06 18:30` (MLflow's own names are random words)."""
+    RandomForestClassifier 12-06 18:30` (MLflow's own names are random words). A sweep over the
+    data or model group (`swept`: group -> its values) is named after the values it sweeps."""
     import time
 
-    estimator = str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1] or "model"
-    return f"{kind} {cfg.data.name} {estimator} {time.strftime('%m-%d %H:%M', time.localtime(when))}"
+    swept = swept or {}
+    estimator = swept.get("model") or str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1] or "model"
+    data = swept.get("data") or cfg.data.name
+    return f"{kind} {data} {estimator} {time.strftime('%m-%d %H:%M', time.localtime(when))}"

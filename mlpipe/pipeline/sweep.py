@@ -54,7 +54,9 @@ class SweepCallback(Callback):
         run = client.get_run(run_id)
         os.environ["MLFLOW_EXPERIMENT_ID"] = run.info.experiment_id
         client.set_tag(run_id, ROLE_TAG, "sweep")
-        client.update_run(run_id, name=summary.run_name("sweep", config, run.info.start_time / 1000))
+        task = [str(o) for o in config.hydra.overrides.task] if "hydra" in config else []
+        swept = {k: v for k, _, v in (o.lstrip("+~").partition("=") for o in task) if k in ("model", "data")}
+        client.update_run(run_id, name=summary.run_name("sweep", config, run.info.start_time / 1000, swept))
         os.environ[jobs.SWEEP_ENV] = self.sweep_run_id = run_id
         print(f"[mlpipe] sweep run {run_id}", file=sys.stderr)
         atexit.register(self._unended)

@@ -219,7 +219,16 @@ def store_address(uri: str, cwd: str) -> str:
             return scheme + os.path.abspath(os.path.join(cwd, uri[len(scheme):]))
     if "://" not in uri:  # a bare folder: MLflow's file store
         return os.path.abspath(os.path.join(cwd, uri))
-    return uri
+    return masked(uri)
+
+
+def masked(uri: str) -> str:
+    """The URI with any password in it (user:password@, ?password=) replaced by ***: a line a
+    command prints must not carry one."""
+    import re
+
+    uri = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", uri)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", uri, flags=re.I)
 
 
 def where_line(client: MlflowClient, run: Run) -> str:
@@ -229,9 +238,9 @@ def where_line(client: MlflowClient, run: Run) -> str:
     experiment = client.get_experiment(run.info.experiment_id)
     line = (f"[mlpipe] tracking store {store_address(mlflow.get_tracking_uri(), os.getcwd())}, experiment "
             f'"{experiment.name}" (id {experiment.experiment_id}), run {run.info.run_id}')
-    others = client.search_experiments(max_results=2)
-    if len(others) <= 1 and [r.info.run_id for r in client.search_runs([experiment.experiment_id], max_results=2)] \
-            == [run.info.run_id]:
+    experiments = [e.experiment_id for e in client.search_experiments(max_results=3)]
+    if len(experiments) <= 2 and [r.info.run_id for r in client.search_runs(experiments, max_results=2)] \
+            == [run.info.run_id]:  # Default, and the one --experiment-name made: nothing but this run
         line += "; a new store: no run before this one (set MLFLOW_TRACKING_URI to use another)"
     return line
 

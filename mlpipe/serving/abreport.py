@@ -233,6 +233,8 @@ def promotion_line(promote: bool, moved: dict[str, str] | None, result: dict[str
         return f"serve.ab.promote=true: no alias moved ({result['recommendation'].split(':', 1)[0]})"
     copied = f", a copy of {moved['source']}" if moved.get("source") and moved["source"] != \
         f"{moved['model']}/{moved['version']}" else ""
+    if moved["previous_version"] == moved["version"]:
+        return f"serve.ab.promote=true: {moved['model']}@{moved['alias']} already holds version {moved['version']}{copied}"
     before = "no version held it before" if moved["previous_version"] == "none" else \
         f"it was version {moved['previous_version']}"
     return f"promoted: {moved['model']}@{moved['alias']} is now version {moved['version']}{copied} ({before})"

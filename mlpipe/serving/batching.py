@@ -60,7 +60,8 @@ def error_payload(exc: BaseException) -> tuple[int, str]:
             f"Dataframe is compatible with the model for inference. Error: {type(exc).__name__}: {exc}",
             error_code=BAD_REQUEST, stack_trace="".join(traceback.format_exception(exc)))
     elif (cause := schema_cause(exc)) is not None:
-        exc = MlflowException.invalid_parameter_value(f"the request does not fit the model's input schema: {cause}")
+        exc = MlflowException.invalid_parameter_value(f"the request does not fit the model's input schema: {cause}",
+                                                      error_class=getattr(exc, "error_class", None))
     return exc.get_http_status_code(), exc.serialize_as_json()
 
 

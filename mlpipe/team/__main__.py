@@ -44,10 +44,10 @@ def main(argv: list[str]) -> int:
 
         return demo.main(rest)
     try:
-        if args.command == "traffic":
+        if args.command == "traffic":  # a team's held-out rows only when --team is given
             from mlpipe.team import traffic
 
-            return traffic.main(rest)
+            return traffic.main(rest + ([f"team={args.team}"] if "--team" in head else []))
         if args.command == "as":
             return run_as(args.team, rest, command)
         cfg = compose([f"team={args.team}", "team.member=${team.lead}", *rest])

@@ -137,11 +137,11 @@ def ab_tests(client, target: str, ab: dict, promoted: list[dict[str, Any]], time
     for exp in reads.experiments(target, timeout_s):
         name = exp["experiment"]
         done = [p["version"] for p in promoted if p["experiment"] == name]
-        served = reads.served_models(target, name, timeout_s)
-        if not of_model(served, shared):
-            continue
         labelled: Any = "-"
         try:
+            served = reads.served_models(target, name, timeout_s)
+            if not of_model(served, shared):
+                continue
             task = ab["task"] or abreport.task_of(client, served, exp["control"] if exp["control"] in served
                                                   else next(iter(served), None))
             result = abreport.build(target, name, ab, [], task, timeout_s)

@@ -60,6 +60,9 @@ def replay(url: str, features, labels, *, requests: int | None, seconds: float |
         headers = _post(url, "/invocations", payload)
         sent.arms[headers.get("X-Variant", "-")] += 1
         if feedback:
+            if not headers.get("X-Request-Id"):
+                raise StorageError(f"traffic: {url} answers without X-Request-Id, so it takes no /feedback (not this "
+                                   "project's server: mlflow run . -e serve); use --no-feedback to send requests only")
             due.append((time.monotonic() + delay_s, headers["X-Request-Id"], labels.iloc[picked].tolist()))
         send_due(time.monotonic())
         i += 1

@@ -6,6 +6,7 @@ import math
 
 from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 
+from mlpipe.pipeline import summary
 from mlpipe.pipeline.summary import StepResult, format_table, score_of
 from mlpipe.run.outputs import QaOutput
 
@@ -71,3 +72,14 @@ def test_score_of_incomplete_qa_run():
 
 def test_score_of_zero_is_a_score():
     assert score_of({"qa": make_run(tags=qa_tags("r2"), metrics={"qa.r2": 0.0})}) == ("r2", 0.0)
+
+
+def test_a_run_is_named_after_what_it_ran_and_a_sweep_after_what_it_sweeps():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"data": {"name": "wine"}, "model": {"_target_": "sklearn.ensemble.RandomForestClassifier"}})
+    when = 1796580000.0
+    assert summary.run_name("main", cfg, when).startswith("main wine RandomForestClassifier ")
+    assert summary.run_name("sweep", cfg, when, {"model": "ridge,random_forest"}).startswith(
+        "sweep wine ridge,random_forest ")
+    assert summary.run_name("sweep", cfg, when, {"data": "iris,wine"}).startswith("sweep iris,wine RandomForestClassifier ")

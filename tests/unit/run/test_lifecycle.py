@@ -41,3 +41,7 @@ def test_the_store_a_command_names_is_one_a_user_can_find_again():
     assert store_address("file://./mlruns", "/home/u") == "file:///home/u/mlruns"
     assert store_address("http://127.0.0.1:5050", "/x") == "http://127.0.0.1:5050"
     assert store_address("postgresql://db/mlflow", "/x") == "postgresql://db/mlflow"
+    # never a password on the terminal
+    assert store_address("postgresql://u:s3cret@db:5432/mlflow", "/x") == "postgresql://u:***@db:5432/mlflow"
+    assert store_address("https://alice:pw@mlflow.example/", "/x") == "https://alice:***@mlflow.example/"
+    assert store_address("postgresql://db/m?user=u&password=pw&x=1", "/x") == "postgresql://db/m?user=u&password=***&x=1"

@@ -43,3 +43,5 @@ def test_the_report_says_what_it_changed_in_the_registry_or_that_it_changed_noth
     assert abreport.promotion_line(True, None, result) == "serve.ab.promote=true: no alias moved (keep a)"
     moved = {"model": "m", "alias": "champion", "version": "3", "previous_version": "2"}
     assert abreport.promotion_line(True, moved, result) == "promoted: m@champion is now version 3 (it was version 2)"
+    again = moved | {"previous_version": "3"}  # a re-run finds the alias where it put it
+    assert abreport.promotion_line(True, again, result) == "serve.ab.promote=true: m@champion already holds version 3"
