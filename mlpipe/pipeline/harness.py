@@ -69,7 +69,7 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
     cfg, config_error = _compose(args.overrides)
     alone = not os.environ.get(lifecycle.QUIET_ENV)  # not under the driver, which reports for it
     if alone and cfg is not None and cfg.main.log == "quiet":
-        _quiet_mlflow()
+        _quiet_mlflow(cfg)
     # warm: forked by the driver's warm helper (pipeline/warm.py); own: a process of its own
     tags = {STEP_TAG: step, PROCESS_TAG: "own" if processes.WARM_PARENT is None else "warm"}
     with lifecycle.open_run(step, cfg, tags=tags, params=params, config_error=config_error, started=started,
@@ -90,13 +90,13 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
         print(summary.step_line(summary.result_of(step, run, "ran", time.monotonic() - started)), flush=True)
 
 
-def _quiet_mlflow() -> None:
+def _quiet_mlflow(cfg: DictConfig) -> None:
     """main.log=quiet for a step run alone, as `main` has it for its steps: MLflow's INFO and
     WARNING lines (system metrics, the pickle advice) and its download progress bars left out."""
     import logging
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    lifecycle.quiet_downloads(cfg)
 
 
 def _upstream(opened: lifecycle.Opened, spec: StepSpec, params: dict[str, str]) -> Run | None:

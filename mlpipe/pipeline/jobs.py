@@ -44,12 +44,6 @@ def hydra_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def quiet_downloads(cfg) -> None:
-    """main.log=quiet: no artifact download progress bars (cards, configs) from this process."""
-    if cfg.main.log == "quiet":
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
 def drive(cfg, overrides: list[str], run_id: str, experiment_id: str, steps: list[str], *,
           env_run_id: str | None = None, outputs: dict[str, Run] | None = None, cards_path: str = "cards",
           summary_name: str = "pipeline_summary", title: str | None = None) -> dict[str, Run]:
@@ -73,7 +67,7 @@ def run_job(cfg: DictConfig, overrides: list[str] | None = None) -> float | None
     sweep_run_id = os.environ.get(SWEEP_ENV)
     # One step shares nothing with another step process: its own process imports what the helper would.
     warm.ensure(bool(cfg.main.warm_steps) and (bool(sweep_run_id) or len(select_steps(cfg.main.steps)) > 1))
-    quiet_downloads(cfg)
+    lifecycle.quiet_downloads(cfg)
     overrides = list(HydraConfig.get().overrides.task) if overrides is None else overrides
     if sweep_run_id:
         return _sweep_job(cfg, overrides, sweep_run_id)

@@ -43,7 +43,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         lifecycle.prepare_process()
         lifecycle.apply_client_settings(config)
-        jobs.quiet_downloads(config)
+        lifecycle.quiet_downloads(config)
         client = MlflowClient()
         # Inside `mlflow run`, the project run is the sweep parent; jobs must not resume it.
         run_id = os.environ.pop("MLFLOW_RUN_ID", None)

@@ -211,6 +211,12 @@ def guarded(name: str, started: float | None = None, contain: bool = False,
 
 # -- opening a run ----------------------------------------------------------------------------
 
+def quiet_downloads(cfg) -> None:
+    """main.log=quiet: no artifact download progress bars (cards, configs) from this process."""
+    if cfg.main.log == "quiet":
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def store_address(uri: str, cwd: str) -> str:
     """The tracking URI with a relative SQLite or file path made absolute (against `cwd`): the
     store a user can find again."""
@@ -219,16 +225,7 @@ def store_address(uri: str, cwd: str) -> str:
             return scheme + os.path.abspath(os.path.join(cwd, uri[len(scheme):]))
     if "://" not in uri:  # a bare folder: MLflow's file store
         return os.path.abspath(os.path.join(cwd, uri))
-    return masked(uri)
-
-
-def masked(uri: str) -> str:
-    """The URI with any password in it (user:password@, ?password=) replaced by ***: a line a
-    command prints must not carry one."""
-    import re
-
-    uri = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", uri)
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", uri, flags=re.I)
+    return storage.masked_url(uri)  # a line a command prints must not carry a password
 
 
 def where_line(client: MlflowClient, run: Run) -> str:

@@ -257,6 +257,20 @@ def repoint_model(client, model_id: str, uri: str) -> None:
             {SqlLoggedModel.artifact_location: uri})
 
 
+def masked_url(url: str) -> str:
+    """The URL as it may be printed: a password in it (`user:password@`, `?password=`) replaced
+    by ***; anything that is not a URL as it is."""
+    import re
+    from urllib.parse import urlsplit
+
+    if "://" not in url:
+        return url
+    password = urlsplit(url).password  # the last `@` ends it, as for any URL parser
+    if password is not None:
+        url = url.replace(f":{password}@", ":***@", 1)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.I)  # the rest left as written
+
+
 def log_model(log_fn: Callable[..., Any], **kwargs: Any):
     """`mlflow.<flavor>.log_model(**kwargs)`, stored beside the run when the run fell back.
 

@@ -139,6 +139,15 @@ def start(scfg) -> tuple[Paths, bool]:
     return where, True
 
 
+def _unhealthy(address: str, timeout: float) -> str | None:
+    """None when the server at `address` answers GET /health with 200 within `timeout`; else why not."""
+    try:
+        with urllib.request.urlopen(f"{address}/health", timeout=timeout) as resp:
+            return None if resp.status == 200 else f"HTTP {resp.status}"
+    except OSError as exc:
+        return str(getattr(exc, "reason", None) or exc)
+
+
 def recorded_url(where: Paths) -> str | None:
     """The address the server of this state dir was started at (None: never started here)."""
     return where.address.read_text().strip() if where.address.exists() else None
@@ -148,13 +157,9 @@ def probe(scfg, address: str | None = None) -> None:
     """One GET /health of the server (or of `address`), bounded by team.server.probe_timeout_s:
     a server that does not answer is a StorageError naming the address and the keys, in seconds."""
     address, timeout = address or url(scfg), float(scfg.probe_timeout_s)
-    try:
-        with urllib.request.urlopen(f"{address}/health", timeout=timeout) as resp:
-            if resp.status == 200:
-                return
-            reason = f"HTTP {resp.status}"
-    except OSError as exc:
-        reason = str(getattr(exc, "reason", None) or exc)
+    reason = _unhealthy(address, timeout)
+    if reason is None:
+        return
     raise StorageError(f"no MLflow server answers at {address} ({reason}; waited at most "
                        f"team.server.probe_timeout_s={timeout:g} s): start it (python -m mlpipe.team start) or set "
                        "team.server.host / team.server.port to where it runs")
@@ -179,12 +184,8 @@ def _wait_healthy(scfg, proc: subprocess.Popen, where: Paths) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise StorageError(f"team server exited with code {proc.returncode} at start; see {where.log}")
-        try:
-            with urllib.request.urlopen(f"{url(scfg)}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
+        if _unhealthy(url(scfg), 2) is None:
+            return
         time.sleep(0.5)
     stop(scfg)
     raise StorageError(f"team server did not answer {url(scfg)}/health within team.server.start_timeout_s="

@@ -3,12 +3,12 @@ the triggers that make them append-only, and a URL as it may be printed (no pass
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
-from urllib.parse import urlsplit
+
+from mlpipe.run.storage import masked_url
 
 _TABLES_DDL = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -65,12 +65,7 @@ def is_postgres(target: str | Path) -> bool:
 
 def display(target: str | Path) -> str:
     """The store as it may be printed: a URL without its password."""
-    if not is_postgres(target):
-        return str(target)
-    parts = urlsplit(str(target))
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@") if parts.password is not None else parts.netloc
-    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
-    return parts._replace(netloc=netloc, query=query).geturl()
+    return masked_url(str(target)) if is_postgres(target) else str(target)
 
 
 class Db:

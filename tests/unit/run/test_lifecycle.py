@@ -44,4 +44,5 @@ def test_the_store_a_command_names_is_one_a_user_can_find_again():
     # never a password on the terminal
     assert store_address("postgresql://u:s3cret@db:5432/mlflow", "/x") == "postgresql://u:***@db:5432/mlflow"
     assert store_address("https://alice:pw@mlflow.example/", "/x") == "https://alice:***@mlflow.example/"
+    assert store_address("postgresql://u:p@ss@db/m", "/x") == "postgresql://u:***@db/m"  # an @ in the password
     assert store_address("postgresql://db/m?user=u&password=pw&x=1", "/x") == "postgresql://db/m?user=u&password=***&x=1"
