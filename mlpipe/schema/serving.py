@@ -74,6 +74,7 @@ class AbConfig(Checked):
     tau: Optional[float] = spec(gt=0)
     default_tau: DefaultTauConfig = MISSING
     burn_in: int = spec(ge=2)
+    repeats: str = spec(choices=("once", "each"))
     task: Optional[str] = spec(choices=("classification", "regression"))
     promote: bool = MISSING
     plot_dpi: float = spec(gt=0)

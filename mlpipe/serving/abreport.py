@@ -57,12 +57,16 @@ def build(path: Path, experiment: str, ab: dict, configured: list[str], task: st
         raise ConfigError(f"serve.ab.control={control!r} has no answered requests in {experiment!r}; "
                           f"arms: {', '.join(arms)}")
     ordered = [control] + [a for a in arms if a != control]
-    inputs = [{"name": a, "latencies": data["latencies"][a], "outcomes": outcomes(data["pairs"].get(a, []), task),
-               "times": [ts for _, _, ts in data["stream"].get(a, [])]} for a in ordered]
+    # serve.ab.repeats=once: a row sent again (same values) is one piece of evidence, its first label
+    stream, repeats = reads.distinct(data["stream"]) if ab.get("repeats", "once") == "once" else (data["stream"], {})
+    inputs = [{"name": a, "latencies": data["latencies"][a],
+               "outcomes": outcomes([(r[0], r[1]) for r in stream.get(a, [])], task),
+               "times": [r[2] for r in stream.get(a, [])]} for a in ordered]
     result = abtest.compare(inputs, task, control=control, min_samples=int(ab["min_samples"]),
                             alpha=float(ab["alpha"]), method=ab["method"], sequential=ab)
     for arm in result["arms"]:
         arm["errors"] = int(data["errors"].get(arm["variant"], 0))
+        arm["repeats"] = int(repeats.get(arm["variant"], 0))  # labelled rows left out as repeats
         arm["model_versions"] = ", ".join(sorted(data["versions"].get(arm["variant"], set())))
         # whose model answered: the served versions' team.member (docs/team.md), else ""
         arm["member"] = ", ".join(sorted(data["authors"].get(arm["variant"], set())))
@@ -209,6 +213,10 @@ def format_report(result: dict[str, Any]) -> str:
                      f"{arm['latency_p99_ms']:.1f}", arm.get("member") or "-"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    repeated = [f"{a['variant']} {a['repeats']}" for a in result["arms"] if a.get("repeats")]
+    if repeated:
+        lines.append(f"  labelled = distinct rows; repeats of a row counted once (serve.ab.repeats=once), left out: "
+                     f"{', '.join(repeated)}")
     lines += [f"  {t['challenger']} vs {result['control']}: {t['test']}, p={t['p_value']:.3g}" + _interval(t)
               for t in result["tests"]]
     return "\n".join([f"A/B experiment {result['experiment']}: {result['recommendation']}", *lines])

@@ -162,12 +162,13 @@ class ServingApp:
                             media_type="application/json", headers=headers)
         headers |= {VARIANT_HEADER: variant.name, VERSION_HEADER: variant.version, URI_HEADER: variant.model_uri}
         response, answer, body_json = await self._answer(request, variant, headers)
-        rows = answer.rows if response.status_code == 200 else 0
+        ok = response.status_code == 200
+        rows, keys = (answer.rows, ",".join(answer.keys or ())) if ok else (0, "")
         self.store.append({"request_id": request_id, "ts": time.time(), "experiment": self.spec.experiment,
                            "variant": variant.name, "model_uri": variant.model_uri,
                            "model_version": headers[VERSION_HEADER], "author": variant.author,
                            "status": response.status_code, "latency_ms": (time.perf_counter() - started) * 1000,
-                           "rows": rows, "predictions": body_json})
+                           "rows": rows, "row_keys": keys, "predictions": body_json})
         return response
 
     async def _answer(self, request, variant: LiveVariant, headers: dict) -> tuple[Any, batching.Answer, str | None]:

@@ -6,6 +6,7 @@ No HTTP here: the app (app.py) hands bodies in and gets `Answer`s back."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import sys
@@ -119,6 +120,18 @@ def merge_key(body: bytes, content_type: str | None) -> tuple[tuple, list] | Non
     return None
 
 
+def row_keys(columns: tuple, rows: list) -> list[str]:
+    """One digest per row of a JSON frame (as merge_key returns it): the same values under the same
+    column names give the same key, in either format and any column order. The A/B report counts
+    each distinct labelled row once (serve.ab.repeats)."""
+    def key(row: Any) -> str:
+        values = row if isinstance(row, dict) else dict(zip(columns, row))
+        text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+    return [key(row) for row in rows]
+
+
 def merged_payload(key: tuple, parts: list[list]) -> dict:
     fmt, columns = key
     rows = [row for part in parts for row in part]
@@ -155,6 +168,7 @@ class Answer:
 
     predictions: Any = None
     rows: int = 0
+    keys: list[str] | None = None  # row_keys of a JSON frame; None for other inputs
     version: str | None = None
     http: tuple | None = None
     error: BaseException | None = None
@@ -179,7 +193,8 @@ def _predict_one(model, input_schema, body: bytes, content_type: str | None) -> 
             raw = model.predict(data, params=params)
         else:
             raw = model.predict(data)
-        return Answer(raw, len(data) if hasattr(data, "__len__") else 0)
+        found = merge_key(body, content_type)
+        return Answer(raw, len(data) if hasattr(data, "__len__") else 0, row_keys(found[0][1], found[1]) if found else None)
     except Exception as exc:  # noqa: BLE001 - the request's own error
         return Answer(error=exc)
 
@@ -210,7 +225,7 @@ def predict_batch(model, input_schema, requests: list[tuple[bytes, str | None]],
                     frame = infer_and_parse_data(merged_payload(key, [rows for _, rows in chunk]), input_schema)
                     parts = split_predictions(model.predict(frame), [len(rows) for _, rows in chunk])
                     for (i, rows), part in zip(chunk, parts):
-                        answers[i] = Answer(part, len(rows))
+                        answers[i] = Answer(part, len(rows), row_keys(key[1], rows))
                 except Exception as exc:  # noqa: BLE001 - answered one by one below, each with its own error
                     print(f"[mlpipe] serve: a merged predict call of {len(chunk)} requests failed "
                           f"({type(exc).__name__}: {one_line(exc)[:200]}); answering them one by one",

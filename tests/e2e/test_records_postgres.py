@@ -85,12 +85,16 @@ def test_two_workers_write_one_record_set_that_the_report_reads(store: Store, re
     assert database.query("SELECT COUNT(*), COUNT(DISTINCT server) FROM requests WHERE experiment = 'pg2'") == [(60, 2)]
     assert database.query("SELECT COUNT(*) FROM feedback f JOIN requests r ON r.request_id = f.request_id "
                           "WHERE r.experiment = 'pg2'") == [(60,)]
+    # every request row's key is kept: 60 requests over the distinct rows, each counted once by the report
+    distinct = len(rows.head(60).drop_duplicates())
+    assert database.query("SELECT COUNT(DISTINCT row_keys) FROM requests WHERE experiment = 'pg2'") == [(distinct,)]
     result = store.mlflow_run("-P", f"overrides=serve.mode=report serve.experiment=pg2 serve.records={url} "
                                     "serve.ab.min_samples=10", entry="serve")
     assert result.returncode == 0, result.output[-3000:]
     assert "A/B experiment pg2: " in result.stdout
     run = store.newest("tags.`ab.winner` = 'none'")
-    assert run.data.metrics["ab.default.labelled"] == 60 and run.data.metrics["ab.default.accuracy"] == 1.0
+    assert run.data.metrics["ab.default.labelled"] == distinct and run.data.metrics["ab.default.accuracy"] == 1.0
+    assert f"left out: default {60 - distinct}" in result.stdout
 
 
 def test_a_password_in_the_records_url_is_refused_before_anything_runs(store: Store, database):

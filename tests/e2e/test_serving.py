@@ -280,8 +280,9 @@ def test_ab_report_finds_the_better_variant_and_promotion_reaches_the_running_se
             labels = [p if j < agree else (p + 1) % 3 for j, p in enumerate(predictions)]
             assert http(f"{ab_server.url}/feedback", json.dumps({"request_id": headers["X-Request-Id"],
                                                                  "label": labels}).encode())[0] == 200
+    # the labels are made per position in the request, so a row's repeats differ: count every row
     overrides = (f"serve.mode=report serve.experiment=e2e serve.records={ab_server.records} "
-                 "serve.ab.min_samples=200 serve.ab.promote=true")
+                 "serve.ab.min_samples=200 serve.ab.promote=true serve.ab.repeats=each")
     result = store.mlflow_run("-P", f"overrides={overrides}", entry="serve")
     assert result.returncode == 0, result.output[-3000:]
     run = store.newest("tags.`ab.winner` = 'b'")
@@ -336,6 +337,49 @@ def test_traffic_replays_rows_with_their_labels_against_a_running_server(store: 
         time.sleep(0.2)
     assert labels() == before + 20
 
+
+
+def test_a_row_sent_again_counts_once_in_the_ab_report(store: Store, registered, tmp_path):
+    """The day-two case: one misclassified row sent again and again. Counted per request row
+    (serve.ab.repeats=each) it makes b significantly worse than a on the same model; counted once
+    per distinct row (the default) the arms are even, and the report says how many it left out."""
+    variants = tmp_path / "variants.yaml"
+    variants.write_text(f"- {{name: a, model_uri: 'models:/{MODEL}/{registered['v1']}'}}\n"
+                        f"- {{name: b, model_uri: 'models:/{MODEL}/{registered['v1']}'}}\n")
+    port, records = free_port(), tmp_path / "records.db"
+    server = Server(store, tmp_path / "server.log", [
+        "run", ".", "-e", "serve", "--env-manager", "local", "-P",
+        f"overrides=serve.port={port} serve.variants_file={variants} serve.experiment=repeats "
+        f"serve.records={records} serve.records_flush_ms=50"], port)
+    rows = registered["rows"].drop_duplicates()
+
+    def send(arm: str, frame: pd.DataFrame, wrong: bool) -> None:
+        status, headers, payload = http(f"{server.url}/invocations", records_body(frame),
+                                        headers={"X-Variant-Override": arm})
+        assert status == 200, payload
+        labels = [(p + 1) % 3 if wrong else p for p in json.loads(payload)["predictions"]]
+        assert http(f"{server.url}/feedback", json.dumps({"request_id": headers["X-Request-Id"],
+                                                         "label": labels}).encode())[0] == 200
+    try:
+        for i in range(len(rows)):  # b's first row comes back twice a round, labelled wrong
+            send("a", rows.iloc[[i]], wrong=False)
+            send("b", rows.iloc[[i]], wrong=False)
+            send("b", rows.iloc[[0]], wrong=True)
+            send("b", rows.iloc[[0]], wrong=True)
+    finally:
+        server.stop()
+    n = len(rows)
+    report = f"overrides=serve.mode=report serve.experiment=repeats serve.records={records} serve.ab.min_samples=20"
+    each = store.mlflow_run("-P", f"{report} serve.ab.repeats=each", entry="serve")
+    assert each.returncode == 0, each.output[-3000:]
+    assert "A/B experiment repeats: keep a: b significantly worse" in each.stdout, each.stdout
+    assert re.search(rf"^b +\S+ +{3 * n} +0 +{3 * n} +{1 / 3:.4f} ", each.stdout, re.M), each.stdout
+    once = store.mlflow_run("-P", report, entry="serve")
+    assert once.returncode == 0, once.output[-3000:]
+    assert "A/B experiment repeats: keep a: no significant difference" in once.stdout, once.stdout
+    assert re.search(rf"^b +\S+ +{3 * n} +0 +{n} +1\.0000 ", once.stdout, re.M), once.stdout
+    assert f"labelled = distinct rows; repeats of a row counted once (serve.ab.repeats=once), left out: b {2 * n}" \
+        in once.stdout
 
 def test_sigterm_drains_the_request_in_flight(ab_server, registered):
     """Last in this module: stops the shared server."""

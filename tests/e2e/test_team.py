@@ -278,7 +278,8 @@ def cross_team_ab(team, alice_pipeline, bob_pipeline, tmp_path_factory):
         server.wait(timeout=60)
         wait_group_gone(server.pid, timeout=60)
     report = ["-m", "mlflow", "run", ".", "-e", "serve", "--env-manager", "local", "-P",
-              f"overrides={common} serve.mode=report serve.ab.min_samples=50 serve.ab.promote=true"]
+              f"overrides={common} serve.mode=report serve.ab.min_samples=50 serve.ab.promote=true "
+              "serve.ab.repeats=each"]  # iris has 150 rows for 240 requests; each label is made per request
     denied = team.as_member("bob", sys.executable, *report)
     promoted = team.as_member("alice", sys.executable, *report)
     again = team.as_member("alice", sys.executable, *report)  # a re-run finds the copy it made

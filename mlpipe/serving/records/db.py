@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS requests (
     rows INTEGER NOT NULL,
     predictions TEXT,
     author TEXT NOT NULL DEFAULT '',
+    row_keys TEXT NOT NULL DEFAULT '',
     server TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS requests_experiment ON requests (experiment, variant);
@@ -54,10 +55,12 @@ CREATE OR REPLACE TRIGGER requests_append_only BEFORE UPDATE OR DELETE ON reques
 CREATE OR REPLACE TRIGGER feedback_append_only BEFORE UPDATE OR DELETE ON feedback
     FOR EACH ROW EXECUTE FUNCTION mlpipe_append_only();
 """
-# Columns added after the first release: an older SQLite file gains them on open.
-ADDED_COLUMNS = {"author": "TEXT NOT NULL DEFAULT ''", "server": "TEXT NOT NULL DEFAULT ''"}
+# Columns added after the first release: an older store gains them when a server opens it.
+# row_keys: a digest per request row, comma-separated (batching.row_keys; '' for non-JSON input).
+ADDED_COLUMNS = {"author": "TEXT NOT NULL DEFAULT ''", "row_keys": "TEXT NOT NULL DEFAULT ''",
+                 "server": "TEXT NOT NULL DEFAULT ''"}
 COLUMNS = ("request_id", "ts", "experiment", "variant", "model_uri", "model_version", "status", "latency_ms",
-           "rows", "predictions", "author", "server")
+           "rows", "predictions", "author", "row_keys", "server")
 TABLES = frozenset({"requests", "feedback", "experiments"})
 def is_postgres(target: str | Path) -> bool:
     return str(target).startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))
@@ -151,6 +154,8 @@ def connect(target: str | Path, timeout_s: float) -> Db:
         with db.transaction():  # two workers starting at once: one creates, the other waits
             db.execute("SELECT pg_advisory_xact_lock(7104220913)")
             db.conn.execute(POSTGRES_SCHEMA)
+            for column, kind in ADDED_COLUMNS.items():
+                db.execute(f"ALTER TABLE requests ADD COLUMN IF NOT EXISTS {column} {kind}")
     else:
         db.conn.executescript(SQLITE_SCHEMA)
         have = columns(db, "requests")

@@ -18,21 +18,42 @@ def labelled_pairs(db: Db, experiment: str) -> dict[str, list[tuple[Any, Any]]]:
     return _pairs(labelled_stream(db, experiment))
 
 
-def _pairs(stream: dict[str, list[tuple[Any, Any, float]]]) -> dict[str, list[tuple[Any, Any]]]:
-    return {variant: [(p, t) for p, t, _ in rows] for variant, rows in stream.items()}
+def _pairs(stream: dict[str, list[tuple]]) -> dict[str, list[tuple[Any, Any]]]:
+    return {variant: [(row[0], row[1]) for row in rows] for variant, rows in stream.items()}
 
 
-def labelled_stream(db: Db, experiment: str) -> dict[str, list[tuple[Any, Any, float]]]:
-    """Per variant, (prediction, label, feedback time) of every labelled row, in the order the
-    labels arrived."""
+def labelled_stream(db: Db, experiment: str) -> dict[str, list[tuple[Any, Any, float, str]]]:
+    """Per variant, (prediction, label, feedback time, row key) of every labelled row, in the order
+    the labels arrived. The row key is the request row's digest (batching.row_keys), '' when the
+    request was not a JSON frame or the store is older than row keys."""
+    keys = "r.row_keys" if "row_keys" in columns(db, "requests") else "''"
     rows = db.execute(
-        "SELECT r.variant, r.predictions, f.label, f.ts FROM requests r JOIN feedback f ON f.request_id = r.request_id "
-        "WHERE r.experiment = ? AND r.status = 200 ORDER BY f.id", (experiment,))
-    out: dict[str, list[tuple[Any, Any, float]]] = {}
-    for variant, predictions, label, ts in rows:
+        f"SELECT r.variant, r.predictions, f.label, f.ts, {keys} FROM requests r JOIN feedback f "
+        "ON f.request_id = r.request_id WHERE r.experiment = ? AND r.status = 200 ORDER BY f.id", (experiment,))
+    out: dict[str, list[tuple[Any, Any, float, str]]] = {}
+    for variant, predictions, label, ts, row_keys in rows:
         preds, truth = _aligned(predictions, label)
-        out.setdefault(variant, []).extend((p, t, float(ts)) for p, t in zip(preds, truth))
+        digests = row_keys.split(",") if row_keys else []
+        digests = digests if len(digests) >= len(preds) else [""] * len(preds)
+        out.setdefault(variant, []).extend((p, t, float(ts), k) for p, t, k in zip(preds, truth, digests))
     return out
+
+
+def distinct(stream: dict[str, list[tuple]]) -> tuple[dict[str, list[tuple]], dict[str, int]]:
+    """Each variant's stream with every row key after its first label left out (rows without a
+    key all kept), and per variant how many were left out: the A/B report's serve.ab.repeats=once."""
+    kept: dict[str, list[tuple]] = {}
+    dropped: dict[str, int] = {}
+    for variant, rows in stream.items():
+        seen: set[str] = set()
+        for row in rows:
+            key = row[3]
+            if key and key in seen:
+                dropped[variant] = dropped.get(variant, 0) + 1
+                continue
+            seen.add(key)
+            kept.setdefault(variant, []).append(row)
+    return kept, dropped
 
 
 def _aligned(predictions: str | None, label: str) -> tuple[list, list]:

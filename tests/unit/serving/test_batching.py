@@ -79,6 +79,35 @@ def test_merge_key_only_for_plain_json_frames_with_equal_columns(iris_model):
         assert batching.merge_key(body, ctype) is None
 
 
+def test_row_keys_are_the_same_for_the_same_values_in_either_format_and_any_column_order(iris_model):
+    _, X = iris_model
+    rows = X.iloc[[0, 1, 0]]
+    by_records = batching.row_keys(*_found(_records(rows)))
+    by_split = batching.row_keys(*_found(_split(rows)))
+    reordered = batching.row_keys(*_found(_records(rows[list(reversed(X.columns))])))
+    assert by_records == by_split == reordered
+    assert by_records[0] == by_records[2] != by_records[1] and len(by_records[0]) == 16
+    changed = rows.copy()
+    changed.iloc[0, 0] += 0.1
+    assert batching.row_keys(*_found(_records(changed)))[0] != by_records[0]
+
+
+def _found(body):
+    (_, columns), rows = batching.merge_key(body, "application/json")
+    return columns, rows
+
+
+def test_answers_carry_their_row_keys_merged_or_alone_and_none_for_csv(iris_model):
+    model, X = iris_model
+    schema = model.metadata.get_input_schema()
+    frames = [X.iloc[[3]], X.iloc[[3, 7]], X.iloc[[7]]]
+    merged = batching.predict_batch(model, schema, [(_records(f), "application/json") for f in frames], max_rows=64)
+    alone = batching.predict_batch(model, schema, [(_split(frames[1]), "application/json")], max_rows=64)
+    assert merged[1].keys == alone[0].keys == merged[0].keys + merged[2].keys
+    csv = batching.predict_batch(model, schema, [(frames[1].to_csv(index=False).encode(), "text/csv")], max_rows=64)
+    assert csv[0].error is None and csv[0].rows == 2 and csv[0].keys is None
+
+
 def test_a_batch_answers_like_single_calls(iris_model):
     model, X = iris_model
     schema = model.metadata.get_input_schema()

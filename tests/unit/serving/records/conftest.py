@@ -1,10 +1,18 @@
 """The serving records' fixtures: a request record as the app appends it, and a store."""
 
 import json
+import re
 
 import pytest
 
-from mlpipe.serving.records import writer
+from mlpipe.serving.records import db, writer
+
+
+
+@pytest.fixture
+def first_schema() -> str:
+    """The SQLite schema as the first release made it: none of the columns added since."""
+    return re.sub(r",\n    (%s) TEXT NOT NULL DEFAULT ''" % "|".join(db.ADDED_COLUMNS), "", db.SQLITE_SCHEMA)
 
 
 def make_record(i, variant="a", status=200, latency=12.0, predictions=None, version="1"):

@@ -19,12 +19,12 @@ def test_appended_records_are_written_and_cannot_be_changed(store, tmp_path, rec
         conn.execute("DELETE FROM requests")
 
 
-def test_a_records_file_from_before_authors_gains_the_new_columns_and_keeps_its_rows(tmp_path, record):
+def test_a_records_file_from_before_authors_gains_the_new_columns_and_keeps_its_rows(tmp_path, record, first_schema):
     import sqlite3
 
     path = tmp_path / "v1.db"
-    old = db.SQLITE_SCHEMA.replace(",\n    author TEXT NOT NULL DEFAULT '',\n    server TEXT NOT NULL DEFAULT ''", "")
-    assert "author" not in old
+    old = first_schema
+    assert not any(column in old for column in db.ADDED_COLUMNS)
     conn = sqlite3.connect(path)
     conn.executescript(old)
     conn.execute("INSERT INTO requests (request_id, ts, experiment, variant, model_uri, model_version, status, "
@@ -33,13 +33,14 @@ def test_a_records_file_from_before_authors_gains_the_new_columns_and_keeps_its_
     conn.close()
     store = writer.RecordStore(path, flush_ms=10, timeout_s=30)
     try:
-        store.append(record(1) | {"author": "carol"})
+        store.append(record(1) | {"author": "carol", "row_keys": "k1"})
     finally:
         store.close()
     data = reads.labelled_rows(path, "exp", 30)
     assert data["latencies"]["a"] == [3.0, 12.0] and data["authors"] == {"a": {"carol"}}
-    rows = sqlite3.connect(path).execute("SELECT request_id, author, server FROM requests ORDER BY id").fetchall()
-    assert rows[0] == ("old", "", "") and rows[1][:2] == ("r1", "carol") and rows[1][2].endswith(f":{__import__('os').getpid()}")
+    rows = sqlite3.connect(path).execute("SELECT request_id, author, row_keys, server FROM requests ORDER BY id"
+                                         ).fetchall()
+    assert rows[0] == ("old", "", "", "") and rows[1][:3] == ("r1", "carol", "k1") and rows[1][3].endswith(f":{__import__('os').getpid()}")
 
 
 def test_a_database_url_is_shown_without_its_password():

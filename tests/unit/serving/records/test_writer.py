@@ -30,6 +30,22 @@ def test_multi_row_requests_take_a_list_label(store, tmp_path, record):
     assert reads.labelled_rows(tmp_path / "r.db", "exp", 30)["pairs"]["a"] == [(0, 0), (1, 2), (2, 2)]
 
 
+def test_each_labelled_row_has_its_key_and_distinct_keeps_a_keys_first_label(store, tmp_path, record):
+    """serve.ab.repeats=once: the report counts a row sent again once, with the label that came first;
+    rows without a key (CSV, an older store) all count."""
+    store.append(record(1, predictions=[0, 1]) | {"row_keys": "k1,k2"})
+    store.append(record(2, predictions=[0]) | {"row_keys": "k1"})
+    store.append(record(3, predictions=[2]))
+    store.append(record(4, predictions=[2]))
+    for request_id, label in (("r2", 1), ("r1", [0, 1]), ("r3", 2), ("r4", 0)):
+        store.add_feedback(request_id, label)
+    stream = reads.labelled_rows(tmp_path / "r.db", "exp", 30)["stream"]
+    assert [(p, t, k) for p, t, _, k in stream["a"]] == [(0, 1, "k1"), (0, 0, "k1"), (1, 1, "k2"), (2, 2, ""), (2, 0, "")]
+    kept, dropped = reads.distinct(stream)
+    assert [(p, t, k) for p, t, _, k in kept["a"]] == [(0, 1, "k1"), (1, 1, "k2"), (2, 2, ""), (2, 0, "")]
+    assert dropped == {"a": 1}
+
+
 def test_feedback_counts_for_the_bandit(store, record):
     store.append(record(1, "a", predictions=[1]))
     store.append(record(2, "a", predictions=[1]))
