@@ -24,8 +24,13 @@ $(STAMP): requirements.txt requirements-team.txt requirements-ray.txt requiremen
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# `make run` keeps each dataset's runs in an experiment of its name (data=<name> in OVERRIDES,
+# else the default in conf/config.yaml), unless MLFLOW_EXPERIMENT_NAME / _ID choose one.
+DATA_NAME = $(or $(patsubst data=%,%,$(filter data=%,$(OVERRIDES))),$(shell sed -n 's/^  - data: *//p' conf/config.yaml))
+EXPERIMENT = $(if $(MLFLOW_EXPERIMENT_NAME)$(MLFLOW_EXPERIMENT_ID),,--experiment-name $(DATA_NAME))
+
 run: $(STAMP)
-	$(BIN)/mlflow run . -e main --env-manager local $(if $(OVERRIDES),-P overrides="$(OVERRIDES)")
+	$(BIN)/mlflow run . -e main --env-manager local $(EXPERIMENT) $(if $(OVERRIDES),-P overrides="$(OVERRIDES)")
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

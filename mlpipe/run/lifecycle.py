@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 from omegaconf import DictConfig, OmegaConf
 
 from mlpipe.config import flatten, to_container
@@ -228,10 +229,11 @@ def store_address(uri: str, cwd: str) -> str:
     return storage.masked_url(uri)  # a line a command prints must not carry a password
 
 
-def where_line(client: MlflowClient, run: Run) -> str:
+def where_line(client: MlflowClient, run: Run, dataset: str | None = None) -> str:
     """`[mlpipe] tracking store <uri>, experiment "<name>" (id <id>), run <id>`; and when the
     store holds nothing but this run, that it is new (a run from a Git URI or another folder
-    without MLFLOW_TRACKING_URI lands in a new ./mlflow.db where `mlflow run` started)."""
+    without MLFLOW_TRACKING_URI lands in a new ./mlflow.db where `mlflow run` started); in
+    MLflow's Default experiment, how to keep `dataset`'s runs apart (`make run` does)."""
     experiment = client.get_experiment(run.info.experiment_id)
     line = (f"[mlpipe] tracking store {store_address(mlflow.get_tracking_uri(), os.getcwd())}, experiment "
             f'"{experiment.name}" (id {experiment.experiment_id}), run {run.info.run_id}')
@@ -239,6 +241,8 @@ def where_line(client: MlflowClient, run: Run) -> str:
     if len(experiments) <= 2 and [r.info.run_id for r in client.search_runs(experiments, max_results=2)] \
             == [run.info.run_id]:  # Default, and the one --experiment-name made: nothing but this run
         line += "; a new store: no run before this one (set MLFLOW_TRACKING_URI to use another)"
+    if dataset and experiment.experiment_id == DEFAULT_EXPERIMENT_ID:
+        line += f"; Default holds every dataset's runs: --experiment-name {dataset} keeps these apart (make run does)"
     return line
 
 @dataclass
@@ -283,7 +287,7 @@ def open_run(name: str, cfg: DictConfig | None, *, tags: dict[str, str] | None =
             raise config_error
         run = client.get_run(active.info.run_id)
         if cfg is not None and not os.environ.get(QUIET_ENV):  # the command's own run: say where it went
-            print(where_line(client, run), file=sys.stderr, flush=True)
+            print(where_line(client, run, OmegaConf.select(cfg, "data.name")), file=sys.stderr, flush=True)
         config = None
         if cfg is not None:
             config = to_container(cfg)

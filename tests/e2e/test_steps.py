@@ -123,6 +123,30 @@ def test_serve_alone_serves_the_champion_until_interrupted(store: Store, prepare
     assert "pipeline.cache_key" not in serve.data.tags
 
 
+def test_make_run_keeps_each_datasets_runs_in_an_experiment_of_its_name(fresh_store: Store):
+    """`make run` names the experiment after the dataset (OVERRIDES' data=, else the default), and
+    its store line then has no hint; MLFLOW_EXPERIMENT_NAME still wins."""
+    env = {k: v for k, v in fresh_store.env.items() if not k.startswith(("MLFLOW_EXPERIMENT_", "MAKE", "MFLAGS"))}
+
+    def make_run(overrides: str, **extra: str) -> subprocess.CompletedProcess:
+        result = subprocess.run(["make", "--no-print-directory", "run", f"OVERRIDES={overrides}"], cwd=ROOT,
+                                env={**env, **extra}, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    iris = make_run("data=iris main.steps=[ingest]")
+    wine = make_run("main.steps=[ingest]")
+    chosen = make_run("data=iris main.steps=[ingest]", MLFLOW_EXPERIMENT_NAME="mine")
+    for result, name in ((iris, "iris"), (wine, "wine"), (chosen, "mine")):
+        experiment = fresh_store.client.get_experiment_by_name(name)
+        (parent,) = fresh_store.client.search_runs([experiment.experiment_id], "tags.`pipeline.role` = 'pipeline'")
+        (where,) = [line for line in result.stderr.splitlines() if line.startswith("[mlpipe] tracking store ")]
+        assert where.startswith(f'[mlpipe] tracking store {fresh_store.uri}, experiment "{name}" '
+                                f"(id {experiment.experiment_id}), run {parent.info.run_id}"), where
+        assert "Default holds" not in where
+        assert parent.data.params["data.name"] == ("wine" if result is wine else "iris")
+
+
 def test_steps_run_alone_from_another_folder_say_where_they_logged_and_print_what_main_prints(fresh_store: Store,
                                                                                             tmp_path):
     """No MLFLOW_TRACKING_URI: MLflow makes ./mlflow.db in the folder `mlflow run` started from;
@@ -141,7 +165,8 @@ def test_steps_run_alone_from_another_folder_say_where_they_logged_and_print_wha
     (where,) = [line for line in ingest.stderr.splitlines() if line.startswith("[mlpipe] tracking store ")]
     assert where.startswith(f'[mlpipe] tracking store sqlite:///{tmp_path}/mlflow.db, experiment "Default" (id 0), '
                             "run "), where
-    assert where.endswith("; a new store: no run before this one (set MLFLOW_TRACKING_URI to use another)"), where
+    assert where.endswith("; a new store: no run before this one (set MLFLOW_TRACKING_URI to use another); Default "
+                          "holds every dataset's runs: --experiment-name iris keeps these apart (make run does)"), where
     assert re.fullmatch(r"\[mlpipe\] ingest ran in [\d.]+ s: rows=150 task=classification\n", ingest.stdout), ingest.stdout
     step("preprocess", "-P", "overrides=data=iris")
     train = step("train", "-P", "overrides=data=iris model=logistic_regression")
