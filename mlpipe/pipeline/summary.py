@@ -83,7 +83,7 @@ def log_summary(client: MlflowClient, run_id: str, results: list[StepResult], na
 
 
 def publish_cards(client: MlflowClient, parent_run_id: str, rows: list[tuple[str, Run, str]], where: str) -> None:
-    """Copy each step's card into the parent run under `where`, with an index page linking them.
+    """Copy each step's card into the parent run under `where`, with an index page that holds them all.
 
     Best effort: a missing card (a step that died before writing one) is listed as such."""
     if not rows:
@@ -106,7 +106,9 @@ def publish_cards(client: MlflowClient, parent_run_id: str, rows: list[tuple[str
             index = [{"step": step, "run_id": run.info.run_id, "status": run.info.status, "outcome": outcome,
                       "href": href, "summary": run.data.tags.get(SUMMARY_TAG) or run.data.tags.get(ERROR_MESSAGE_TAG, "")}
                      for (step, run, outcome), href in zip(rows, hrefs)]
-            (out / "index.html").write_text(cards.render_index(f"pipeline {parent_run_id}", index))
+            pages = {href: (out / href).read_text(encoding="utf-8") for href in hrefs if href}
+            html = cards.render_index(f"pipeline {parent_run_id}", index, pages)
+            (out / "index.html").write_text(html, encoding="utf-8")
             (out / "index.json").write_text(json.dumps(index, indent=1))
             client.log_artifacts(parent_run_id, str(out), where)
     except Exception as exc:  # noqa: BLE001 - the pipeline's outcome matters more than its cards

@@ -4,6 +4,11 @@ A step fills its `Card` (inputs, outputs, checks, plots, tables); the harness ad
 status, error and metrics and logs both files to the run, also when the step fails. The driver
 copies every step's card into the parent run next to an index page (`cards/index.html`).
 Everything is inline (CSS, SVG charts, PNGs as data URIs): the files open offline.
+
+A page links only within itself: MLflow's artifact viewer shows HTML in a sandboxed iframe
+loaded from a `blob:` URL, where a link to another file cannot resolve (the viewer turns blank:
+`about:blank#blocked`) and following `#anchor` does nothing. So the index holds every card, and
+its `#anchor` links also scroll by script (`SCROLL_TO_ANCHOR`).
 """
 
 from __future__ import annotations
@@ -25,8 +30,19 @@ h1{font-size:20px;margin:0 0 4px} h2{font-size:15px;margin:22px 0 6px;border-bot
 .error{border:1px solid #c62828;background:#fdecea;padding:8px;margin:10px 0;white-space:pre-wrap}
 table{border-collapse:collapse;font-size:12px;margin:4px 0} td,th{border:1px solid #ddd;padding:3px 6px;text-align:left}
 th{background:#f5f5f5} .muted{color:#777;font-size:12px} .plots{display:flex;flex-wrap:wrap;gap:16px}
-figure{margin:0} img{max-width:460px}
+figure{margin:0} img{max-width:460px} section.card{border-top:3px solid #ddd;margin-top:28px;padding-top:4px}
 """
+
+
+# Scrolls to the target of an in-page link, which MLflow's viewer does not do (see above); a
+# browser that follows the link itself then scrolls to the same place and keeps the #anchor.
+SCROLL_TO_ANCHOR = """<script>
+document.addEventListener("click", event => {
+  const link = event.target.closest('a[href^="#"]');
+  const target = link && document.getElementById(link.getAttribute("href").slice(1));
+  if (target) target.scrollIntoView();
+});
+</script>"""
 
 
 @dataclass
@@ -118,15 +134,30 @@ def render(data: dict[str, Any], sections: list[tuple[str, str]]) -> str:
     return "".join(parts)
 
 
-def render_index(title: str, rows: list[dict[str, Any]]) -> str:
-    """The parent run's page: one line per step with a link to its card (a file beside it)."""
-    lines = []
+def card_body(html: str) -> str | None:
+    """What is between `<body>` and `</body>` of a page made by `render` (None for another page)."""
+    start, end = html.find("<body>"), html.rfind("</body>")
+    return html[start + len("<body>"):end] if 0 <= start < end else None
+
+
+def render_index(title: str, rows: list[dict[str, Any]], pages: dict[str, str] | None = None) -> str:
+    """The parent run's page: one line per step, then each step's card (`pages`: the card file
+    beside the index, its `href`, -> its HTML), each line linking to its card on this page."""
+    pages = pages or {}
+    lines, bodies = [], []
     for r in rows:
-        link = f"<a href=\"{escape(r['href'])}\">card</a>" if r.get("href") else "no card"
+        body = card_body(pages.get(r.get("href") or "", ""))
+        anchor = escape(r["href"].removesuffix(".html")) if body is not None else None
+        link = f"<a href=\"#{anchor}\">{escape(r['href'])}</a>" if anchor else "no card"
         lines.append(f"<tr><td>{escape(r['step'])}</td><td><span class=\"badge {escape(r['status'])}\">"
                      f"{escape(r['status'])}</span></td><td>{escape(r['outcome'])}</td><td>{escape(r['run_id'])}</td>"
                      f"<td>{link}</td><td>{escape(r.get('summary') or '')}</td></tr>")
+        if anchor:
+            bodies.append(f"<section id=\"{anchor}\" class=\"card\">{body}"
+                          "<p class=\"muted\"><a href=\"#index\">back to the steps</a></p></section>")
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>"
+            f"<style>{STYLE}</style></head><body><h1 id=\"index\">{escape(title)}</h1>"
             "<table><tr><th>step</th><th>status</th><th>outcome</th><th>run</th><th>card</th><th>result</th></tr>"
-            + "".join(lines) + "</table></body></html>")
+            + "".join(lines) + "</table>"
+            "<p class=\"muted\">Each card is below, and also a file beside this page.</p>"
+            + "".join(bodies) + SCROLL_TO_ANCHOR + "</body></html>")

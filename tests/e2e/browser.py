@@ -1,5 +1,7 @@
 """Debian's headless Chromium for tests of generated HTML reports: the DOM after scripts ran,
-a screenshot, and how blank a screenshot is.
+a screenshot, and how blank a screenshot is, of a file or of an http(s) URL; and `tab()`, one tab
+driven over the DevTools protocol, for what `--dump-dom` cannot see: the documents of the page's
+iframes (MLflow's artifact viewer shows an HTML artifact in a sandboxed `blob:` iframe).
 
 `chromium()` finds /usr/bin/chromium, or installs it as root with apt (`apt-get install -y
 --no-install-recommends chromium`; `apt-get update` only when that fails), under a file lock so
@@ -14,13 +16,19 @@ success is judged by the exit code and the output only."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import select
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 # apt: the install normally takes well under 2 minutes; `update` only when the lists are stale.
 INSTALL_TIMEOUT = 420
@@ -220,14 +228,22 @@ def unavailable() -> str | None:
     return None if chromium() else (_reason or "no chromium")
 
 
-def _browse(html: Path, args: list[str], timeout: float) -> tuple[str, str]:
+def _url(where: Path | str) -> str:
+    """An http(s) URL as it is; a file as its file:// URI (it must exist: chromium would render its
+    own error page for a missing one and exit 0)."""
+    if isinstance(where, str) and where.startswith(("http://", "https://")):
+        return where
+    path = Path(where).resolve()
+    if not path.is_file():
+        raise AssertionError(f"no such file: {path}")
+    return path.as_uri()
+
+
+def _browse(html: Path | str, args: list[str], timeout: float) -> tuple[str, str]:
     exe = chromium()
     if exe is None:
         raise AssertionError(f"chromium is unavailable: {_reason}")
-    html = Path(html).resolve()
-    if not html.is_file():  # chromium would render its own error page and exit 0
-        raise AssertionError(f"no such file: {html}")
-    url = html.as_uri()
+    url = _url(html)
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         cmd = [exe, *FLAGS, f"--user-data-dir={profile}", *args, url]
         try:
@@ -239,9 +255,10 @@ def _browse(html: Path, args: list[str], timeout: float) -> tuple[str, str]:
     return out, err
 
 
-def dump_dom(html: Path, timeout: float = 60, budget_ms: int | None = None) -> str:
-    """The serialized DOM of `html` after its scripts ran (`--dump-dom`: at the load event; pass
-    `budget_ms` (`--virtual-time-budget`) for pages that render from timers)."""
+def dump_dom(html: Path | str, timeout: float = 60, budget_ms: int | None = None) -> str:
+    """The serialized DOM of `html` (a file or an http(s) URL) after its scripts ran (`--dump-dom`:
+    at the load event; pass `budget_ms` (`--virtual-time-budget`) for pages that render from
+    timers). The DOM of the top document only: see `tab()` for an iframe's."""
     extra = [f"--virtual-time-budget={budget_ms}"] if budget_ms else []
     out, err = _browse(html, [*extra, "--dump-dom"], timeout)
     if "<html" not in out.lower():
@@ -249,9 +266,10 @@ def dump_dom(html: Path, timeout: float = 60, budget_ms: int | None = None) -> s
     return out
 
 
-def screenshot(html: Path, png: Path, size: tuple[int, int] = (1400, 1000), timeout: float = 60,
+def screenshot(html: Path | str, png: Path, size: tuple[int, int] = (1400, 1000), timeout: float = 60,
                budget_ms: int | None = None) -> Path:
-    """A PNG screenshot of `html` in a `size` window, written to `png` (returned)."""
+    """A PNG screenshot of `html` (a file or an http(s) URL) in a `size` window, written to `png`
+    (returned)."""
     png = Path(png).resolve()
     png.parent.mkdir(parents=True, exist_ok=True)
     png.unlink(missing_ok=True)
@@ -260,6 +278,146 @@ def screenshot(html: Path, png: Path, size: tuple[int, int] = (1400, 1000), time
     if not png.exists() or png.stat().st_size == 0:
         raise AssertionError(f"chromium wrote no screenshot {png} for {html}:\n{err[-4000:]}")
     return png
+
+
+class Tab:
+    """One tab of a Chromium driven over the DevTools protocol through a pipe (messages are JSON,
+    each ended by a NUL byte). `frame=` names an iframe by the start of its URL: out-of-process
+    iframes only (Chromium puts a sandboxed or cross-site iframe in a process of its own, as
+    `tab()` asks it to); their documents are out of reach of the page's scripts and of --dump-dom."""
+
+    def __init__(self, proc: subprocess.Popen, to_chromium: int, from_chromium: int, stderr):
+        self.proc, self._out, self._in, self._stderr = proc, to_chromium, from_chromium, stderr
+        self._buffer, self._id = b"", 0
+        self.session = ""  # the page's session: set by tab()
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None,
+             timeout: float = 30) -> dict:
+        """Send one command and return its result (events that arrive meanwhile are dropped)."""
+        self._id += 1
+        message: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" not in self._buffer:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self._in], [], [], left)[0]:
+                    raise AssertionError(f"chromium did not answer {method} within {timeout:g} s")
+                chunk = os.read(self._in, 1 << 20)
+                if not chunk:
+                    self._stderr.seek(0)
+                    raise AssertionError(f"chromium closed the DevTools pipe during {method} (exit code "
+                                         f"{self.proc.poll()}); stderr:\n{self._stderr.read().decode(errors='replace')[-4000:]}")
+                self._buffer += chunk
+            raw, self._buffer = self._buffer.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise AssertionError(f"{method}: {reply['error']}")
+                return reply["result"]
+
+    def frames(self) -> list[str]:
+        """The URLs of the out-of-process iframes, in Chromium's order."""
+        return [t["url"] for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "iframe"]
+
+    def evaluate(self, expression: str, frame: str | None = None) -> Any:
+        """The JSON value of `expression` in the page, or in the first iframe whose URL starts with
+        `frame` (AssertionError when there is none)."""
+        if frame is None:
+            return self._evaluate(expression, self.session)
+        targets = [t for t in self.call("Target.getTargets")["targetInfos"]
+                   if t["type"] == "iframe" and t["url"].startswith(frame)]
+        if not targets:
+            raise AssertionError(f"no iframe at {frame}...; iframes: {self.frames()}")
+        session = self.call("Target.attachToTarget", {"targetId": targets[0]["targetId"], "flatten": True})["sessionId"]
+        try:
+            return self._evaluate(expression, session)
+        finally:
+            self.call("Target.detachFromTarget", {"sessionId": session})
+
+    def _evaluate(self, expression: str, session: str) -> Any:
+        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True},
+                           session=session)
+        if "exceptionDetails" in result:
+            details = result["exceptionDetails"]
+            raise AssertionError(f"{expression!r} threw: {details.get('exception', {}).get('description') or details}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, frame: str | None = None, timeout: float = 30) -> Any:
+        """The first truthy value of `expression` (in the page or in `frame`, which may not exist
+        yet), polled until `timeout` seconds have passed; AssertionError with the last value then.
+        Values cross as JSON: an element arrives as {}, which is false here (test `!!element`)."""
+        deadline, last = time.monotonic() + timeout, None
+        while True:
+            try:
+                last = self.evaluate(expression, frame)
+                if last:
+                    return last
+            except AssertionError as exc:  # no such frame yet, or a page still loading
+                last = exc
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{expression!r} in {frame or 'the page'} still {last!r} after {timeout:g} s; "
+                                     f"page at {self.evaluate('location.href')}, iframes {self.frames()}")
+            time.sleep(0.2)
+
+
+_EXEC_WITH_PIPE = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
+                   "os.close(int(sys.argv[1])); os.close(int(sys.argv[2])); os.execv(sys.argv[3], sys.argv[3:])")
+
+
+def _above_9(fd: int) -> int:
+    """`fd` moved to a number above 9 (close-on-exec, as Python makes them)."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved
+
+
+@contextmanager
+def tab(url: Path | str, headers: dict[str, str] | None = None, size: tuple[int, int] = (1400, 1000),
+        timeout: float = 120) -> Iterator[Tab]:
+    """A Chromium tab that opened `url` (a file or an http(s) URL), sending `headers` with every
+    request (e.g. `Authorization` for a server with basic auth). It does not wait for the page:
+    `wait_for` what the test needs. The browser, its helpers and its profile are gone afterwards.
+    `timeout` bounds the browser's life."""
+    exe = chromium()
+    if exe is None:
+        raise AssertionError(f"chromium is unavailable: {_reason}")
+    url = _url(url)
+    with ExitStack() as stack:
+        profile = stack.enter_context(tempfile.TemporaryDirectory(prefix="chromium-profile-"))
+        # The browser reads commands from its fd 3 and writes replies to its fd 4. A small Python
+        # process puts the pipe ends there and execs it (preexec_fn is unsafe in a threaded
+        # process); the ends are moved above 9 first, so that moving one cannot close the other.
+        to_read, to_write, from_read, from_write = (_above_9(fd) for fd in (*os.pipe(), *os.pipe()))
+        cmd = [sys.executable, "-c", _EXEC_WITH_PIPE, str(to_read), str(from_write), exe, *FLAGS,
+               f"--user-data-dir={profile}", "--remote-debugging-pipe", "--site-per-process",
+               "--enable-features=IsolateSandboxedIframes", f"--window-size={size[0]},{size[1]}", "about:blank"]
+        err = stack.enter_context(tempfile.TemporaryFile())
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                pass_fds=(to_read, from_write), start_new_session=True)
+        os.close(to_read)
+        os.close(from_write)
+        killer = threading.Timer(timeout, _kill_group, (proc, 0.5))
+        killer.start()
+        try:
+            browser = Tab(proc, to_write, from_read, err)
+            target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+            browser.session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            if headers:
+                browser.call("Network.enable", session=browser.session)
+                browser.call("Network.setExtraHTTPHeaders", {"headers": headers}, session=browser.session)
+            navigation = browser.call("Page.navigate", {"url": url}, session=browser.session)
+            if navigation.get("errorText"):
+                raise AssertionError(f"chromium could not open {url}: {navigation['errorText']}")
+            yield browser
+        finally:
+            killer.cancel()
+            os.close(to_write)
+            os.close(from_read)
+            _kill_group(proc, grace=0.5)
+            _kill_naming(profile)
 
 
 def blank_fraction(png: Path) -> float:

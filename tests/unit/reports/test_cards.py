@@ -54,11 +54,30 @@ def test_cards_are_self_contained():
     assert len(svgs(html)) == 1
 
 
-def test_index_links_cards_and_marks_missing_ones():
+def test_index_holds_each_card_and_marks_missing_ones():
+    card = cards.Card("ingest")
+    card.add_table("class balance", ("class", "rows"), [("a", 3)])
+    _, page = finished(card)
     html = cards.render_index("pipeline p", [
         {"step": "ingest", "run_id": "r1", "status": "FINISHED", "outcome": "cached", "href": "01-ingest.html"},
-        {"step": "qa", "run_id": "r2", "status": "FAILED", "outcome": "ran", "href": None, "summary": "boom"}])
-    assert 'href="01-ingest.html"' in html and "no card" in html and "boom" in html
+        {"step": "qa", "run_id": "r2", "status": "FAILED", "outcome": "ran", "href": None, "summary": "boom"}],
+        {"01-ingest.html": page})
+    assert '<a href="#01-ingest">01-ingest.html</a>' in html and "no card" in html and "boom" in html
+    assert cards.card_body(page) in html and "<td>a</td><td>3</td>" in html
+    assert html.count("<body>") == 1 and html.count("</html>") == 1
+
+
+def test_index_links_stay_on_the_page():
+    """MLflow's viewer loads a page from a blob: URL in a sandboxed iframe: a link to another file
+    cannot resolve there and blanks the viewer. Every link must be an anchor of the page itself."""
+    pages = {f"0{i}-{s}.html": finished(cards.Card(s))[1] for i, s in enumerate(("ingest", "train"), 1)}
+    html = cards.render_index("pipeline p", [
+        {"step": href[3:-5], "run_id": "r", "status": "FINISHED", "outcome": "ran", "href": href} for href in pages]
+        + [{"step": "qa", "run_id": "r", "status": "FINISHED", "outcome": "ran", "href": "03-qa.html"}], pages)
+    links = re.findall(r'href="([^"]*)"', html)
+    ids = set(re.findall(r'id="([^"]*)"', html))
+    assert links and all(link.startswith("#") and link[1:] in ids for link in links), (links, ids)
+    assert "#03-qa" not in links  # a card that could not be copied is not linked
 
 
 def test_plots_are_valid_svg_and_scale_bars_to_values():
