@@ -58,7 +58,7 @@ def build(path: Path, experiment: str, ab: dict, configured: list[str], task: st
                           f"arms: {', '.join(arms)}")
     ordered = [control] + [a for a in arms if a != control]
     # serve.ab.repeats=once: a row sent again (same values) is one piece of evidence, its first label
-    stream, repeats = reads.distinct(data["stream"]) if ab.get("repeats", "once") == "once" else (data["stream"], {})
+    stream, repeats = reads.distinct(data["stream"]) if ab["repeats"] == "once" else (data["stream"], {})
     inputs = [{"name": a, "latencies": data["latencies"][a],
                "outcomes": outcomes([(r[0], r[1]) for r in stream.get(a, [])], task),
                "times": [r[2] for r in stream.get(a, [])]} for a in ordered]

@@ -181,8 +181,10 @@ class _Item:
     future: asyncio.Future
 
 
-def _predict_one(model, input_schema, body: bytes, content_type: str | None) -> Answer:
-    """Exactly what `mlflow models serve` does for one request: MLflow parses, the model predicts."""
+def _predict_one(model, input_schema, body: bytes, content_type: str | None,
+                 frame: tuple[tuple, list] | None) -> Answer:
+    """Exactly what `mlflow models serve` does for one request: MLflow parses, the model predicts.
+    `frame`: the body's merge_key (its row keys come from it)."""
     import inspect
 
     try:
@@ -193,8 +195,8 @@ def _predict_one(model, input_schema, body: bytes, content_type: str | None) -> 
             raw = model.predict(data, params=params)
         else:
             raw = model.predict(data)
-        found = merge_key(body, content_type)
-        return Answer(raw, len(data) if hasattr(data, "__len__") else 0, row_keys(found[0][1], found[1]) if found else None)
+        keys = row_keys(frame[0][1], frame[1]) if frame else None
+        return Answer(raw, len(data) if hasattr(data, "__len__") else 0, keys)
     except Exception as exc:  # noqa: BLE001 - the request's own error
         return Answer(error=exc)
 
@@ -208,12 +210,12 @@ def predict_batch(model, input_schema, requests: list[tuple[bytes, str | None]],
     from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
     answers: list[Answer | None] = [None] * len(requests)
+    frames = [merge_key(body, content_type) for body, content_type in requests]  # also each request's row keys
     groups: dict[tuple, list[tuple[int, list]]] = {}
-    mergeable = input_schema is not None and len(requests) > 1
-    for i, (body, content_type) in enumerate(requests):
-        found = merge_key(body, content_type) if mergeable else None
-        if found is not None:
-            groups.setdefault(found[0], []).append((i, found[1]))
+    if input_schema is not None and len(requests) > 1:
+        for i, found in enumerate(frames):
+            if found is not None:
+                groups.setdefault(found[0], []).append((i, found[1]))
     for key, members in groups.items():
         chunk: list[tuple[int, list]] = []
         for member in members + [None]:
@@ -233,7 +235,7 @@ def predict_batch(model, input_schema, requests: list[tuple[bytes, str | None]],
             chunk = [member] if member is not None else []
     for i, (body, content_type) in enumerate(requests):
         if answers[i] is None:
-            answers[i] = _predict_one(model, input_schema, body, content_type)
+            answers[i] = _predict_one(model, input_schema, body, content_type, frames[i])
     return answers
 
 
