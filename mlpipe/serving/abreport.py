@@ -252,11 +252,12 @@ def fill_card(card: cards.Card, result: dict[str, Any], ab: dict[str, Any]) -> N
     """The tables, bar charts and latency histogram (`serve.ab.plot_dpi`, `latency_bins`)."""
     task = result["task"]
     measure = "accuracy" if task == "classification" else "mae"
-    header = ["variant", "member", "model versions", "requests", "errors", "labelled", measure, "p50 ms", "p95 ms",
-              "p99 ms"]
+    counted = "distinct rows" if ab["repeats"] == "once" else "every row"  # serve.ab.repeats
+    header = ["variant", "member", "model versions", "requests", "errors", f"labelled ({counted})",
+              "repeats left out", measure, "p50 ms", "p95 ms", "p99 ms"]
     card.add_table("Arms", header, [[a["variant"], a.get("member") or "-", a["model_versions"], a["requests"],
-                                     a["errors"], a["labelled"], a[measure], a["latency_p50_ms"], a["latency_p95_ms"],
-                                     a["latency_p99_ms"]] for a in result["arms"]])
+                                     a["errors"], a["labelled"], a["repeats"], a[measure], a["latency_p50_ms"],
+                                     a["latency_p95_ms"], a["latency_p99_ms"]] for a in result["arms"]])
     diff = "accuracy_diff" if task == "classification" else "mae_diff"
     card.add_table("Tests against the control", ["challenger", "test", "difference", "CI low", "CI high", "p",
                                                  "alpha (Bonferroni)", "significant", "latency p (Mann-Whitney U)"],

@@ -380,6 +380,10 @@ def test_a_row_sent_again_counts_once_in_the_ab_report(store: Store, registered,
     assert re.search(rf"^b +\S+ +{3 * n} +0 +{n} +1\.0000 ", once.stdout, re.M), once.stdout
     assert f"labelled = distinct rows; repeats of a row counted once (serve.ab.repeats=once), left out: b {2 * n}" \
         in once.stdout
+    run = store.newest("tags.`ab.recommendation` = 'keep a: no significant difference'")
+    card = Path(store.client.download_artifacts(run.info.run_id, "card/card.html", str(tmp_path))).read_text()
+    assert "<th>labelled (distinct rows)</th><th>repeats left out</th>" in card
+    assert re.search(rf"<td>b</td>(<td>[^<]*</td>){{4}}<td>{n}</td><td>{2 * n}</td>", card), card[:3000]
 
 def test_sigterm_drains_the_request_in_flight(ab_server, registered):
     """Last in this module: stops the shared server."""
