@@ -6,7 +6,7 @@ import sys
 from mlpipe.data import features, sources
 from mlpipe.errors import ModelValidationError, one_line
 from mlpipe.pipeline.harness import step_main
-from mlpipe.quality import assessment
+from mlpipe.quality import assessment, parity
 from mlpipe.registry import champion
 from mlpipe.reports import sections
 from mlpipe.run import outputs
@@ -30,19 +30,19 @@ def run(ctx: StepContext) -> None:
     model, digest = model_io.load_model(trained.model_uri, *ctx.trust)
     evaluation = ctx.evaluate(model, test, spec.target, trained.task, qa.plot_dpi)
     evidence = assessment.Evidence(evaluation.metrics, _champion(ctx, trained, test, spec.target),
-                                   model_io.answer_serving_input(model, trained.model_uri))
+                                   model_io.answer_serving_input(model, trained.model_uri),
+                                   parity.of_logged_model(trained.model_uri, digest, model.get_raw_model(), test[spec.columns],
+                                                          trained.task, qa.onnx) if ctx.cfg.runtime == "onnx" else None)
     result = assessment.assess(qa, model, trained.model_uri, trained.task, train[spec.target], test, spec.target,
                                ctx.upstream.data.metrics, evidence, _drift_inputs(ctx, splits_run.info.run_id, spec, test))
-
     ctx.log_json(outputs.QA_REPORT_ARTIFACT, result.report)
     if result.classes:
         ctx.log_json("confusion_matrix.json", {"labels": result.classes["labels"], "matrix": result.classes["confusion_matrix"]})
     ctx.log_metrics(result.metrics)
     ctx.card.add_checks(result.checks)
     sections.qa(ctx.card, result.report, result.truth, result.predictions, evaluation.images)
-    passed = not result.failed
-    ctx.card.outputs.update({"passed": passed, result.primary: result.primary_value, "report": outputs.QA_REPORT_ARTIFACT})
-    ctx.hand_over(outputs.QaOutput(passed=passed, model_uri=trained.model_uri, task=trained.task,
+    ctx.card.outputs.update({"passed": not result.failed, result.primary: result.primary_value, "report": outputs.QA_REPORT_ARTIFACT})
+    ctx.hand_over(outputs.QaOutput(passed=not result.failed, model_uri=trained.model_uri, task=trained.task,
                                    primary_metric=result.primary, failed_checks=",".join(c.name for c in result.failed),
                                    champion_replaced=bool(result.report["champion"].get("replaced")), model_digest=digest))
     if result.failed and not qa.allow_unvalidated:

@@ -7,7 +7,7 @@ from mlpipe.reports import sections
 from mlpipe.run import outputs
 from mlpipe.pipeline.harness import step_main
 from mlpipe.run.context import StepContext
-from mlpipe.training import estimators, model_io
+from mlpipe.training import estimators, model_io, onnx_export
 
 
 def run(ctx: StepContext) -> None:
@@ -44,13 +44,16 @@ def run(ctx: StepContext) -> None:
 
     fmt = model_io.check_format(ctx.cfg.serialization)
     name = re.sub(r"[^\w-]", "_", f"{ctx.cfg.data.name}-{type(estimator).__name__}")  # its name in MLflow's UI
-    model_uri = ctx.log_model(model, example, name,
+    onnx = onnx_export.logged_files(model, spec.numeric, spec.categorical, spec.task, ctx.cfg.train.onnx.opset,
+                                    ctx.cfg.train.onnx.ml_opset) if ctx.cfg.runtime == "onnx" else {}
+    model_uri = ctx.log_model(model, example, name, files=onnx,
                               serialization_format=fmt, pip_requirements=model_io.pip_requirements(fmt),
                               skops_trusted_types=model_io.trusted_types(model, ctx.cfg.skops_trusted_types) if fmt == "skops" else None)
     ctx.hand_over(outputs.TrainOutput(model_uri=model_uri, task=spec.task, model_class=type(estimator).__name__,
                                       preprocess_run_id=ctx.upstream.info.run_id))
     ctx.card.outputs.update({"model_uri": model_uri, "model": type(estimator).__name__,
-                             "train rows": rows, "features": len(spec.columns)})
+                             "train rows": rows, "features": len(spec.columns),
+                             "onnx": onnx_export.describe(onnx) if onnx else "runtime=sklearn: none"})
     ctx.summary(f"validation.{metric}={scores[f'validation.{metric}']:.4f}")
 
 

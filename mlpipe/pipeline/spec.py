@@ -28,9 +28,9 @@ STEPS: dict[str, StepSpec] = {
     for spec in (
         StepSpec("ingest", None, ("data",)),
         StepSpec("preprocess", "ingest", ("data", "preprocess", "seed", "serialization", "skops_trusted_types")),
-        StepSpec("train", "preprocess", ("model", "train", "seed", "serialization", "skops_trusted_types")),
+        StepSpec("train", "preprocess", ("model", "train", "seed", "serialization", "skops_trusted_types", "runtime")),
         # qa and serve load models past the trust boundary: its settings enter their keys
-        StepSpec("qa", "train", ("qa", "serialization", "skops_trusted_types")),
+        StepSpec("qa", "train", ("qa", "serialization", "skops_trusted_types", "runtime")),
         StepSpec("register", "qa", ("qa", "registry")),
         StepSpec("serve", "register", ("serve", "registry", "serialization", "skops_trusted_types"),
                  takes_run_id=False),

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlpipe.quality import drift, gate, model_checks
+from mlpipe.quality import drift, gate, model_checks, parity
 from mlpipe.training import metric_names
 from mlpipe.training import estimators
 
@@ -48,6 +48,7 @@ class Evidence:
     metrics: dict[str, float]
     champion: model_checks.ChampionEvidence | None
     serving: tuple[int | None, int | None, str | None]
+    onnx: dict[str, Any] | None = None  # parity.compare's report (runtime=onnx), else None
 
 
 def primary_metric(qa, task: str) -> str:
@@ -84,6 +85,8 @@ def assess(qa, model, model_uri: str, task: str, train_target: pd.Series, test: 
     classes = gate.per_class(truth, predictions) if task == "classification" else None
     checks += gap_checks + (gate.class_recall_checks(classes, qa.min_class_recall) if classes else [])
     checks.append(model_checks.serving_input_check(*evidence.serving))
+    if evidence.onnx is not None:
+        checks.append(parity.check(evidence.onnx))
     wall, cpu = model_checks.latency(model, X, qa.inference.latency_rows)
     p95, cpu_p95 = gate.p95_ms(wall), gate.p95_ms(cpu)
     checks.append(gate.limit_check("inference.cpu_p95_ms", cpu_p95, qa.inference.cpu_p95_budget_ms, False,
@@ -97,7 +100,10 @@ def assess(qa, model, model_uri: str, task: str, train_target: pd.Series, test: 
     report = {"passed": not failed, "model_uri": model_uri, "task": task, "test_rows": len(test),
               "primary_metric": primary, "primary_value": primary_value, "baseline": vars(baseline),
               "champion": champion, "gaps": gaps, "classes": classes, "drift": drift_report,
+              "onnx": evidence.onnx or {"note": "runtime=sklearn: no ONNX model"},
               "checks": [c.as_dict() for c in checks]}
+    largest = (evidence.onnx or {}).get("max_probability_diff", (evidence.onnx or {}).get("max_relative_diff"))
+    drift_metrics |= {"qa.onnx_max_diff": largest} if largest is not None else {}
     metrics = drift_metrics | model_checks.report_metrics(
         {primary: primary_value}, baseline, gaps, classes, estimators.score(task, truth, baseline_rows), p95, cpu_p95)
     return Assessment(checks, report, metrics, primary, primary_value, baseline, predictions, truth, classes, failed)

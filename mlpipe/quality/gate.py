@@ -138,6 +138,7 @@ def relax_hint(name: str, task: str) -> str:
         "inference": {"latency_p95_ms": "qa.inference.p95_budget_ms=<ms>",
                       "cpu_p95_ms": "qa.inference.cpu_p95_budget_ms=<ms>"}.get(rest, "registry.allow_unvalidated=true"),
         "drift": "qa.drift.max_drifted_columns=<count>",
+        "onnx": "runtime=sklearn serves the scikit-learn model instead of an ONNX conversion",
     }
     return hints.get(group, "registry.allow_unvalidated=true")
 

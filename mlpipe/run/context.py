@@ -123,15 +123,22 @@ class StepContext:
         dataset = mlflow.data.from_pandas(frame, source=source, targets=targets, name=name, digest=digest)
         log_input_once(dataset, context)
 
-    def log_model(self, model, example, name: str = "model", **kwargs: Any) -> str:
+    def log_model(self, model, example, name: str = "model", files: dict[str, bytes] | None = None,
+                  **kwargs: Any) -> str:
         """The fitted scikit-learn model (raw rows in) with its signature and input example, as the
-        logged model `name` (what MLflow's UI lists); `kwargs` go to mlflow.sklearn.log_model.
-        Returns the model's URI."""
+        logged model `name` (what MLflow's UI lists), plus `files` (name -> content) beside its
+        MLmodel (the ONNX conversion); `kwargs` go to mlflow.sklearn.log_model. Returns the
+        model's URI."""
         from mlflow.models import infer_signature
 
         info = storage.log_model(mlflow.sklearn.log_model, sk_model=model, name=name,
                                  signature=infer_signature(example, model.predict(example)),
                                  input_example=example, **kwargs)
+        if files:
+            with tempfile.TemporaryDirectory(prefix="mlpipe-model-files-") as tmp:
+                for file_name, content in files.items():
+                    (Path(tmp) / file_name).write_bytes(content)
+                self.client.log_model_artifacts(info.model_id, tmp)
         return info.model_uri
 
     def evaluate(self, model, frame, target: str, task: str, plot_dpi: float | None = None,

@@ -82,6 +82,13 @@ class AbConfig(Checked):
 
 
 @dataclass
+class OnnxRuntimeConfig(Checked):
+    KEY = "serve.onnx"
+    intra_op_threads: int = spec(ge=0)
+    inter_op_threads: int = spec(ge=0)
+
+
+@dataclass
 class ServeConfig(Checked):
     KEY = "serve"
     mode: str = spec(choices=("forever", "smoke", "report"))
@@ -104,6 +111,8 @@ class ServeConfig(Checked):
     records_flush_ms: float = spec(gt=0)
     records_timeout_s: float = spec(gt=0)
     ab: AbConfig = MISSING
+    runtime: str = spec(choices=("onnx", "sklearn"))
+    onnx: OnnxRuntimeConfig = MISSING
     smoke_rows: int = spec(ge=1)
     startup_timeout: float = spec(gt=0)
     # seconds the smoke test waits for one answer

@@ -95,12 +95,20 @@ class PreprocessConfig(Checked):
 
 
 @dataclass
+class OnnxExportConfig(Checked):
+    KEY = "train.onnx"
+    opset: int = spec(ge=13)
+    ml_opset: int = spec(ge=3)
+
+
+@dataclass
 class TrainConfig(Checked):
     KEY = "train"
     cv_folds: int = spec(ge=0)
     metric: Optional[str] = MISSING
     # rows of the training split kept as the logged model's input example
     input_example_rows: int = spec(ge=1)
+    onnx: OnnxExportConfig = MISSING
 
 
 # -- qa ---------------------------------------------------------------------------------------
@@ -148,6 +156,13 @@ class DriftConfig(Checked):
 
 
 @dataclass
+class OnnxParityConfig(Checked):
+    KEY = "qa.onnx"
+    max_probability_diff: float = spec(ge=0)
+    max_relative_diff: float = spec(ge=0)
+
+
+@dataclass
 class QaConfig(Checked):
     KEY = "qa"
     primary_metric: Optional[str] = MISSING
@@ -159,5 +174,6 @@ class QaConfig(Checked):
     inference: InferenceConfig = MISSING
     data_source: Optional[str] = MISSING
     drift: DriftConfig = MISSING
+    onnx: OnnxParityConfig = MISSING
     plot_dpi: Optional[float] = spec(gt=0)
     allow_unvalidated: bool = MISSING

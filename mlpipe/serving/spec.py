@@ -4,7 +4,7 @@ records, the trust boundary (worker processes read it from MLPIPE_SERVE_SPEC).""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mlpipe.errors import ConfigError
 from mlpipe.serving import abtest
@@ -37,6 +37,9 @@ class ServeSpec:
     allow_unvalidated: bool = False
     seed: int | None = None  # tests: a seeded router
     workers: int = 1  # serve.workers: processes writing the same records
+    # serve.runtime: onnx (model.onnx under onnxruntime, nothing unpickled) or sklearn (MLflow's pyfunc)
+    runtime: str = "onnx"
+    onnx_threads: list[int] = field(default_factory=lambda: [1, 1])  # serve.onnx: onnxruntime's intra-op and inter-op threads
 
     @classmethod
     def from_config(cls, scfg: dict, default_uri: str, records_path: str, serialization: str,
@@ -52,7 +55,8 @@ class ServeSpec:
                    thompson_refresh_seconds=float(routing["thompson_refresh_seconds"]),
                    serialization=serialization, trusted_types=list(trusted_types),
                    allow_unvalidated=bool(scfg["allow_unvalidated"]), control=_control(scfg, variants),
-                   workers=int(scfg["workers"]))
+                   workers=int(scfg["workers"]), runtime=str(scfg["runtime"]),
+                   onnx_threads=[int(scfg["onnx"]["intra_op_threads"]), int(scfg["onnx"]["inter_op_threads"])])
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 def load_model(model_uri: str, variant: str, spec: ServeSpec) -> tuple[Any, str]:
     """The variant's model and the version it is, loaded only past the trust boundary: a model
     qa validated, its files unchanged since (registry/provenance.py; `serve.allow_unvalidated`
-    skips that), in the configured format (`serialization`, `skops_trusted_types`:
+    skips that), under `serve.runtime`: its ONNX conversion (training/model_io.load_onnx), or
+    the scikit-learn model in the configured format (`serialization`, `skops_trusted_types`:
     training/model_io.load_model). An alias is pinned to its version before anything is read."""
     from mlflow import MlflowClient
 
@@ -28,17 +29,20 @@ def load_model(model_uri: str, variant: str, spec: ServeSpec) -> tuple[Any, str]
     from mlpipe.registry.versions import parse_model_uri
     from mlpipe.training import model_io
 
+    def load(uri: str, digest: str | None):
+        if spec.runtime == "onnx":  # model.onnx, onnx.json and the MLmodel's signature: nothing unpickled
+            return model_io.load_onnx(uri, digest, *spec.onnx_threads)[0]
+        return model_io.load_model(uri, spec.serialization, spec.trusted_types, expect_digest=digest)[0]
+
     try:
         if spec.allow_unvalidated:
             version = resolve_version(model_uri)
             parsed = parse_model_uri(model_uri)
             pinned = f"models:/{parsed[0]}/{version}" if parsed and parsed[1] is not None else model_uri
-            return model_io.load_model(pinned, spec.serialization, spec.trusted_types)[0], version
+            return load(pinned, None), version
         proof = provenance.validated(MlflowClient(), model_uri,
                                      "serve a version qa validated, or set serve.allow_unvalidated=true")
-        model, _ = model_io.load_model(proof.load_uri, spec.serialization, spec.trusted_types,
-                                       expect_digest=proof.digest)
-        return model, proof.version or resolve_version(model_uri)
+        return load(proof.load_uri, proof.digest), proof.version or resolve_version(model_uri)
     except Exception as exc:  # noqa: BLE001 - any load failure stops start-up with its reason
         # a refused model (UntrustedModelError), a store that said no (AccessDeniedError)... keep
         # their class and exit code; anything else is the server's ServingError

@@ -133,11 +133,7 @@ def load_model(model_uri: str, fmt: str, allowed, expect_digest: str | None = No
     import yaml
 
     with tempfile.TemporaryDirectory(prefix="mlpipe-model-") as tmp:
-        local = download_model(model_uri, tmp)
-        digest = files_digest(local)
-        if expect_digest is not None and digest != expect_digest:
-            raise UntrustedModelError(f"{model_uri}: its files changed since qa validated them (digest {digest[:19]}, "
-                                      f"qa recorded {expect_digest[:19]}): refused, nothing loaded")
+        local, digest = _download_checked(model_uri, tmp, expect_digest)
         flavor = (yaml.safe_load((local / "MLmodel").read_text()) or {}).get("flavors", {}).get("sklearn")
         if flavor is None:
             raise UntrustedModelError(f"{model_uri} is not a scikit-learn model (no sklearn flavor in its MLmodel): refused")
@@ -155,6 +151,29 @@ def load_model(model_uri: str, fmt: str, allowed, expect_digest: str | None = No
                                           f"{', '.join(refused)}; refused, nothing loaded")
         # serialization=cloudpickle: a pickle is loaded, as configured (docs/quality.md, the trust model)
         return mlflow.pyfunc.load_model(str(local), suppress_warnings=True), digest
+
+
+def _download_checked(model_uri: str, dst: str, expect_digest: str | None) -> tuple[Path, str]:
+    """The model's files downloaded to `dst` and their digest, which must be `expect_digest` when given."""
+    local = download_model(model_uri, dst)
+    digest = files_digest(local)
+    if expect_digest is not None and digest != expect_digest:
+        raise UntrustedModelError(f"{model_uri}: its files changed since qa validated them (digest {digest[:19]}, "
+                                  f"qa recorded {expect_digest[:19]}): refused, nothing loaded")
+    return local, digest
+
+
+def load_onnx(model_uri: str, expect_digest: str | None = None, intra_op_threads: int = 1, inter_op_threads: int = 1):
+    """The logged model's ONNX conversion under onnxruntime and the digest of its files, from the
+    very files checked against `expect_digest` (as load_model); only model.onnx, onnx.json and
+    the MLmodel are read (training/onnx_model.py): nothing is unpickled or imported."""
+    import tempfile
+
+    from mlpipe.training import onnx_model
+
+    with tempfile.TemporaryDirectory(prefix="mlpipe-model-") as tmp:
+        local, digest = _download_checked(model_uri, tmp, expect_digest)
+        return onnx_model.load(local, model_uri, intra_op_threads, inter_op_threads), digest
 
 
 def answer_serving_input(model, model_uri: str) -> tuple[int | None, int | None, str | None]:

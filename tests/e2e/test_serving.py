@@ -80,8 +80,11 @@ def registered(store: Store):
     return {"v1": str(v1.version), "v2": str(v2.version), "rows": rows}
 
 
-@pytest.fixture(scope="module")
-def ab_server(store: Store, registered, tmp_path_factory):
+@pytest.fixture(scope="module", params=["onnx", "sklearn"])
+def ab_server(request, store: Store, registered, tmp_path_factory):
+    """Variants a (the champion) and b, under each serve.runtime: every test using it runs twice
+    (the champion back at v1 first: the A/B report's promotion moves it)."""
+    store.client.set_registered_model_alias(MODEL, "champion", registered["v1"])
     workdir = tmp_path_factory.mktemp("ab")
     variants = workdir / "variants.yaml"
     variants.write_text(f"- {{name: a, model_uri: 'models:/{MODEL}@champion', weight: 1}}\n"
@@ -90,7 +93,7 @@ def ab_server(store: Store, registered, tmp_path_factory):
     records = workdir / "records.db"
     overrides = (f"serve.port={port} serve.variants_file={variants} serve.experiment=e2e serve.records={records} "
                  "serve.refresh_seconds=1 serve.records_flush_ms=50 serve.limits.max_body_mb=1 "
-                 "serve.limits.body_timeout_s=2")
+                 f"serve.limits.body_timeout_s=2 serve.runtime={request.param}")
     server = Server(store, workdir / "server.log", ["run", ".", "-e", "serve", "--env-manager", "local",
                                                     "-P", f"overrides={overrides}"], port)
     server.records = records
@@ -435,7 +438,8 @@ def test_variants_with_different_inputs_stop_start_up(store: Store, registered, 
     mlflow.sklearn.save_model(model, str(path), signature=infer_signature(frame, model.predict(frame)),
                               pip_requirements=["scikit-learn"])
     overrides = (f"\"serve.variants=[{{name: a, model_uri: 'models:/{MODEL}@champion'}}, "
-                 f"{{name: odd, model_uri: '{path}'}}]\" serve.port={free_port()} serve.allow_unvalidated=true")
+                 f"{{name: odd, model_uri: '{path}'}}]\" serve.port={free_port()} serve.allow_unvalidated=true "
+                 "serve.runtime=sklearn")  # a model saved without its ONNX conversion
     result = store.mlflow_run("-P", f"overrides={overrides}", entry="serve")
     assert result.returncode != 0
     lines = error_lines(result.stderr)
@@ -469,10 +473,11 @@ mlflow.register_model(info.model_uri, "evil")
 # and the refused-at-start-up path through serve by the tests around this one
 @pytest.mark.slow
 def test_a_model_holding_an_untrusted_type_is_refused_at_start_up(store: Store):
-    """skops's boundary on its own: even with serve.allow_unvalidated=true."""
+    """skops's boundary on its own (serve.runtime=sklearn: the runtime that loads it): even with
+    serve.allow_unvalidated=true."""
     store.python("-c", EVIL_MODEL, check=True)
     result = store.mlflow_run("-P", "model_uri=models:/evil/1", "-P",
-                              "overrides=serve.mode=smoke serve.allow_unvalidated=true", entry="serve")
+                              "overrides=serve.mode=smoke serve.allow_unvalidated=true serve.runtime=sklearn", entry="serve")
     assert result.returncode != 0
     errors = error_lines(result.stderr)
     assert len(errors) == 1, result.stderr[-3000:]

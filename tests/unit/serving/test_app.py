@@ -1,29 +1,33 @@
-"""mlpipe/serving/app.py over real HTTP on 127.0.0.1 (uvicorn in a thread) with pyfunc models saved to tmp_path:
+"""mlpipe/serving/app.py over real HTTP on 127.0.0.1 (uvicorn in a thread) with models saved to tmp_path, under both runtimes:
 routing policies and feedback, cheaply, without a pipeline. The full server through `mlflow run`
 is tests/e2e/test_serving.py."""
 
 import json
 
-import mlflow
 import pytest
-from mlflow.models import infer_signature
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from mlpipe.config import compose, to_container
 from mlpipe.serving import app, server, smoke, variants
 from mlpipe.serving.spec import ServeSpec
+from tests.unit.serving.conftest import save_served_model
 
 
-@pytest.fixture(scope="module")
-def model_paths(tmp_path_factory):
+class Paths(list):
+    """The saved models' paths, and the runtime the tests serve them with."""
+
+    runtime = "onnx"
+
+
+@pytest.fixture(scope="module", params=["onnx", "sklearn"])
+def model_paths(request, tmp_path_factory):
     X, y = load_iris(return_X_y=True, as_frame=True)
-    paths = []
+    paths = Paths()
+    paths.runtime = request.param
     for name, c in (("a", 1.0), ("b", 0.01)):
-        model = LogisticRegression(C=c, max_iter=500).fit(X, y)
         path = tmp_path_factory.mktemp("m") / name
-        mlflow.sklearn.save_model(model, str(path), signature=infer_signature(X, model.predict(X)),
-                                  pip_requirements=["scikit-learn"])
+        save_served_model(path, LogisticRegression(C=c, max_iter=500), X, y)
         paths.append(str(path))
     return paths, X
 
@@ -31,7 +35,8 @@ def model_paths(tmp_path_factory):
 def _spec(tmp_path, paths, *overrides):
     arms = f"[{{name: a, model_uri: '{paths[0]}'}}, {{name: b, model_uri: '{paths[1]}'}}]"
     # models saved to paths: no qa run vouches for them (the trust check: test_variants.py)
-    scfg = to_container(compose([f"serve.variants={arms}", "serve.allow_unvalidated=true", *overrides]))["serve"]
+    scfg = to_container(compose([f"serve.variants={arms}", "serve.allow_unvalidated=true",
+                                 f"serve.runtime={paths.runtime}", *overrides]))["serve"]
     spec = ServeSpec.from_config(scfg, "unused", str(tmp_path / "records.db"), "cloudpickle", [])
     spec.seed = 0  # deterministic random routing
     return spec

@@ -35,8 +35,10 @@ def test_a_model_that_cannot_load_names_the_variant(tmp_path):
         variants.load_model(str(tmp_path / "nowhere"), "b", _trust(allow_unvalidated=True))
 
 
-def _trust(allow_unvalidated=False):
-    return SimpleNamespace(serialization="cloudpickle", trusted_types=[], allow_unvalidated=allow_unvalidated)
+def _trust(allow_unvalidated=False, runtime="sklearn"):
+    """The registry fixture's models have no ONNX conversion: the scikit-learn runtime."""
+    return SimpleNamespace(serialization="cloudpickle", trusted_types=[], allow_unvalidated=allow_unvalidated,
+                           runtime=runtime, onnx_threads=[1, 1])
 
 
 def test_only_a_model_qa_validated_is_loaded_unless_allow_unvalidated(registry, tmp_path):
