@@ -9,7 +9,12 @@ generator runs on the same cores as the servers.
 
 Servers (`--servers`):
 - mlflow: `mlflow models serve -w <workers>`;
-- ours: `mlflow run . -e serve` with serve.workers=<workers>, request records on (SQLite);
+- ours: `mlflow run . -e serve` with serve.workers=<workers>, request records on (SQLite), the
+  default runtime (serve.runtime=onnx: the model's ONNX conversion under onnxruntime);
+- ours-sklearn: the same with serve.runtime=sklearn (the scikit-learn model through MLflow's
+  pyfunc: how every request was answered before the ONNX runtime);
+- floor: the same HTTP stack (uvicorn + Starlette, same workers and limits) answering a constant
+  body after parsing the request's JSON (benchmarks/floor_server.py): no model, no records;
 - ours-fixed: the same with serve.batching.adaptive=false (every batch waits, up to max_wait_ms; not in
   the default list);
 - ray: Ray Serve as its docs recommend for throughput (benchmarks/ray_serve_app.py --mode throughput);
@@ -17,12 +22,14 @@ Servers (`--servers`):
 The Ray arms need `pip install -r benchmarks/requirements-ray.txt`; without it they are left out,
 with a message.
 
-Targets at 50 clients (a miss is reported, not an error): ours against mlflow, requests/s at
-least 5 x and p99 at most 0.1 x; ours against ray, p99 at most 0.6 x and requests/s at least
-1.25 x; 0 errors.
+Targets (a miss is reported, not an error), all from this run, 0 errors:
+- at 1 client, ours: p50 <= 2 ms and <= 1.5 x the floor's p50;
+- at 50 clients, ours: req/s >= 3 x ours-sklearn's and >= 0.6 x the floor's, p99 <= 30 ms;
+- at 50 clients against the better Ray arm (the one with more req/s): req/s >= 8 x, p99 <= 0.2 x;
+- at 50 clients against mlflow: req/s >= 5 x, p99 <= 0.1 x.
 
     .venv/bin/python benchmarks/bench_serve.py [--workers 1] [--clients 1 10 50 200] [--seconds 20]
-        [--servers mlflow ours ours-fixed ray ray-default] [--quick]
+        [--servers mlflow ours ours-sklearn floor ours-fixed ray ray-default] [--quick]
 """
 
 from __future__ import annotations
@@ -51,10 +58,14 @@ SCRUB_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", 
 RPS_RATIO_MIN = 5.0
 MODEL = "wine_model"
 RAY_APP = Path(__file__).resolve().parent / "ray_serve_app.py"
+FLOOR = Path(__file__).resolve().parent / "floor_server.py"
 SERVERS = {  # name -> (model URI, port, args, temp folder) -> command
     "mlflow": lambda uri, port, args, tmp: [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "-p", str(port),
                                             "-w", str(args.workers), "--env-manager", "local"],
     "ours": lambda uri, port, args, tmp: ours(uri, port, args, tmp),
+    "ours-sklearn": lambda uri, port, args, tmp: ours(uri, port, args, tmp, "serve.runtime=sklearn"),
+    "floor": lambda uri, port, args, tmp: [sys.executable, str(FLOOR), "--port", str(port), "--workers",
+                                           str(args.workers)],
     "ours-fixed": lambda uri, port, args, tmp: ours(uri, port, args, tmp, "serve.batching.adaptive=false"),
     "ray": lambda uri, port, args, tmp: [sys.executable, str(RAY_APP), "--model-uri", uri, "--port", str(port),
                                          "--mode", "throughput"],
@@ -154,21 +165,44 @@ def ray_serve_missing() -> str | None:
     return None
 
 
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("inf")
+
+
 def targets(rows: list[dict], clients: int) -> list[str]:
-    """The goal's ratios at `clients`, from the rows measured in this run."""
-    at = {r["server"]: r for r in rows if r["clients"] == clients}
-    ours, lines = at.get("ours"), []
+    """The goals' ratios, from the rows measured in this run (`clients`: the loaded count, 50)."""
+    def at(server: str, n: int) -> dict | None:
+        return next((r for r in rows if r["server"] == server and r["clients"] == n), None)
+
+    def line(what: str, value: float, op: str, goal: float, unit: str = "") -> str:
+        ok = value <= goal if op == "<=" else value >= goal
+        return f"{what}: {value:.2f}{unit} (target {op} {goal:g}{unit}): {'PASS' if ok else 'MISS'}"
+
+    lines, ours1, ours = [], at("ours", 1), at("ours", clients)
+    if ours1 is not None:
+        lines.append(line("at 1 client, ours p50", ours1["p50_ms"], "<=", 2.0, " ms"))
+        if at("floor", 1):
+            lines.append(line("at 1 client, ours/floor p50", _ratio(ours1["p50_ms"], at("floor", 1)["p50_ms"]), "<=", 1.5))
     if ours is None:
         return lines
-    for other, rps_min, p99_max in (("mlflow", RPS_RATIO_MIN, 0.1), ("ray", 1.25, 0.6)):
-        if other not in at:
-            continue
-        theirs = at[other]
-        rps = ours["rps"] / theirs["rps"] if theirs["rps"] else float("inf")
-        p99 = ours["p99_ms"] / theirs["p99_ms"] if theirs["p99_ms"] else float("inf")
-        ok = rps >= rps_min and p99 <= p99_max and ours["errors"] == 0
-        lines.append(f"at {clients} clients, ours/{other}: req/s {rps:.2f} (target >= {rps_min:g}), p99 {p99:.2f} "
-                     f"(target <= {p99_max:g}), errors {ours['errors']} (target 0): {'PASS' if ok else 'MISS'}")
+    lines.append(line(f"at {clients} clients, ours p99", ours["p99_ms"], "<=", 30.0, " ms"))
+    lines.append(line(f"at {clients} clients, ours errors", ours["errors"], "<=", 0))
+    if at("ours-sklearn", clients):
+        lines.append(line(f"at {clients} clients, ours/ours-sklearn req/s",
+                          _ratio(ours["rps"], at("ours-sklearn", clients)["rps"]), ">=", 3.0))
+    if at("floor", clients):
+        lines.append(line(f"at {clients} clients, ours/floor req/s", _ratio(ours["rps"], at("floor", clients)["rps"]),
+                          ">=", 0.6))
+    rays = [r for r in (at("ray", clients), at("ray-default", clients)) if r]
+    if rays:
+        ray = max(rays, key=lambda r: r["rps"])
+        lines.append(line(f"at {clients} clients, ours/{ray['server']} req/s", _ratio(ours["rps"], ray["rps"]), ">=", 8.0))
+        lines.append(line(f"at {clients} clients, ours/{ray['server']} p99", _ratio(ours["p99_ms"], ray["p99_ms"]), "<=", 0.2))
+    if at("mlflow", clients):
+        lines.append(line(f"at {clients} clients, ours/mlflow req/s", _ratio(ours["rps"], at("mlflow", clients)["rps"]),
+                          ">=", RPS_RATIO_MIN))
+        lines.append(line(f"at {clients} clients, ours/mlflow p99", _ratio(ours["p99_ms"], at("mlflow", clients)["p99_ms"]),
+                          "<=", 0.1))
     return lines
 
 

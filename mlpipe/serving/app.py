@@ -48,6 +48,19 @@ class _Timeout(Exception):
         self.status, self.message = status, message
 
 
+def answer_json(predictions: Any) -> str:
+    """MLflow's `predictions_to_json`: for a 1-D array of numbers or strings (what a scikit-learn
+    or ONNX model answers) the same text written directly, else MLflow's own function."""
+    if isinstance(predictions, np.ndarray) and predictions.ndim == 1 and predictions.dtype.kind in "iuf":
+        return json.dumps({"predictions": predictions.tolist()})
+    if isinstance(predictions, np.ndarray) and predictions.ndim == 1 and predictions.dtype.kind == "O" and \
+            all(type(v) is str for v in predictions):
+        return json.dumps({"predictions": predictions.tolist()})
+    out = io.StringIO()
+    predictions_to_json(predictions, out)
+    return out.getvalue()
+
+
 def _json_error(status: int, code: str, message: str, headers: dict | None = None):
     return Response(json.dumps({"error_code": code, "message": message}), status, media_type="application/json",
                     headers=headers)
@@ -187,9 +200,7 @@ class ServingApp:
             if answer.http is not None:
                 status, content, mimetype = answer.http
                 return Response(content, status, media_type=mimetype, headers=headers), answer, None
-            out = io.StringIO()
-            predictions_to_json(answer.predictions, out)
-            body_json = out.getvalue()
+            body_json = answer_json(answer.predictions)
             return Response(body_json, 200, media_type="application/json", headers=headers), answer, body_json
         except _TooLarge:
             return _json_error(413, "REQUEST_TOO_LARGE", f"request body over serve.limits.max_body_mb="

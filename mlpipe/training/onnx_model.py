@@ -39,6 +39,11 @@ class OnnxModel:
         self.session = session(graph, intra_op_threads, inter_op_threads)
         self.input_example = None
         self.input_schema, self.params_schema = metadata.get_input_schema(), metadata.get_params_schema()
+        self.regression = layout.task == "regression"
+        # predict_rows feeds JSON rows straight to the graph when the signature's types are the
+        # graph's own (double, string): MLflow's schema enforcement would change nothing
+        types = {c.name: c.type.name for c in self.input_schema.inputs} if self.input_schema is not None else {}
+        self.direct = all(types.get(i["column"]) == i["type"] for i in layout.inputs) and len(types) == len(layout.inputs)
 
     def predict(self, data, params: dict[str, Any] | None = None) -> np.ndarray:
         """Labels (or values) for the rows of `data`, after MLflow's own schema enforcement, as a
@@ -47,7 +52,33 @@ class OnnxModel:
 
         data, _ = _validate_prediction_input(data, params, self.input_schema, self.params_schema, "mlflow.sklearn")
         values, _ = run(self.session, self.layout, self.layout.feeds(data))
-        return values.astype(np.float64) if self.layout.task == "regression" else values
+        return values.astype(np.float64) if self.regression else values
+
+    def predict_rows(self, columns: tuple, rows: list) -> np.ndarray | None:
+        """What `predict` answers for the rows of a JSON `dataframe_records` (dicts) or
+        `dataframe_split` (lists, in `columns` order) frame, fed straight to the graph: no
+        DataFrame, no schema pass. None when a value is not one the signature's type takes as it
+        is (a missing value, a string in a numeric column, another set of columns): then MLflow
+        parses and enforces the schema, with its own conversions and errors."""
+        if not self.direct or not rows or len(columns) != len(self.layout.inputs) or \
+                set(columns) != set(self.layout.columns):
+            return None
+        records = isinstance(rows[0], dict)
+        at = {c: i for i, c in enumerate(columns)}
+        feeds = {}
+        for item in self.layout.inputs:
+            column = item["column"]
+            values = [r[column] for r in rows] if records else [r[at[column]] for r in rows]
+            if item["type"] == "double":
+                if not all(type(v) is float or type(v) is int for v in values):
+                    return None
+                feeds[item["name"]] = np.array(values, dtype=np.float64).reshape(-1, 1)
+            else:
+                if not all(type(v) is str for v in values):
+                    return None
+                feeds[item["name"]] = np.array(values, dtype=object).reshape(-1, 1)
+        values, _ = run(self.session, self.layout, feeds)
+        return values.astype(np.float64) if self.regression else values
 
     def predict_proba(self, data) -> np.ndarray | None:
         return run(self.session, self.layout, self.layout.feeds(data))[1]

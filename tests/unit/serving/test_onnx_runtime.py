@@ -108,3 +108,24 @@ def test_the_onnx_model_predicts_what_scikit_learn_predicts(booby_trapped):
     again = onnx_model.load(path.parent / "again", "again")
     assert np.array_equal(model.predict(X), again.predict(X))
     assert model.metadata.get_input_schema().input_names() == list(X.columns)
+
+
+def test_json_rows_go_straight_to_the_graph_only_when_their_values_need_no_conversion(booby_trapped):
+    path, _, X = booby_trapped
+    model = onnx_model.load(path, "the model")
+    rows = X.head(20)
+    split = json.loads(rows.to_json(orient="split", index=False))
+    records = rows.to_dict(orient="records")
+    expected = model.predict(rows)
+    assert model.direct
+    assert np.array_equal(model.predict_rows(tuple(split["columns"]), split["data"]), expected)
+    assert np.array_equal(model.predict_rows(tuple(records[0]), records), expected)
+    reordered = [dict(reversed(list(r.items()))) for r in records]
+    assert np.array_equal(model.predict_rows(tuple(reordered[0]), reordered), expected)
+    ints = [{k: int(v) for k, v in r.items()} for r in records]  # MLflow parses JSON ints into the double columns too
+    assert np.array_equal(model.predict_rows(tuple(ints[0]), ints), model.predict(rows.astype(int).astype(float)))
+    columns = tuple(records[0])
+    for bad in ({columns[0]: "lots"}, {columns[0]: None}, {columns[0]: True}):
+        assert model.predict_rows(columns, [records[0] | bad]) is None  # MLflow's parse and errors decide
+    assert model.predict_rows(columns[:-1], [{k: v for k, v in records[0].items() if k != columns[-1]}]) is None
+    assert model.predict_rows(columns + ("extra",), [records[0] | {"extra": 1.0}]) is None
