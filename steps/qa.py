@@ -29,10 +29,10 @@ def run(ctx: StepContext) -> None:
     # Loaded past the trust boundary, not by evaluate(); serve and register check the files against its digest.
     model, digest = model_io.load_model(trained.model_uri, *ctx.trust)
     evaluation = ctx.evaluate(model, test, spec.target, trained.task, qa.plot_dpi)
+    onnx, served = parity.of_logged_model(trained.model_uri, digest, model.get_raw_model(), test[spec.columns],
+                                          trained.task, qa.onnx) if ctx.cfg.runtime == "onnx" else (None, None)
     evidence = assessment.Evidence(evaluation.metrics, _champion(ctx, trained, test, spec.target),
-                                   model_io.answer_serving_input(model, trained.model_uri),
-                                   parity.of_logged_model(trained.model_uri, digest, model.get_raw_model(), test[spec.columns],
-                                                          trained.task, qa.onnx) if ctx.cfg.runtime == "onnx" else None)
+                                   model_io.answer_serving_input(model, trained.model_uri, served), onnx, served)
     result = assessment.assess(qa, model, trained.model_uri, trained.task, train[spec.target], test, spec.target,
                                ctx.upstream.data.metrics, evidence, _drift_inputs(ctx, splits_run.info.run_id, spec, test))
     ctx.log_json(outputs.QA_REPORT_ARTIFACT, result.report)

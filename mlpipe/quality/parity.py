@@ -56,10 +56,11 @@ def measure(model, onnx, X, task: str, cfg, error: str | None = None) -> dict[st
                    cfg.max_relative_diff, error)
 
 
-def of_logged_model(model_uri: str, digest: str, model, X, task: str, cfg) -> dict[str, Any]:
+def of_logged_model(model_uri: str, digest: str, model, X, task: str, cfg) -> tuple[dict[str, Any], Any]:
     """`measure` with the ONNX conversion logged at `model_uri`, read from the files whose digest
     qa records (`digest`), as serve reads them (training/model_io.load_onnx); a model with no
-    conversion, or one refused, is the report's `error`."""
+    conversion, or one refused, is the report's `error`. Returns the report and the ONNX model
+    (None without one): qa times and sends the serving payload to the model the server runs."""
     from mlpipe.errors import PipelineError, one_line
     from mlpipe.training import model_io, onnx_model
 
@@ -69,7 +70,7 @@ def of_logged_model(model_uri: str, digest: str, model, X, task: str, cfg) -> di
         onnx, error = None, f"no conversion: {exc.reason or 'train logged none (onnx.json)'}"
     except PipelineError as exc:
         onnx, error = None, one_line(exc).removeprefix(f"{model_uri}: ")
-    return measure(model, onnx, X, task, cfg, error)
+    return measure(model, onnx, X, task, cfg, error), onnx
 
 
 def _largest(expected, got) -> float | None:

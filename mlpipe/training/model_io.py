@@ -176,9 +176,10 @@ def load_onnx(model_uri: str, expect_digest: str | None = None, intra_op_threads
         return onnx_model.load(local, model_uri, intra_op_threads, inter_op_threads), digest
 
 
-def answer_serving_input(model, model_uri: str) -> tuple[int | None, int | None, str | None]:
+def answer_serving_input(model, model_uri: str, served=None) -> tuple[int | None, int | None, str | None]:
     """The serving payload built from the model's input example, answered by the model loaded from
-    its URI as a scoring server would (mlflow.models.validate_serving_input): (predictions,
+    its URI as a scoring server would (mlflow.models.validate_serving_input), or by `served` (the
+    ONNX model, as our server parses and predicts under serve.runtime=onnx): (predictions,
     example rows, None), or (None, example rows, the error); (None, None, None) without an example."""
     import warnings
 
@@ -193,9 +194,15 @@ def answer_serving_input(model, model_uri: str) -> tuple[int | None, int | None,
         return None, None, None
     payload = mlflow.models.convert_input_example_to_serving_input(example)
     try:
-        with warnings.catch_warnings():  # deprecated for mlflow.models.predict, which builds a new environment
-            warnings.simplefilter("ignore", FutureWarning)
-            predictions = mlflow.models.validate_serving_input(model_uri, payload)
+        if served is not None:
+            from mlflow.pyfunc.scoring_server import _parse_json_data
+
+            parsed = _parse_json_data(payload, served.metadata, served.input_schema)
+            predictions = served.predict(parsed.data, params=parsed.params)
+        else:
+            with warnings.catch_warnings():  # deprecated for mlflow.models.predict, which builds a new environment
+                warnings.simplefilter("ignore", FutureWarning)
+                predictions = mlflow.models.validate_serving_input(model_uri, payload)
     except Exception as exc:  # noqa: BLE001 - any failure to load or predict is the finding
         return None, len(example), one_line(exc)
     return len(predictions), len(example), None

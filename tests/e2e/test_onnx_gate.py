@@ -11,9 +11,14 @@ from mlpipe.run.outputs import TrainOutput
 from support import Store, error_lines
 
 
-def _parity(store: Store, run) -> dict:
+def _checks(store: Store, run) -> tuple[dict, dict]:
     report = json.load(open(store.client.download_artifacts(run.info.run_id, "qa_report.json", str(store.path))))
-    return report["onnx"], {c["name"]: c for c in report["checks"]}["onnx.parity"]
+    return report, {c["name"]: c for c in report["checks"]}
+
+
+def _parity(store: Store, run) -> tuple[dict, dict]:
+    report, checks = _checks(store, run)
+    return report["onnx"], checks["onnx.parity"]
 
 
 def test_a_pipeline_serves_the_onnx_conversion_qa_checked(tmp_path):
@@ -27,6 +32,9 @@ def test_a_pipeline_serves_the_onnx_conversion_qa_checked(tmp_path):
     assert report["estimator"] == "RandomForestClassifier" and report["labels_differ"] == 0 and report["rows"] == 36
     assert check["passed"] and 0 <= check["value"] <= 1e-4
     assert qa.data.metrics["qa.onnx_max_diff"] == check["value"]
+    checks = _checks(store, qa)[1]  # the served model is the one timed and sent the serving payload
+    assert checks["inference.cpu_p95_ms"]["note"].endswith("; onnxruntime")
+    assert checks["inference.serving_input"]["passed"] and checks["inference.serving_input"]["value"] == 5
     assert serve.info.status == "FINISHED" and "-> 200" in serve.data.tags["pipeline.summary"]
 
 
@@ -55,7 +63,7 @@ def test_an_estimator_without_a_converter_fails_qa_and_runtime_sklearn_serves_it
            "MissingShapeCalculator: Unable to find a shape calculator for type" in line and "runtime=sklearn" in line
     store.mlflow_run("-P", f"overrides={model} runtime=sklearn serve.mode=smoke", check=True)
     qa, serve = store.step_runs("qa")[-1], store.step_runs("serve")[-1]
-    report = json.load(open(store.client.download_artifacts(qa.info.run_id, "qa_report.json", str(store.path))))
-    assert report["onnx"] == {"note": "runtime=sklearn: no ONNX model"}
-    assert "onnx.parity" not in {c["name"] for c in report["checks"]}
+    report, checks = _checks(store, qa)
+    assert report["onnx"] == {"note": "runtime=sklearn: no ONNX model"} and "onnx.parity" not in checks
+    assert checks["inference.cpu_p95_ms"]["note"].endswith("; scikit-learn")
     assert serve.info.status == "FINISHED"
