@@ -27,6 +27,10 @@ EXTRA_IMPORTS = (
     "sklearn.linear_model",
     "sklearn.tree",
     "psutil",
+    # runtime=onnx: train converts (skl2onnx imports onnx: 0.9 s), qa and serve run onnxruntime
+    "skl2onnx",
+    "skl2onnx.sklapi",
+    "onnxruntime",
 )
 
 
