@@ -7,9 +7,10 @@ Parts:
   sklearn, MLflow's own parsing into a DataFrame (`scoring_server.invocations`);
 - predict: under onnx, the rows fed straight to onnxruntime (`OnnxModel.predict_rows`); under
   sklearn, the pyfunc model's predict (MLflow's schema enforcement, then scikit-learn);
-- encode: MLflow's `predictions_to_json`;
-- records: appending the request's record (`RecordStore.append`) plus its share of the SQLite
-  writes the flush thread makes (N records written, divided by N).
+- encode: the answer's JSON (`answer_json` under onnx; MLflow's `predictions_to_json` under sklearn);
+- records: the row keys (`row_keys`), appending the request's record (`RecordStore.append`), and
+  the append plus its share of the SQLite writes the flush thread makes (N records written,
+  divided by N).
 What is left of a request's p50 in bench_serve.py (HTTP, the event loop, the batcher's queue and
 thread hand-off) is that p50 minus these parts; the floor arm there measures the HTTP stack alone.
 
@@ -77,7 +78,7 @@ def parts(runtime: str, path: Path, body: bytes, calls: int, records: Path) -> d
     import mlflow
     from mlflow.pyfunc.scoring_server import predictions_to_json
 
-    from mlpipe.serving import batching
+    from mlpipe.serving import app, batching
     from mlpipe.serving.records import writer
     from mlpipe.training import onnx_model
 
@@ -95,7 +96,11 @@ def parts(runtime: str, path: Path, body: bytes, calls: int, records: Path) -> d
         data, _ = batching.parse(body, ctype, model.metadata, schema)
         out["predict: pyfunc (schema + scikit-learn)"] = timed(lambda: model.predict(data), calls)
         predictions = model.predict(data)
-    out["encode: predictions_to_json"] = timed(lambda: predictions_to_json(predictions, io.StringIO()), calls)
+    if runtime == "onnx":  # the server writes 1-D arrays itself (the same text)
+        out["encode: answer_json"] = timed(lambda: app.answer_json(predictions), calls)
+    else:
+        out["encode: predictions_to_json"] = timed(lambda: predictions_to_json(predictions, io.StringIO()), calls)
+    out["records: row_keys"] = timed(lambda: batching.row_keys(frame[0][1], frame[1]), calls)
     store = writer.RecordStore(str(records), 200, 30)
     record = {"request_id": "0" * 32, "ts": time.time(), "experiment": "bench", "variant": "default",
               "model_uri": "models:/wine_model/1", "model_version": "1", "author": "", "status": 200,
