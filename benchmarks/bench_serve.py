@@ -138,8 +138,30 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=30)
 
 
+def haproxies() -> set[int]:
+    """PIDs of the HAProxy processes running (Ray Serve's ingress in the Ray arms)."""
+    import psutil
+
+    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "haproxy"}
+
+
+def stop_new_haproxies(before: set[int]) -> None:
+    """Ray Serve's HAProxy, reloaded during the run (`-sf`), outlives serve.shutdown() and the
+    arm's process group: the ones that were not running before the arm are stopped by PID."""
+    import psutil
+
+    for pid in haproxies() - before:
+        try:
+            proc = psutil.Process(pid)
+            proc.terminate()
+            proc.wait(timeout=10)
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+            pass
+
+
 def measure(name: str, cmd: list[str], env: dict, port: int, body: bytes, args, log: Path) -> list[dict]:
     """The server started once, then each client count of the sweep in turn."""
+    before = haproxies()
     proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     results = []
@@ -154,6 +176,7 @@ def measure(name: str, cmd: list[str], env: dict, port: int, body: bytes, args, 
             results.append(result)
     finally:
         stop(proc)
+        stop_new_haproxies(before)
     return results
 
 
