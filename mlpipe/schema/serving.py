@@ -7,6 +7,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
+from mlpipe.errors import ConfigError
 from mlpipe.schema.checked import Checked, spec
 
 
@@ -111,9 +112,16 @@ class ServeConfig(Checked):
     records_flush_ms: float = spec(gt=0)
     records_timeout_s: float = spec(gt=0)
     ab: AbConfig = MISSING
+    # ${runtime} unless set on its own: its error names both keys (__post_init__)
     runtime: str = spec(choices=("onnx", "sklearn"))
     onnx: OnnxRuntimeConfig = MISSING
     smoke_rows: int = spec(ge=1)
     startup_timeout: float = spec(gt=0)
     # seconds the smoke test waits for one answer
     smoke_request_timeout: float = spec(gt=0)
+
+    def __post_init__(self) -> None:
+        if self.runtime not in ("onnx", "sklearn"):
+            raise ConfigError(f"serve.runtime={self.runtime!r} (the top-level runtime, unless serve.runtime is set on "
+                              "its own); expected one of onnx, sklearn")
+        super().__post_init__()

@@ -26,6 +26,9 @@ from mlpipe.errors import ConfigError
     ("serve.limits.max_body_mb=0", "serve.limits.max_body_mb=0.0: expected a value > 0"),
     ("serve.batching.max_rows=0", "serve.batching.max_rows=0: expected a value >= 1"),
     ("main.log=loud", "main.log='loud'; expected one of quiet, full"),
+    ("runtime=tf", "serve.runtime='tf' (the top-level runtime, unless serve.runtime is set on its own); "
+                   "expected one of onnx, sklearn"),
+    ("serve.runtime=tf", "serve.runtime='tf' (the top-level runtime"),
 ])
 def test_compose_rejects_a_wrong_type_or_range_naming_the_key(override, message):
     with pytest.raises(ConfigError) as info:
