@@ -104,9 +104,7 @@ def assess(qa, model, model_uri: str, task: str, train_target: pd.Series, test: 
               "champion": champion, "gaps": gaps, "classes": classes, "drift": drift_report,
               "onnx": evidence.onnx or {"note": "runtime=sklearn: no ONNX model"},
               "checks": [c.as_dict() for c in checks]}
-    largest = (evidence.onnx or {}).get("max_probability_diff", (evidence.onnx or {}).get("max_relative_diff"))
-    drift_metrics |= {"qa.onnx_max_diff": largest} if largest is not None else {}
-    metrics = drift_metrics | model_checks.report_metrics(
+    metrics = drift_metrics | parity.metrics(evidence.onnx) | model_checks.report_metrics(
         {primary: primary_value}, baseline, gaps, classes, estimators.score(task, truth, baseline_rows), p95, cpu_p95)
     return Assessment(checks, report, metrics, primary, primary_value, baseline, predictions, truth, classes, failed)
 

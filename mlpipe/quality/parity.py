@@ -51,7 +51,7 @@ def measure(model, onnx, X, task: str, cfg, error: str | None = None) -> dict[st
     says why there is none) on the rows X, with `qa.onnx`'s tolerances."""
     classifier = task == "classification"
     sklearn = Outputs(model.predict(X), model.predict_proba(X) if classifier else None)
-    answered = None if onnx is None else Outputs(onnx.predict(X), onnx.predict_proba(X) if classifier else None)
+    answered = None if onnx is None else Outputs(*onnx.outputs(X))
     return compare(task, type(model.steps[-1][1]).__name__, sklearn, answered, cfg.max_probability_diff,
                    cfg.max_relative_diff, error)
 
@@ -71,6 +71,12 @@ def of_logged_model(model_uri: str, digest: str, model, X, task: str, cfg) -> tu
     except PipelineError as exc:
         onnx, error = None, one_line(exc).removeprefix(f"{model_uri}: ")
     return measure(model, onnx, X, task, cfg, error), onnx
+
+
+def metrics(report: dict[str, Any] | None) -> dict[str, float]:
+    """`qa.onnx_max_diff`: the report's largest difference, when it measured one."""
+    largest = (report or {}).get("max_probability_diff", (report or {}).get("max_relative_diff"))
+    return {} if largest is None else {"qa.onnx_max_diff": largest}
 
 
 def _largest(expected, got) -> float | None:

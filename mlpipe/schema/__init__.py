@@ -41,7 +41,7 @@ class Config(Checked):
     team: TeamConfig = MISSING
     seed: int = MISSING
     serialization: str = spec(choices=("cloudpickle", "skops"))
-    runtime: str = spec(choices=("onnx", "sklearn"))
+    runtime: str = spec(choices=serving.RUNTIMES)
     skops_trusted_types: List[str] = MISSING
 
 

@@ -10,6 +10,8 @@ from omegaconf import MISSING
 from mlpipe.errors import ConfigError
 from mlpipe.schema.checked import Checked, spec
 
+RUNTIMES = ("onnx", "sklearn")  # `runtime` and `serve.runtime` (docs/serving.md#runtimes)
+
 
 # -- registry, serve --------------------------------------------------------------------------
 @dataclass
@@ -113,7 +115,7 @@ class ServeConfig(Checked):
     records_timeout_s: float = spec(gt=0)
     ab: AbConfig = MISSING
     # ${runtime} unless set on its own: its error names both keys (__post_init__)
-    runtime: str = spec(choices=("onnx", "sklearn"))
+    runtime: str = spec(choices=RUNTIMES)
     onnx: OnnxRuntimeConfig = MISSING
     smoke_rows: int = spec(ge=1)
     startup_timeout: float = spec(gt=0)
@@ -121,7 +123,7 @@ class ServeConfig(Checked):
     smoke_request_timeout: float = spec(gt=0)
 
     def __post_init__(self) -> None:
-        if self.runtime not in ("onnx", "sklearn"):
+        if self.runtime not in RUNTIMES:
             raise ConfigError(f"serve.runtime={self.runtime!r} (the top-level runtime, unless serve.runtime is set on "
-                              "its own); expected one of onnx, sklearn")
+                              f"its own); expected one of {', '.join(RUNTIMES)}")
         super().__post_init__()

@@ -302,9 +302,10 @@ class MicroBatcher:
     model predicts (in a worker thread), new requests queue, so batches grow with the load and
     shrink to one request when it is quiet. An ONNX model (serve.runtime=onnx) predicts on the
     event loop itself: a batch costs tens of microseconds there, less than handing it to a thread
-    and back; requests that arrive meanwhile wait in the socket buffers and form the next batch. A batch then waits up to `max_wait_ms` for more,
-    unless adaptive (the default) and `ArrivalWindow` expects nobody to come: a lone client is not
-    held. enabled=false: one request per call. `settings` is `serve.batching`."""
+    and back; requests that arrive meanwhile wait in the socket buffers and form the next batch.
+    A batch then waits up to `max_wait_ms` for more, unless adaptive (the default) and
+    `ArrivalWindow` expects nobody to come: a lone client is not held. enabled=false: one
+    request per call. `settings` is `serve.batching`."""
 
     def __init__(self, variant: LiveVariant, input_schema, settings: dict[str, Any]):
         self.variant, self.input_schema = variant, input_schema

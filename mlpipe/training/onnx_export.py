@@ -1,6 +1,6 @@
 """The fitted pipeline (preprocessing and estimator) as one ONNX graph, and the layout that says
 which request column feeds which graph input: what train logs beside the scikit-learn model and
-what `serve.runtime=onnx` runs with onnxruntime (serving/onnx_model.py), without unpickling.
+what `serve.runtime=onnx` runs with onnxruntime (training/onnx_model.py), without unpickling.
 
 Conversion is skl2onnx's, on a copy of the pipeline adapted to it (docs/serving.md#runtimes):
 - graph inputs are one per column, named after it with anything but letters, digits and `_` as
@@ -32,7 +32,6 @@ from mlpipe.errors import ModelValidationError, one_line
 ONNX_FILE = "model.onnx"
 LAYOUT_FILE = "onnx.json"
 MISSING_STRING = ""  # what a missing value of a string column is fed as
-RUNTIMES = ("onnx", "sklearn")
 
 
 class ConversionError(ModelValidationError):
@@ -110,7 +109,7 @@ def computes_in_float32(estimator) -> bool:
     return module.startswith(("sklearn.ensemble", "sklearn.tree")) and "_hist_gradient_boosting" not in module
 
 
-def convertible_copy(model, numeric: list[str], categorical: list[str], names: dict[str, str]):
+def convertible_copy(model, names: dict[str, str]):
     """A copy of the fitted Pipeline(preprocess, model) that skl2onnx converts to the layout
     above; the model itself is not changed."""
     from sklearn.pipeline import Pipeline
@@ -147,7 +146,7 @@ def convert(model, numeric: list[str], categorical: list[str], task: str, opset:
 
         _register_converters()
         names = input_names(numeric + categorical)
-        ready = convertible_copy(model, numeric, categorical, names)
+        ready = convertible_copy(model, names)
         types = ([(names[c], DoubleTensorType([None, 1])) for c in numeric]
                  + [(names[c], StringTensorType([None, 1])) for c in categorical])
         final = ready.steps[-1][1]
@@ -217,7 +216,8 @@ _done = False
 
 
 def _register_converters() -> None:
-    """Our converters for SimpleImputer (float64 and strings) and HistGradientBoosting*, once."""
+    """Our converters for SimpleImputer (float64 and strings), OneHotEncoder (infrequent
+    categories) and HistGradientBoosting*, once."""
     global _done
     with _REGISTERED:
         if _done:
@@ -228,7 +228,7 @@ def _register_converters() -> None:
         from sklearn.preprocessing import OneHotEncoder
 
         for cls in (HistGradientBoostingClassifier, HistGradientBoostingRegressor):
-            _wrap(sklearn_operator_name_map[cls], _integer_attributes)
+            _wrap(sklearn_operator_name_map[cls], _tree_ensemble)
         _wrap(sklearn_operator_name_map[SimpleImputer], _nan_imputer)
         _wrap(sklearn_operator_name_map[OneHotEncoder], _one_hot, _one_hot_shape)
         _done = True
@@ -281,7 +281,7 @@ class _TreeContainer:
                                  name=self._scope.get_unique_operator_name("Cast"))
 
 
-def _integer_attributes(convert_fn):
+def _tree_ensemble(convert_fn):
     def converter(scope, operator, container):
         from skl2onnx.common.data_types import DoubleTensorType
 

@@ -32,12 +32,12 @@ class NoConversion(UntrustedModelError):
 
 class OnnxModel:
     """What the server's batching and MLflow's request parsing need of a model: `metadata` (the
-    MLmodel, as data) and `predict(frame)`, here without scikit-learn or MLflow's pyfunc."""
+    MLmodel, as data) and `predict(frame)`, here without scikit-learn or MLflow's pyfunc; and
+    `outputs(frame)`, labels and probabilities from one run of the graph (qa's parity check)."""
 
     def __init__(self, metadata, layout: Layout, graph: bytes, intra_op_threads: int = 1, inter_op_threads: int = 1):
         self.metadata, self.layout = metadata, layout
         self.session = session(graph, intra_op_threads, inter_op_threads)
-        self.input_example = None
         self.input_schema, self.params_schema = metadata.get_input_schema(), metadata.get_params_schema()
         self.regression = layout.task == "regression"
         # predict_rows feeds JSON rows straight to the graph when the signature's types are the
@@ -48,11 +48,18 @@ class OnnxModel:
     def predict(self, data, params: dict[str, Any] | None = None) -> np.ndarray:
         """Labels (or values) for the rows of `data`, after MLflow's own schema enforcement, as a
         scikit-learn pyfunc enforces it (the same conversions and the same errors)."""
+        return self.outputs(data, params)[0]
+
+    def outputs(self, data, params: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """`predict`'s labels (or values) and the class probabilities (None for a regressor)."""
         from mlflow.pyfunc import _validate_prediction_input
 
         data, _ = _validate_prediction_input(data, params, self.input_schema, self.params_schema, "mlflow.sklearn")
-        values, _ = run(self.session, self.layout, self.layout.feeds(data))
-        return values.astype(np.float64) if self.regression else values
+        return self._run(self.layout.feeds(data))
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        values, probabilities = run(self.session, self.layout, feeds)
+        return (values.astype(np.float64) if self.regression else values), probabilities
 
     def predict_rows(self, columns: tuple, rows: list) -> np.ndarray | None:
         """What `predict` answers for the rows of a JSON `dataframe_records` (dicts) or
@@ -77,11 +84,7 @@ class OnnxModel:
                 if not all(type(v) is str for v in values):
                     return None
                 feeds[item["name"]] = np.array(values, dtype=object).reshape(-1, 1)
-        values, _ = run(self.session, self.layout, feeds)
-        return values.astype(np.float64) if self.regression else values
-
-    def predict_proba(self, data) -> np.ndarray | None:
-        return run(self.session, self.layout, self.layout.feeds(data))[1]
+        return self._run(feeds)[0]
 
 
 def check_graph(graph: bytes, where: str) -> None:
