@@ -1,5 +1,4 @@
-"""qa: the model against a trivial baseline, conf/qa thresholds and the champion on the same test
-rows, overfitting gaps, per-class recall, inference and drift checks; the report is logged before it fails."""
+"""qa: the gate's checks (conf/qa), its report logged before it fails, its verdict signed."""
 
 import sys
 
@@ -7,7 +6,7 @@ from mlpipe.data import features, sources
 from mlpipe.errors import ModelValidationError, one_line
 from mlpipe.pipeline.harness import step_main
 from mlpipe.quality import assessment, parity
-from mlpipe.registry import champion
+from mlpipe.registry import champion, provenance
 from mlpipe.reports import sections
 from mlpipe.run import outputs
 from mlpipe.run.context import StepContext
@@ -42,9 +41,10 @@ def run(ctx: StepContext) -> None:
     ctx.card.add_checks(result.checks)
     sections.qa(ctx.card, result.report, result.truth, result.predictions, evaluation.images)
     ctx.card.outputs.update({"passed": not result.failed, result.primary: result.primary_value, "report": outputs.QA_REPORT_ARTIFACT})
-    ctx.hand_over(outputs.QaOutput(passed=not result.failed, model_uri=trained.model_uri, task=trained.task,
-                                   primary_metric=result.primary, failed_checks=",".join(c.name for c in result.failed),
-                                   champion_replaced=bool(result.report["champion"].get("replaced")), model_digest=digest))
+    output = outputs.QaOutput(passed=not result.failed, model_uri=trained.model_uri, task=trained.task,
+                              primary_metric=result.primary, failed_checks=",".join(c.name for c in result.failed),
+                              champion_replaced=bool(result.report["champion"].get("replaced")), model_digest=digest)
+    ctx.hand_over(output, provenance.verdict_tags(output, ctx.run, ctx.cfg.trust))  # registry/signing.py
     if result.failed and not qa.allow_unvalidated:
         raise ModelValidationError(assessment.failure_message(result, trained.model_uri, trained.task))
     if result.failed:
@@ -57,7 +57,7 @@ def _champion(ctx: StepContext, trained, test, target: str) -> champion.Champion
     """The champion, past the trust boundary, evaluated on the same rows in a nested run (plots on no card)."""
     rcfg = ctx.cfg.registry
     found = champion.find(ctx.client, rcfg.model_name, rcfg.champion_alias, trained.model_uri, trained.task, test,
-                          target, ctx.trust) if ctx.cfg.qa.champion.enabled else None
+                          target, ctx.trust, ctx.cfg.trust) if ctx.cfg.qa.champion.enabled else None
     try:
         if found is not None and found.model is not None:
             found.metrics = ctx.evaluate(found.model, test, target, trained.task, ctx.cfg.qa.champion.plot_dpi,

@@ -2,7 +2,7 @@
 
 from mlpipe.errors import ModelValidationError
 from mlpipe.training import metric_names
-from mlpipe.registry import promotion, provenance, versions
+from mlpipe.registry import promotion, provenance, signing, versions
 from mlpipe.run import handoff, outputs
 from mlpipe.pipeline.harness import step_main
 from mlpipe.run.context import StepContext
@@ -10,7 +10,10 @@ from mlpipe.run.context import StepContext
 
 def run(ctx: StepContext) -> None:
     qa, rcfg = ctx.upstream_output(outputs.QaOutput), ctx.cfg.registry
-    validated = qa.passed
+    # the gate's signed word, not the run's tags (registry/provenance.py)
+    verdict = provenance.signed_verdict(ctx.upstream, signing.keyring(ctx.cfg.trust), f"qa run {ctx.upstream.info.run_id}",
+                                        "nothing registered; rerun qa")
+    validated = verdict.passed
     ctx.card.add_checks([{"name": "qa.passed", "passed": validated, "value": None, "expected": "true",
                           "note": f"failed checks: {qa.failed_checks or 'none'}"
                                   + (" (registry.allow_unvalidated=true)" if rcfg.allow_unvalidated else "")}])
@@ -18,9 +21,9 @@ def run(ctx: StepContext) -> None:
         raise ModelValidationError(f"qa run {ctx.upstream.info.run_id} did not pass the gate "
                                    f"(failed: {qa.failed_checks or 'unknown'}); nothing registered. "
                                    "To register it anyway: registry.allow_unvalidated=true")
-    model_uri = qa.model_uri
-    # the very files qa validated, not files swapped since (registry/provenance.py)
-    provenance.check_files(model_uri, qa.model_digest, "nothing registered; rerun train and qa")
+    model_uri = verdict.model_uri
+    # the very files qa validated, not files swapped since
+    provenance.check_files(model_uri, verdict.digest, "nothing registered; rerun train and qa")
     metric = rcfg.compare_metric or qa.primary_metric
     value = ctx.upstream.data.metrics.get(f"qa.{metric}")
 

@@ -25,7 +25,7 @@ def run(ctx: StepContext) -> None:
         scfg = {**scfg, "variants": members.champions(ctx.client, ctx.cfg.team, rcfg.champion_alias)}
     records_file = ctx.workdir / "smoke-records.db" if scfg["mode"] == "smoke" else \
         abreport.records_path(scfg, ctx.tracking_uri)  # the smoke test's requests are not A/B traffic
-    spec = ServeSpec.from_config(scfg, model_uri, str(records_file), *ctx.trust)
+    spec = ServeSpec.from_config(scfg, model_uri, str(records_file), *ctx.trust, ctx.cfg.trust)
     served = variants.load_variants(spec)
     ctx.set_tags({outputs.MODEL_URI_TAG: served[0].model_uri}
                  | {f"serve.variant.{v.name}": f"{v.model_uri} (version {v.version}, weight {v.weight:g})"
@@ -66,7 +66,7 @@ def report(ctx: StepContext, scfg: dict) -> None:
     abreport.fill_card(ctx.card, result, ab)
     ctx.log_metrics(abreport.arm_metrics(result))
     tags = {"ab.recommendation": result["recommendation"][:5000], "ab.winner": result["winner"] or "none"}
-    moved = abreport.promote_winner(ctx.client, result, served, rcfg, ctx.cfg.team) if ab["promote"] else None
+    moved = abreport.promote_winner(ctx.client, result, served, rcfg, ctx.cfg.team, ctx.cfg.trust) if ab["promote"] else None
     if moved:
         tags |= {"ab.promoted_version": moved["version"], "ab.previous_version": moved["previous_version"]}
         ctx.card.outputs["promoted"] = f"{moved['model']}@{moved['alias']}: {moved['previous_version']} -> " \

@@ -30,9 +30,9 @@ STEPS: dict[str, StepSpec] = {
         StepSpec("preprocess", "ingest", ("data", "preprocess", "seed", "serialization", "skops_trusted_types")),
         StepSpec("train", "preprocess", ("model", "train", "seed", "serialization", "skops_trusted_types", "runtime")),
         # qa and serve load models past the trust boundary: its settings enter their keys
-        StepSpec("qa", "train", ("qa", "serialization", "skops_trusted_types", "runtime")),
-        StepSpec("register", "qa", ("qa", "registry")),
-        StepSpec("serve", "register", ("serve", "registry", "serialization", "skops_trusted_types"),
+        StepSpec("qa", "train", ("qa", "serialization", "skops_trusted_types", "runtime", "trust")),
+        StepSpec("register", "qa", ("qa", "registry", "trust")),
+        StepSpec("serve", "register", ("serve", "registry", "serialization", "skops_trusted_types", "trust"),
                  takes_run_id=False),
     )
 }

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from mlpipe.registry import provenance, versions
+from mlpipe.registry import provenance, signing, versions
 from mlpipe.run.outputs import VERSION_METRIC_TAG
 from mlpipe.training import metric_names, model_io
 
@@ -32,10 +32,11 @@ class Champion:
 
 
 def find(client: MlflowClient, model_name: str, alias: str, candidate_uri: str, task: str, test: pd.DataFrame,
-         target: str, trust: tuple[str, list[str]]) -> Champion:
+         target: str, trust: tuple[str, list[str]], tcfg) -> Champion:
     """The champion for a candidate of `task` scored on `test`: loaded only when qa validated it
     and its files are unchanged (an UntrustedModelError otherwise: a refused champion fails qa,
-    it is not skipped); `trust` is (serialization, skops_trusted_types)."""
+    it is not skipped); `trust` is (serialization, skops_trusted_types), `tcfg` the `trust` config
+    group (the keys whose verdicts count)."""
     current = versions.current(client, model_name, alias)
     if current is None:
         return Champion({"note": f"no {model_name}@{alias} yet: nothing to compare"})
@@ -46,7 +47,7 @@ def find(client: MlflowClient, model_name: str, alias: str, candidate_uri: str, 
     if validated_on and validated_on not in metric_names.TASK_METRICS[task]:
         return Champion(info, reason=f"the champion was validated on {validated_on}, not a {task} metric")
     proof = provenance.validated(client, f"models:/{model_name}/{current.version}",
-                                 f"move {model_name}@{alias} to a version qa validated")
+                                 f"move {model_name}@{alias} to a version qa validated", signing.keyring(tcfg))
     model, _ = model_io.load_model(proof.load_uri, *trust, expect_digest=proof.digest)
     schema = model.metadata.get_input_schema()
     columns = set(schema.input_names()) if schema is not None else None

@@ -1,11 +1,14 @@
-"""Which qa run validated a model: the check serve, register and qa's champion comparison make
-before anything in a model is loaded.
+"""Which qa run validated a model: the check serve, register, the reports and qa's champion
+comparison make before anything in a model is loaded.
 
-Tags are not proof (anyone who can write a model version can copy a validated version's tags), so
-the check ties the gate to the model's bytes: qa records a digest of the files it loaded and
-validated (`qa.model_digest`); a model is trusted when a FINISHED qa run passed the model it
-names (the version's source) and the files downloaded now have that digest
-(`training/model_io.load_model(..., expect_digest=...)`). docs/quality.md has the trust model.
+Tags are not proof: anyone with EDIT on a run can change its tags, even on a FINISHED run, and
+anyone who can write a model version can create a qa run of their own. So the gate's word is a
+signed verdict (registry/signing.py): qa signs what it checked (the model, the digest of its
+files, its own run id, passed or not) with a key that never enters the store, and a model is
+trusted when its qa run's verdict is signed by a key in `trust.signers`, passed this very model
+(the version's source), and the files downloaded now have the signed digest
+(`training/model_io.load_model(..., expect_digest=...)`). The unsigned tags (`qa.passed`,
+`qa.model_digest`) only make the refusals read better. docs/quality.md has the trust model.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlpipe.errors import UntrustedModelError, UpstreamError, one_line
-from mlpipe.registry import versions
+from mlpipe.registry import signing, versions
 from mlpipe.run import handoff, outputs
 
 QA_RUN_TAG = f"{outputs.LINEAGE_PREFIX}qa_run_id"  # on a version register made: the qa run behind it
+VERDICT_TAG, SIGNATURE_TAG = "qa.verdict", "qa.verdict_signature"  # on a qa run: the signed statement
 
 
 @dataclass(frozen=True)
@@ -34,11 +38,12 @@ class Validated:
 
 
 
-def validated(client: MlflowClient, model_uri: str, relax: str) -> Validated:
+def validated(client: MlflowClient, model_uri: str, relax: str, keyring: signing.Keyring) -> Validated:
     """The qa run that validated the model at `model_uri` (a registry version, `models:/m-...`
-    or `runs:/<train run>/...`), checked to be a FINISHED qa run that passed this very model and
-    recorded its digest. Anything else is an UntrustedModelError naming what is missing and then
-    `relax` (what the user can do instead); nothing has been downloaded yet."""
+    or `runs:/<train run>/...`), checked to be a FINISHED qa run whose verdict, signed by a key
+    of `keyring`, passed this very model and states its digest. Anything else is an
+    UntrustedModelError naming what is missing and then `relax` (what the user can do instead);
+    nothing has been downloaded yet."""
     refused = f"refused, nothing loaded; {relax}"
     parsed = versions.parse_model_uri(model_uri)
     if parsed is not None and versions.logged_model_id(model_uri) is None:
@@ -55,12 +60,58 @@ def validated(client: MlflowClient, model_uri: str, relax: str) -> Validated:
         if run is None:
             raise UntrustedModelError(f"{model_uri}: no FINISHED qa run passed {source}; {refused}")
         qa_run_id, load_uri, number = run.info.run_id, model_uri, None
-    qa = _qa_output(client, qa_run_id, where, refused)
+    run = _qa_run(client, qa_run_id, where, refused)
+    verdict = signed_verdict(run, keyring, f"{where}: qa run {qa_run_id}", refused)
+    if not verdict.passed:
+        raise UntrustedModelError(f"{where}: qa run {qa_run_id} did not pass it "
+                                  f"(failed: {verdict.failed_checks or 'unknown'}); {refused}")
     source_id = versions.logged_model_id(source)
-    if source_id is None or versions.logged_model_id(qa.model_uri) != source_id:
+    if source_id is None or versions.logged_model_id(verdict.model_uri) != source_id:
         raise UntrustedModelError(f"{where}: its source {source} is not the model qa run {qa_run_id} validated "
-                                  f"({qa.model_uri}); {refused}")
-    return Validated(qa_run_id, qa.model_uri, qa.model_digest, load_uri, number)
+                                  f"({verdict.model_uri}); {refused}")
+    return Validated(qa_run_id, verdict.model_uri, verdict.digest, load_uri, number)
+
+
+def signed_verdict(run, keyring: signing.Keyring, where: str, refused: str) -> signing.Verdict:
+    """The verdict on a qa run, verified against `keyring` and stated for this very run; else an
+    UntrustedModelError: "<where> has no verdict signed by a trusted key: <why>; <refused>"."""
+    tags = run.data.tags
+    statement, signature = tags.get(VERDICT_TAG), tags.get(SIGNATURE_TAG)
+    try:
+        if not statement or not signature:
+            raise signing.VerdictError(f"it has no {VERDICT_TAG} (qa ran before verdicts were signed, or did not "
+                                       "sign: rerun qa)")
+        verdict = signing.verify(statement, signature, keyring)
+        if verdict.qa_run_id != run.info.run_id:
+            raise signing.VerdictError(f"the verdict was signed for qa run {verdict.qa_run_id}, not this one")
+    except signing.VerdictError as exc:
+        raise UntrustedModelError(f"{where} has no verdict signed by a trusted key: {exc}; {refused}") from None
+    return verdict
+
+
+def verdict_tags(qa: outputs.QaOutput, run, tcfg) -> dict[str, str]:
+    """qa's verdict on its own run, signed with `trust.signing_key` (created on first use, said
+    on stderr): the tags to hand over with `qa`. `run` is the qa run as the harness tagged it
+    (its config and code digests)."""
+    import datetime as dt
+    import sys
+    from pathlib import Path
+
+    path = Path(str(tcfg["signing_key"])).expanduser()
+    key, created = signing.load_or_create(path)
+    if created:
+        public = key.public_key()
+        print(f"[mlpipe] qa: created the gate's signing key {path} (mode 0600; id {signing.key_id(public)}, public "
+              f"key in {path.name}.pub). Keep it private: whoever holds it can vouch for models. Where models are "
+              f"served from another machine, trust.signers=[{signing.public_text(public)}]", file=sys.stderr)
+    tags = run.data.tags
+    verdict = signing.Verdict(model_uri=qa.model_uri, digest=qa.model_digest, qa_run_id=run.info.run_id,
+                              experiment_id=run.info.experiment_id, passed=qa.passed, failed_checks=qa.failed_checks,
+                              config_digest=tags.get(outputs.CONFIG_DIGEST_TAG, ""),
+                              code_digest=tags.get(f"{outputs.LINEAGE_PREFIX}qa_code_digest", ""),
+                              signed_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    statement, signature = signing.sign(verdict, key)
+    return {VERDICT_TAG: statement, SIGNATURE_TAG: signature}
 
 
 def check_files(model_uri: str, digest: str, what: str) -> None:
@@ -108,7 +159,7 @@ def _validating_run(client: MlflowClient, source: str):
                                                                "qa.passed": "true"})
 
 
-def _qa_output(client: MlflowClient, qa_run_id: str, where: str, refused: str) -> outputs.QaOutput:
+def _qa_run(client: MlflowClient, qa_run_id: str, where: str, refused: str):
     run = versions.lookup(f"qa run {qa_run_id}", lambda: client.get_run(qa_run_id))
     if run is None:
         raise UntrustedModelError(f"{where}: its qa run {qa_run_id} is not in the tracking store; {refused}")
@@ -122,4 +173,4 @@ def _qa_output(client: MlflowClient, qa_run_id: str, where: str, refused: str) -
     if not qa.passed:
         raise UntrustedModelError(f"{where}: qa run {qa_run_id} did not pass it "
                                   f"(failed: {qa.failed_checks or 'unknown'}); {refused}")
-    return qa
+    return run

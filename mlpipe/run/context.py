@@ -90,9 +90,10 @@ class StepContext:
         return storage.dataset_source(f"{(run or self.run).info.artifact_uri}/{path}", self.tracking_uri)
 
     # -- writing: the only writer of a step's run ------------------------------------------
-    def hand_over(self, output: outputs.StepOutput) -> None:
-        """The step's typed outputs, as tags its readers parse with `from_run`."""
-        mlflow.set_tags(output.tags())
+    def hand_over(self, output: outputs.StepOutput, signed: dict[str, str] | None = None) -> None:
+        """The step's typed outputs, as tags its readers parse with `from_run`, in one write with
+        `signed` (qa's signed verdict: registry/provenance.verdict_tags)."""
+        mlflow.set_tags(output.tags() | (signed or {}))
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})

@@ -22,7 +22,7 @@ from mlpipe.schema import serving, stages, system
 from mlpipe.schema.checked import Checked, spec
 from mlpipe.schema.serving import RegistryConfig, ServeConfig
 from mlpipe.schema.stages import DataConfig, PreprocessConfig, QaConfig, TrainConfig
-from mlpipe.schema.system import MainConfig, MonitorConfig, StorageConfig, TeamConfig
+from mlpipe.schema.system import MainConfig, MonitorConfig, StorageConfig, TeamConfig, TrustConfig
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Config(Checked):
     monitor: MonitorConfig = MISSING
     storage: StorageConfig = MISSING
     team: TeamConfig = MISSING
+    trust: TrustConfig = MISSING
     seed: int = MISSING
     serialization: str = spec(choices=("cloudpickle", "skops"))
     runtime: str = spec(choices=serving.RUNTIMES)

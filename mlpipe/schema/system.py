@@ -10,6 +10,15 @@ from omegaconf import MISSING
 from mlpipe.schema.checked import Checked, spec
 
 
+# -- trust ----------------------------------------------------------------------------------------
+@dataclass
+class TrustConfig(Checked):
+    KEY = "trust"
+    signing_key: str = MISSING  # the gate's private key file (qa signs its verdicts with it)
+    signers: List[str] = MISSING  # public keys whose verdicts count; []: signing_key's own
+    revoked: List[str] = MISSING  # key ids or public keys whose verdicts never count
+
+
 # -- main, monitor, storage -------------------------------------------------------------------
 @dataclass
 class MainConfig(Checked):

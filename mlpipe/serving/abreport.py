@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mlpipe.errors import ConfigError, DataError, UpstreamError
-from mlpipe.registry import provenance, versions
+from mlpipe.registry import provenance, signing, versions
 from mlpipe.reports import cards, plots
 from mlpipe.run import outputs
 from mlpipe.run.storage import sqlite_path
@@ -76,19 +76,21 @@ def build(path: Path, experiment: str, ab: dict, configured: list[str], task: st
 
 
 def promote_winner(client, result: dict[str, Any], served: dict[str, tuple[str, str]], rcfg: dict,
-                   team) -> dict[str, str] | None:
+                   team, tcfg) -> dict[str, str] | None:
     """serve.ab.promote: a winner takes the champion alias: of the team model under a team (a copy
-    of the member's version, by the lead), else of registry.model_name. None: no winner."""
+    of the member's version, by the lead), else of registry.model_name. None: no winner. Only a
+    version whose verdict a key of `tcfg` (the `trust` group) signed may take it."""
     if not result["winner"]:
         return None
+    keyring = signing.keyring(tcfg)
     if team.name:
         return promote_to_team(client, result, served, team.shared_model, rcfg["champion_alias"],
-                               rcfg["lock_timeout_s"], team.member)
-    return promote(client, result, served, rcfg["model_name"], rcfg["champion_alias"], rcfg["lock_timeout_s"])
+                               rcfg["lock_timeout_s"], team.member, keyring)
+    return promote(client, result, served, rcfg["model_name"], rcfg["champion_alias"], rcfg["lock_timeout_s"], keyring)
 
 
 def promote(client, result: dict[str, Any], served: dict[str, tuple[str, str]], model_name: str,
-            alias: str, lock_timeout_s: float) -> dict[str, str]:
+            alias: str, lock_timeout_s: float, keyring) -> dict[str, str]:
     """Moves `alias` of `model_name` to the winner's version (under the registry lock)."""
     winner, uri, name, version = _served_version(result, served)
     if name is None:
@@ -97,7 +99,7 @@ def promote(client, result: dict[str, Any], served: dict[str, tuple[str, str]], 
     if name != model_name:
         raise ConfigError(f"cannot promote variant {winner!r}: it serves {name} version {version}, not a version of "
                           f"registry.model_name={model_name!r}")
-    _check_validated(client, name, version, f"{model_name}@{alias} was not moved")
+    _check_validated(client, name, version, f"{model_name}@{alias} was not moved", keyring)
     with versions.promotion_lock(model_name, lock_timeout_s):
         before = versions.current(client, model_name, alias)
         versions.set_alias(client, model_name, alias, version)
@@ -114,10 +116,11 @@ def _served_version(result: dict[str, Any], served: dict[str, tuple[str, str]]) 
     return winner, uri, parsed[0] if parsed and version.isdigit() else None, version
 
 
-def _check_validated(client, name: str, version: str, what: str) -> None:
+def _check_validated(client, name: str, version: str, what: str, keyring) -> None:
     """Only a version qa validated, its files unchanged, may take an alias (registry/provenance.py);
     `what` says what was not done otherwise."""
-    proof = provenance.validated(client, f"models:/{name}/{version}", f"{what}; promote a version qa validated")
+    proof = provenance.validated(client, f"models:/{name}/{version}", f"{what}; promote a version qa validated",
+                                 keyring)
     provenance.check_files(proof.load_uri, proof.digest, what)
 
 
@@ -133,7 +136,7 @@ def evidence(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def promote_to_team(client, result: dict[str, Any], served: dict[str, tuple[str, str]], team_model: str,
-                    alias: str, lock_timeout_s: float, promoted_by: str) -> dict[str, str]:
+                    alias: str, lock_timeout_s: float, promoted_by: str, keyring) -> dict[str, str]:
     """Under a team: the winner's version (a member's `<team_model>.<member>`) copied into the
     team model (versions.copy_version: same files, run and lineage tags, plus where it came from
     and the evidence), which then takes `alias`. Only the lead may (docs/team.md)."""
@@ -143,7 +146,7 @@ def promote_to_team(client, result: dict[str, Any], served: dict[str, tuple[str,
     if name is None or not (name == team_model or name.startswith(f"{team_model}.")):
         raise ConfigError(f"cannot promote variant {winner!r}: it serves {uri} (version {version}), not a version of "
                           f"the team model {team_model} or of a member's {team_model}.<member>")
-    _check_validated(client, name, version, f"{team_model}@{alias} was not moved")
+    _check_validated(client, name, version, f"{team_model}@{alias} was not moved", keyring)
     source = client.get_model_version(name, version)
     with versions.promotion_lock(team_model, lock_timeout_s):
         before = versions.current(client, team_model, alias)

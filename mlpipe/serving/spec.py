@@ -39,14 +39,21 @@ class ServeSpec:
     workers: int = 1  # serve.workers: processes writing the same records
     # serve.runtime: onnx (model.onnx under onnxruntime, nothing unpickled) or sklearn (MLflow's pyfunc)
     runtime: str = "onnx"
+    # `trust`: the public keys whose signed verdicts count, and the revoked key ids (registry/signing.py)
+    signers: list[str] = field(default_factory=list)
+    revoked: list[str] = field(default_factory=list)
     onnx_threads: list[int] = field(default_factory=lambda: [1, 1])  # serve.onnx: onnxruntime's intra-op and inter-op threads
 
     @classmethod
     def from_config(cls, scfg: dict, default_uri: str, records_path: str, serialization: str,
-                    trusted_types: list[str]) -> "ServeSpec":
+                    trusted_types: list[str], tcfg=None) -> "ServeSpec":
+        """`tcfg`: the `trust` group; its keys are resolved here (serve.allow_unvalidated: none needed)."""
+        from mlpipe.registry import signing
+
         variants = abtest.parse_variants(abtest.configured_variants(scfg), default_uri)
         # types and ranges were checked when the config was composed (mlpipe/schema/)
         routing, limits = scfg["routing"], scfg["limits"]
+        keys = signing.keyring(tcfg) if tcfg is not None and not scfg["allow_unvalidated"] else None
         return cls(variants=[v.__dict__ for v in variants], experiment=str(scfg["experiment"]),
                    records=records_path, policy=routing["policy"], key_header=routing["key_header"],
                    override_header=routing["override_header"], batching=dict(scfg["batching"]),
@@ -56,7 +63,13 @@ class ServeSpec:
                    serialization=serialization, trusted_types=list(trusted_types),
                    allow_unvalidated=bool(scfg["allow_unvalidated"]), control=_control(scfg, variants),
                    workers=int(scfg["workers"]), runtime=str(scfg["runtime"]),
-                   onnx_threads=[int(scfg["onnx"]["intra_op_threads"]), int(scfg["onnx"]["inter_op_threads"])])
+                   onnx_threads=[int(scfg["onnx"]["intra_op_threads"]), int(scfg["onnx"]["inter_op_threads"])],
+                   signers=keys.texts() if keys else [], revoked=sorted(keys.revoked) if keys else [])
+
+    def keyring(self):
+        from mlpipe.registry import signing
+
+        return signing.Keyring.from_texts(self.signers, self.revoked)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)

@@ -41,7 +41,8 @@ def load_model(model_uri: str, variant: str, spec: ServeSpec) -> tuple[Any, str]
             pinned = f"models:/{parsed[0]}/{version}" if parsed and parsed[1] is not None else model_uri
             return load(pinned, None), version
         proof = provenance.validated(MlflowClient(), model_uri,
-                                     "serve a version qa validated, or set serve.allow_unvalidated=true")
+                                     "serve a version qa validated, or set serve.allow_unvalidated=true",
+                                     spec.keyring())
         return load(proof.load_uri, proof.digest), proof.version or resolve_version(model_uri)
     except Exception as exc:  # noqa: BLE001 - any load failure stops start-up with its reason
         # a refused model (UntrustedModelError), a store that said no (AccessDeniedError)... keep

@@ -17,7 +17,7 @@ import pandas as pd
 from mlpipe.data import sources
 from mlpipe.data.rows import held_out
 from mlpipe.errors import ConfigError, DataError, one_line
-from mlpipe.registry import provenance, versions
+from mlpipe.registry import provenance, signing, versions
 from mlpipe.quality import compare
 from mlpipe.run import handoff, outputs
 from mlpipe.serving import abreport
@@ -84,16 +84,17 @@ def unseen_rows(client, c: Candidate, dcfg) -> str:
 
 
 def score(client, found: list[Candidate], features: pd.DataFrame, metric: str, serialization: str,
-          trusted: list[str], dcfg) -> None:
+          trusted: list[str], dcfg, tcfg) -> None:
     """Each candidate's answers on the held-out rows (its predictions; for roc_auc, its scores
     of the positive class), loaded past the trust boundary; a model that may have trained on
     those rows (unseen_rows), or that cannot be loaded or scored, is listed with its reason."""
+    keyring = signing.keyring(tcfg)  # the keys whose verdicts count (`trust`)
     for c in found:
         c.error = unseen_rows(client, c, dcfg)
         if c.error:
             continue
         try:
-            proof = provenance.validated(client, c.model_uri, "the team report scores only validated models")
+            proof = provenance.validated(client, c.model_uri, "the team report scores only validated models", keyring)
             model, _ = model_io.load_model(proof.load_uri, serialization, trusted, expect_digest=proof.digest)
             c.answers = np.asarray(model.predict_proba(features))[:, 1] if compare.needs_scores(metric) \
                 else np.asarray(model.predict(features))

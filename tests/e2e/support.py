@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -43,6 +44,8 @@ class Store:
             "MLFLOW_DISABLE_TELEMETRY": "true",
             # System metrics cost about 1 s per step; test_resource_monitoring turns them on.
             "MLPIPE_SYSTEM_METRICS": "false",
+            # the gate's signing key (trust.signing_key): one per store, not the user's own
+            "MLPIPE_GATE_KEY": str(path / "gate.key"),
         }
         self.env.pop("MLFLOW_RUN_ID", None)
         self.env.pop("MLFLOW_EXPERIMENT_ID", None)
@@ -107,3 +110,24 @@ def error_lines(stderr: str) -> list[str]:
 
 def make_store(tmp_path_factory, name: str) -> Store:
     return Store(tmp_path_factory.mktemp(name))
+
+
+MODEL = "wine_model"
+
+
+def register_wine(store: Store) -> dict:
+    """wine_model version 1 (champion) from a pipeline run, and version 2 of the same trained model."""
+    store.mlflow_run("-P", "steps=ingest,preprocess,train,qa,register", check=True)
+    client = store.client
+    v1 = client.get_model_version_by_alias(MODEL, "champion")
+    # a copy of the validated version (what the A/B report promotes): same source, same qa run
+    store.python("-c", f"import mlflow; c = mlflow.MlflowClient(); v = c.get_model_version('{MODEL}', {v1.version}); "
+                 f"c.create_model_version('{MODEL}', v.source, run_id=v.run_id, tags=v.tags)", check=True)
+    v2 = client.get_model_version(MODEL, str(int(v1.version) + 1))
+    test = store.client.download_artifacts(v1.tags["lineage.preprocess_run_id"], "data/test.parquet", str(store.path))
+    spec = json.loads(Path(store.client.download_artifacts(v1.tags["lineage.preprocess_run_id"], "feature_spec.json",
+                                                           str(store.path))).read_text())
+    import pandas as pd
+
+    rows = pd.read_parquet(test)[spec["numeric"] + spec["categorical"]]
+    return {"v1": str(v1.version), "v2": str(v2.version), "rows": rows}

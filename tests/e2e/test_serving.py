@@ -24,13 +24,10 @@ import pandas as pd
 import pytest
 
 from services import free_port, stop, wait_for_port, wait_group_gone
-from support import ROOT, Store, error_lines
+from support import MODEL, ROOT, Store, error_lines, register_wine
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from loadgen import run_load  # noqa: E402
-
-MODEL = "wine_model"
-
 
 def http(url: str, body: bytes | None = None, content_type: str = "application/json", headers: dict | None = None,
          timeout: float = 30) -> tuple[int, Any, bytes]:
@@ -65,19 +62,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def registered(store: Store):
-    """wine_model version 1 (champion) from a pipeline run, and version 2 of the same trained model."""
-    store.mlflow_run("-P", "steps=ingest,preprocess,train,qa,register", check=True)
-    client = store.client
-    v1 = client.get_model_version_by_alias(MODEL, "champion")
-    # a copy of the validated version (what the A/B report promotes): same source, same qa run
-    store.python("-c", f"import mlflow; c = mlflow.MlflowClient(); v = c.get_model_version('{MODEL}', {v1.version}); "
-                 f"c.create_model_version('{MODEL}', v.source, run_id=v.run_id, tags=v.tags)", check=True)
-    v2 = client.get_model_version(MODEL, str(int(v1.version) + 1))
-    test = store.client.download_artifacts(v1.tags["lineage.preprocess_run_id"], "data/test.parquet", str(store.path))
-    spec = json.load(open(store.client.download_artifacts(v1.tags["lineage.preprocess_run_id"],
-                                                          "feature_spec.json", str(store.path))))
-    rows = pd.read_parquet(test)[spec["numeric"] + spec["categorical"]]
-    return {"v1": str(v1.version), "v2": str(v2.version), "rows": rows}
+    return register_wine(store)
 
 
 @pytest.fixture(scope="module", params=["onnx", "sklearn"])

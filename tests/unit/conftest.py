@@ -106,16 +106,21 @@ def registry(tmp_path, _empty_store, monkeypatch):
     version = client.create_model_version("m", info.model_uri, model_id=info.model_id,
                                           tags={"lineage.qa_run_id": qa_run_id})
     client.set_registered_model_alias("m", "champion", version.version)
+    # the `trust` group of a config whose gate is GATE_KEY (its private key is nowhere on disk)
+    tcfg = {"signing_key": str(tmp_path / "no-such.key"), "signers": KEYRING.texts(), "revoked": []}
     yield SimpleNamespace(client=client, version=version, model_uri=info.model_uri, qa_run_id=qa_run_id, X=X,
-                          experiment_id=experiment_id, log_model=log_model,
+                          experiment_id=experiment_id, log_model=log_model, keyring=KEYRING, tcfg=tcfg,
                           record_qa_run=lambda *args, **kw: record_qa_run(client, *args, experiment_id=experiment_id,
                                                                           **kw))
     mlflow.set_tracking_uri(None)
 
 
 def record_qa_run(client, model_uri: str, passed: bool = True, digest: str | None = None,
-                  status: str = "FINISHED", experiment_id: str = "0") -> str:
-    """A qa run as the qa step leaves it (its QaOutput tags, the digest of the model's files now)."""
+                  status: str = "FINISHED", experiment_id: str = "0", key=None) -> str:
+    """A qa run as the qa step leaves it: its QaOutput tags, the digest of the model's files now,
+    and its verdict signed with `key` (default GATE_KEY, the key KEYRING trusts)."""
+    from mlpipe.registry import signing
+    from mlpipe.registry.provenance import SIGNATURE_TAG, VERDICT_TAG
     from mlpipe.run import outputs
     from mlpipe.training import model_io
 
@@ -123,5 +128,29 @@ def record_qa_run(client, model_uri: str, passed: bool = True, digest: str | Non
                               failed_checks="" if passed else "baseline", champion_replaced=False,
                               model_digest=digest or model_io.model_digest(model_uri))
     run = client.create_run(experiment_id, tags={outputs.STEP_TAG: "qa"} | output.tags())
+    verdict = signing.Verdict(model_uri=model_uri, digest=output.model_digest, qa_run_id=run.info.run_id,
+                              experiment_id=experiment_id, passed=passed, failed_checks=output.failed_checks,
+                              config_digest="c", code_digest="d", signed_at="2026-12-07T00:00:00+00:00")
+    statement, signature = signing.sign(verdict, key or GATE_KEY)
+    client.set_tag(run.info.run_id, VERDICT_TAG, statement)
+    client.set_tag(run.info.run_id, SIGNATURE_TAG, signature)
     client.set_terminated(run.info.run_id, status)
     return run.info.run_id
+
+
+def _gate_key():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate()
+
+
+GATE_KEY = _gate_key()  # the unit tests' gate: record_qa_run signs with it, KEYRING trusts it
+
+
+def _keyring():
+    from mlpipe.registry import signing
+
+    return signing.Keyring.from_texts([signing.public_text(GATE_KEY.public_key())], [])
+
+
+KEYRING = _keyring()

@@ -13,20 +13,20 @@ from mlpipe.registry import champion
 TEST = pd.DataFrame({"x0": [0.0, 1.0], "y": [0, 1]})  # the registry fixture's champion takes x0
 
 
-def find(client, candidate="models:/m-new", task="classification", test=TEST):
-    return champion.find(client, "m", "champion", candidate, task, test, "y", ("cloudpickle", []))
+def find(client, candidate="models:/m-new", task="classification", test=TEST, tcfg=None):
+    return champion.find(client, "m", "champion", candidate, task, test, "y", ("cloudpickle", []), tcfg)
 
 
 def test_no_champion_is_a_note(registry):
     registry.client.delete_registered_model_alias("m", "champion")
-    found = find(registry.client)
+    found = find(registry.client, tcfg=registry.tcfg)
     assert (found.info, found.model, found.reason) == ({"note": "no m@champion yet: nothing to compare"}, None, None)
     assert model_checks.champion_checks({}, found, ["accuracy"], 0.05, "fail") == ([], found.info)
 
 
 def test_a_champion_of_another_task_fails_qa_unless_replacing_is_allowed(registry):
     registry.client.set_model_version_tag("m", registry.version.version, "qa.metric", "r2")
-    found = find(registry.client)
+    found = find(registry.client, tcfg=registry.tcfg)
     assert found.model is None and found.reason == "the champion was validated on r2, not a classification metric"
     (check,), info = model_checks.champion_checks({}, found, ["accuracy"], 0.05, "fail")
     assert (check.name, check.passed, check.expected) == ("champion.compatible", False, "a champion this data can score")
@@ -41,12 +41,12 @@ def test_a_champion_of_another_task_fails_qa_unless_replacing_is_allowed(registr
 
 def test_a_champion_needing_columns_this_data_lacks_is_incompatible(registry):
     """The registry's champion takes one column `x0` (a DummyClassifier fitted on [[0], [1]])."""
-    found = find(registry.client, test=pd.DataFrame({"other": [1.0, 2.0], "y": [0, 1]}))
+    found = find(registry.client, tcfg=registry.tcfg, test=pd.DataFrame({"other": [1.0, 2.0], "y": [0, 1]}))
     assert found.model is None and "input schema needs columns this data lacks: ['x0']" in found.reason
 
 
 def test_a_champion_this_data_can_score_is_loaded(registry):
-    found = find(registry.client)
+    found = find(registry.client, tcfg=registry.tcfg)
     assert found.reason is None and str(found.version) == "1"
     assert list(found.model.predict(TEST[["x0"]])) == [0, 0]
 
@@ -64,16 +64,16 @@ def test_a_champion_no_qa_run_vouches_for_is_refused_not_loaded(registry):
     with pytest.raises(UntrustedModelError, match=r"models:/m/2 \(version 2 of m\): its source models:/m-\w+ is not the "
                                                   r"model qa run \w+ validated .*; refused, nothing loaded; move "
                                                   r"m@champion to a version qa validated"):
-        find(registry.client)
+        find(registry.client, tcfg=registry.tcfg)
     registry.client.set_registered_model_alias("m", "champion", registry.version.version)
     mlmodel = Path(registry.client.get_model_version_download_uri("m", "1")) / "MLmodel"
     mlmodel.write_text(mlmodel.read_text() + "# swapped\n")
     with pytest.raises(UntrustedModelError, match="models:/m/1: its files changed since qa validated them"):
-        find(registry.client)
+        find(registry.client, tcfg=registry.tcfg)
 
 
 def test_the_candidate_itself_is_not_compared(registry):
-    found = find(registry.client, candidate=registry.model_uri)
+    found = find(registry.client, tcfg=registry.tcfg, candidate=registry.model_uri)
     assert found.model is None and found.info["note"] == "the candidate is the champion"
 
 

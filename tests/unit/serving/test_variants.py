@@ -35,14 +35,15 @@ def test_a_model_that_cannot_load_names_the_variant(tmp_path):
         variants.load_model(str(tmp_path / "nowhere"), "b", _trust(allow_unvalidated=True))
 
 
-def _trust(allow_unvalidated=False, runtime="sklearn"):
-    """The registry fixture's models have no ONNX conversion: the scikit-learn runtime."""
+def _trust(allow_unvalidated=False, runtime="sklearn", keyring=None):
+    """The registry fixture's models have no ONNX conversion: the scikit-learn runtime. `keyring`:
+    the keys whose verdicts count (the registry fixture's)."""
     return SimpleNamespace(serialization="cloudpickle", trusted_types=[], allow_unvalidated=allow_unvalidated,
-                           runtime=runtime, onnx_threads=[1, 1])
+                           runtime=runtime, onnx_threads=[1, 1], keyring=lambda: keyring)
 
 
 def test_only_a_model_qa_validated_is_loaded_unless_allow_unvalidated(registry, tmp_path):
-    model, version = variants.load_model("models:/m@champion", "a", _trust())
+    model, version = variants.load_model("models:/m@champion", "a", _trust(keyring=registry.keyring))
     assert version == "1" and model.predict(registry.X).shape == (2,)
     from sklearn.dummy import DummyClassifier
 
@@ -51,30 +52,30 @@ def test_only_a_model_qa_validated_is_loaded_unless_allow_unvalidated(registry, 
     with pytest.raises(UntrustedModelError, match=r"variant 'b': cannot load model .*/path: .* is not a registered version or "
                                            r"a logged model, .*; refused, nothing loaded; serve a version qa validated, "
                                            r"or set serve.allow_unvalidated=true"):
-        variants.load_model(str(tmp_path / "path"), "b", _trust())
+        variants.load_model(str(tmp_path / "path"), "b", _trust(keyring=registry.keyring))
     assert variants.load_model(str(tmp_path / "path"), "b", _trust(allow_unvalidated=True))[1] == "unregistered"
 
 
 def test_a_moved_alias_is_swapped_in_only_for_a_version_qa_validated(registry, capsys):
     """The alias refresher: a version no qa run vouches for is refused once and the variant keeps
     serving its version; a validated one is swapped in."""
-    live = variants.LiveVariant("a", "models:/m@champion", 1.0, *variants.load_model("models:/m@champion", "a", _trust()))
+    live = variants.LiveVariant("a", "models:/m@champion", 1.0, *variants.load_model("models:/m@champion", "a", _trust(keyring=registry.keyring)))
     info = registry.log_model([1, 1])
     registry.client.create_model_version("m", info.model_uri, model_id=info.model_id, tags=registry.version.tags)
     registry.client.set_registered_model_alias("m", "champion", "2")
     refused = set()
-    line, model, _ = variants.refresh_variant(live, _trust(), refused)
+    line, model, _ = variants.refresh_variant(live, _trust(keyring=registry.keyring), refused)
     assert model is None and refused == {("models:/m@champion", "2")}
     assert line.startswith("models:/m@champion moved to version 2, refused: variant 'a': cannot load model models:/m/2: ")
     assert line.endswith("is not the model qa run " + registry.qa_run_id + " validated (" + registry.model_uri + "); "
                          "refused, nothing loaded; serve a version qa validated, or set serve.allow_unvalidated=true; "
                          "still serving version 1")
-    assert variants.refresh_variant(live, _trust(), refused) == (None, None, "2")  # said once
+    assert variants.refresh_variant(live, _trust(keyring=registry.keyring), refused) == (None, None, "2")  # said once
 
     qa_run_id = registry.record_qa_run(info.model_uri)
     registry.client.create_model_version("m", info.model_uri, model_id=info.model_id,
                                          tags={"lineage.qa_run_id": qa_run_id})
     registry.client.set_registered_model_alias("m", "champion", "3")
-    line, model, version = variants.refresh_variant(live, _trust(), refused)
+    line, model, version = variants.refresh_variant(live, _trust(keyring=registry.keyring), refused)
     assert line == "variant 'a': models:/m@champion moved, version 1 -> 3" and version == "3"
     assert list(model.predict(registry.X)) == [1, 1]

