@@ -59,11 +59,13 @@ def run(ctx: StepContext) -> None:
     else:
         preprocessor, fitted_in = features.fit_preprocessor(spec, pcfg, train), "step"
     ctx.log_json(outputs.FEATURE_SPEC_ARTIFACT, spec.to_dict())
-    ctx.log_files(model_io.save_transformer(preprocessor, ctx.workdir, outputs.TRANSFORMER_NAME, ctx.cfg.serialization))
+    transformer = model_io.save_transformer(preprocessor, ctx.workdir, outputs.TRANSFORMER_NAME, ctx.cfg.serialization)
+    ctx.log_files(transformer)
     ctx.log_metrics({f"split.{name}_rows": n for name, n in rows.items()}
                     | {"features.out": len(preprocessor.get_feature_names_out())})
     ctx.hand_over(outputs.PreprocessOutput(task=spec.task, fitted_in=fitted_in,
-                                           **{f"{name}_digest": logged[name][1] for name in outputs.SPLITS}))
+                                           **{f"{name}_digest": logged[name][1] for name in outputs.SPLITS}),
+                  model_io.seal_tags(transformer, ctx.run, ctx.cfg.trust))  # train checks it before unpickling
     ctx.card.outputs.update({f"{name} rows": n for name, n in rows.items()}
                             | {"numeric columns": len(spec.numeric), "categorical columns": len(spec.categorical),
                                "dropped (empty) columns": ", ".join(spec.dropped) or "none",

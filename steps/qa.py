@@ -44,7 +44,7 @@ def run(ctx: StepContext) -> None:
     output = outputs.QaOutput(passed=not result.failed, model_uri=trained.model_uri, task=trained.task,
                               primary_metric=result.primary, failed_checks=",".join(c.name for c in result.failed),
                               champion_replaced=bool(result.report["champion"].get("replaced")), model_digest=digest)
-    ctx.hand_over(output, provenance.verdict_tags(output, ctx.run, ctx.cfg.trust))  # registry/signing.py
+    ctx.hand_over(output, provenance.verdict_tags(output, ctx.run, ctx.cfg.trust))  # mlpipe/signing.py
     if result.failed and not qa.allow_unvalidated:
         raise ModelValidationError(assessment.failure_message(result, trained.model_uri, trained.task))
     if result.failed:

@@ -2,7 +2,8 @@
 
 from mlpipe.errors import ModelValidationError
 from mlpipe.training import metric_names
-from mlpipe.registry import promotion, provenance, signing, versions
+from mlpipe import signing
+from mlpipe.registry import promotion, provenance, versions
 from mlpipe.run import handoff, outputs
 from mlpipe.pipeline.harness import step_main
 from mlpipe.run.context import StepContext

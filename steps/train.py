@@ -17,8 +17,8 @@ def run(ctx: StepContext) -> None:
     ctx.log_dataset(train, source=ctx.artifact_source(outputs.split_artifact("train"), ctx.upstream),
                     targets=spec.target, name=f"{ctx.cfg.data.name}-train", digest=splits.train_digest,
                     context="training")
-    preprocessor = model_io.load_transformer(ctx.client, ctx.upstream.info.run_id, outputs.TRANSFORMER_NAME, ctx.workdir,
-                                             ctx.cfg.serialization, ctx.cfg.skops_trusted_types)
+    preprocessor = model_io.load_transformer(ctx.client, ctx.upstream, outputs.TRANSFORMER_NAME, ctx.workdir,
+                                             ctx.cfg.serialization, ctx.cfg.skops_trusted_types, ctx.cfg.trust)
     estimator = estimators.build_estimator(ctx.section("model"), spec.task)
     metric = estimators.metric_name(spec.task, ctx.cfg.train.metric)
 

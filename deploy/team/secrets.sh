@@ -31,3 +31,14 @@ auth_cache_ttl_seconds = 60
 # The login of the model server and of the steps' Jobs (deploy/kubernetes): the admin's, until
 # you replace it with a user of their own (docs/kubernetes.md).
 secret mlpipe-tracking-login --from-literal=username=admin --from-literal=password="$admin"
+# The model server's: the key of its feedback tokens (serve.feedback.secret_file), and the public
+# key of the gate whose signed verdicts it serves (trust.signers, docs/quality.md): GATE_PUBLIC_KEY,
+# as `python -m mlpipe.registry.keys show` prints it, else the .pub beside ~/.mlpipe/gate.key.
+# Never the private key: the server only checks signatures.
+gate_public=${GATE_PUBLIC_KEY:-$(cut -d' ' -f1 "${GATE_PUBLIC_KEY_FILE:-$HOME/.mlpipe/gate.key.pub}" 2>/dev/null || true)}
+if [[ $gate_public != ed25519:* ]]; then
+  echo "secrets.sh: no gate public key: set GATE_PUBLIC_KEY=ed25519:... (python -m mlpipe.registry.keys show" \
+       "prints the gate's) or GATE_PUBLIC_KEY_FILE" >&2
+  exit 1
+fi
+secret mlpipe-serving --from-literal=feedback.secret="$(random)$(random)" --from-literal=gate.key.pub="$gate_public"

@@ -27,8 +27,9 @@ STEPS: dict[str, StepSpec] = {
     spec.name: spec
     for spec in (
         StepSpec("ingest", None, ("data",)),
-        StepSpec("preprocess", "ingest", ("data", "preprocess", "seed", "serialization", "skops_trusted_types")),
-        StepSpec("train", "preprocess", ("model", "train", "seed", "serialization", "skops_trusted_types", "runtime")),
+        StepSpec("preprocess", "ingest", ("data", "preprocess", "seed", "serialization", "skops_trusted_types", "trust")),
+        StepSpec("train", "preprocess", ("model", "train", "seed", "serialization", "skops_trusted_types", "runtime",
+                                         "trust")),
         # qa and serve load models past the trust boundary: its settings enter their keys
         StepSpec("qa", "train", ("qa", "serialization", "skops_trusted_types", "runtime", "trust")),
         StepSpec("register", "qa", ("qa", "registry", "trust")),

@@ -9,7 +9,8 @@ from typing import Any
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from mlpipe.registry import provenance, signing, versions
+from mlpipe import signing
+from mlpipe.registry import provenance, versions
 from mlpipe.run.outputs import VERSION_METRIC_TAG
 from mlpipe.training import metric_names, model_io
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from mlpipe.errors import ConfigError
-from mlpipe.registry import signing
+from mlpipe import signing
 
 
 def default_path() -> Path:

@@ -3,7 +3,7 @@ comparison make before anything in a model is loaded.
 
 Tags are not proof: anyone with EDIT on a run can change its tags, even on a FINISHED run, and
 anyone who can write a model version can create a qa run of their own. So the gate's word is a
-signed verdict (registry/signing.py): qa signs what it checked (the model, the digest of its
+signed verdict (mlpipe/signing.py): qa signs what it checked (the model, the digest of its
 files, its own run id, passed or not) with a key that never enters the store, and a model is
 trusted when its qa run's verdict is signed by a key in `trust.signers`, passed this very model
 (the version's source), and the files downloaded now have the signed digest
@@ -19,7 +19,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlpipe.errors import UntrustedModelError, UpstreamError, one_line
-from mlpipe.registry import signing, versions
+from mlpipe import signing
+from mlpipe.registry import versions
 from mlpipe.run import handoff, outputs
 
 QA_RUN_TAG = f"{outputs.LINEAGE_PREFIX}qa_run_id"  # on a version register made: the qa run behind it
@@ -93,23 +94,13 @@ def verdict_tags(qa: outputs.QaOutput, run, tcfg) -> dict[str, str]:
     """qa's verdict on its own run, signed with `trust.signing_key` (created on first use, said
     on stderr): the tags to hand over with `qa`. `run` is the qa run as the harness tagged it
     (its config and code digests)."""
-    import datetime as dt
-    import sys
-    from pathlib import Path
-
-    path = Path(str(tcfg["signing_key"])).expanduser()
-    key, created = signing.load_or_create(path)
-    if created:
-        public = key.public_key()
-        print(f"[mlpipe] qa: created the gate's signing key {path} (mode 0600; id {signing.key_id(public)}, public "
-              f"key in {path.name}.pub). Keep it private: whoever holds it can vouch for models. Where models are "
-              f"served from another machine, trust.signers=[{signing.public_text(public)}]", file=sys.stderr)
+    key = signing.gate_key(tcfg, "qa")
     tags = run.data.tags
     verdict = signing.Verdict(model_uri=qa.model_uri, digest=qa.model_digest, qa_run_id=run.info.run_id,
                               experiment_id=run.info.experiment_id, passed=qa.passed, failed_checks=qa.failed_checks,
                               config_digest=tags.get(outputs.CONFIG_DIGEST_TAG, ""),
                               code_digest=tags.get(f"{outputs.LINEAGE_PREFIX}qa_code_digest", ""),
-                              signed_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+                              signed_at=signing.now())
     statement, signature = signing.sign(verdict, key)
     return {VERDICT_TAG: statement, SIGNATURE_TAG: signature}
 

@@ -34,6 +34,7 @@ class RoutingConfig(Checked):
     thompson_refresh_seconds: float = spec(gt=0)
     key_header: str = MISSING
     override_header: str = MISSING
+    allow_override: bool = MISSING
 
 
 @dataclass
@@ -57,6 +58,7 @@ class LimitsConfig(Checked):
     backlog: int = spec(ge=1)
     keep_alive_s: float = spec(gt=0)
     graceful_shutdown_s: float = spec(ge=0)
+    max_records_mb: float = spec(gt=0)
 
 
 @dataclass
@@ -92,6 +94,14 @@ class OnnxRuntimeConfig(Checked):
 
 
 @dataclass
+class FeedbackConfig(Checked):
+    KEY = "serve.feedback"
+    secret_file: str = MISSING
+    max_body_kb: float = spec(gt=0)
+    max_label_chars: int = spec(ge=1)
+
+
+@dataclass
 class ServeConfig(Checked):
     KEY = "serve"
     mode: str = spec(choices=("forever", "smoke", "report"))
@@ -113,6 +123,7 @@ class ServeConfig(Checked):
     records: Optional[str] = MISSING
     records_flush_ms: float = spec(gt=0)
     records_timeout_s: float = spec(gt=0)
+    feedback: FeedbackConfig = MISSING
     ab: AbConfig = MISSING
     # ${runtime} unless set on its own: its error names both keys (__post_init__)
     runtime: str = spec(choices=RUNTIMES)

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from mlpipe.errors import ConfigError, DataError, UpstreamError
-from mlpipe.registry import provenance, signing, versions
+from mlpipe import signing
+from mlpipe.registry import provenance, versions
 from mlpipe.reports import cards, plots
 from mlpipe.run import outputs
 from mlpipe.run.storage import sqlite_path

@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlpipe.serving import abtest, batching
+from mlpipe.serving import abtest, batching, feedback
 from mlpipe.serving.records import writer
 from mlpipe.serving.spec import SPEC_ENV, ServeSpec
 from mlpipe.serving.variants import LiveVariant, load_variants, refresh_aliases
@@ -61,6 +61,12 @@ def answer_json(predictions: Any) -> str:
     return out.getvalue()
 
 
+def _labels(label: Any, rows: int, max_chars: int) -> Any:
+    """The label set as stored: as sent (one value, or a list of one per row), once checked."""
+    feedback.labels_for(label, rows, max_chars)
+    return label
+
+
 def _json_error(status: int, code: str, message: str, headers: dict | None = None):
     return Response(json.dumps({"error_code": code, "message": message}), status, media_type="application/json",
                     headers=headers)
@@ -77,6 +83,7 @@ class ServingApp:
         self.weights: list[float] = []
         self.store: writer.RecordStore | None = None
         self.bandit: tuple[list[int], list[int]] = ([], [])  # (good, bad) feedback per variant, for thompson
+        self.secret = b""  # serve.feedback.secret_file's: X-Feedback-Token's key
         self.rng, self.nprng = random.Random(spec.seed), np.random.default_rng(spec.seed)
         self.max_body = int(float(spec.limits["max_body_mb"]) * 1024 * 1024)
         self.body_timeout = float(spec.limits["body_timeout_s"])
@@ -106,7 +113,9 @@ class ServingApp:
             self.variants = load_variants(spec)
         self.by_name = {v.name: v for v in self.variants}
         self.weights = [v.weight for v in self.variants]
-        self.store = writer.RecordStore(spec.records, spec.flush_ms, spec.records_timeout_s, shared=spec.workers > 1)
+        self.store = writer.RecordStore(spec.records, spec.flush_ms, spec.records_timeout_s, shared=spec.workers > 1,
+                                        max_mb=float(spec.limits.get("max_records_mb", 1024)))
+        self.secret = feedback.load_secret(spec.feedback["secret_file"])
         self.store.record_experiment(spec.experiment, spec.variants, spec.control)
         self.bandit = ([0] * len(self.variants), [0] * len(self.variants))
         schema = self.variants[0].model.metadata.get_input_schema()
@@ -130,35 +139,42 @@ class ServingApp:
             await asyncio.sleep(self.spec.thompson_refresh_seconds)
 
     # -- requests -----------------------------------------------------------------------------
-    def choose(self, request) -> tuple[LiveVariant | None, str | None]:
-        """The variant that answers: the override header's, the only one, or the router's pick."""
+    def choose(self, request) -> tuple[LiveVariant | None, tuple[int, str] | None, bool]:
+        """(the variant that answers, else (status, why), whether the override header chose it): the
+        override header's (only with serve.routing.allow_override), the only one, or the router's pick."""
         spec, live = self.spec, self.variants
         forced = request.headers.get(spec.override_header)
         if forced is not None:
+            if not spec.allow_override:
+                return None, (403, f"{spec.override_header} is off (serve.routing.allow_override=false): a client "
+                                   "does not choose its variant"), True
             variant = self.by_name.get(forced)
             if variant is None:
-                return None, f"{spec.override_header}: no variant {forced!r}; variants: {', '.join(self.by_name)}"
-            return variant, None
+                return None, (400, f"{spec.override_header}: no variant {forced!r}; variants: "
+                                   f"{', '.join(self.by_name)}"), True
+            return variant, None, True
         if len(live) == 1:
-            return live[0], None
+            return live[0], None, False
         if spec.policy == "thompson":
             good, bad = self.bandit
-            return live[abtest.thompson(good, bad, self.nprng)], None
-        return live[abtest.assign(self.weights, spec.experiment, request.headers.get(spec.key_header), self.rng)], None
+            return live[abtest.thompson(good, bad, self.nprng)], None, False
+        key = request.headers.get(spec.key_header)
+        return live[abtest.assign(self.weights, spec.experiment, key, self.rng)], None, False
 
-    async def read_body(self, request, what: str) -> bytes:
+    async def read_body(self, request, what: str, limit: int | None = None) -> bytes:
         """The whole body: _TooLarge over serve.limits.max_body_mb, a 408 _Timeout when it has not
         arrived within serve.limits.body_timeout_s. asyncio.timeout, not wait_for: on Python 3.11
         wait_for wraps its awaitable in a task of its own, on every request."""
+        limit = self.max_body if limit is None else limit
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_body:
+        if declared and declared.isdigit() and int(declared) > limit:
             raise _TooLarge()
         chunks, size = [], 0
         try:
             async with asyncio.timeout(self.body_timeout):
                 async for chunk in request.stream():
                     size += len(chunk)
-                    if size > self.max_body:
+                    if size > limit:
                         raise _TooLarge()
                     chunks.append(chunk)
         except TimeoutError:
@@ -168,12 +184,13 @@ class ServingApp:
     async def invocations(self, request):
         started = time.perf_counter()
         request_id = uuid.uuid4().hex
-        variant, problem = self.choose(request)
+        variant, problem, overridden = self.choose(request)
         headers = {REQUEST_ID_HEADER: request_id}
         if variant is None:
-            return Response(json.dumps({"error_code": "BAD_REQUEST", "message": problem}), 400,
-                            media_type="application/json", headers=headers)
-        headers |= {VARIANT_HEADER: variant.name, VERSION_HEADER: variant.version, URI_HEADER: variant.model_uri}
+            status, message = problem
+            return _json_error(status, "BAD_REQUEST" if status == 400 else "PERMISSION_DENIED", message, headers)
+        headers |= {VARIANT_HEADER: variant.name, VERSION_HEADER: variant.version, URI_HEADER: variant.model_uri,
+                    feedback.TOKEN_HEADER: feedback.token(self.secret, request_id)}
         response, answer, body_json = await self._answer(request, variant, headers)
         ok = response.status_code == 200
         rows, keys = (answer.rows, ",".join(answer.keys or ())) if ok else (0, "")
@@ -181,7 +198,7 @@ class ServingApp:
                            "variant": variant.name, "model_uri": variant.model_uri,
                            "model_version": headers[VERSION_HEADER], "author": variant.author,
                            "status": response.status_code, "latency_ms": (time.perf_counter() - started) * 1000,
-                           "rows": rows, "row_keys": keys, "predictions": body_json})
+                           "rows": rows, "row_keys": keys, "overridden": int(overridden), "predictions": body_json})
         return response
 
     async def _answer(self, request, variant: LiveVariant, headers: dict) -> tuple[Any, batching.Answer, str | None]:
@@ -214,20 +231,33 @@ class ServingApp:
             return Response(content, status, media_type="application/json", headers=headers), answer, None
 
     async def feedback(self, request):
+        """One label set for one answer: with the answer's token, once, one label per request row
+        (serving/feedback.py); 403 without the token, 409 the second time, 413 over
+        serve.feedback.max_body_kb, 507 when the record store is full."""
+        fcfg = self.spec.feedback
+        limit = int(float(fcfg["max_body_kb"]) * 1024)
         try:
-            payload = json.loads(await self.read_body(request, "feedback"))
-            request_id, label = payload["request_id"], payload["label"]
-            if not isinstance(request_id, str):
-                raise TypeError("request_id must be a string")
+            payload = json.loads(await self.read_body(request, "feedback", limit))
+            request_id, token, label = feedback.parse(payload, request.headers.get(feedback.TOKEN_HEADER))
+            feedback.check_token(self.secret, request_id, token)
+            outcome = await asyncio.to_thread(self.store.add_feedback, request_id,
+                                              lambda rows: _labels(label, rows, int(fcfg["max_label_chars"])))
         except _TooLarge:
-            return _json_error(413, "REQUEST_TOO_LARGE", "feedback body too large")
+            return _json_error(413, "REQUEST_TOO_LARGE", f"feedback body over serve.feedback.max_body_kb="
+                                                         f"{fcfg['max_body_kb']}")
         except _Timeout as exc:
             return _json_error(exc.status, "TIMEOUT", exc.message)
-        except (ValueError, KeyError, TypeError) as exc:
-            return _json_error(400, "BAD_REQUEST",
-                               f'expected JSON {{"request_id": "<X-Request-Id of a response>", "label": ...}}: {exc}')
-        if not await asyncio.to_thread(self.store.add_feedback, request_id, label):
-            return _json_error(404, "NOT_FOUND", f"no recorded request {request_id!r}")
+        except feedback.Refused as exc:
+            return _json_error(exc.status, exc.code, exc.message)
+        except ValueError:
+            return _json_error(400, "BAD_REQUEST", "the feedback body is not JSON")
+        refused = {"unknown": (404, "NOT_FOUND", f"no recorded request {request_id!r}"),
+                   "answered": (409, "ALREADY_EXISTS", f"request {request_id!r} has its labels already: one label "
+                                                       "set per answer"),
+                   "full": (507, "RESOURCE_EXHAUSTED", "the serving records are over serve.limits.max_records_mb: "
+                                                       "feedback is not recorded")}.get(outcome)
+        if refused:
+            return _json_error(*refused)
         return Response(json.dumps({"request_id": request_id, "recorded": True}), 200, media_type="application/json")
 
     # -- views --------------------------------------------------------------------------------
@@ -238,7 +268,7 @@ class ServingApp:
         return Response(VERSION, 200, media_type="application/json")
 
     async def metrics(self, request):
-        text = writer.prometheus(await asyncio.to_thread(self.store.aggregates))
+        text = writer.prometheus(await asyncio.to_thread(self.store.aggregates), self.store.dropped)
         return Response(text, 200, media_type="text/plain; version=0.0.4")
 
     async def variants_view(self, request):

@@ -39,7 +39,11 @@ class ServeSpec:
     workers: int = 1  # serve.workers: processes writing the same records
     # serve.runtime: onnx (model.onnx under onnxruntime, nothing unpickled) or sklearn (MLflow's pyfunc)
     runtime: str = "onnx"
-    # `trust`: the public keys whose signed verdicts count, and the revoked key ids (registry/signing.py)
+    allow_override: bool = False  # serve.routing.allow_override
+    # serve.feedback: secret_file, max_body_kb, max_label_chars (serving/feedback.py)
+    feedback: dict = field(default_factory=lambda: {"secret_file": "~/.mlpipe/feedback.secret", "max_body_kb": 64,
+                                                    "max_label_chars": 256})
+    # `trust`: the public keys whose signed verdicts count, and the revoked key ids (mlpipe/signing.py)
     signers: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
     onnx_threads: list[int] = field(default_factory=lambda: [1, 1])  # serve.onnx: onnxruntime's intra-op and inter-op threads
@@ -48,7 +52,7 @@ class ServeSpec:
     def from_config(cls, scfg: dict, default_uri: str, records_path: str, serialization: str,
                     trusted_types: list[str], tcfg=None) -> "ServeSpec":
         """`tcfg`: the `trust` group; its keys are resolved here (serve.allow_unvalidated: none needed)."""
-        from mlpipe.registry import signing
+        from mlpipe import signing
 
         variants = abtest.parse_variants(abtest.configured_variants(scfg), default_uri)
         # types and ranges were checked when the config was composed (mlpipe/schema/)
@@ -56,7 +60,8 @@ class ServeSpec:
         keys = signing.keyring(tcfg) if tcfg is not None and not scfg["allow_unvalidated"] else None
         return cls(variants=[v.__dict__ for v in variants], experiment=str(scfg["experiment"]),
                    records=records_path, policy=routing["policy"], key_header=routing["key_header"],
-                   override_header=routing["override_header"], batching=dict(scfg["batching"]),
+                   override_header=routing["override_header"], allow_override=bool(routing["allow_override"]),
+                   feedback=dict(scfg["feedback"]), batching=dict(scfg["batching"]),
                    limits=dict(limits), refresh_seconds=float(scfg["refresh_seconds"]),
                    flush_ms=float(scfg["records_flush_ms"]), records_timeout_s=float(scfg["records_timeout_s"]),
                    thompson_refresh_seconds=float(routing["thompson_refresh_seconds"]),
@@ -67,7 +72,7 @@ class ServeSpec:
                    signers=keys.texts() if keys else [], revoked=sorted(keys.revoked) if keys else [])
 
     def keyring(self):
-        from mlpipe.registry import signing
+        from mlpipe import signing
 
         return signing.Keyring.from_texts(self.signers, self.revoked)
 

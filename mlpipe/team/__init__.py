@@ -4,6 +4,6 @@ the store and the records (`report`), replayed traffic for an A/B test (`traffic
 and `python -m mlpipe.team` (`__main__`). MLflow's own `basic-auth` app does the authentication
 and the permission checks; nothing here is a user system.
 
-May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.data`, `mlpipe.quality`, `mlpipe.registry`, `mlpipe.reports`,
+May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.signing`, `mlpipe.data`, `mlpipe.quality`, `mlpipe.registry`, `mlpipe.reports`,
 `mlpipe.run`, `mlpipe.serving`, `mlpipe.training`.
 """

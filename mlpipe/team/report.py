@@ -17,7 +17,8 @@ import pandas as pd
 from mlpipe.data import sources
 from mlpipe.data.rows import held_out
 from mlpipe.errors import ConfigError, DataError, one_line
-from mlpipe.registry import provenance, signing, versions
+from mlpipe import signing
+from mlpipe.registry import provenance, versions
 from mlpipe.quality import compare
 from mlpipe.run import handoff, outputs
 from mlpipe.serving import abreport

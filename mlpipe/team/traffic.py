@@ -47,8 +47,8 @@ def replay(url: str, features, labels, *, requests: int | None, seconds: float |
 
     def send_due(now: float) -> None:
         while due and due[0][0] <= now:
-            _, request_id, label = due.popleft()
-            _post(url, "/feedback", {"request_id": request_id, "label": label})
+            _, request_id, token, label = due.popleft()
+            _post(url, "/feedback", {"request_id": request_id, "token": token, "label": label})
             sent.labels += 1
 
     i = 0
@@ -63,7 +63,8 @@ def replay(url: str, features, labels, *, requests: int | None, seconds: float |
             if not headers.get("X-Request-Id"):
                 raise StorageError(f"traffic: {url} answers without X-Request-Id, so it takes no /feedback (not this "
                                    "project's server: mlflow run . -e serve); use --no-feedback to send requests only")
-            due.append((time.monotonic() + delay_s, headers["X-Request-Id"], labels.iloc[picked].tolist()))
+            due.append((time.monotonic() + delay_s, headers["X-Request-Id"], headers.get("X-Feedback-Token"),
+                        labels.iloc[picked].tolist()))
         send_due(time.monotonic())
         i += 1
         if on_half and i - 1 == half:

@@ -2,6 +2,6 @@
 cross-validation, fitting and scoring, and how fitted scikit-learn objects and logged models
 are saved, loaded and checked (cloudpickle or skops; the serving payload round trip).
 
-May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.data`, `mlpipe.run.handoff` (a fitted
+May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.signing`, `mlpipe.data`, `mlpipe.run.handoff` (a fitted
 object read back from its run).
 """

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from mlpipe import signing
 from mlpipe.errors import ConfigError, UntrustedModelError, UpstreamError
 
 FORMATS = ("cloudpickle", "skops")
@@ -63,17 +64,52 @@ def save_transformer(obj, workdir: Path, name: str, fmt: str) -> list[Path]:
     return [path, meta]
 
 
-def load_transformer(client, run_id: str, name: str, workdir: Path, fmt: str, allowed):
+SEAL_TAG, SEAL_SIGNATURE_TAG = "pipeline.artifacts_seal", "pipeline.artifacts_seal_signature"
+
+
+def seal_tags(files: list[Path], run, tcfg) -> dict[str, str]:
+    """A step's artifacts that a later step unpickles, sealed: their sha256 signed with
+    `trust.signing_key` for this run (mlpipe/signing.py); the tags to hand over with the step's output."""
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    statement, signature = signing.seal(run.info.run_id, digests, signing.now(),
+                                        signing.gate_key(tcfg, run.data.tags.get("pipeline.step", "step")))
+    return {SEAL_TAG: statement, SEAL_SIGNATURE_TAG: signature}
+
+
+def _sealed(run, tcfg) -> dict[str, str]:
+    """The artifact digests a trusted key sealed for `run`, else an UntrustedModelError."""
+    run_id, tags = run.info.run_id, run.data.tags
+    try:
+        if not tags.get(SEAL_TAG) or not tags.get(SEAL_SIGNATURE_TAG):
+            raise signing.VerdictError(f"it has no {SEAL_TAG} (made before artifacts were sealed)")
+        return signing.unseal(tags[SEAL_TAG], tags[SEAL_SIGNATURE_TAG], signing.keyring(tcfg), run_id)
+    except signing.VerdictError as exc:
+        raise UntrustedModelError(f"run {run_id}: its artifacts have no seal signed by a trusted key: {exc}; refused, "
+                                  "nothing loaded; rerun preprocess (main.force=[preprocess])") from None
+
+
+def _check_sealed(path: Path, sealed: dict[str, str], run_id: str) -> Path:
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    if sealed.get(path.name) != found:
+        raise UntrustedModelError(f"run {run_id}: {path.name} changed since the run sealed it (sha256 {found[:12]}, "
+                                  f"sealed {str(sealed.get(path.name))[:12]}): refused, nothing loaded; rerun "
+                                  "preprocess (main.force=[preprocess])")
+    return path
+
+
+def load_transformer(client, run, name: str, workdir: Path, fmt: str, allowed, tcfg):
     """The transformer a run logged, loaded the way `serialization` (fmt) says, never the way the
-    artifact says: with skops nothing is unpickled, and a file holding a type outside
-    `skops_trusted_types` is refused before it is loaded."""
+    artifact says, and only the very files the run sealed (`seal_tags`, checked against the keys
+    of `tcfg`, the `trust` group): with skops nothing is unpickled, and a file holding a type
+    outside `skops_trusted_types` is refused before it is loaded."""
     from mlpipe.run.handoff import download
 
-    meta = json.loads(download(client, run_id, f"{name}.json", str(workdir)).read_text())
+    run_id, sealed = run.info.run_id, _sealed(run, tcfg)
+    meta = json.loads(_check_sealed(download(client, run_id, f"{name}.json", str(workdir)), sealed, run_id).read_text())
     if meta.get("format") != check_format(fmt) or meta.get("file") != f"{name}.{fmt}":
         raise UpstreamError(f"run {run_id}: {meta.get('file')} is a {meta.get('format')} file but serialization={fmt}: "
                             "refused, nothing loaded; rerun preprocess with this serialization")
-    path = download(client, run_id, meta["file"], str(workdir))
+    path = _check_sealed(download(client, run_id, meta["file"], str(workdir)), sealed, run_id)
     if fmt == "cloudpickle":
         import cloudpickle
 
@@ -134,7 +170,8 @@ def load_model(model_uri: str, fmt: str, allowed, expect_digest: str | None = No
 
     with tempfile.TemporaryDirectory(prefix="mlpipe-model-") as tmp:
         local, digest = _download_checked(model_uri, tmp, expect_digest)
-        flavor = (yaml.safe_load((local / "MLmodel").read_text()) or {}).get("flavors", {}).get("sklearn")
+        mlmodel = yaml.safe_load((local / "MLmodel").read_text()) or {}
+        flavor = mlmodel.get("flavors", {}).get("sklearn")
         if flavor is None:
             raise UntrustedModelError(f"{model_uri} is not a scikit-learn model (no sklearn flavor in its MLmodel): refused")
         found, name = flavor.get("serialization_format"), flavor.get("pickled_model")
@@ -149,8 +186,39 @@ def load_model(model_uri: str, fmt: str, allowed, expect_digest: str | None = No
             if refused:
                 raise UntrustedModelError(f"{model_uri}: {name} holds or trusts types outside skops_trusted_types: "
                                           f"{', '.join(refused)}; refused, nothing loaded")
+        check_loader(mlmodel, local, model_uri)  # MLflow's own loader, nothing else the directory names
         # serialization=cloudpickle: a pickle is loaded, as configured (docs/quality.md, the trust model)
         return mlflow.pyfunc.load_model(str(local), suppress_warnings=True), digest
+
+
+PYFUNC_LOADER = "mlflow.sklearn"
+# python_function keys that make mlflow.pyfunc.load_model run code from the model directory
+CODE_KEYS = ("python_model", "model_code_path", "artifacts")
+
+
+def check_loader(mlmodel: dict, local: Path, where: str) -> None:
+    """An UntrustedModelError unless loading the model directory at `local` can run nothing but
+    MLflow's scikit-learn loader on the model file: `mlflow.pyfunc.load_model` obeys the MLmodel's
+    python_function flavor (its loader module, code folder, python_model, model code), which is as
+    writable as the model, so any of those, or a Python file anywhere in the directory, is refused."""
+    refused = "refused, nothing loaded"
+    flavors = mlmodel.get("flavors") or {}
+    pyfunc = flavors.get("python_function") or {}
+    loader = pyfunc.get("loader_module")
+    if loader != PYFUNC_LOADER:
+        raise UntrustedModelError(f"{where}: its MLmodel names loader module {loader!r} (expected {PYFUNC_LOADER}); "
+                                  f"{refused}")
+    for name in ("python_function", "sklearn"):
+        code = (flavors.get(name) or {}).get("code")
+        if code:
+            raise UntrustedModelError(f"{where}: its MLmodel names a code folder (flavors.{name}.code: {code!r}); "
+                                      f"{refused}")
+    named = [key for key in CODE_KEYS if pyfunc.get(key)]
+    if named:
+        raise UntrustedModelError(f"{where}: its MLmodel names {', '.join(named)} (code MLflow would load); {refused}")
+    python = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.suffix in (".py", ".pyc", ".so"))
+    if python:
+        raise UntrustedModelError(f"{where}: it holds Python files ({', '.join(python[:5])}): {refused}")
 
 
 def _download_checked(model_uri: str, dst: str, expect_digest: str | None) -> tuple[Path, str]:

@@ -8,7 +8,10 @@ store in MLFLOW_TRACKING_URI. It uses only MLflow's client and the pipeline's pu
     python tests/e2e/attacks.py forge-qa-run MODEL MARKER ALIAS
                                                              a payload model, a qa run made from scratch
                                                              vouching for it, a version of MODEL at ALIAS
-    python tests/e2e/attacks.py restore MODEL BACKUP         undo tag-edit from its backup file
+    python tests/e2e/attacks.py swap-transformer MODEL MARKER
+                                                             the preprocess run behind the champion: its
+                                                             preprocessor.cloudpickle overwritten
+    python tests/e2e/attacks.py restore MODEL BACKUP         undo tag-edit or swap-transformer
 """
 
 from __future__ import annotations
@@ -58,8 +61,22 @@ def tag_edit(model: str, marker: str) -> None:
 
 def restore(model: str, backup_file: str) -> None:
     backup = json.loads(Path(backup_file).read_text())
+    if "transformer" in backup:
+        Path(backup["transformer"]).write_bytes(bytes.fromhex(backup["bytes"]))
+        return
     (Path(backup["where"]) / "model.pkl").write_bytes(bytes.fromhex(backup["pkl"]))
     MlflowClient().set_tag(backup["qa_run_id"], DIGEST_TAG, backup["digest"])
+
+
+def swap_transformer(model: str, marker: str) -> None:
+    """The fitted transformer of the preprocess run behind the champion, overwritten in the
+    artifact store: the next pipeline that reuses that run (cached) unpickles it in train."""
+    client = MlflowClient()
+    version, _ = _champion(client, model)
+    run = client.get_run(version.tags["lineage.preprocess_run_id"])
+    path = Path(run.info.artifact_uri.removeprefix("file://")) / "preprocessor.cloudpickle"
+    Path(marker + ".backup").write_text(json.dumps({"transformer": str(path), "bytes": path.read_bytes().hex()}))
+    path.write_bytes(pickle.dumps(Shell(marker)))
 
 
 def forge_qa_run(model: str, marker: str, alias: str) -> None:
@@ -87,4 +104,5 @@ def forge_qa_run(model: str, marker: str, alias: str) -> None:
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"tag-edit": tag_edit, "forge-qa-run": forge_qa_run, "restore": restore}[command](*args)
+    {"tag-edit": tag_edit, "forge-qa-run": forge_qa_run, "swap-transformer": swap_transformer,
+     "restore": restore}[command](*args)

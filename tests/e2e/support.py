@@ -46,6 +46,7 @@ class Store:
             "MLPIPE_SYSTEM_METRICS": "false",
             # the gate's signing key (trust.signing_key): one per store, not the user's own
             "MLPIPE_GATE_KEY": str(path / "gate.key"),
+            "MLPIPE_FEEDBACK_SECRET": str(path / "feedback.secret"),
         }
         self.env.pop("MLFLOW_RUN_ID", None)
         self.env.pop("MLFLOW_EXPERIMENT_ID", None)

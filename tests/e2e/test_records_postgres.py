@@ -75,6 +75,7 @@ def test_two_workers_write_one_record_set_that_the_report_reads(store: Store, re
             assert status == 200, payload
             prediction = json.loads(payload)["predictions"][0]
             assert http(f"{server.url}/feedback", json.dumps({"request_id": headers["X-Request-Id"],
+                                                             "token": headers["X-Feedback-Token"],
                                                              "label": prediction}).encode())[0] == 200
     finally:
         os.killpg(server.proc.pid, signal.SIGTERM)

@@ -43,6 +43,27 @@ def records_body(frame: pd.DataFrame) -> bytes:
     return json.dumps({"dataframe_records": frame.to_dict(orient="records")}).encode()
 
 
+def label(url: str, headers, labels) -> int:
+    """POST /feedback for the answer whose headers these are, with its token: the status."""
+    return http(f"{url}/feedback", json.dumps({"request_id": headers["X-Request-Id"], "token": headers["X-Feedback-Token"],
+                                               "label": labels}).encode())[0]
+
+
+def keys_for(experiment: str, arm: str, n: int, arms: tuple = ("a", "b")) -> list[str]:
+    """`n` X-Request-Key values the router sends to `arm` (its sticky assignment, equal weights):
+    A/B traffic routed as users' would be, not overridden (overridden requests never count)."""
+    import random
+
+    from mlpipe.serving import abtest
+
+    found, i = [], 0
+    while len(found) < n:
+        key, i = f"user-{i}", i + 1
+        if arms[abtest.assign([1.0] * len(arms), experiment, key, random.Random(0))] == arm:
+            found.append(key)
+    return found
+
+
 class Server:
     """A server process started by `mlflow run`, in its own process group, stopped by PID."""
 
@@ -78,7 +99,7 @@ def ab_server(request, store: Store, registered, tmp_path_factory):
     records = workdir / "records.db"
     overrides = (f"serve.port={port} serve.variants_file={variants} serve.experiment=e2e serve.records={records} "
                  "serve.refresh_seconds=1 serve.records_flush_ms=50 serve.limits.max_body_mb=1 "
-                 f"serve.limits.body_timeout_s=2 serve.runtime={request.param}")
+                 f"serve.limits.body_timeout_s=2 serve.runtime={request.param} serve.routing.allow_override=true")
     server = Server(store, workdir / "server.log", ["run", ".", "-e", "serve", "--env-manager", "local",
                                                     "-P", f"overrides={overrides}"], port)
     server.records = records
@@ -243,11 +264,32 @@ def _metric(server, variant, version, status) -> int:
     return next((int(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)), 0)
 
 
-def test_feedback_needs_a_recorded_request(ab_server):
+def test_feedback_needs_the_answers_token(ab_server):
     status, _, payload = http(f"{ab_server.url}/feedback", json.dumps({"request_id": "nope", "label": 1}).encode())
-    assert status == 404 and "no recorded request 'nope'" in json.loads(payload)["message"]
+    assert status == 403 and json.loads(payload)["message"].startswith("feedback for 'nope' with no token: send the "
+                                                                        "answer's X-Feedback-Token")
     status, _, payload = http(f"{ab_server.url}/feedback", b'{"label": 1}')
     assert status == 400 and "request_id" in json.loads(payload)["message"]
+
+
+def test_feedback_cannot_steer_the_ab_test(store: Store, ab_server, registered):
+    """The attack: one request per arm chosen with the override header, then 300 label sets on
+    each request id (right ones for b, wrong ones for a), then the promoting report. Overridden
+    requests never count, a second label set is 409, so the report has nothing to decide on."""
+    rows = registered["rows"].head(1)
+    for arm, right in (("a", False), ("b", True)):
+        status, headers, payload = http(f"{ab_server.url}/invocations", records_body(rows),
+                                        headers={"X-Variant-Override": arm})
+        assert status == 200 and headers["X-Variant"] == arm
+        prediction = json.loads(payload)["predictions"][0]
+        statuses = [label(ab_server.url, headers, prediction if right else (prediction + 1) % 3) for _ in range(300)]
+        assert (statuses[0], set(statuses[1:])) == (200, {409})
+    overrides = (f"serve.mode=report serve.experiment=e2e serve.records={ab_server.records} serve.ab.min_samples=1 "
+                 "serve.ab.burn_in=1 serve.ab.promote=true serve.ab.repeats=each")
+    result = store.mlflow_run("-P", f"overrides={overrides}", entry="serve")
+    assert result.returncode == 0, result.output[-3000:]
+    assert "promote b" not in result.stdout and "promoted:" not in result.stdout, result.stdout
+    assert str(store.client.get_model_version_by_alias(MODEL, "champion").version) == registered["v1"]
 
 
 def test_ab_report_finds_the_better_variant_and_promotion_reaches_the_running_server(store: Store, ab_server,
@@ -259,15 +301,14 @@ def test_ab_report_finds_the_better_variant_and_promotion_reaches_the_running_se
     variants file): the control is the one the server recorded, a, not the first arm seen."""
     rows = registered["rows"]
     for name, agree in (("b", 9), ("a", 6)):
-        for i in range(25):
+        for i, key in enumerate(keys_for("e2e", name, 25)):  # routed by the users' keys, as traffic is
             part = rows.iloc[[(i * 10 + j) % len(rows) for j in range(10)]]
             status, headers, payload = http(f"{ab_server.url}/invocations", records_body(part),
-                                            headers={"X-Variant-Override": name})
-            assert status == 200
+                                            headers={"X-Request-Key": key})
+            assert status == 200 and headers["X-Variant"] == name
             predictions = json.loads(payload)["predictions"]
             labels = [p if j < agree else (p + 1) % 3 for j, p in enumerate(predictions)]
-            assert http(f"{ab_server.url}/feedback", json.dumps({"request_id": headers["X-Request-Id"],
-                                                                 "label": labels}).encode())[0] == 200
+            assert label(ab_server.url, headers, labels) == 200
     # the labels are made per position in the request, so a row's repeats differ: count every row
     overrides = (f"serve.mode=report serve.experiment=e2e serve.records={ab_server.records} "
                  "serve.ab.min_samples=200 serve.ab.promote=true serve.ab.repeats=each")
@@ -340,14 +381,14 @@ def test_a_row_sent_again_counts_once_in_the_ab_report(store: Store, registered,
         f"overrides=serve.port={port} serve.variants_file={variants} serve.experiment=repeats "
         f"serve.records={records} serve.records_flush_ms=50"], port)
     rows = registered["rows"].drop_duplicates()
+    key = {arm: keys_for("repeats", arm, 1)[0] for arm in ("a", "b")}
 
     def send(arm: str, frame: pd.DataFrame, wrong: bool) -> None:
         status, headers, payload = http(f"{server.url}/invocations", records_body(frame),
-                                        headers={"X-Variant-Override": arm})
-        assert status == 200, payload
+                                        headers={"X-Request-Key": key[arm]})
+        assert status == 200 and headers["X-Variant"] == arm, payload
         labels = [(p + 1) % 3 if wrong else p for p in json.loads(payload)["predictions"]]
-        assert http(f"{server.url}/feedback", json.dumps({"request_id": headers["X-Request-Id"],
-                                                         "label": labels}).encode())[0] == 200
+        assert label(server.url, headers, labels) == 200
     try:
         for i in range(len(rows)):  # b's first row comes back twice a round, labelled wrong
             send("a", rows.iloc[[i]], wrong=False)

@@ -268,10 +268,11 @@ def cross_team_ab(team, alice_pipeline, bob_pipeline, tmp_path_factory):
                                              headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=30) as response:
                 member, request_id = response.headers["X-Variant"], response.headers["X-Request-Id"]
+                token = response.headers["X-Feedback-Token"]
                 prediction = json.loads(response.read())["predictions"][0]
             label = prediction if member == "bob" or i % 10 < 6 else (prediction + 1) % 3
             feedback = urllib.request.Request(f"http://127.0.0.1:{port}/feedback", headers={
-                "Content-Type": "application/json"}, data=json.dumps({"request_id": request_id, "label": label}).encode())
+                "Content-Type": "application/json"}, data=json.dumps({"request_id": request_id, "token": token, "label": label}).encode())
             assert urllib.request.urlopen(feedback, timeout=30).status == 200
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -322,7 +323,12 @@ def test_a_cross_team_ab_test_promotes_a_copy_of_the_winner_into_the_team_model_
     assert evidence["method"] == "sequential" and evidence["p_value"] < 0.05 and evidence["ci_low"] > 0
     assert evidence["arms"]["bob"]["member"] == "bob" and evidence["arms"]["alice"]["labelled"] >= 50
     monkeypatch.setenv("MLFLOW_TRACKING_URI", team.url)
-    assert provenance.validated(alice, f"models:/{MODEL}@champion", "").qa_run_id == source.tags["lineage.qa_run_id"]
+    from mlpipe import signing
+    from mlpipe.config import compose
+
+    keyring = signing.keyring(compose([]).trust)  # the members' pipelines signed with this machine's gate key
+    assert provenance.validated(alice, f"models:/{MODEL}@champion", "", keyring).qa_run_id == \
+        source.tags["lineage.qa_run_id"]
 
 
 def test_the_team_report_page_renders_its_leaderboard_and_charts_in_a_browser(team, cross_team_ab, monkeypatch,

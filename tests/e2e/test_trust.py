@@ -87,3 +87,18 @@ def test_a_forged_champion_is_refused_by_the_next_pipelines_qa(store: Store, reg
         store.client.set_registered_model_alias(MODEL, "champion", registered["v1"])
     error = _refused(result, marker)
     assert "no verdict signed by a trusted key" in error, error
+
+
+def test_a_swapped_transformer_of_a_cached_preprocess_run_is_refused_by_train(store: Store, registered, tmp_path):
+    """The preprocess run a new pipeline reuses from the cache, its `preprocessor.cloudpickle`
+    overwritten in the artifact store: train checks the file against preprocess's signed seal
+    before unpickling it."""
+    marker = tmp_path / "pwned"
+    store.python(ATTACKS, "swap-transformer", MODEL, str(marker), check=True)
+    try:
+        result = store.mlflow_run("-P", "steps=ingest,preprocess,train", "-P", "overrides=train.cv_folds=4")
+    finally:
+        store.python(ATTACKS, "restore", MODEL, f"{marker}.backup", check=True)
+    assert "preprocess cached" in result.stdout, result.output[-2000:]
+    error = _refused(result, marker)
+    assert "preprocessor.cloudpickle" in error and "refused, nothing loaded" in error, error

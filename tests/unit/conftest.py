@@ -119,7 +119,7 @@ def record_qa_run(client, model_uri: str, passed: bool = True, digest: str | Non
                   status: str = "FINISHED", experiment_id: str = "0", key=None) -> str:
     """A qa run as the qa step leaves it: its QaOutput tags, the digest of the model's files now,
     and its verdict signed with `key` (default GATE_KEY, the key KEYRING trusts)."""
-    from mlpipe.registry import signing
+    from mlpipe import signing
     from mlpipe.registry.provenance import SIGNATURE_TAG, VERDICT_TAG
     from mlpipe.run import outputs
     from mlpipe.training import model_io
@@ -148,7 +148,7 @@ GATE_KEY = _gate_key()  # the unit tests' gate: record_qa_run signs with it, KEY
 
 
 def _keyring():
-    from mlpipe.registry import signing
+    from mlpipe import signing
 
     return signing.Keyring.from_texts([signing.public_text(GATE_KEY.public_key())], [])
 

@@ -57,10 +57,14 @@ CREATE OR REPLACE TRIGGER feedback_append_only BEFORE UPDATE OR DELETE ON feedba
 """
 # Columns added after the first release: an older store gains them when a server opens it.
 # row_keys: a digest per request row, comma-separated (batching.row_keys; '' for non-JSON input).
+# overridden: 1 when serve.routing.override_header chose the variant (never counted in A/B tests).
 ADDED_COLUMNS = {"author": "TEXT NOT NULL DEFAULT ''", "row_keys": "TEXT NOT NULL DEFAULT ''",
-                 "server": "TEXT NOT NULL DEFAULT ''"}
+                 "overridden": "INTEGER NOT NULL DEFAULT 0", "server": "TEXT NOT NULL DEFAULT ''"}
 COLUMNS = ("request_id", "ts", "experiment", "variant", "model_uri", "model_version", "status", "latency_ms",
-           "rows", "predictions", "author", "row_keys", "server")
+           "rows", "predictions", "author", "row_keys", "overridden", "server")
+# One label set per request, enforced by the database where it can be (a store written before
+# this rule may hold repeats: then the server's own check is the only one).
+ONCE_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS feedback_once ON feedback (request_id)"
 TABLES = frozenset({"requests", "feedback", "experiments"})
 def is_postgres(target: str | Path) -> bool:
     return str(target).startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))
@@ -156,10 +160,30 @@ def connect(target: str | Path, timeout_s: float) -> Db:
             db.conn.execute(POSTGRES_SCHEMA)
             for column, kind in ADDED_COLUMNS.items():
                 db.execute(f"ALTER TABLE requests ADD COLUMN IF NOT EXISTS {column} {kind}")
+        _best_effort(db, ONCE_INDEX)
     else:
         db.conn.executescript(SQLITE_SCHEMA)
         have = columns(db, "requests")
         for column, kind in ADDED_COLUMNS.items():
             if column not in have:
                 db.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
+        _best_effort(db, ONCE_INDEX)
     return db
+
+
+def _best_effort(db: Db, sql: str) -> None:
+    try:
+        db.execute(sql)
+    except Exception:  # noqa: BLE001 - sqlite3 and psycopg alike: an older store's repeated labels
+        pass
+
+
+def size_mb(db: Db, target: str | Path) -> float:
+    """The store's size on disk: SQLite's file and its write-ahead log, PostgreSQL's tables."""
+    if db.postgres:
+        rows = db.execute("SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                          "WHERE c.relname IN ('requests', 'feedback', 'experiments') AND c.relkind = 'r' "
+                          "AND pg_table_is_visible(c.oid)")
+        return float(rows[0][0]) / 2**20
+    path = Path(target)
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists()) / 2**20

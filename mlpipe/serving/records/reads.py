@@ -25,11 +25,14 @@ def _pairs(stream: dict[str, list[tuple]]) -> dict[str, list[tuple[Any, Any]]]:
 def labelled_stream(db: Db, experiment: str) -> dict[str, list[tuple[Any, Any, float, str]]]:
     """Per variant, (prediction, label, feedback time, row key) of every labelled row, in the order
     the labels arrived. The row key is the request row's digest (batching.row_keys), '' when the
-    request was not a JSON frame or the store is older than row keys."""
-    keys = "r.row_keys" if "row_keys" in columns(db, "requests") else "''"
+    request was not a JSON frame or the store is older than row keys. Requests whose variant the
+    override header chose are left out: their arm was the client's choice, not the router's."""
+    have = columns(db, "requests")
+    keys = "r.row_keys" if "row_keys" in have else "''"
+    routed = " AND r.overridden = 0" if "overridden" in have else ""
     rows = db.execute(
         f"SELECT r.variant, r.predictions, f.label, f.ts, {keys} FROM requests r JOIN feedback f "
-        "ON f.request_id = r.request_id WHERE r.experiment = ? AND r.status = 200 ORDER BY f.id", (experiment,))
+        f"ON f.request_id = r.request_id WHERE r.experiment = ? AND r.status = 200{routed} ORDER BY f.id", (experiment,))
     out: dict[str, list[tuple[Any, Any, float, str]]] = {}
     for variant, predictions, label, ts, row_keys in rows:
         preds, truth = _aligned(predictions, label)

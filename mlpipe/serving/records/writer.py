@@ -12,10 +12,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from mlpipe.errors import one_line
-from mlpipe.serving.records.db import ADDED_COLUMNS, COLUMNS, Db, connect, display, is_postgres
+from mlpipe.serving.records.db import ADDED_COLUMNS, COLUMNS, Db, connect, display, is_postgres, size_mb
 from mlpipe.serving.records.reads import labelled_pairs
 
 INSERT_REQUEST = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -27,8 +27,12 @@ class RecordStore:
     """Appends request records from any thread; one writer thread commits them every
     `flush_ms` (or sooner when `flush()` is called). `close()` writes what is still queued."""
 
-    def __init__(self, target: str | Path, flush_ms: float, timeout_s: float, shared: bool = False):
+    def __init__(self, target: str | Path, flush_ms: float, timeout_s: float, shared: bool = False,
+                 max_mb: float | None = None):
+        """`max_mb` (serve.limits.max_records_mb): past it, requests are no longer recorded (counted
+        in `dropped`, said once on stderr) and feedback is refused."""
         self.target = target
+        self.max_mb, self.full, self.dropped, self.checked = max_mb, False, 0, 0.0
         self.server = f"{socket.gethostname()}:{os.getpid()}"  # this process, not its parent's
         self.timeout_s = timeout_s
         self.db = connect(target, timeout_s)
@@ -51,7 +55,11 @@ class RecordStore:
                             (time.time(), experiment, json.dumps(list(variants)), control))
 
     def append(self, record: dict[str, Any]) -> None:
-        self.queue.put(tuple(record.get(c, "") if c in ADDED_COLUMNS else record[c] for c in COLUMNS[:-1])
+        if self.full:
+            self.dropped += 1
+            return
+        self.queue.put(tuple(record.get(c, 0 if c == "overridden" else "") if c in ADDED_COLUMNS else record[c]
+                             for c in COLUMNS[:-1])
                        + (self.server,))
 
     def _drain(self) -> None:
@@ -78,11 +86,25 @@ class RecordStore:
                         pass
                 raise
 
+    def _check_size(self) -> None:
+        """At most once a second: whether the store has grown past `max_mb`."""
+        if self.max_mb is None or self.full or time.monotonic() - self.checked < 1.0:
+            return
+        self.checked = time.monotonic()
+        with self.lock:
+            size = size_mb(self.db, self.target)
+        if size > self.max_mb:
+            self.full = True
+            print(f"[mlpipe] serve: the records at {display(self.target)} hold {size:.0f} MB, over "
+                  f"serve.limits.max_records_mb={self.max_mb:g}: requests are answered but no longer recorded, "
+                  "feedback is refused (507); archive the store or raise the limit", file=sys.stderr, flush=True)
+
     def _writer(self) -> None:
         while True:
             stopping = self._stop.wait(self.flush_s)
             try:
                 self._drain()
+                self._check_size()
             except Exception as exc:  # noqa: BLE001 - a lost connection must not end the writer
                 print(f"[mlpipe] serve: cannot write {len(self.pending)} records to {display(self.target)} "
                       f"({one_line(exc)}); {'they are lost' if stopping else 'retrying'}", file=sys.stderr,
@@ -93,21 +115,34 @@ class RecordStore:
     def flush(self) -> None:
         self._drain()
 
-    def add_feedback(self, request_id: str, label: Any) -> bool:
-        """Joins a label to a recorded request; False when no such request was recorded. Another
-        process writing the same store may have answered the request and not yet written it: its
-        writer commits within `flush_ms`, so the lookup is then retried for two of those
-        intervals plus 0.25 s (`feedback_wait_s`)."""
+    def add_feedback(self, request_id: str, labels: Callable[[int], Any]) -> str:
+        """Joins a label set to a recorded request, once: "recorded", "unknown" (no such request),
+        "answered" (it has its labels already) or "full" (the store is over its size).
+        `labels(rows)` makes the label set for a request of `rows` rows (or raises: nothing is
+        written). Another process writing the same store may have answered the request and not
+        yet written it: its writer commits within `flush_ms`, so the lookup is then retried for
+        two of those intervals plus 0.25 s (`feedback_wait_s`)."""
         self.flush()
+        if self.full:
+            return "full"
         deadline = time.monotonic() + self.feedback_wait_s
         while True:
             with self.lock:
-                if self.db.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)):
-                    self.db.execute("INSERT INTO feedback (request_id, ts, label) VALUES (?, ?, ?)",
-                                    (request_id, time.time(), json.dumps(label)))
-                    return True
+                found = self.db.execute("SELECT rows FROM requests WHERE request_id = ?", (request_id,))
+                if found:
+                    if self.db.execute("SELECT 1 FROM feedback WHERE request_id = ?", (request_id,)):
+                        return "answered"
+                    label = labels(int(found[0][0]))
+                    try:
+                        self.db.execute("INSERT INTO feedback (request_id, ts, label) VALUES (?, ?, ?)",
+                                        (request_id, time.time(), json.dumps(label)))
+                    except Exception as exc:  # noqa: BLE001 - sqlite3 / psycopg: the unique index (db.ONCE_INDEX)
+                        if "unique" in str(exc).lower():
+                            return "answered"
+                        raise
+                    return "recorded"
             if time.monotonic() > deadline:
-                return False
+                return "unknown"
             time.sleep(min(0.02, self.flush_s))
 
     def feedback_counts(self, experiment: str, variants: Sequence[str]) -> tuple[list[int], list[int]]:
@@ -135,9 +170,10 @@ class RecordStore:
             self.db.close()
 
 
-def prometheus(aggregates: Sequence[tuple]) -> str:
-    """Prometheus text exposition: request counts by variant, version and status, and a latency
-    histogram per variant and version."""
+def prometheus(aggregates: Sequence[tuple], dropped: int = 0) -> str:
+    """Prometheus text exposition: request counts by variant, version and status, a latency
+    histogram per variant and version, and the requests this process answered but did not record
+    (the store over serve.limits.max_records_mb)."""
     lines = ["# HELP mlpipe_requests_total Requests answered, by variant, model version and HTTP status.",
              "# TYPE mlpipe_requests_total counter"]
     hist: dict[tuple, list[float]] = {}
@@ -157,6 +193,8 @@ def prometheus(aggregates: Sequence[tuple]) -> str:
         lines.append(f'mlpipe_request_latency_seconds_bucket{{{labels},le="+Inf"}} {int(acc[-2])}')
         lines.append(f"mlpipe_request_latency_seconds_sum{{{labels}}} {acc[-1]:.6f}")
         lines.append(f"mlpipe_request_latency_seconds_count{{{labels}}} {int(acc[-2])}")
+    lines += ["# HELP mlpipe_records_dropped_total Requests answered but not recorded (the store over its size).",
+              "# TYPE mlpipe_records_dropped_total counter", f"mlpipe_records_dropped_total {dropped}"]
     return "\n".join(lines) + "\n"
 
 

@@ -54,6 +54,20 @@ def test_every_document_passes_the_api_schema_of_its_kind(name, index, doc, k8s_
     k8s_check(doc)
 
 
+def test_the_model_server_takes_traffic_only_from_labelled_clients():
+    """Its NetworkPolicy selects its pods and admits only pods labelled as its clients, on its port."""
+    server = next(doc for doc in by_kind("Deployment") if doc["metadata"]["name"] == "model-server")
+    pod_labels = server["spec"]["template"]["metadata"]["labels"]
+    policies = [p for p in by_kind("NetworkPolicy")
+                if p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()]
+    assert len(policies) == 1 and policies[0]["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policies[0]["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"mlpipe.io/model-client": "true"}}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5001}]
+    services = [s for s in by_kind("Service") if s["metadata"]["name"] == "model-server"]
+    assert [s["spec"].get("type", "ClusterIP") for s in services] == ["ClusterIP"]
+
+
 def test_every_image_is_pinned():
     own = {image["name"]: image for image in KUSTOMIZATION["images"]}
     assert set(own) == {OWN_IMAGE}
@@ -109,6 +123,31 @@ def test_the_model_servers_overrides_compose():
     assert container["readinessProbe"]["httpGet"]["port"] == serve.port
 
 
+def test_the_model_server_trusts_the_mounted_public_key_and_holds_no_private_one(tmp_path, monkeypatch):
+    """The env and the Secret's files as the pod gets them: the keyring is the gate's public key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mlpipe import signing
+    from mlpipe.config import compose
+
+    (deployment,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "model-server"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    (mount,) = container["volumeMounts"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert {item["path"] for item in volume["secret"]["items"]} == {"gate.key.pub", "feedback.secret"}
+    folder = tmp_path / "serving"  # the mount, here
+    folder.mkdir()
+    gate = Ed25519PrivateKey.generate().public_key()
+    (folder / "gate.key.pub").write_text(signing.public_text(gate))
+    monkeypatch.setenv("MLPIPE_GATE_KEY", env["MLPIPE_GATE_KEY"].replace(mount["mountPath"], str(folder)))
+    monkeypatch.setenv("MLPIPE_FEEDBACK_SECRET", env["MLPIPE_FEEDBACK_SECRET"].replace(mount["mountPath"], str(folder)))
+    cfg = compose([])
+    assert list(signing.keyring(cfg.trust).trusted) == [signing.key_id(gate)]
+    assert cfg.serve.feedback.secret_file == str(folder / "feedback.secret")
+
+
 # -- the Secrets ---------------------------------------------------------------------------------
 
 
@@ -131,7 +170,14 @@ def secret_refs(pods: list[dict], optional: bool = False) -> set[tuple[str, str]
 def made_secrets() -> dict[str, dict[str, str]]:
     if shutil.which("kubectl") is None:
         pytest.skip("deploy/team/secrets.sh renders the Secrets with kubectl, which is not installed here")
-    out = subprocess.run([str(TEAM / "secrets.sh")], capture_output=True, text=True, check=True, timeout=120).stdout
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mlpipe import signing
+
+    gate = signing.public_text(Ed25519PrivateKey.generate().public_key())  # the team gate's public key
+    env = {**__import__("os").environ, "GATE_PUBLIC_KEY": gate}
+    out = subprocess.run([str(TEAM / "secrets.sh")], capture_output=True, text=True, check=True, timeout=120,
+                         env=env).stdout
     docs = [doc for doc in yaml.safe_load_all(out) if doc]
     return {doc["metadata"]["name"]: {"doc": doc, **{k: base64.b64decode(v).decode() for k, v in doc["data"].items()}}
             for doc in docs}

@@ -135,7 +135,7 @@ def _forged_run(registry, model_uri: str, **tags) -> str:
 @pytest.mark.parametrize("verdict,expected", [
     ("none", r"it has no qa.verdict \(qa ran before verdicts were signed, or did not sign: rerun qa\)"),
     ("copied", r"the verdict was signed for qa run \w+, not this one"),
-    ("edited", r"the verdict's signature does not match its statement \(key \w+\): it was changed after the gate"),
+    ("edited", r"the verdict's signature does not match its statement \(key \w+\): it was changed after it was signed"),
 ])
 def test_a_forged_qa_run_vouches_for_nothing(registry, verdict, expected):
     """With no verdict, with the genuine run's verdict copied, or with that verdict edited to name
@@ -156,7 +156,7 @@ def test_a_forged_qa_run_vouches_for_nothing(registry, verdict, expected):
 def test_a_verdict_signed_with_an_unknown_or_a_revoked_key_is_refused(registry):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from mlpipe.registry import signing
+    from mlpipe import signing
 
     info, _ = _other_model(registry)
     stranger = Ed25519PrivateKey.generate()  # an attacker's own key: a real signature, not a trusted one

@@ -36,7 +36,8 @@ def _spec(tmp_path, paths, *overrides):
     arms = f"[{{name: a, model_uri: '{paths[0]}'}}, {{name: b, model_uri: '{paths[1]}'}}]"
     # models saved to paths: no qa run vouches for them (the trust check: test_variants.py)
     scfg = to_container(compose([f"serve.variants={arms}", "serve.allow_unvalidated=true",
-                                 f"serve.runtime={paths.runtime}", *overrides]))["serve"]
+                                 f"serve.runtime={paths.runtime}",
+                                 f"serve.feedback.secret_file={tmp_path / 'feedback.secret'}", *overrides]))["serve"]
     spec = ServeSpec.from_config(scfg, "unused", str(tmp_path / "records.db"), "cloudpickle", [])
     spec.seed = 0  # deterministic random routing
     return spec
@@ -57,19 +58,22 @@ def _post(url, path, payload, headers=None):
         return resp.headers, json.loads(resp.read())
 
 
+def _label(url, headers, label):
+    return _post(url, "/feedback", {"request_id": headers["X-Request-Id"], "token": headers["X-Feedback-Token"],
+                                    "label": label})
+
+
 def test_thompson_routing_moves_traffic_to_the_arm_with_better_feedback(tmp_path, model_paths):
     paths, X = model_paths
     spec = _spec(tmp_path, paths, "serve.routing.policy=thompson", "serve.routing.thompson_refresh_seconds=0.2",
                  "serve.records_flush_ms=20")
     row = {"dataframe_records": X.head(1).to_dict(orient="records")}
     with _served(spec) as url:
-        # Feedback: a is always right, b always wrong (40 labelled requests each).
-        for name in ("a", "b"):
-            for _ in range(40):
-                headers, body = _post(url, "/invocations", row, {"X-Variant-Override": name})
-                prediction = body["predictions"][0]
-                label = prediction if name == "a" else prediction + 1
-                _post(url, "/feedback", {"request_id": headers["X-Request-Id"], "label": label})
+        # Feedback on the arm the router chose: a is always right, b always wrong.
+        for _ in range(80):
+            headers, body = _post(url, "/invocations", row)
+            prediction = body["predictions"][0]
+            _label(url, headers, prediction if headers["X-Variant"] == "a" else prediction + 1)
         import time
 
         time.sleep(1.0)  # the bandit re-reads feedback every 0.2 s
@@ -91,7 +95,8 @@ def test_a_prediction_over_the_time_limit_is_504_and_recorded(tmp_path, model_pa
     import urllib.error
 
     paths, X = model_paths
-    spec = _spec(tmp_path, paths, "serve.limits.request_timeout_s=0.001", "serve.records_flush_ms=20")
+    spec = _spec(tmp_path, paths, "serve.limits.request_timeout_s=0.001", "serve.records_flush_ms=20",
+                 "serve.routing.allow_override=true")
     many = {"dataframe_records": X.sample(20000, replace=True, random_state=0).to_dict(orient="records")}
     with _served(spec) as url:
         with pytest.raises(urllib.error.HTTPError) as info:
@@ -148,7 +153,7 @@ def test_variants_show_the_batches_that_waited(tmp_path, model_paths, adaptive, 
     """serve.batching.adaptive reaches the batcher: one client, one request after another; the
     fixed wait holds every batch, the adaptive one none."""
     paths, X = model_paths
-    spec = _spec(tmp_path, paths, f"serve.batching.adaptive={adaptive}")
+    spec = _spec(tmp_path, paths, f"serve.batching.adaptive={adaptive}", "serve.routing.allow_override=true")
     row = {"dataframe_records": X.head(1).to_dict(orient="records")}
     with _served(spec) as url:
         for _ in range(3):
@@ -177,3 +182,94 @@ def test_feedback_whose_body_does_not_arrive_is_408(tmp_path, model_paths):
         finally:
             conn.close()
     assert status == 408 and "serve.limits.body_timeout_s=0.5" in json.loads(text)["message"]
+
+
+def _status(url, path, payload, headers=None):
+    import urllib.error
+
+    try:
+        return 200, _post(url, path, payload, headers)[1]
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_feedback_needs_the_answers_token_once_and_one_label_per_row(tmp_path, model_paths):
+    """The attacks on /feedback: no token, another answer's token, a replay, labels that are not
+    one per row, a body over the limit; each refused with its status and nothing written."""
+    paths, X = model_paths
+    spec = _spec(tmp_path, paths, "serve.feedback.max_body_kb=1", "serve.feedback.max_label_chars=8")
+    rows = {"dataframe_records": X.head(3).to_dict(orient="records")}
+    with _served(spec) as url:
+        first, body = _post(url, "/invocations", rows)
+        second, _ = _post(url, "/invocations", rows)
+        rid = first["X-Request-Id"]
+        assert len(first["X-Feedback-Token"]) == 32 and first["X-Feedback-Token"] != second["X-Feedback-Token"]
+        labels = body["predictions"]
+        cases = [({"request_id": rid, "label": labels}, 403, "with no token"),
+                 ({"request_id": rid, "token": second["X-Feedback-Token"], "label": labels}, 403,
+                  "with a token that is not this answer's"),
+                 ({"request_id": rid, "token": first["X-Feedback-Token"], "label": labels[:2]}, 400,
+                  "2 label(s) for a request of 3 row(s)"),
+                 ({"request_id": rid, "token": first["X-Feedback-Token"], "label": ["x" * 9] * 3}, 400,
+                  "a label of 9 characters; at most serve.feedback.max_label_chars=8"),
+                 ({"request_id": rid, "token": first["X-Feedback-Token"], "label": [[1]] * 3}, 400,
+                  "a label of type list"),
+                 ({"request_id": rid, "token": first["X-Feedback-Token"], "label": [0] * 600}, 413,
+                  "feedback body over serve.feedback.max_body_kb=1"),
+                 ({"request_id": rid, "token": first["X-Feedback-Token"], "label": labels}, 200, None),
+                 ({"request_id": rid, "token": first["X-Feedback-Token"], "label": labels}, 409,
+                  "has its labels already: one label set per answer")]
+        for payload, status, message in cases:
+            got, answer = _status(url, "/feedback", payload)
+            assert (got, message is None or message in answer["message"]) == (status, True), (payload, answer)
+        # the token may come as a header too
+        assert _status(url, "/feedback", {"request_id": second["X-Request-Id"], "label": labels},
+                       {"X-Feedback-Token": second["X-Feedback-Token"]})[0] == 200
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "records.db") as db:
+        assert db.execute("SELECT request_id, label FROM feedback ORDER BY id").fetchall() == [
+            (rid, json.dumps(labels)), (second["X-Request-Id"], json.dumps(labels))]
+
+
+def test_the_override_header_is_refused_unless_allowed_and_never_counts(tmp_path, model_paths):
+    from mlpipe.serving.records import db, reads
+
+    paths, X = model_paths
+    row = {"dataframe_records": X.head(1).to_dict(orient="records")}
+    with _served(_spec(tmp_path, paths)) as url:
+        status, answer = _status(url, "/invocations", row, {"X-Variant-Override": "b"})
+    assert status == 403 and answer["message"] == ("X-Variant-Override is off (serve.routing.allow_override=false): "
+                                                   "a client does not choose its variant")
+    spec = _spec(tmp_path, paths, "serve.routing.allow_override=true", "serve.records_flush_ms=20")
+    with _served(spec) as url:
+        for arm in ("a", "b", "b"):
+            headers, body = _post(url, "/invocations", row, {"X-Variant-Override": arm})
+            assert headers["X-Variant"] == arm
+            _label(url, headers, body["predictions"][0])
+        headers, body = _post(url, "/invocations", row, {"X-Request-Key": "k"})
+        _label(url, headers, body["predictions"][0])
+    store = db.Db(tmp_path / "records.db", 5)
+    counted = reads.labelled_stream(store, "default")
+    assert {arm: len(rows) for arm, rows in counted.items()} == {headers["X-Variant"]: 1}
+    assert store.execute("SELECT COUNT(*) FROM requests WHERE overridden = 1") == [(3,)]
+
+
+def test_a_full_record_store_still_answers_and_refuses_feedback(tmp_path, model_paths):
+    import time
+
+    paths, X = model_paths
+    spec = _spec(tmp_path, paths, "serve.limits.max_records_mb=0.01", "serve.records_flush_ms=20")
+    row = {"dataframe_records": X.head(50).to_dict(orient="records")}
+    with _served(spec) as url:
+        for _ in range(40):  # about 40 KB of predictions and row keys
+            headers, _ = _post(url, "/invocations", row)
+        time.sleep(1.5)  # the writer checks the size at most once a second
+        headers, body = _post(url, "/invocations", row)
+        assert len(body["predictions"]) == 50
+        status, answer = _status(url, "/feedback", {"request_id": headers["X-Request-Id"],
+                                                   "token": headers["X-Feedback-Token"], "label": [0] * 50})
+        metrics = smoke.request(f"{url}/metrics", None, 30)[1].decode()
+    assert status == 507 and "serve.limits.max_records_mb" in answer["message"]
+    dropped = int(next(line for line in metrics.splitlines() if line.startswith("mlpipe_records_dropped_total ")).split()[1])
+    assert dropped >= 1

@@ -55,11 +55,26 @@ def _spec(tmp_path, path, runtime: str) -> ServeSpec:
     return ServeSpec.from_config(scfg, "unused", str(tmp_path / "records.db"), "cloudpickle", [])
 
 
-def test_under_sklearn_the_trapped_directory_runs_its_code(tmp_path, booby_trapped):
+def test_under_sklearn_a_foreign_loader_is_refused_and_a_pickle_still_runs(tmp_path, booby_trapped):
+    """The scikit-learn runtime refuses a loader module or code folder the MLmodel names
+    (training/model_io.check_loader), but with serialization=cloudpickle it unpickles model.pkl,
+    as configured: the attack works where the runtime trusts pickles."""
+    import shutil
+
     path, marker, _ = booby_trapped
-    with pytest.raises(ServingError):
+    with pytest.raises(UntrustedModelError, match="its MLmodel names loader module 'trap_loader'"):
         variants.load_variants(_spec(tmp_path, path, "sklearn"))
-    assert marker.exists()  # the attack works where the runtime trusts the directory
+    assert not marker.exists()
+    mlmodel = yaml.safe_load((path / "MLmodel").read_text())
+    mlmodel["flavors"]["python_function"]["loader_module"] = "mlflow.sklearn"
+    del mlmodel["flavors"]["python_function"]["code"]
+    (path / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    shutil.rmtree(path / "code")
+    try:  # what the pickle leaves is not a model: it may fail now or at the first request
+        variants.load_variants(_spec(tmp_path, path, "sklearn"))
+    except ServingError:
+        pass
+    assert marker.read_text() == "pickle ran\n"
 
 
 def test_under_onnx_the_trapped_directory_serves_and_runs_nothing(tmp_path, booby_trapped):

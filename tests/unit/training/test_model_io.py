@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from importlib.metadata import version
 
 import numpy as np
@@ -161,17 +162,54 @@ class Shell:
         return os.system, (self.command,)
 
 
-def test_the_transformer_loader_follows_the_config_not_the_artifact(registry, tmp_path, fitted_model, allowed):
-    """A preprocess run that logged a pickle: serialization=skops refuses it without unpickling."""
+def _sealed_run(registry, tmp_path, obj, fmt):
+    """A preprocess-like run that logged the transformer and sealed it with a gate key of its own;
+    (the run as MLflow returns it, the `trust` group that trusts that key)."""
     import mlflow
 
+    tcfg = {"signing_key": str(tmp_path / "gate.key"), "signers": [], "revoked": []}
+    folder = _saved(tmp_path, obj, fmt)
     with mlflow.start_run() as run:
-        mlflow.log_artifacts(str(_saved(tmp_path, fitted_model[0], "cloudpickle")))
+        mlflow.log_artifacts(str(folder))
+    run = registry.client.get_run(run.info.run_id)
+    for key, value in model_io.seal_tags(sorted(folder.iterdir()), run, tcfg).items():
+        registry.client.set_tag(run.info.run_id, key, value)
+    return registry.client.get_run(run.info.run_id), tcfg
+
+
+def test_the_transformer_loader_follows_the_config_not_the_artifact(registry, tmp_path, fitted_model, allowed):
+    """A preprocess run that logged a pickle: serialization=skops refuses it without unpickling."""
+    run, tcfg = _sealed_run(registry, tmp_path, fitted_model[0], "cloudpickle")
     with pytest.raises(UpstreamError, match=rf"run {run.info.run_id}: preprocessor.cloudpickle is a cloudpickle file "
                                             r"but serialization=skops: refused"):
-        model_io.load_transformer(registry.client, run.info.run_id, "preprocessor", tmp_path / "w", "skops", allowed)
-    assert model_io.load_transformer(registry.client, run.info.run_id, "preprocessor", tmp_path / "w2", "cloudpickle",
-                                     allowed) is not None
+        model_io.load_transformer(registry.client, run, "preprocessor", tmp_path / "w", "skops", allowed, tcfg)
+    assert model_io.load_transformer(registry.client, run, "preprocessor", tmp_path / "w2", "cloudpickle",
+                                     allowed, tcfg) is not None
+
+
+def test_a_transformer_swapped_after_its_run_sealed_it_is_refused_before_unpickling(registry, tmp_path, fitted_model,
+                                                                                   allowed):
+    import mlflow
+
+    run, tcfg = _sealed_run(registry, tmp_path, fitted_model[0], "cloudpickle")
+    marker = tmp_path / "ran"
+    stored = Path(run.info.artifact_uri.removeprefix("file://")) / "preprocessor.cloudpickle"
+    stored.write_bytes(__import__("pickle").dumps(Shell(f"touch {marker}")))
+    with pytest.raises(UntrustedModelError, match=rf"run {run.info.run_id}: preprocessor.cloudpickle changed since the "
+                                                  r"run sealed it \(sha256 \w+, sealed \w+\): refused, nothing loaded"):
+        model_io.load_transformer(registry.client, run, "preprocessor", tmp_path / "w", "cloudpickle", allowed, tcfg)
+    assert not marker.exists()
+    with mlflow.start_run() as unsealed:  # a run that sealed nothing, and one carrying another run's seal
+        mlflow.log_artifacts(str(tmp_path / "saved-cloudpickle"))
+    for tags, reason in (({}, "it has no pipeline.artifacts_seal"),
+                         ({k: v for k, v in run.data.tags.items() if "seal" in k}, rf"the seal was signed for run "
+                                                                                   rf"{run.info.run_id}, not")):
+        for key, value in tags.items():
+            registry.client.set_tag(unsealed.info.run_id, key, value)
+        with pytest.raises(UntrustedModelError, match=rf"its artifacts have no seal signed by a trusted key: {reason}"):
+            model_io.load_transformer(registry.client, registry.client.get_run(unsealed.info.run_id), "preprocessor",
+                                      tmp_path / "w3", "cloudpickle", allowed, tcfg)
+    assert not marker.exists()
 
 
 def _saved(tmp_path, obj, fmt):
@@ -179,3 +217,93 @@ def _saved(tmp_path, obj, fmt):
     folder.mkdir()
     model_io.save_transformer(obj, folder, "preprocessor", fmt)
     return folder
+
+
+# -- the loader trusts nothing in the model directory --------------------------------------------
+
+def _skops_model(path, model):
+    import mlflow
+
+    mlflow.sklearn.save_model(model, str(path), serialization_format="skops",
+                              skops_trusted_types=model_io.trusted_types(model, _allowed()), pip_requirements=["scikit-learn"])
+    return path
+
+
+def _allowed():
+    from mlpipe.config import compose
+
+    return list(compose([]).skops_trusted_types)
+
+
+def _python_function(path):
+    import yaml
+
+    mlmodel = yaml.safe_load((path / "MLmodel").read_text())
+    return mlmodel, mlmodel["flavors"]["python_function"]
+
+
+def _loader_module(path, marker):
+    """MLmodel's python_function names the attacker's module, shipped in the model's code folder."""
+    mlmodel, flavor = _python_function(path)
+    (path / "code").mkdir()
+    (path / "code" / "evil_loader.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+                                                  "def _load_pyfunc(path, model_config=None):\n    raise SystemExit\n")
+    flavor |= {"loader_module": "evil_loader", "code": "code"}
+    return mlmodel
+
+
+def _python_model(path, marker):
+    """A cloudpickled python_model (what mlflow.pyfunc.log_model(python_model=...) writes)."""
+    import cloudpickle
+
+    mlmodel, flavor = _python_function(path)
+    (path / "python_model.pkl").write_bytes(cloudpickle.dumps(Shell(f"touch {marker}")))
+    flavor |= {"loader_module": "mlflow.pyfunc.model", "python_model": "python_model.pkl"}
+    flavor.pop("model_path", None)
+    return mlmodel
+
+
+def _model_code(path, marker):
+    """Models from code: plain Python, no pickle at all (mlflow.pyfunc.log_model(python_model="file.py"))."""
+    mlmodel, flavor = _python_function(path)
+    (path / "model_code.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    flavor |= {"loader_module": "mlflow.pyfunc.model", "model_code_path": "model_code.py"}
+    return mlmodel
+
+
+def _code_folder(path, marker):
+    """The genuine loader module with a code folder: MLflow puts it first on sys.path, where a
+    module it holds shadows any the loader imports later."""
+    mlmodel, flavor = _python_function(path)
+    (path / "code").mkdir()
+    (path / "code" / "skops_helpers.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    flavor["code"] = "code"
+    return mlmodel
+
+
+@pytest.mark.parametrize("attack,refusal", [
+    (_loader_module, r"its MLmodel names loader module 'evil_loader' \(expected mlflow.sklearn\)"),
+    (_python_model, r"its MLmodel names loader module 'mlflow.pyfunc.model' \(expected mlflow.sklearn\)"),
+    (_model_code, r"its MLmodel names loader module 'mlflow.pyfunc.model' \(expected mlflow.sklearn\)"),
+    (_code_folder, r"its MLmodel names a code folder \(flavors.python_function.code: 'code'\)"),
+])
+def test_a_model_directory_that_names_other_code_is_refused_before_loading(tmp_path, fitted_model, attack, refusal):
+    """serialization=skops, the sklearn flavor left genuine: the python_function flavor (what
+    mlflow.pyfunc.load_model obeys) or a code folder points at the attacker's code."""
+    import yaml
+
+    path = _skops_model(tmp_path / "m", fitted_model[0])
+    marker = tmp_path / "ran"
+    (path / "MLmodel").write_text(yaml.safe_dump(attack(path, marker)))
+    with pytest.raises(UntrustedModelError, match=rf"{path}: {refusal}; refused, nothing loaded"):
+        model_io.load_model(str(path), "skops", _allowed())
+    assert not marker.exists()
+
+
+def test_an_extra_python_file_in_the_model_directory_is_refused(tmp_path, fitted_model):
+    path = _skops_model(tmp_path / "m", fitted_model[0])
+    assert model_io.load_model(str(path), "skops", _allowed())[0].predict(fitted_model[1]).shape
+    (path / "helpers.py").write_text("import os\n")
+    with pytest.raises(UntrustedModelError, match=rf"{path}: it holds Python files \(helpers.py\): refused, nothing "
+                                                  "loaded"):
+        model_io.load_model(str(path), "skops", _allowed())

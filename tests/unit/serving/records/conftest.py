@@ -12,7 +12,7 @@ from mlpipe.serving.records import db, writer
 @pytest.fixture
 def first_schema() -> str:
     """The SQLite schema as the first release made it: none of the columns added since."""
-    return re.sub(r",\n    (%s) TEXT NOT NULL DEFAULT ''" % "|".join(db.ADDED_COLUMNS), "", db.SQLITE_SCHEMA)
+    return re.sub(r",\n    (%s) [A-Z]+ NOT NULL DEFAULT [^,\n]+" % "|".join(db.ADDED_COLUMNS), "", db.SQLITE_SCHEMA)
 
 
 def make_record(i, variant="a", status=200, latency=12.0, predictions=None, version="1"):

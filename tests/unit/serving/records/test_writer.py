@@ -17,8 +17,11 @@ def test_close_writes_what_is_still_queued(tmp_path, record):
 
 def test_feedback_joins_a_recorded_request_only(store, tmp_path, record):
     store.append(record(1, predictions=[2]))
-    assert store.add_feedback("r1", 2) is True
-    assert store.add_feedback("nope", 1) is False
+    seen = []
+    assert store.add_feedback("r1", lambda rows: seen.append(rows) or 2) == "recorded"
+    assert seen == [1]  # the label set is made for the request's row count
+    assert store.add_feedback("r1", lambda rows: 3) == "answered"  # once per request
+    assert store.add_feedback("nope", lambda rows: 1) == "unknown"
     data = reads.labelled_rows(tmp_path / "r.db", "exp", 30)
     assert data["pairs"] == {"a": [(2, 2)]}
     assert data["latencies"] == {"a": [12.0]}
@@ -26,7 +29,7 @@ def test_feedback_joins_a_recorded_request_only(store, tmp_path, record):
 
 def test_multi_row_requests_take_a_list_label(store, tmp_path, record):
     store.append(record(1, predictions=[0, 1, 2]))
-    store.add_feedback("r1", [0, 2, 2])
+    store.add_feedback("r1", lambda rows: [0, 2, 2])
     assert reads.labelled_rows(tmp_path / "r.db", "exp", 30)["pairs"]["a"] == [(0, 0), (1, 2), (2, 2)]
 
 
@@ -38,7 +41,7 @@ def test_each_labelled_row_has_its_key_and_distinct_keeps_a_keys_first_label(sto
     store.append(record(3, predictions=[2]))
     store.append(record(4, predictions=[2]))
     for request_id, label in (("r2", 1), ("r1", [0, 1]), ("r3", 2), ("r4", 0)):
-        store.add_feedback(request_id, label)
+        store.add_feedback(request_id, lambda rows, label=label: label)
     stream = reads.labelled_rows(tmp_path / "r.db", "exp", 30)["stream"]
     assert [(p, t, k) for p, t, _, k in stream["a"]] == [(0, 1, "k1"), (0, 0, "k1"), (1, 1, "k2"), (2, 2, ""), (2, 0, "")]
     kept, dropped = reads.distinct(stream)
@@ -50,9 +53,9 @@ def test_feedback_counts_for_the_bandit(store, record):
     store.append(record(1, "a", predictions=[1]))
     store.append(record(2, "a", predictions=[1]))
     store.append(record(3, "b", predictions=[0]))
-    store.add_feedback("r1", 1)
-    store.add_feedback("r2", 0)
-    store.add_feedback("r3", 0)
+    store.add_feedback("r1", lambda rows: 1)
+    store.add_feedback("r2", lambda rows: 0)
+    store.add_feedback("r3", lambda rows: 0)
     assert store.feedback_counts("exp", ["a", "b"]) == ([1, 1], [1, 0])
 
 

@@ -1,4 +1,4 @@
-"""mlpipe/registry/signing.py: verdicts signed and verified, keys made, read, rotated and revoked,
+"""mlpipe/signing.py: verdicts signed and verified, keys made, read, rotated and revoked,
 and mlpipe/registry/keys.py, the command that shows and makes them."""
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mlpipe.errors import ConfigError
-from mlpipe.registry import keys, signing
+from mlpipe import signing
+from mlpipe.registry import keys
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 VERDICT = signing.Verdict(model_uri="models:/m-1", digest="sha256:ab", qa_run_id="r1", experiment_id="1", passed=True,
                           failed_checks="", config_digest="c", code_digest="d", signed_at="2026-12-07T00:00:00+00:00")
 
@@ -41,7 +42,7 @@ def test_a_changed_statement_an_unknown_key_and_a_revoked_key_prove_nothing():
     key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     statement, signature = signing.sign(VERDICT, key)
     edited = statement.replace("sha256:ab", "sha256:ff")
-    with pytest.raises(signing.VerdictError, match="signature does not match its statement .*changed after the gate"):
+    with pytest.raises(signing.VerdictError, match="signature does not match its statement .*changed after it was signed"):
         signing.verify(edited, signature, _ring(key))
     with pytest.raises(signing.VerdictError, match=rf"signed by key {signing.key_id(key.public_key())}, not one of "
                                                    rf"trust.signers \({signing.key_id(other.public_key())}\)"):

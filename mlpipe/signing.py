@@ -11,6 +11,9 @@ already computed once (training/model_io.files_digest).
 
 A key file holds the raw 32-byte private key, base64, mode 0600 (`load_or_create`); a public
 key is written `ed25519:<base64>` and named by its id `<first 16 hex digits of its sha256>`.
+The same keys seal a step's unpickled artifacts (`seal`/`unseal`: preprocess's transformer).
+
+May import: `mlpipe.errors`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from mlpipe.errors import ConfigError
 
 FORMAT = "mlpipe.verdict/1"
+ARTIFACTS_FORMAT = "mlpipe.artifacts/1"
 PREFIX = "ed25519:"
 
 
@@ -140,42 +144,88 @@ class Verdict:
     signed_at: str
     key: str = ""  # the signing key's id (set by sign)
 
-    def statement(self) -> str:
-        return json.dumps({"format": FORMAT} | asdict(self), sort_keys=True, separators=(",", ":"))
-
 
 def sign(verdict: Verdict, key: Ed25519PrivateKey) -> tuple[str, str]:
     """(statement, signature): the canonical JSON and its Ed25519 signature, base64."""
-    stated = Verdict(**(asdict(verdict) | {"key": key_id(key.public_key())})).statement()
-    return stated, base64.b64encode(key.sign(stated.encode())).decode()
+    fields = asdict(verdict) | {"key": key_id(key.public_key())}
+    return _signed(FORMAT, fields, key)
 
 
 def verify(statement: str, signature: str, keyring: Keyring) -> Verdict:
     """The verdict a statement states, when `signature` is a trusted, unrevoked key's signature of
     exactly these bytes; else VerdictError with the reason."""
+    fields = _checked(FORMAT, statement, signature, keyring)
+    try:
+        return Verdict(**fields)
+    except TypeError as exc:
+        raise VerdictError(f"the verdict cannot be read ({str(exc)[:120]})") from None
+
+
+def seal(run_id: str, files: dict[str, str], signed_at: str, key: Ed25519PrivateKey) -> tuple[str, str]:
+    """(statement, signature) of a run's artifacts: `files` maps each artifact path to its sha256."""
+    return _signed(ARTIFACTS_FORMAT, {"run_id": run_id, "files": dict(sorted(files.items())), "signed_at": signed_at,
+                                      "key": key_id(key.public_key())}, key)
+
+
+def unseal(statement: str, signature: str, keyring: Keyring, run_id: str) -> dict[str, str]:
+    """The artifact digests a trusted key sealed for run `run_id`; else VerdictError."""
+    fields = _checked(ARTIFACTS_FORMAT, statement, signature, keyring)
+    if fields.get("run_id") != run_id or not isinstance(fields.get("files"), dict):
+        raise VerdictError(f"the seal was signed for run {fields.get('run_id')}, not {run_id}")
+    return fields["files"]
+
+
+def _signed(fmt: str, fields: dict, key: Ed25519PrivateKey) -> tuple[str, str]:
+    stated = json.dumps({"format": fmt} | fields, sort_keys=True, separators=(",", ":"))
+    return stated, base64.b64encode(key.sign(stated.encode())).decode()
+
+
+def _checked(fmt: str, statement: str, signature: str, keyring: Keyring) -> dict:
+    """The fields of a `fmt` statement whose signature a trusted, unrevoked key made."""
+    what = "verdict" if fmt == FORMAT else "seal"
     try:
         fields = json.loads(statement)
-        if fields.pop("format", None) != FORMAT:
-            raise ValueError(f"not a {FORMAT} statement")
-        verdict = Verdict(**fields)
+        if not isinstance(fields, dict) or fields.pop("format", None) != fmt:
+            raise ValueError(f"not a {fmt} statement")
         raw = base64.b64decode(signature, validate=True)
     except (ValueError, TypeError) as exc:
-        raise VerdictError(f"the verdict cannot be read ({str(exc)[:120]})") from None
-    if verdict.key in keyring.revoked:
-        raise VerdictError(f"the verdict is signed by key {verdict.key}, which is revoked (trust.revoked)")
-    public = keyring.trusted.get(verdict.key)
+        raise VerdictError(f"the {what} cannot be read ({str(exc)[:120]})") from None
+    signer = fields.get("key") or "(none)"
+    if signer in keyring.revoked:
+        raise VerdictError(f"the {what} is signed by key {signer}, which is revoked (trust.revoked)")
+    public = keyring.trusted.get(signer)
     if public is None:
-        raise VerdictError(f"the verdict is signed by key {verdict.key or '(none)'}, not one of trust.signers "
+        raise VerdictError(f"the {what} is signed by key {signer}, not one of trust.signers "
                            f"({', '.join(keyring.trusted) or 'none'})")
     try:
         public.verify(raw, statement.encode())
     except InvalidSignature:
-        raise VerdictError(f"the verdict's signature does not match its statement (key {verdict.key}): "
-                           "it was changed after the gate signed it") from None
-    return verdict
+        raise VerdictError(f"the {what}'s signature does not match its statement (key {signer}): "
+                           "it was changed after it was signed") from None
+    return fields
 
 
 # -- from config --------------------------------------------------------------------------------
+
+def gate_key(tcfg, step: str) -> Ed25519PrivateKey:
+    """`trust.signing_key`, created on first use with a line on stderr saying where and what to do."""
+    import sys
+
+    path = Path(str(tcfg["signing_key"])).expanduser()
+    key, created = load_or_create(path)
+    if created:
+        public = key.public_key()
+        print(f"[mlpipe] {step}: created the gate's signing key {path} (mode 0600; id {key_id(public)}, public key "
+              f"in {path.name}.pub). Keep it private: whoever holds it can vouch for models. Where models are served "
+              f"from another machine, trust.signers=[{public_text(public)}]", file=sys.stderr)
+    return key
+
+
+def now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
 
 def keyring(tcfg) -> Keyring:
     """The trusted keys of the `trust` config group: `signers`, or when that is empty the public key
