@@ -77,11 +77,16 @@ def load_or_create(path: Path) -> tuple[Ed25519PrivateKey, bool]:
     path = Path(path).expanduser()
     if path.exists():
         return load_private(path), False
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = Ed25519PrivateKey.generate()
     raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"trust.signing_key={path}: there is no gate key and none can be created there "
+                          f"({exc.strerror or exc}); set trust.signing_key (or $MLPIPE_GATE_KEY) to the gate's key "
+                          "file, or to a writable path for a new one") from None
     try:
         os.write(fd, base64.b64encode(raw) + b"\n")
     finally:

@@ -29,7 +29,7 @@ def run(ctx: StepContext) -> None:
     task = sources.infer_task(truth, dcfg.task, dcfg.max_classes)
     measure = assessment.primary_metric(ctx.cfg.qa, task)  # the leaderboard ranks by qa.primary_metric
     found = report.candidates(ctx.client, team, ctx.cfg.registry.champion_alias)
-    report.score(ctx.client, found, features, measure, *ctx.trust, dcfg, ctx.cfg.trust)
+    report.score(ctx.client, found, features, measure, *ctx.trust, dcfg, ctx.cfg.trust, team, ctx.cfg.runtime)
     board = compare.leaderboard(found, truth, measure, rcfg.alpha, rcfg.bootstrap, ctx.cfg.seed).rows
     history = report.promotions(ctx.client, team.shared_model, ctx.cfg.registry.champion_alias)
     target = abreport.records_path(ctx.section("serve"), ctx.tracking_uri)

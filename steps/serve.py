@@ -25,7 +25,7 @@ def run(ctx: StepContext) -> None:
         scfg = {**scfg, "variants": members.champions(ctx.client, ctx.cfg.team, rcfg.champion_alias)}
     records_file = ctx.workdir / "smoke-records.db" if scfg["mode"] == "smoke" else \
         abreport.records_path(scfg, ctx.tracking_uri)  # the smoke test's requests are not A/B traffic
-    spec = ServeSpec.from_config(scfg, model_uri, str(records_file), *ctx.trust, ctx.cfg.trust)
+    spec = ServeSpec.from_config(scfg, model_uri, str(records_file), *ctx.trust, ctx.cfg.trust, ctx.cfg.team)
     served = variants.load_variants(spec)
     ctx.set_tags({outputs.MODEL_URI_TAG: served[0].model_uri}
                  | {f"serve.variant.{v.name}": f"{v.model_uri} (version {v.version}, weight {v.weight:g})"

@@ -41,7 +41,9 @@ ORDER = tuple(STEPS)
 # Entry points that run through the same harness but are not pipeline steps: the team report
 # reads the team's state and makes nothing a step consumes (never cached: its inputs are a
 # moving registry and tracking store).
-REPORTS: dict[str, StepSpec] = {"report": StepSpec("report", None, ("data", "team", "serve", "registry"))}
+REPORTS: dict[str, StepSpec] = {"report": StepSpec("report", None, ("data", "team", "serve", "registry")),
+                                 # the team gate signs a verdict on a member's candidate (docs/team.md)
+                                 "gate": StepSpec("gate", None, ("data", "team", "qa", "registry", "trust"))}
 
 
 def spec_of(step: str) -> StepSpec:

@@ -18,13 +18,47 @@ from dataclasses import dataclass
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlpipe.errors import UntrustedModelError, UpstreamError, one_line
+from mlpipe.errors import ConfigError, UntrustedModelError, UpstreamError, one_line
 from mlpipe import signing
 from mlpipe.registry import versions
 from mlpipe.run import handoff, outputs
 
 QA_RUN_TAG = f"{outputs.LINEAGE_PREFIX}qa_run_id"  # on a version register made: the qa run behind it
 VERDICT_TAG, SIGNATURE_TAG = "qa.verdict", "qa.verdict_signature"  # on a qa run: the signed statement
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Whose word counts: the keys that may sign verdicts, and under a team the gate experiment
+    whose runs alone vouch (None: a model's own qa run)."""
+
+    keyring: signing.Keyring
+    gate_experiment: str | None = None
+
+
+def trust_for(client: MlflowClient, tcfg, team=None) -> Trust:
+    """The `trust` group's keys, or with `team` (the team's serving, report and promotion) the
+    team gate's public key (`team.gate.public_key`, else the .pub beside `team.gate.key`) and its
+    experiment; `trust.revoked` applies to both."""
+    if team is None:
+        return Trust(signing.keyring(tcfg))
+    if not team.name or not team.gate.experiment:
+        raise ConfigError("the team's serving, report and promotion need a team: team=<name> (docs/team.md)")
+    public = team.gate.public_key
+    try:
+        keyring = signing.keyring({"signing_key": team.gate.key, "signers": [public] if public else [],
+                                   "revoked": list(tcfg["revoked"] or [])})
+    except ConfigError as exc:
+        if public:
+            raise
+        raise ConfigError(f"no team gate key to check verdicts with: team.gate.public_key is null and there is no "
+                          f"{team.gate.key}.pub; the lead's first gate run (mlflow run . -e gate) makes the key: "
+                          "set team.gate.public_key to its public key (python -m mlpipe.registry.keys show)") from exc
+    found = client.get_experiment_by_name(str(team.gate.experiment))
+    if found is None:
+        raise ConfigError(f"no experiment {team.gate.experiment!r} (team.gate.experiment) on the tracking server: "
+                          "python -m mlpipe.team setup creates it, writable by the lead only")
+    return Trust(keyring, found.experiment_id)
 
 
 @dataclass(frozen=True)
@@ -39,13 +73,18 @@ class Validated:
 
 
 
-def validated(client: MlflowClient, model_uri: str, relax: str, keyring: signing.Keyring) -> Validated:
+def validated(client: MlflowClient, model_uri: str, relax: str, keyring: signing.Keyring,
+              gate_experiment: str | None = None) -> Validated:
     """The qa run that validated the model at `model_uri` (a registry version, `models:/m-...`
     or `runs:/<train run>/...`), checked to be a FINISHED qa run whose verdict, signed by a key
     of `keyring`, passed this very model and states its digest. Anything else is an
     UntrustedModelError naming what is missing and then `relax` (what the user can do instead);
-    nothing has been downloaded yet."""
+    nothing has been downloaded yet. `gate_experiment` (a team's gate experiment id): the
+    vouching run is the newest gate run there whose verdict `keyring` verifies for this model,
+    whatever the version's own lineage says (a member's qa run does not vouch for the team)."""
     refused = f"refused, nothing loaded; {relax}"
+    if gate_experiment is not None:
+        return _gate_validated(client, model_uri, refused, keyring, gate_experiment)
     parsed = versions.parse_model_uri(model_uri)
     if parsed is not None and versions.logged_model_id(model_uri) is None:
         version = _version(client, model_uri, parsed)
@@ -73,6 +112,36 @@ def validated(client: MlflowClient, model_uri: str, relax: str, keyring: signing
     return Validated(qa_run_id, verdict.model_uri, verdict.digest, load_uri, number)
 
 
+def _gate_validated(client: MlflowClient, model_uri: str, refused: str, keyring: signing.Keyring,
+                    experiment_id: str) -> Validated:
+    parsed = versions.parse_model_uri(model_uri)
+    if parsed is not None and versions.logged_model_id(model_uri) is None:
+        version = _version(client, model_uri, parsed)
+        where, source = f"{model_uri} (version {version.version} of {version.name})", version.source
+        load_uri, number = f"models:/{version.name}/{version.version}", str(version.version)
+    else:
+        source = _logged_model(client, model_uri, refused)
+        where, load_uri, number = model_uri, model_uri, None
+    reasons: list[str] = []
+
+    def vouches(run) -> bool:
+        try:
+            verdict = signed_verdict(run, keyring, "", "")
+        except UntrustedModelError as exc:
+            reasons.append(str(exc).split("trusted key: ", 1)[-1].rstrip("; "))
+            return False
+        return verdict.passed and versions.logged_model_id(verdict.model_uri) == versions.logged_model_id(source)
+
+    run = handoff.newest_finished_run(client, experiment_id, {outputs.STEP_TAG: "gate", outputs.MODEL_URI_TAG: source},
+                                      accept=vouches)
+    if run is None:
+        why = f" (the newest: {reasons[0]})" if reasons else ""
+        raise UntrustedModelError(f"{where}: no passing verdict of the team gate for {source}{why}: the lead (or CI) "
+                                  f"runs `mlflow run . -e gate -P candidate={model_uri}`; {refused}")
+    verdict = signed_verdict(run, keyring, where, refused)
+    return Validated(run.info.run_id, verdict.model_uri, verdict.digest, load_uri, number)
+
+
 def signed_verdict(run, keyring: signing.Keyring, where: str, refused: str) -> signing.Verdict:
     """The verdict on a qa run, verified against `keyring` and stated for this very run; else an
     UntrustedModelError: "<where> has no verdict signed by a trusted key: <why>; <refused>"."""
@@ -90,16 +159,16 @@ def signed_verdict(run, keyring: signing.Keyring, where: str, refused: str) -> s
     return verdict
 
 
-def verdict_tags(qa: outputs.QaOutput, run, tcfg) -> dict[str, str]:
-    """qa's verdict on its own run, signed with `trust.signing_key` (created on first use, said
-    on stderr): the tags to hand over with `qa`. `run` is the qa run as the harness tagged it
-    (its config and code digests)."""
-    key = signing.gate_key(tcfg, "qa")
+def verdict_tags(qa: outputs.QaOutput, run, tcfg, step: str = "qa") -> dict[str, str]:
+    """qa's verdict on its own run (or the team gate's on its run: `step`), signed with
+    `tcfg["signing_key"]` (created on first use, said on stderr): the tags to hand over with
+    `qa`. `run` is the run as the harness tagged it (its config and code digests)."""
+    key = signing.gate_key(tcfg, step)
     tags = run.data.tags
     verdict = signing.Verdict(model_uri=qa.model_uri, digest=qa.model_digest, qa_run_id=run.info.run_id,
                               experiment_id=run.info.experiment_id, passed=qa.passed, failed_checks=qa.failed_checks,
                               config_digest=tags.get(outputs.CONFIG_DIGEST_TAG, ""),
-                              code_digest=tags.get(f"{outputs.LINEAGE_PREFIX}qa_code_digest", ""),
+                              code_digest=tags.get(f"{outputs.LINEAGE_PREFIX}{step}_code_digest", ""),
                               signed_at=signing.now())
     statement, signature = signing.sign(verdict, key)
     return {VERDICT_TAG: statement, SIGNATURE_TAG: signature}

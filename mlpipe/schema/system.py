@@ -134,6 +134,14 @@ class TeamReportConfig(Checked):
 
 
 @dataclass
+class TeamGateConfig(Checked):
+    KEY = "team.gate"
+    key: str = MISSING  # the team gate's private key file (held by the lead or CI)
+    public_key: Optional[str] = MISSING  # ed25519:...; null: key's .pub file
+    experiment: Optional[str] = MISSING  # where gate runs are (the lead's alone to write)
+
+
+@dataclass
 class TeamConfig(Checked):
     KEY = "team"
     name: Optional[str] = MISSING
@@ -143,6 +151,7 @@ class TeamConfig(Checked):
     models: List[str] = MISSING
     shared_model: str = MISSING
     holdout_fraction: float = spec(ge=0, lt=1)
+    gate: TeamGateConfig = MISSING
     report: TeamReportConfig = MISSING
     server: TeamServerConfig = MISSING
     # only team=demo has it (make demo)

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from mlpipe.errors import ConfigError, DataError, UpstreamError
-from mlpipe import signing
 from mlpipe.registry import provenance, versions
 from mlpipe.reports import cards, plots
 from mlpipe.run import outputs
@@ -83,11 +82,11 @@ def promote_winner(client, result: dict[str, Any], served: dict[str, tuple[str, 
     version whose verdict a key of `tcfg` (the `trust` group) signed may take it."""
     if not result["winner"]:
         return None
-    keyring = signing.keyring(tcfg)
-    if team.name:
+    if team.name:  # into the team model: only what the team gate passed (docs/team.md#the-team-gate)
         return promote_to_team(client, result, served, team.shared_model, rcfg["champion_alias"],
-                               rcfg["lock_timeout_s"], team.member, keyring)
-    return promote(client, result, served, rcfg["model_name"], rcfg["champion_alias"], rcfg["lock_timeout_s"], keyring)
+                               rcfg["lock_timeout_s"], team.member, provenance.trust_for(client, tcfg, team))
+    return promote(client, result, served, rcfg["model_name"], rcfg["champion_alias"], rcfg["lock_timeout_s"],
+                   provenance.trust_for(client, tcfg))
 
 
 def promote(client, result: dict[str, Any], served: dict[str, tuple[str, str]], model_name: str,
@@ -117,11 +116,12 @@ def _served_version(result: dict[str, Any], served: dict[str, tuple[str, str]]) 
     return winner, uri, parsed[0] if parsed and version.isdigit() else None, version
 
 
-def _check_validated(client, name: str, version: str, what: str, keyring) -> None:
+def _check_validated(client, name: str, version: str, what: str, trust) -> None:
     """Only a version qa validated, its files unchanged, may take an alias (registry/provenance.py);
     `what` says what was not done otherwise."""
+    trust = trust if isinstance(trust, provenance.Trust) else provenance.Trust(trust)
     proof = provenance.validated(client, f"models:/{name}/{version}", f"{what}; promote a version qa validated",
-                                 keyring)
+                                 trust.keyring, trust.gate_experiment)
     provenance.check_files(proof.load_uri, proof.digest, what)
 
 

@@ -46,18 +46,24 @@ class ServeSpec:
     # `trust`: the public keys whose signed verdicts count, and the revoked key ids (mlpipe/signing.py)
     signers: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
+    gate_experiment: str | None = None  # under serve.team_variants: the team gate's experiment id
     onnx_threads: list[int] = field(default_factory=lambda: [1, 1])  # serve.onnx: onnxruntime's intra-op and inter-op threads
 
     @classmethod
     def from_config(cls, scfg: dict, default_uri: str, records_path: str, serialization: str,
-                    trusted_types: list[str], tcfg=None) -> "ServeSpec":
-        """`tcfg`: the `trust` group; its keys are resolved here (serve.allow_unvalidated: none needed)."""
-        from mlpipe import signing
+                    trusted_types: list[str], tcfg=None, team=None) -> "ServeSpec":
+        """`tcfg`: the `trust` group; its keys are resolved here (serve.allow_unvalidated: none needed),
+        and with serve.team_variants those of `team`'s gate (registry/provenance.trust_for)."""
+        from mlflow import MlflowClient
+
+        from mlpipe.registry import provenance
 
         variants = abtest.parse_variants(abtest.configured_variants(scfg), default_uri)
         # types and ranges were checked when the config was composed (mlpipe/schema/)
         routing, limits = scfg["routing"], scfg["limits"]
-        keys = signing.keyring(tcfg) if tcfg is not None and not scfg["allow_unvalidated"] else None
+        trust = provenance.trust_for(MlflowClient(), tcfg, team if scfg.get("team_variants") else None) \
+            if tcfg is not None and not scfg["allow_unvalidated"] else None
+        keys = trust.keyring if trust else None
         return cls(variants=[v.__dict__ for v in variants], experiment=str(scfg["experiment"]),
                    records=records_path, policy=routing["policy"], key_header=routing["key_header"],
                    override_header=routing["override_header"], allow_override=bool(routing["allow_override"]),
@@ -69,7 +75,8 @@ class ServeSpec:
                    allow_unvalidated=bool(scfg["allow_unvalidated"]), control=_control(scfg, variants),
                    workers=int(scfg["workers"]), runtime=str(scfg["runtime"]),
                    onnx_threads=[int(scfg["onnx"]["intra_op_threads"]), int(scfg["onnx"]["inter_op_threads"])],
-                   signers=keys.texts() if keys else [], revoked=sorted(keys.revoked) if keys else [])
+                   signers=keys.texts() if keys else [], revoked=sorted(keys.revoked) if keys else [],
+                   gate_experiment=trust.gate_experiment if trust else None)
 
     def keyring(self):
         from mlpipe import signing

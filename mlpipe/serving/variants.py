@@ -42,7 +42,7 @@ def load_model(model_uri: str, variant: str, spec: ServeSpec) -> tuple[Any, str]
             return load(pinned, None), version
         proof = provenance.validated(MlflowClient(), model_uri,
                                      "serve a version qa validated, or set serve.allow_unvalidated=true",
-                                     spec.keyring())
+                                     spec.keyring(), getattr(spec, "gate_experiment", None))
         return load(proof.load_uri, proof.digest), proof.version or resolve_version(model_uri)
     except Exception as exc:  # noqa: BLE001 - any load failure stops start-up with its reason
         # a refused model (UntrustedModelError), a store that said no (AccessDeniedError)... keep
@@ -123,12 +123,26 @@ class LiveVariant:
 
 
 def load_variants(spec: ServeSpec) -> list[LiveVariant]:
-    """Loads every variant (a failure names the variant and the URI) and checks their schemas."""
-    loaded = []
+    """Loads every variant (a failure names the variant and the URI) and checks their schemas.
+    Serving a team's members (`spec.gate_experiment`), a member's model the team gate has not
+    passed is left out and said on stderr, so that one member cannot stop the others' arms;
+    with none left, the first refusal stops start-up."""
+    from mlpipe.errors import UntrustedModelError
+
+    loaded, refused = [], []
     for v in spec.variants:
-        model, version = load_model(v["model_uri"], v["name"], spec)
+        try:
+            model, version = load_model(v["model_uri"], v["name"], spec)
+        except UntrustedModelError as exc:
+            if getattr(spec, "gate_experiment", None) is None:
+                raise
+            refused.append(exc)
+            print(f"[mlpipe] serve: {one_line(exc)}; that arm is not served", file=sys.stderr, flush=True)
+            continue
         loaded.append(LiveVariant(v["name"], v["model_uri"], float(v["weight"]), model, version,
                                   author=author_of(v["model_uri"], version)))
+    if not loaded:
+        raise refused[0]
     check_schemas([(v.name, v.model) for v in loaded])
     return loaded
 

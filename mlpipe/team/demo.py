@@ -1,7 +1,8 @@
 """`make demo` (`python -m mlpipe.team demo`): the team story end to end, through the real commands.
 
 1. the demo team's authenticated MLflow server starts (a fresh state folder, a free port);
-2. alice, bob and carol each run the pipeline under their own login with a different model;
+2. alice, bob and carol each run the pipeline under their own login with a different model, and
+   alice, the lead, runs the team gate on each member's champion (it signs what the team serves);
 3. alice serves every member's champion as an A/B test (serve.team_variants) and synthetic
    traffic arrives: rows of the team evaluation set (held out of every member's training),
    their true labels sent back as feedback a few seconds later;
@@ -84,6 +85,11 @@ def main(argv: list[str]) -> int:
             demo.say(f"2/6 {member} runs the pipeline ({model}) under their own login")
             demo.step(f"{member}'s pipeline", lambda: demo.as_member(
                 member, "main", f"{data} {model}", "-P", "steps=ingest,preprocess,train,qa,register"))
+        for member in demo.settings.members:
+            demo.say(f"2/6 alice (the lead) runs the team gate on {member}'s champion")
+            demo.step(f"gate on {member}", lambda: demo.as_member(
+                "alice", "gate", data, "-P", f"candidate=models:/{demo.model}.{member}@champion",
+                "--experiment-name", "demo/gate"))
         report = f"{data} serve.mode=report serve.experiment={demo.settings.experiment} serve.records={records}"
         _ab_test(demo, args, records, report)
         demo.say("4/6 alice (the lead) runs the A/B report with promotion on")

@@ -4,7 +4,8 @@ file, mode 0600), one experiment per member, the team's models and who may chang
 Permissions (MLflow's basic-auth: READ < EDIT < MANAGE; everyone else gets READ):
 - `<team>/<member>` experiment: MANAGE for the member (their pipeline's runs);
 - `<model>.<member>`: MANAGE for the member, who registers into it and moves its aliases;
-- `<model>` (the team's model and its champion): MANAGE for the lead only.
+- `<model>` (the team's model and its champion): MANAGE for the lead only;
+- `<team>/gate` experiment (team.gate.experiment): MANAGE for the lead, whose gate runs sign verdicts.
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def setup(team) -> dict[str, str]:
             found = client.get_experiment_by_name(name)
             experiments[member] = found.experiment_id if found else client.create_experiment(name)
             _grant(auth, member, "experiment", experiments[member])
+        if team.gate.experiment:  # the team gate's runs (docs/team.md#the-team-gate): the lead's alone
+            found = client.get_experiment_by_name(str(team.gate.experiment))
+            gate_id = found.experiment_id if found else client.create_experiment(str(team.gate.experiment))
+            _grant(auth, team.lead, "experiment", gate_id)
         for model in team.models:
             for name, owner in [(model, team.lead)] + [(f"{model}.{m}", m) for m in names(team)]:
                 if versions.lookup(f"registered model {name}", lambda: client.get_registered_model(name)) is None:

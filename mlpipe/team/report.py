@@ -17,7 +17,6 @@ import pandas as pd
 from mlpipe.data import sources
 from mlpipe.data.rows import held_out
 from mlpipe.errors import ConfigError, DataError, one_line
-from mlpipe import signing
 from mlpipe.registry import provenance, versions
 from mlpipe.quality import compare
 from mlpipe.run import handoff, outputs
@@ -85,22 +84,34 @@ def unseen_rows(client, c: Candidate, dcfg) -> str:
 
 
 def score(client, found: list[Candidate], features: pd.DataFrame, metric: str, serialization: str,
-          trusted: list[str], dcfg, tcfg) -> None:
+          trusted: list[str], dcfg, tcfg, team, runtime: str = "onnx") -> None:
     """Each candidate's answers on the held-out rows (its predictions; for roc_auc, its scores
     of the positive class), loaded past the trust boundary; a model that may have trained on
     those rows (unseen_rows), or that cannot be loaded or scored, is listed with its reason."""
-    keyring = signing.keyring(tcfg)  # the keys whose verdicts count (`trust`)
+    trust = provenance.trust_for(client, tcfg, team)  # only the team gate vouches here
     for c in found:
         c.error = unseen_rows(client, c, dcfg)
         if c.error:
             continue
         try:
-            proof = provenance.validated(client, c.model_uri, "the team report scores only validated models", keyring)
-            model, _ = model_io.load_model(proof.load_uri, serialization, trusted, expect_digest=proof.digest)
-            c.answers = np.asarray(model.predict_proba(features))[:, 1] if compare.needs_scores(metric) \
-                else np.asarray(model.predict(features))
+            proof = provenance.validated(client, c.model_uri, "the team report scores only models the team gate "
+                                         "passed", trust.keyring, trust.gate_experiment)
+            c.answers = _answers(proof, features, metric, serialization, trusted, runtime)
         except Exception as exc:  # noqa: BLE001 - one unusable model does not hide the others
             c.error = one_line(exc)[:300]
+
+
+def _answers(proof, features: pd.DataFrame, metric: str, serialization: str, trusted: list[str],
+             runtime: str) -> np.ndarray:
+    """A validated model's predictions on the held-out rows (the positive class's probability for
+    roc_auc): its ONNX conversion under runtime=onnx (nothing unpickled), else scikit-learn's."""
+    if runtime == "onnx":
+        model, _ = model_io.load_onnx(proof.load_uri, proof.digest)
+        labels, probabilities = model.outputs(features[model.input_schema.input_names()])
+        return np.asarray(probabilities)[:, 1] if compare.needs_scores(metric) else np.asarray(labels)
+    model, _ = model_io.load_model(proof.load_uri, serialization, trusted, expect_digest=proof.digest)
+    return np.asarray(model.predict_proba(features))[:, 1] if compare.needs_scores(metric) \
+        else np.asarray(model.predict(features))
 
 
 def promotions(client, shared: str, alias: str) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script:
 from mlpipe.training import model_io  # noqa: E402
 
 STEP_TAG, MODEL_URI_TAG, DIGEST_TAG, QA_RUN_TAG = "pipeline.step", "pipeline.model_uri", "qa.model_digest", "lineage.qa_run_id"
+VERDICT_TAG = "qa.verdict"
 
 
 class Shell:
@@ -81,9 +82,12 @@ def swap_transformer(model: str, marker: str) -> None:
 
 def forge_qa_run(model: str, marker: str, alias: str) -> None:
     """A model whose pickle is the payload; a qa run made from scratch with every tag of the
-    champion's genuine qa run, but naming this model and its digest, set FINISHED; a version of
-    `model` with the champion's tags, pointing at the forged run, at `alias`."""
+    champion's genuine qa run, but naming this model and its digest (its verdict's statement too,
+    under the genuine signature), set FINISHED; a version of `model` with the champion's tags,
+    pointing at the forged run, at `alias`."""
     from sklearn.dummy import DummyClassifier
+
+    import tempfile
 
     client = MlflowClient()
     champion, _ = _champion(client, model)
@@ -91,11 +95,17 @@ def forge_qa_run(model: str, marker: str, alias: str) -> None:
     with mlflow.start_run(experiment_id=genuine.info.experiment_id):
         info = mlflow.sklearn.log_model(DummyClassifier().fit([[0]], [0]), name="model",
                                         serialization_format="cloudpickle", pip_requirements=["scikit-learn"])
-    where = Path(client.get_logged_model(info.model_id).artifact_location.removeprefix("file://"))
-    (where / "model.pkl").write_bytes(pickle.dumps(Shell(marker)))
+    with tempfile.TemporaryDirectory() as tmp:  # the payload uploaded over the model's pickle, through the API
+        (Path(tmp) / "model.pkl").write_bytes(pickle.dumps(Shell(marker)))
+        client.log_model_artifacts(info.model_id, tmp)
     tags = {k: v for k, v in genuine.data.tags.items() if not k.startswith("mlflow.")}
-    tags |= {MODEL_URI_TAG: info.model_uri, DIGEST_TAG: model_io.model_digest(info.model_uri)}
+    digest = model_io.model_digest(info.model_uri)
+    tags |= {MODEL_URI_TAG: info.model_uri, DIGEST_TAG: digest}
     run = client.create_run(genuine.info.experiment_id, tags=tags)
+    if VERDICT_TAG in tags:  # the genuine statement rewritten for this run and model; its signature cannot be
+        statement = json.loads(tags[VERDICT_TAG]) | {"model_uri": info.model_uri, "digest": digest,
+                                                     "qa_run_id": run.info.run_id}
+        client.set_tag(run.info.run_id, VERDICT_TAG, json.dumps(statement, sort_keys=True, separators=(",", ":")))
     client.set_terminated(run.info.run_id, "FINISHED")
     version = client.create_model_version(model, info.model_uri, model_id=info.model_id,
                                           tags=champion.tags | {QA_RUN_TAG: run.info.run_id})

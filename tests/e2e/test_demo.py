@@ -38,7 +38,8 @@ def test_the_demo_tells_the_whole_story_and_stops_what_it_started(demo, monkeypa
     team, result = demo
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    for step in ("1/6", "2/6 alice", "2/6 bob", "2/6 carol", "3/6", "half-way, carol reads the A/B report",
+    for step in ("1/6", "2/6 alice", "2/6 bob", "2/6 carol", "2/6 alice (the lead) runs the team gate on bob's",
+                 "3/6", "half-way, carol reads the A/B report",
                  "4/6", "5/6", "6/6", "where to look:", "the whole demo took"):
         assert step in out, step
     assert "A/B experiment demo-cross: promote " in out
@@ -58,6 +59,10 @@ def test_the_demo_tells_the_whole_story_and_stops_what_it_started(demo, monkeypa
         evidence = json.loads(champion.tags["ab.evidence"])
         assert evidence["p_value"] < 0.05 and evidence["winner"] == champion.tags["team.member"]
         assert champion.tags["team.copied_from"].startswith(f"{MODEL}.{evidence['winner']}/")
+        gates = alice.search_runs([alice.get_experiment_by_name("demo/gate").experiment_id],
+                                  "tags.`pipeline.step` = 'gate'")
+        assert sorted(r.data.tags["pipeline.model_uri"] for r in gates if r.info.status == "FINISHED") == sorted(
+            alice.get_model_version_by_alias(f"{MODEL}.{m}", "champion").source for m in ("alice", "bob", "carol"))
         experiment = alice.get_experiment_by_name("demo/alice")
         (report,) = alice.search_runs([experiment.experiment_id], "tags.`pipeline.step` = 'report'")
         assert report.info.status == "FINISHED" and report.data.tags["report.champion"] == champion.version

@@ -39,8 +39,9 @@ def test_the_store_in_postgresql_is_append_only_and_joins_feedback(database, mon
                           "latency_ms": 5.0, "rows": 1, "predictions": json.dumps({"predictions": [i]}),
                           "author": "bob"})
         store.record_experiment("pg", [{"name": "a"}, {"name": "b"}], "a")
-        assert store.add_feedback("pg0", 0) and store.add_feedback("pg2", 1)
-        assert not store.add_feedback("nope", 1)
+        assert store.add_feedback("pg0", lambda rows: 0) == store.add_feedback("pg2", lambda rows: 1) == "recorded"
+        assert store.add_feedback("pg0", lambda rows: 1) == "answered"  # one label set per request (unique index)
+        assert store.add_feedback("nope", lambda rows: 1) == "unknown"
         assert store.aggregates()[0][:5] == ("pg", "a", "3", 200, 2)
     finally:
         store.close()

@@ -285,7 +285,7 @@ def test_feedback_cannot_steer_the_ab_test(store: Store, ab_server, registered):
         statuses = [label(ab_server.url, headers, prediction if right else (prediction + 1) % 3) for _ in range(300)]
         assert (statuses[0], set(statuses[1:])) == (200, {409})
     overrides = (f"serve.mode=report serve.experiment=e2e serve.records={ab_server.records} serve.ab.min_samples=1 "
-                 "serve.ab.burn_in=1 serve.ab.promote=true serve.ab.repeats=each")
+                 "serve.ab.burn_in=2 serve.ab.promote=true serve.ab.repeats=each")
     result = store.mlflow_run("-P", f"overrides={overrides}", entry="serve")
     assert result.returncode == 0, result.output[-3000:]
     assert "promote b" not in result.stdout and "promoted:" not in result.stdout, result.stdout

@@ -70,6 +70,13 @@ def team(tmp_path_factory):
     assert team.stop().returncode == 0
 
 
+def gate(team, member: str, as_member: str = "alice") -> subprocess.CompletedProcess:
+    """The team gate on a member's champion, run (by the lead, alice, unless said) in the gate experiment."""
+    return team.as_member(as_member, sys.executable, "-m", "mlflow", "run", ".", "-e", "gate", "--env-manager", "local",
+                          "--experiment-name", "demo/gate", "-P", f"candidate=models:/{MODEL}.{member}@champion",
+                          "-P", "overrides=data=iris qa.champion.enabled=false")
+
+
 @pytest.fixture(scope="module")
 def alice_pipeline(team):
     """alice's pipeline through `mlflow run`, logged in as alice (no step reuses anything)."""
@@ -172,6 +179,8 @@ def test_another_member_cannot_change_alices_model_or_the_team_champion(team, al
 
 
 def test_a_member_serves_every_members_champion_as_an_arm_named_after_them(team, alice_pipeline, monkeypatch):
+    gated = gate(team, "alice")
+    assert gated.returncode == 0, gated.stderr[-3000:]
     result = team.as_member("alice", sys.executable, "-m", "mlflow", "run", ".", "-e", "serve", "--env-manager",
                             "local", "-P", "overrides=data=iris serve.mode=smoke serve.team_variants=true")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -250,6 +259,9 @@ def cross_team_ab(team, alice_pipeline, bob_pipeline, tmp_path_factory):
 
     from services import wait_for_port, wait_group_gone
 
+    for member in ("alice", "bob"):  # what the team serves, the lead's gate passed
+        gated = gate(team, member)
+        assert gated.returncode == 0, gated.stderr[-3000:]
     work = tmp_path_factory.mktemp("cross")
     port, records = free_port(), work / "records.db"
     common = f"data=iris serve.experiment=cross serve.records={records} serve.records_flush_ms=50"
@@ -323,12 +335,14 @@ def test_a_cross_team_ab_test_promotes_a_copy_of_the_winner_into_the_team_model_
     assert evidence["method"] == "sequential" and evidence["p_value"] < 0.05 and evidence["ci_low"] > 0
     assert evidence["arms"]["bob"]["member"] == "bob" and evidence["arms"]["alice"]["labelled"] >= 50
     monkeypatch.setenv("MLFLOW_TRACKING_URI", team.url)
-    from mlpipe import signing
     from mlpipe.config import compose
 
-    keyring = signing.keyring(compose([]).trust)  # the members' pipelines signed with this machine's gate key
-    assert provenance.validated(alice, f"models:/{MODEL}@champion", "", keyring).qa_run_id == \
-        source.tags["lineage.qa_run_id"]
+    # the team's word on it: the lead's gate run on bob's version, signed with the team gate key
+    trust = provenance.trust_for(alice, compose([]).trust, compose(["team=demo"]).team)
+    proof = provenance.validated(alice, f"models:/{MODEL}@champion", "", trust.keyring, trust.gate_experiment)
+    gate_run = alice.get_run(proof.qa_run_id)
+    assert gate_run.data.tags["pipeline.step"] == "gate" and gate_run.data.tags["team.member"] == "alice"
+    assert gate_run.data.tags["pipeline.model_uri"] == source.source
 
 
 def test_the_team_report_page_renders_its_leaderboard_and_charts_in_a_browser(team, cross_team_ab, monkeypatch,
@@ -364,3 +378,61 @@ def test_the_team_report_page_renders_its_leaderboard_and_charts_in_a_browser(te
     assert dom.count('src="data:image/png;base64,') == 2
     shot = browser.screenshot(tmp_path / "team_report" / "index.html", tmp_path / "page.png")
     assert browser.blank_fraction(shot) < 0.98
+
+
+def test_only_the_lead_runs_the_gate_and_its_key_signs_it(team, alice_pipeline, monkeypatch):
+    """The gate run is in demo/gate, signed by the team gate key; bob has no EDIT there, so his
+    gate run is refused before it starts anything."""
+    from mlpipe import signing
+    from mlpipe.config import compose
+
+    result = gate(team, "alice")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(rf"^\[mlpipe\] gate ran in [\d.]+ s: models:/{MODEL}\.alice@champion passed: accuracy=",
+                     result.stdout, re.M), result.stdout
+    alice = team.client("alice", monkeypatch)
+    experiment = alice.get_experiment_by_name("demo/gate")
+    run = alice.search_runs([experiment.experiment_id], "tags.`pipeline.step` = 'gate'")[0]
+    assert run.info.status == "FINISHED" and run.data.tags["qa.passed"] == "true"
+    team_key = signing.keyring({"signing_key": compose(["team=demo"]).team.gate.key, "signers": [], "revoked": []})
+    verdict = signing.verify(run.data.tags["qa.verdict"], run.data.tags["qa.verdict_signature"], team_key)
+    assert verdict.passed and verdict.qa_run_id == run.info.run_id
+    denied = gate(team, "alice", as_member="bob")
+    # `mlflow run` itself is refused creating the run (MLflow's traceback), before any step starts
+    assert denied.returncode != 0 and "runs/create failed with error code 403" in denied.stderr, denied.stderr[-3000:]
+    assert len(alice.search_runs([experiment.experiment_id], "tags.`team.member` = 'bob'")) == 0
+
+
+def test_a_members_forged_qa_run_reaches_neither_the_team_server_nor_the_team_report(
+        team, alice_pipeline, bob_pipeline, monkeypatch, tmp_path):
+    """bob, with MANAGE only on demo/bob and iris_model.bob, forges a qa run for a payload model
+    in his own experiment and moves iris_model.bob@champion to it. carol's team server and her
+    team report (both on the scikit-learn runtime, where a pickle would be loaded) leave bob's
+    model out; the payload never runs. bob's champion is put back afterwards."""
+    marker = tmp_path / "pwned"
+    bob = team.client("bob", monkeypatch)
+    genuine = bob.get_model_version_by_alias(f"{MODEL}.bob", "champion").version
+    assert gate(team, "alice").returncode == 0
+    forged = team.as_member("bob", sys.executable, str(ROOT / "tests" / "e2e" / "attacks.py"), "forge-qa-run",
+                            f"{MODEL}.bob", str(marker), "champion")
+    assert forged.returncode == 0, forged.stderr[-3000:]
+    try:
+        served = team.as_member("carol", sys.executable, "-m", "mlflow", "run", ".", "-e", "serve", "--env-manager",
+                                "local", "-P", "overrides=data=iris serve.mode=smoke serve.team_variants=true "
+                                               "serve.runtime=sklearn")
+        reported = team.as_member("carol", sys.executable, "-m", "mlflow", "run", ".", "-e", "report",
+                                  "--env-manager", "local", "-P", "overrides=data=iris runtime=sklearn")
+    finally:
+        bob.set_registered_model_alias(f"{MODEL}.bob", "champion", genuine)
+    assert not marker.exists(), "the payload ran"
+    assert served.returncode == 0, served.stderr[-3000:]
+    assert re.search(rf"variant 'bob': cannot load model models:/{MODEL}\.bob@champion: .*no passing verdict of "
+                     r"the team gate .*; that arm is not served", served.stderr), served.stderr[-3000:]
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    carol = team.client("carol", monkeypatch)
+    run = carol.search_runs([carol.get_experiment_by_name("demo/carol").experiment_id],
+                            "tags.`pipeline.step` = 'report'", order_by=["attributes.start_time DESC"])[0]
+    board = json.loads(open(carol.download_artifacts(run.info.run_id, "team_report/leaderboard.json",
+                                                     str(tmp_path))).read())
+    (bobs,) = [r for r in board if r["label"] == "bob"]
+    assert "no passing verdict of the team gate" in bobs["error"]

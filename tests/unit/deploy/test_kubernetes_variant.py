@@ -111,6 +111,13 @@ def test_the_pods_environment(submit):
     assert set(secrets) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID",
                             "AWS_SECRET_ACCESS_KEY"}
     assert all(ref["optional"] for ref in secrets.values())  # a server without auth, proxied artifacts: none
+    # the gate key from the Secret mlpipe-gate, readable by the step's user through its group
+    pod = job["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "gate"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "gate"]
+    assert values["MLPIPE_GATE_KEY"] == f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
+    assert volume["secret"]["secretName"] == "mlpipe-gate" and volume["secret"]["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
 
 
 @pytest.mark.parametrize("step, params", [

@@ -190,3 +190,46 @@ def test_the_verdicts_outcome_and_model_count_not_the_tags(registry):
     with pytest.raises(UntrustedModelError, match=rf"its source {info.model_uri} is not the model qa run {other} "
                                                   rf"validated \({registry.model_uri}\)"):
         provenance.validated(registry.client, "models:/m/2", RELAX, registry.keyring)
+
+
+# -- the team gate: only its runs, signed with its key, vouch for the team ------------------------
+
+def _gate_run(registry, experiment_id: str, model_uri: str, key, passed: bool = True) -> str:
+    """A gate run as steps/gate.py leaves it: step gate, the model's URI and digest, its signed verdict."""
+    from mlpipe import signing
+
+    run = registry.client.create_run(experiment_id, tags={outputs.STEP_TAG: "gate", outputs.MODEL_URI_TAG: model_uri})
+    verdict = signing.Verdict(model_uri=model_uri, digest=model_io.model_digest(model_uri), qa_run_id=run.info.run_id,
+                              experiment_id=experiment_id, passed=passed, failed_checks="" if passed else "gate.accuracy",
+                              config_digest="c", code_digest="d", signed_at="2026-12-07T00:00:00+00:00")
+    statement, signature = signing.sign(verdict, key)
+    registry.client.set_tag(run.info.run_id, provenance.VERDICT_TAG, statement)
+    registry.client.set_tag(run.info.run_id, provenance.SIGNATURE_TAG, signature)
+    registry.client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def test_under_the_team_gate_only_a_gate_run_signed_with_its_key_vouches(registry):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mlpipe import signing
+
+    team_key = Ed25519PrivateKey.generate()
+    team = signing.Keyring.from_texts([signing.public_text(team_key.public_key())], [])
+    gate_experiment = registry.client.create_experiment("demo/gate")
+    # the member's own qa run (signed with the member's key, GATE_KEY) does not vouch for the team
+    with pytest.raises(UntrustedModelError, match=r"models:/m/1 \(version 1 of m\): no passing verdict of the team "
+                                                  rf"gate for {registry.model_uri}: the lead .* -P candidate=models:/m/1"):
+        provenance.validated(registry.client, "models:/m/1", RELAX, team, gate_experiment)
+    # a gate run signed with a member's key, or one outside the gate experiment, neither
+    _gate_run(registry, gate_experiment, registry.model_uri, Ed25519PrivateKey.generate())
+    _gate_run(registry, registry.experiment_id, registry.model_uri, team_key)
+    _gate_run(registry, gate_experiment, registry.model_uri, team_key, passed=False)
+    with pytest.raises(UntrustedModelError, match="no passing verdict of the team gate"):
+        provenance.validated(registry.client, "models:/m/1", RELAX, team, gate_experiment)
+    good = _gate_run(registry, gate_experiment, registry.model_uri, team_key)
+    proof = provenance.validated(registry.client, "models:/m@champion", RELAX, team, gate_experiment)
+    assert (proof.qa_run_id, proof.load_uri, proof.version) == (good, "models:/m/1", "1")
+    assert proof.digest == model_io.model_digest(registry.model_uri)
+    # the member-level check is unchanged: the member's own key, the version's qa run
+    assert provenance.validated(registry.client, "models:/m/1", RELAX, registry.keyring).qa_run_id == registry.qa_run_id
