@@ -82,7 +82,7 @@ def test_a_forged_champion_is_refused_by_the_next_pipelines_qa(store: Store, reg
     marker = tmp_path / "pwned"
     store.python(ATTACKS, "forge-qa-run", MODEL, str(marker), "champion", check=True)
     try:
-        result = store.mlflow_run("-P", "steps=ingest,preprocess,train,qa", "-P", "overrides=qa.plot_dpi=81")
+        result = store.mlflow_run("-P", "steps=qa")  # the newest train run's model, against the new champion
     finally:
         store.client.set_registered_model_alias(MODEL, "champion", registered["v1"])
     error = _refused(result, marker)
@@ -96,9 +96,8 @@ def test_a_swapped_transformer_of_a_cached_preprocess_run_is_refused_by_train(st
     marker = tmp_path / "pwned"
     store.python(ATTACKS, "swap-transformer", MODEL, str(marker), check=True)
     try:
-        result = store.mlflow_run("-P", "steps=ingest,preprocess,train", "-P", "overrides=train.cv_folds=4")
+        result = store.mlflow_run("-P", "steps=train", "-P", "overrides=train.cv_folds=4")  # on that preprocess run
     finally:
         store.python(ATTACKS, "restore", MODEL, f"{marker}.backup", check=True)
-    assert "preprocess cached" in result.stdout, result.output[-2000:]
     error = _refused(result, marker)
     assert "preprocessor.cloudpickle" in error and "refused, nothing loaded" in error, error
