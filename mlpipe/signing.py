@@ -71,33 +71,40 @@ def load_private(path: Path) -> Ed25519PrivateKey:
         raise ConfigError(f"trust.signing_key={path}: not a readable gate key ({exc})") from None
 
 
+def create_private(path: Path, content: bytes) -> bool:
+    """Writes `content` to `path` (mode 0600, its folder made 0700) unless the file exists; True
+    when this call made it. Two processes creating it at once end with one file: it is written
+    aside and linked into place only if absent. OSError when the folder is not writable."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, content)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+
+
 def load_or_create(path: Path) -> tuple[Ed25519PrivateKey, bool]:
     """The private key in `path`, created (mode 0600, folder 0700) when there is none: (key, created).
-    Two processes creating it at once end with one key: the file is linked into place only if absent."""
+    Two processes creating it at once end with one key (`create_private`)."""
     path = Path(path).expanduser()
     if path.exists():
         return load_private(path), False
     key = Ed25519PrivateKey.generate()
     raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        created = create_private(path, base64.b64encode(raw) + b"\n")
     except OSError as exc:
         raise ConfigError(f"trust.signing_key={path}: there is no gate key and none can be created there "
                           f"({exc.strerror or exc}); set trust.signing_key (or $MLPIPE_GATE_KEY) to the gate's key "
                           "file, or to a writable path for a new one") from None
-    try:
-        os.write(fd, base64.b64encode(raw) + b"\n")
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-        created = True
-    except FileExistsError:
-        created = False
-    finally:
-        tmp.unlink()
     if created:
         path.with_name(path.name + ".pub").write_text(public_text(key.public_key()) + "\n")
         return key, True

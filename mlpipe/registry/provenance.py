@@ -83,23 +83,19 @@ def validated(client: MlflowClient, model_uri: str, relax: str, keyring: signing
     vouching run is the newest gate run there whose verdict `keyring` verifies for this model,
     whatever the version's own lineage says (a member's qa run does not vouch for the team)."""
     refused = f"refused, nothing loaded; {relax}"
+    version, where, source, load_uri, number = _subject(client, model_uri, refused)
     if gate_experiment is not None:
-        return _gate_validated(client, model_uri, refused, keyring, gate_experiment)
-    parsed = versions.parse_model_uri(model_uri)
-    if parsed is not None and versions.logged_model_id(model_uri) is None:
-        version = _version(client, model_uri, parsed)
-        where = f"{model_uri} (version {version.version} of {version.name})"
-        qa_run_id, source = (version.tags or {}).get(QA_RUN_TAG), version.source
+        return _gate_validated(client, model_uri, where, source, load_uri, number, refused, keyring, gate_experiment)
+    if version is not None:
+        qa_run_id = (version.tags or {}).get(QA_RUN_TAG)
         if not qa_run_id:
             raise UntrustedModelError(f"{where} has no qa run ({QA_RUN_TAG}): it was not registered by this "
                                       f"pipeline's register step; {refused}")
-        load_uri, number = f"models:/{version.name}/{version.version}", str(version.version)
     else:
-        source, where = _logged_model(client, model_uri, refused), model_uri
         run = _validating_run(client, source)
         if run is None:
             raise UntrustedModelError(f"{model_uri}: no FINISHED qa run passed {source}; {refused}")
-        qa_run_id, load_uri, number = run.info.run_id, model_uri, None
+        qa_run_id = run.info.run_id
     run = _qa_run(client, qa_run_id, where, refused)
     verdict = signed_verdict(run, keyring, f"{where}: qa run {qa_run_id}", refused)
     if not verdict.passed:
@@ -112,25 +108,34 @@ def validated(client: MlflowClient, model_uri: str, relax: str, keyring: signing
     return Validated(qa_run_id, verdict.model_uri, verdict.digest, load_uri, number)
 
 
-def _gate_validated(client: MlflowClient, model_uri: str, refused: str, keyring: signing.Keyring,
-                    experiment_id: str) -> Validated:
+def _subject(client: MlflowClient, model_uri: str, refused: str) -> tuple:
+    """(the registry version or None, how to name it, its logged model `models:/m-...`, what to
+    download, the version number or None) of a registry version, a logged model or a train run's URI."""
     parsed = versions.parse_model_uri(model_uri)
     if parsed is not None and versions.logged_model_id(model_uri) is None:
         version = _version(client, model_uri, parsed)
-        where, source = f"{model_uri} (version {version.version} of {version.name})", version.source
-        load_uri, number = f"models:/{version.name}/{version.version}", str(version.version)
-    else:
-        source = _logged_model(client, model_uri, refused)
-        where, load_uri, number = model_uri, model_uri, None
+        return (version, f"{model_uri} (version {version.version} of {version.name})", version.source,
+                f"models:/{version.name}/{version.version}", str(version.version))
+    return None, model_uri, _logged_model(client, model_uri, refused), model_uri, None
+
+
+def _gate_validated(client: MlflowClient, model_uri: str, where: str, source: str, load_uri: str, number: str | None,
+                    refused: str, keyring: signing.Keyring, experiment_id: str) -> Validated:
+    """The newest FINISHED gate run in the team's gate experiment whose verdict `keyring` verifies
+    and which passed `source`."""
     reasons: list[str] = []
+    passed: dict[str, signing.Verdict] = {}  # run id -> its verified verdict
 
     def vouches(run) -> bool:
         try:
-            verdict = signed_verdict(run, keyring, "", "")
-        except UntrustedModelError as exc:
-            reasons.append(str(exc).split("trusted key: ", 1)[-1].rstrip("; "))
+            verdict = _verdict(run, keyring)
+        except signing.VerdictError as exc:
+            reasons.append(str(exc))
             return False
-        return verdict.passed and versions.logged_model_id(verdict.model_uri) == versions.logged_model_id(source)
+        if verdict.passed and versions.logged_model_id(verdict.model_uri) == versions.logged_model_id(source):
+            passed[run.info.run_id] = verdict
+            return True
+        return False
 
     run = handoff.newest_finished_run(client, experiment_id, {outputs.STEP_TAG: "gate", outputs.MODEL_URI_TAG: source},
                                       accept=vouches)
@@ -138,25 +143,30 @@ def _gate_validated(client: MlflowClient, model_uri: str, refused: str, keyring:
         why = f" (the newest: {reasons[0]})" if reasons else ""
         raise UntrustedModelError(f"{where}: no passing verdict of the team gate for {source}{why}: the lead (or CI) "
                                   f"runs `mlflow run . -e gate -P candidate={model_uri}`; {refused}")
-    verdict = signed_verdict(run, keyring, where, refused)
+    verdict = passed[run.info.run_id]
     return Validated(run.info.run_id, verdict.model_uri, verdict.digest, load_uri, number)
 
 
-def signed_verdict(run, keyring: signing.Keyring, where: str, refused: str) -> signing.Verdict:
-    """The verdict on a qa run, verified against `keyring` and stated for this very run; else an
-    UntrustedModelError: "<where> has no verdict signed by a trusted key: <why>; <refused>"."""
+def _verdict(run, keyring: signing.Keyring) -> signing.Verdict:
+    """The verdict on a run, verified against `keyring` and stated for this very run, else VerdictError."""
     tags = run.data.tags
     statement, signature = tags.get(VERDICT_TAG), tags.get(SIGNATURE_TAG)
+    if not statement or not signature:
+        raise signing.VerdictError(f"it has no {VERDICT_TAG} (qa ran before verdicts were signed, or did not "
+                                   "sign: rerun qa)")
+    verdict = signing.verify(statement, signature, keyring)
+    if verdict.qa_run_id != run.info.run_id:
+        raise signing.VerdictError(f"the verdict was signed for qa run {verdict.qa_run_id}, not this one")
+    return verdict
+
+
+def signed_verdict(run, keyring: signing.Keyring, where: str, refused: str) -> signing.Verdict:
+    """`_verdict`, or an UntrustedModelError: "<where> has no verdict signed by a trusted key:
+    <why>; <refused>"."""
     try:
-        if not statement or not signature:
-            raise signing.VerdictError(f"it has no {VERDICT_TAG} (qa ran before verdicts were signed, or did not "
-                                       "sign: rerun qa)")
-        verdict = signing.verify(statement, signature, keyring)
-        if verdict.qa_run_id != run.info.run_id:
-            raise signing.VerdictError(f"the verdict was signed for qa run {verdict.qa_run_id}, not this one")
+        return _verdict(run, keyring)
     except signing.VerdictError as exc:
         raise UntrustedModelError(f"{where} has no verdict signed by a trusted key: {exc}; {refused}") from None
-    return verdict
 
 
 def verdict_tags(qa: outputs.QaOutput, run, tcfg, step: str = "qa") -> dict[str, str]:

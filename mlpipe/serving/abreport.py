@@ -119,7 +119,6 @@ def _served_version(result: dict[str, Any], served: dict[str, tuple[str, str]]) 
 def _check_validated(client, name: str, version: str, what: str, trust) -> None:
     """Only a version qa validated, its files unchanged, may take an alias (registry/provenance.py);
     `what` says what was not done otherwise."""
-    trust = trust if isinstance(trust, provenance.Trust) else provenance.Trust(trust)
     proof = provenance.validated(client, f"models:/{name}/{version}", f"{what}; promote a version qa validated",
                                  trust.keyring, trust.gate_experiment)
     provenance.check_files(proof.load_uri, proof.digest, what)

@@ -114,7 +114,7 @@ class ServingApp:
         self.by_name = {v.name: v for v in self.variants}
         self.weights = [v.weight for v in self.variants]
         self.store = writer.RecordStore(spec.records, spec.flush_ms, spec.records_timeout_s, shared=spec.workers > 1,
-                                        max_mb=float(spec.limits.get("max_records_mb", 1024)))
+                                        max_mb=float(spec.limits["max_records_mb"]))
         self.secret = feedback.load_secret(spec.feedback["secret_file"])
         self.store.record_experiment(spec.experiment, spec.variants, spec.control)
         self.bandit = ([0] * len(self.variants), [0] * len(self.variants))

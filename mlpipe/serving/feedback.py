@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mlpipe import signing
+
 TOKEN_HEADER = "X-Feedback-Token"
 
 
@@ -31,19 +33,7 @@ def load_secret(path: str | Path) -> bytes:
     processes creating it at once end with one secret (linked into place only if absent)."""
     path = Path(path).expanduser()
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, os.urandom(32).hex().encode() + b"\n")
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+        signing.create_private(path, os.urandom(32).hex().encode() + b"\n")
     text = path.read_text().strip()
     if len(text) < 32:
         raise ValueError(f"serve.feedback.secret_file={path}: holds {len(text)} characters; expected a secret of 32 "

@@ -22,8 +22,11 @@ class ServeSpec:
     policy: str
     key_header: str
     override_header: str
+    allow_override: bool  # serve.routing.allow_override
     batching: dict
     limits: dict
+    # serve.feedback: secret_file, max_body_kb, max_label_chars (serving/feedback.py)
+    feedback: dict
     refresh_seconds: float
     flush_ms: float
     records_timeout_s: float  # serve.records_timeout_s
@@ -39,10 +42,6 @@ class ServeSpec:
     workers: int = 1  # serve.workers: processes writing the same records
     # serve.runtime: onnx (model.onnx under onnxruntime, nothing unpickled) or sklearn (MLflow's pyfunc)
     runtime: str = "onnx"
-    allow_override: bool = False  # serve.routing.allow_override
-    # serve.feedback: secret_file, max_body_kb, max_label_chars (serving/feedback.py)
-    feedback: dict = field(default_factory=lambda: {"secret_file": "~/.mlpipe/feedback.secret", "max_body_kb": 64,
-                                                    "max_label_chars": 256})
     # `trust`: the public keys whose signed verdicts count, and the revoked key ids (mlpipe/signing.py)
     signers: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)

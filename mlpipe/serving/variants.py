@@ -42,7 +42,7 @@ def load_model(model_uri: str, variant: str, spec: ServeSpec) -> tuple[Any, str]
             return load(pinned, None), version
         proof = provenance.validated(MlflowClient(), model_uri,
                                      "serve a version qa validated, or set serve.allow_unvalidated=true",
-                                     spec.keyring(), getattr(spec, "gate_experiment", None))
+                                     spec.keyring(), spec.gate_experiment)
         return load(proof.load_uri, proof.digest), proof.version or resolve_version(model_uri)
     except Exception as exc:  # noqa: BLE001 - any load failure stops start-up with its reason
         # a refused model (UntrustedModelError), a store that said no (AccessDeniedError)... keep
@@ -134,7 +134,7 @@ def load_variants(spec: ServeSpec) -> list[LiveVariant]:
         try:
             model, version = load_model(v["model_uri"], v["name"], spec)
         except UntrustedModelError as exc:
-            if getattr(spec, "gate_experiment", None) is None:
+            if spec.gate_experiment is None:
                 raise
             refused.append(exc)
             print(f"[mlpipe] serve: {one_line(exc)}; that arm is not served", file=sys.stderr, flush=True)

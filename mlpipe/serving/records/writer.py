@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mlpipe.errors import one_line
-from mlpipe.serving.records.db import ADDED_COLUMNS, COLUMNS, Db, connect, display, is_postgres, size_mb
+from mlpipe.serving.records.db import ADDED_DEFAULTS, COLUMNS, Db, connect, display, is_postgres, size_mb
 from mlpipe.serving.records.reads import labelled_pairs
 
 INSERT_REQUEST = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -58,7 +58,7 @@ class RecordStore:
         if self.full:
             self.dropped += 1
             return
-        self.queue.put(tuple(record.get(c, 0 if c == "overridden" else "") if c in ADDED_COLUMNS else record[c]
+        self.queue.put(tuple(record.get(c, ADDED_DEFAULTS[c]) if c in ADDED_DEFAULTS else record[c]
                              for c in COLUMNS[:-1])
                        + (self.server,))
 

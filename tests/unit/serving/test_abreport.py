@@ -4,6 +4,7 @@ only when it is a version qa validated, its files unchanged."""
 import pytest
 
 from mlpipe.errors import ConfigError, UntrustedModelError
+from mlpipe.registry import provenance
 from mlpipe.serving import abreport
 
 RESULT = {"winner": "b", "experiment": "ab-1"}
@@ -17,7 +18,8 @@ def _version(registry, validated: bool) -> str:
 
 def test_a_validated_winner_takes_the_alias(registry):
     version = _version(registry, validated=True)
-    moved = abreport.promote(registry.client, RESULT, {"b": ("models:/m/2", version)}, "m", "champion", 30, registry.keyring)
+    moved = abreport.promote(registry.client, RESULT, {"b": ("models:/m/2", version)}, "m", "champion", 30,
+                             provenance.Trust(registry.keyring))
     assert moved == {"model": "m", "alias": "champion", "version": version, "previous_version": "1"}
     assert str(registry.client.get_model_version_by_alias("m", "champion").version) == version
 
@@ -25,13 +27,15 @@ def test_a_validated_winner_takes_the_alias(registry):
 def test_a_winner_no_qa_run_vouches_for_is_not_promoted(registry):
     version = _version(registry, validated=False)  # the champion's tags copied onto another model
     with pytest.raises(UntrustedModelError, match="m@champion was not moved; promote a version qa validated"):
-        abreport.promote(registry.client, RESULT, {"b": ("models:/m/2", version)}, "m", "champion", 30, registry.keyring)
+        abreport.promote(registry.client, RESULT, {"b": ("models:/m/2", version)}, "m", "champion", 30,
+                         provenance.Trust(registry.keyring))
     assert str(registry.client.get_model_version_by_alias("m", "champion").version) == "1"
 
 
 def test_a_winner_that_is_not_a_registered_version_is_a_config_error(registry):
     with pytest.raises(ConfigError, match="not a registered model version"):
-        abreport.promote(registry.client, RESULT, {"b": ("/some/path", "unregistered")}, "m", "champion", 30, registry.keyring)
+        abreport.promote(registry.client, RESULT, {"b": ("/some/path", "unregistered")}, "m", "champion", 30,
+                         provenance.Trust(registry.keyring))
 
 
 def test_the_report_says_what_it_changed_in_the_registry_or_that_it_changed_nothing():

@@ -39,7 +39,8 @@ def _trust(allow_unvalidated=False, runtime="sklearn", keyring=None):
     """The registry fixture's models have no ONNX conversion: the scikit-learn runtime. `keyring`:
     the keys whose verdicts count (the registry fixture's)."""
     return SimpleNamespace(serialization="cloudpickle", trusted_types=[], allow_unvalidated=allow_unvalidated,
-                           runtime=runtime, onnx_threads=[1, 1], keyring=lambda: keyring)
+                           runtime=runtime, onnx_threads=[1, 1], keyring=lambda: keyring,
+                           gate_experiment=None)
 
 
 def test_only_a_model_qa_validated_is_loaded_unless_allow_unvalidated(registry, tmp_path):
