@@ -184,9 +184,36 @@ def check_team(cfg: DictConfig) -> None:
         raise ConfigError(f"team {team.name}: who is running? log in as a member (MLFLOW_TRACKING_USERNAME, or "
                           f"python -m mlpipe.team as <member> -- ...) or set team.member=<name>; members: "
                           f"{', '.join(names)}")
-    if team.member not in names:
+    if team.reader.user and team.reader.user in names:
+        raise ConfigError(f"team.reader.user={team.reader.user!r} is also a member of team {team.name} "
+                          f"(conf/team/{team.name}.yaml): the READ-only identity needs a name of its own")
+    if team.member not in names and team.member != team.reader.user:
         raise ConfigError(f"team.member={team.member!r} is not a member of team {team.name} "
                           f"(conf/team/{team.name}.yaml): {', '.join(names)}")
+
+
+# What the team's READ-only identity runs (docs/team.md#who-can-run-code-where), and what only it runs.
+READER_STEPS = ("serve", "report")
+
+
+def check_identity(step: str, cfg: DictConfig) -> None:
+    """Under a team, the READ-only identity (team.reader) runs the team's serving and report and
+    nothing else, and they run only as it: they load every member's model, and a member's login
+    would let a member's code that ran there act as that member."""
+    team = cfg.team
+    if not team.name or not team.reader.user:
+        return
+    as_reader = team.member == team.reader.user
+    if as_reader and step not in READER_STEPS:
+        raise ConfigError(f"team.member={team.member!r} is the team's READ-only identity (team.reader.user): it runs "
+                          f"only {' and '.join(READER_STEPS)}; run {step} as a member (python -m mlpipe.team as "
+                          "<member> -- ...)")
+    shared = "the team report" if step == "report" else \
+        "serve.team_variants=true" if step == "serve" and cfg.serve.team_variants else None
+    if shared and not as_reader:
+        raise ConfigError(f"{shared} loads every member's model: run it as the team's READ-only identity, not as "
+                          f"{team.member!r}: python -m mlpipe.team as {team.reader.user} -- mlflow run . -e {step} ... "
+                          "(team.reader, docs/team.md#who-can-run-code-where)")
 
 
 def check_no_passwords(cfg: DictConfig) -> None:

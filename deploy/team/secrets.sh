@@ -20,7 +20,9 @@ secret mlpipe-mlflow --from-literal=backend-store-uri="postgresql://mlflow:$pg@p
   --from-literal=flask-secret-key="$(random)"
 # MLflow's auth config, as mlpipe/team/server.py writes it for `make team-server`, with its user
 # store in PostgreSQL; the admin is created from it on the first start.
-secret mlpipe-mlflow-auth --from-literal=admin-password="$admin" --from-literal=basic_auth.ini="[mlflow]
+reader=$(random)
+secret mlpipe-mlflow-auth --from-literal=admin-password="$admin" --from-literal=reader-password="$reader" \
+  --from-literal=basic_auth.ini="[mlflow]
 default_permission = READ
 database_uri = postgresql://mlflow:$pg@postgres:5432/mlflow_auth
 admin_username = admin
@@ -28,9 +30,13 @@ admin_password = $admin
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 auth_cache_ttl_seconds = 60
 "
-# The login of the model server and of the steps' Jobs (deploy/kubernetes): the admin's, until
-# you replace it with a user of their own (docs/kubernetes.md).
+# The login of the steps' Jobs (deploy/kubernetes): the admin's, until you replace it with a
+# user of their own (docs/kubernetes.md).
 secret mlpipe-tracking-login --from-literal=username=admin --from-literal=password="$admin"
+# The model server's: the team's READ-only identity (team.reader.user), which `python -m mlpipe.team
+# setup` creates with this password (docs/kubernetes.md): READ on every experiment and model, EDIT
+# on its own experiment only, so code that ran in the server could change nothing.
+secret mlpipe-reader-login --from-literal=username=reader --from-literal=password="$reader"
 # The model server's: the key of its feedback tokens (serve.feedback.secret_file), and the public
 # key of the gate whose signed verdicts it serves (trust.signers, docs/quality.md): GATE_PUBLIC_KEY,
 # as `python -m mlpipe.registry.keys show` prints it, else the .pub beside ~/.mlpipe/gate.key.

@@ -20,7 +20,7 @@ import mlflow
 from mlflow.entities import Run
 from omegaconf import DictConfig
 
-from mlpipe.config import compose, shell_unquoted, split_overrides
+from mlpipe.config import check_identity, compose, shell_unquoted, split_overrides
 from mlpipe.errors import PipelineError, one_line
 from mlpipe.pipeline import cache, key_inputs, summary
 from mlpipe.pipeline.spec import StepSpec, spec_of
@@ -75,6 +75,7 @@ def step_main(step: str, recipe: Callable[[StepContext], None], *, extra_params:
     with lifecycle.open_run(step, cfg, tags=tags, params=params, config_error=config_error, started=started,
                             system_metrics=bool(cfg is not None and cfg.monitor.system_metrics),
                             check_location=True, run_name=os.environ.get(RUN_NAME_ENV) or None) as opened:
+        check_identity(step, cfg)
         spec = spec_of(step)
         upstream = _upstream(opened, spec, params)
         extra = key_inputs.key_input(step, opened.client, cfg, upstream)

@@ -142,6 +142,13 @@ class TeamGateConfig(Checked):
 
 
 @dataclass
+class TeamReaderConfig(Checked):
+    KEY = "team.reader"
+    user: Optional[str] = MISSING  # the READ-only login of the team's serving and report
+    experiment: Optional[str] = MISSING  # the one experiment it writes (its serve and report runs)
+
+
+@dataclass
 class TeamConfig(Checked):
     KEY = "team"
     name: Optional[str] = MISSING
@@ -152,6 +159,7 @@ class TeamConfig(Checked):
     shared_model: str = MISSING
     holdout_fraction: float = spec(ge=0, lt=1)
     gate: TeamGateConfig = MISSING
+    reader: TeamReaderConfig = MISSING
     report: TeamReportConfig = MISSING
     server: TeamServerConfig = MISSING
     # only team=demo has it (make demo)

@@ -9,7 +9,8 @@
   status         running or not, the address, the members
   as <member> [overrides...] -- <command...>
                  run a command logged in as a member (their password from the credentials file,
-                 their experiment, team=<name>); checks the login first
+                 their experiment, team=<name>); checks the login first. `as reader` (team.reader.user):
+                 the team's READ-only identity, which runs the team's serving and report
   traffic --url URL [--requests N | --seconds T] [--rate R] [overrides...]
                  replay rows of a dataset against a running model server, true labels sent as
                  feedback a delay later (mlpipe/team/traffic.py)
@@ -63,7 +64,9 @@ def main(argv: list[str]) -> int:
                   f"members: {', '.join(members.names(team))} (lead: {team.lead}); passwords in {where.credentials}\n"
                   f"run as a member:  python -m mlpipe.team as <member> {again} -- mlflow run . -e main "
                   "--env-manager local\n"
-                  f"status:           python -m mlpipe.team status {again}\n"
+                  + (f"team report:      python -m mlpipe.team as {team.reader.user} {again} -- mlflow run . -e "
+                     "report --env-manager local  (the READ-only identity: team.reader)\n" if team.reader.user else "")
+                  + f"status:           python -m mlpipe.team status {again}\n"
                   f"stop it:          python -m mlpipe.team stop {again}")
         elif args.command == "setup":
             if server.ADMIN not in server.credentials(where):

@@ -3,12 +3,13 @@
 1. the demo team's authenticated MLflow server starts (a fresh state folder, a free port);
 2. alice, bob and carol each run the pipeline under their own login with a different model, and
    alice, the lead, runs the team gate on each member's champion (it signs what the team serves);
-3. alice serves every member's champion as an A/B test (serve.team_variants) and synthetic
+3. the team's READ-only identity (team.reader) serves every member's champion as an A/B test
+   (serve.team_variants), so that no member's code can act with a member's login, and synthetic
    traffic arrives: rows of the team evaluation set (held out of every member's training),
    their true labels sent back as feedback a few seconds later;
 4. the A/B report is read while labels still arrive, then again as the lead with promotion on:
    the always-valid test lets both reads stand, and a winner is copied into the team model;
-5. the team report is written; 6. everything started is stopped. It prints where to look.
+5. the team report is written (by the READ-only identity too); 6. everything started is stopped. It prints where to look.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Demo:
         self.state, self.port, self.env = state, port, env
         settings = compose(["team=demo", "team.member=${team.lead}"])
         self.settings = settings.team.demo
+        self.reader, self.reader_experiment = str(settings.team.reader.user), str(settings.team.reader.experiment)
         self.data = " ".join(str(self.settings.data).split())
         self.model = compose(self.data.split()).registry.model_name  # what every member's data registers as
         self.team = ["--team", "demo", f"team.server.state_dir={state}", f"team.server.port={port}",
@@ -97,7 +99,7 @@ def main(argv: list[str]) -> int:
         print("\n".join(ln for ln in result.stdout.splitlines() if not ln.startswith(("20", "\U0001f3c3", "\U0001f9ea"))),
               flush=True)
         demo.say("5/6 the team report")
-        demo.step("team report", lambda: demo.as_member("alice", "report", f"{data} serve.records={records}"))
+        demo.step("team report", lambda: demo.as_member(demo.reader, "report", f"{data} serve.records={records}"))
         page = _download_report(demo)
         demo.say("6/6 done; stopping everything the demo started")
         print(f"\nwhere to look:\n  team report:   {page}\n  MLflow UI:     http://127.0.0.1:{demo.port} (stopped now; "
@@ -124,13 +126,14 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
 
 
 def _ab_test(demo: Demo, args: argparse.Namespace, records: Path, report: str) -> None:
-    """alice serves every member's champion as an arm; traffic and labels arrive; carol reads the
+    """The READ-only identity serves every member's champion as an arm; traffic and labels arrive; carol reads the
     report half-way; the server is stopped (it drains and writes its records)."""
     serve_port = args.serve_port or free_port("127.0.0.1")
-    demo.say(f"3/6 alice serves every member's champion on http://127.0.0.1:{serve_port} (an A/B test)")
+    demo.say(f"3/6 {demo.reader} (the team's READ-only login) serves every member's champion on "
+             f"http://127.0.0.1:{serve_port} (an A/B test)")
     with (demo.state / "serve.log").open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlpipe.team", "as", "alice", *demo.team, "--", sys.executable, "-m", "mlflow",
+            [sys.executable, "-m", "mlpipe.team", "as", demo.reader, *demo.team, "--", sys.executable, "-m", "mlflow",
              "run", ".", "-e", "serve", "--env-manager", "local", "-P",
              f"overrides={demo.data} serve.team_variants=true serve.port={serve_port} serve.records={records} "
              f"serve.experiment={demo.settings.experiment} serve.refresh_seconds=0"],
@@ -181,10 +184,11 @@ def _wait_for(port: int, proc: subprocess.Popen, log: Path, timeout: float) -> N
 
 
 def _download_report(demo: Demo) -> Path:
-    """The team report page from alice's newest report run, into the state folder."""
-    script = ("import mlflow, sys; c = mlflow.MlflowClient(); e = c.get_experiment_by_name('demo/alice'); "
+    """The team report page from the newest report run of the READ-only identity, into the state folder."""
+    script = ("import mlflow, sys; c = mlflow.MlflowClient(); "
+              f"e = c.get_experiment_by_name({demo.reader_experiment!r}); "
               f"r = c.search_runs([e.experiment_id], \"tags.`{STEP_TAG}` = 'report'\", "
               "order_by=['attributes.start_time DESC'], max_results=1)[0]; "
               f"print(c.download_artifacts(r.info.run_id, {TEAM_REPORT_DIR!r}, {str(demo.state)!r}))")
-    result = demo.cli("as", "alice", *demo.team, "--", sys.executable, "-c", script)
+    result = demo.cli("as", demo.reader, *demo.team, "--", sys.executable, "-c", script)
     return Path(result.stdout.strip().splitlines()[-1]) / "index.html"

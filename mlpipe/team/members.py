@@ -5,7 +5,9 @@ Permissions (MLflow's basic-auth: READ < EDIT < MANAGE; everyone else gets READ)
 - `<team>/<member>` experiment: MANAGE for the member (their pipeline's runs);
 - `<model>.<member>`: MANAGE for the member, who registers into it and moves its aliases;
 - `<model>` (the team's model and its champion): MANAGE for the lead only;
-- `<team>/gate` experiment (team.gate.experiment): MANAGE for the lead, whose gate runs sign verdicts.
+- `<team>/gate` experiment (team.gate.experiment): MANAGE for the lead, whose gate runs sign verdicts;
+- `<team>/reader` experiment (team.reader.experiment): EDIT for the team's READ-only identity
+  (team.reader.user), whose serving and report runs go there; it has READ on everything else.
 """
 
 from __future__ import annotations
@@ -47,19 +49,28 @@ def logged_in(user: str, password: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def identities(team) -> list[str]:
+    """Who logs in: the members, and the team's READ-only identity (team.reader.user) if it has one."""
+    return names(team) + ([str(team.reader.user)] if team.reader.user else [])
+
+
 def member_env(team, member: str) -> dict[str, str]:
     """The environment a member's commands run with: the server, their login, their experiment,
-    the team (MLPIPE_TEAM: config compose adds team=<name>)."""
-    if member not in names(team):
+    the team (MLPIPE_TEAM: config compose adds team=<name>). The READ-only identity's experiment
+    is team.reader.experiment."""
+    if member not in identities(team):
         raise ConfigError(f"{member!r} is not a member of team {team.name} (conf/team/{team.name}.yaml): "
-                          f"{', '.join(names(team))}")
+                          f"{', '.join(names(team))}" + (f"; or {team.reader.user}, its READ-only identity"
+                                                         if team.reader.user else ""))
     creds = server.credentials(server.paths(team.server))
     if member not in creds:
         raise ConfigError(f"no password for {member} in {server.paths(team.server).credentials}: start the team "
                           f"server first (make team-server TEAM={team.name})")
     return {"MLFLOW_TRACKING_URI": server.url(team.server), "MLFLOW_REGISTRY_URI": server.url(team.server),
             "MLFLOW_TRACKING_USERNAME": member,
-            "MLFLOW_TRACKING_PASSWORD": creds[member], "MLFLOW_EXPERIMENT_NAME": experiment_name(team, member),
+            "MLFLOW_TRACKING_PASSWORD": creds[member],
+            "MLFLOW_EXPERIMENT_NAME": str(team.reader.experiment) if member == team.reader.user
+            else experiment_name(team, member),
             "MLPIPE_TEAM": str(team.name)}
 
 
@@ -75,19 +86,20 @@ def setup(team) -> dict[str, str]:
     experiments = {}
     with logged_in(server.ADMIN, creds[server.ADMIN]):
         auth, client = get_app_client("basic-auth", tracking_uri=uri), MlflowClient(uri, registry_uri=uri)
-        for member in names(team):
-            if member not in creds:
+        for member in identities(team):  # a password already in the file (deploy/team's reader) is kept
+            fresh = member not in creds
+            if fresh:
                 creds[member] = secrets.token_urlsafe(18)
                 server.save_credentials(where, creds)
-                _create_or_reset_user(auth, member, creds[member])
-            name = experiment_name(team, member)
-            found = client.get_experiment_by_name(name)
-            experiments[member] = found.experiment_id if found else client.create_experiment(name)
+            _create_user(auth, member, creds[member], reset=fresh)
+        for member in names(team):
+            experiments[member] = _experiment(client, experiment_name(team, member))
             _grant(auth, member, "experiment", experiments[member])
         if team.gate.experiment:  # the team gate's runs (docs/team.md#the-team-gate): the lead's alone
-            found = client.get_experiment_by_name(str(team.gate.experiment))
-            gate_id = found.experiment_id if found else client.create_experiment(str(team.gate.experiment))
-            _grant(auth, team.lead, "experiment", gate_id)
+            _grant(auth, team.lead, "experiment", _experiment(client, str(team.gate.experiment)))
+        if team.reader.user:  # the team's serving and report runs: EDIT there, the server's READ elsewhere
+            _grant(auth, str(team.reader.user), "experiment", _experiment(client, str(team.reader.experiment)),
+                   "EDIT")
         for model in team.models:
             for name, owner in [(model, team.lead)] + [(f"{model}.{m}", m) for m in names(team)]:
                 if versions.lookup(f"registered model {name}", lambda: client.get_registered_model(name)) is None:
@@ -96,22 +108,30 @@ def setup(team) -> dict[str, str]:
     return experiments
 
 
-def _grant(auth, user: str, kind: str, resource: str) -> None:
-    """MANAGE on the resource for the user, kept as it is when granted at an earlier start."""
+def _experiment(client, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
+
+
+def _grant(auth, user: str, kind: str, resource: str, permission: str = "MANAGE") -> None:
+    """`permission` on the resource for the user, kept as it is when granted at an earlier start."""
     try:
-        auth.grant_user_permission(user, kind, resource, "MANAGE")
+        auth.grant_user_permission(user, kind, resource, permission)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
 
 
-def _create_or_reset_user(auth, user: str, password: str) -> None:
+def _create_user(auth, user: str, password: str, reset: bool) -> None:
+    """The user, created with `password`; one that exists keeps theirs unless `reset` (a password
+    new to the credentials file: the file was lost, so the old one is unknown)."""
     try:
         auth.create_user(user, password)
     except MlflowException as exc:
         if "already exists" not in str(exc):
             raise
-        auth.update_user_password(user, password)  # the credentials file was lost: a new password
+        if reset:
+            auth.update_user_password(user, password)
 
 
 def check_login(uri: str) -> None:

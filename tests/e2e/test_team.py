@@ -97,11 +97,12 @@ def test_start_prints_the_address_and_keeps_passwords_to_its_owner(team):
     out = team.started.stdout
     assert f"team demo: MLflow server started at {team.url}" in out
     assert "members: alice, bob, carol (lead: alice)" in out
+    assert "team report:      python -m mlpipe.team as reader --team demo" in out
     assert stat.S_IMODE(team.state.stat().st_mode) == 0o700
     for name in ("credentials.json", "basic_auth.ini", "flask_secret"):
         assert stat.S_IMODE((team.state / name).stat().st_mode) == 0o600
     passwords = json.loads((team.state / "credentials.json").read_text())
-    assert sorted(passwords) == ["admin", "alice", "bob", "carol"] and len(set(passwords.values())) == 4
+    assert sorted(passwords) == ["admin", "alice", "bob", "carol", "reader"] and len(set(passwords.values())) == 5
     assert "password1234" not in passwords.values()
     said = out + team.started.stderr + (team.state / "server.log").read_text()
     assert not [p for p in passwords.values() if p in said]
@@ -186,15 +187,24 @@ def test_another_member_cannot_change_alices_model_or_the_team_champion(team, al
     assert after.version == champion.version and len(alice.search_model_versions(f"name = '{name}'")) == 1
 
 
-def test_a_member_serves_every_members_champion_as_an_arm_named_after_them(team, alice_gated, monkeypatch):
-    result = team.as_member("alice", sys.executable, "-m", "mlflow", "run", ".", "-e", "serve", "--env-manager",
-                            "local", "-P", "overrides=data=iris serve.mode=smoke serve.team_variants=true")
+def test_the_read_only_identity_serves_every_members_champion_as_an_arm_named_after_them(team, alice_gated,
+                                                                                         monkeypatch):
+    """The team server runs as `reader` (its run in demo/reader); a member's login is refused
+    before anything loads, with the command to use instead."""
+    serve = (sys.executable, "-m", "mlflow", "run", ".", "-e", "serve", "--env-manager", "local", "-P",
+             "overrides=data=iris serve.mode=smoke serve.team_variants=true")
+    refused = team.as_member("alice", *serve)
+    assert refused.returncode != 0
+    assert error_lines(refused.stderr)[-1].startswith(
+        "error: serve: ConfigError: serve.team_variants=true loads every member's model: run it as the team's "
+        "READ-only identity, not as 'alice': python -m mlpipe.team as reader -- mlflow run . -e serve"), refused.stderr
+    result = team.as_member("reader", *serve)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"no {MODEL}.<member>@champion yet for bob, carol: not served" in result.stderr
     alice = team.client("alice", monkeypatch)
-    experiment = alice.get_experiment_by_name("demo/alice")
+    experiment = alice.get_experiment_by_name("demo/reader")
     (run,) = alice.search_runs([experiment.experiment_id], "tags.`mlflow.project.entryPoint` = 'serve'")
-    assert run.info.status == "FINISHED" and run.data.tags["team.member"] == "alice"
+    assert run.info.status == "FINISHED" and run.data.tags["team.member"] == "reader"
     assert run.data.tags["serve.variant.alice"].startswith(f"models:/{MODEL}.alice@champion (version 1")
     assert not [key for key in run.data.tags if key.startswith("serve.variant.") and key != "serve.variant.alice"]
 
@@ -255,7 +265,7 @@ def bob_pipeline(team):
 
 @pytest.fixture(scope="module")
 def cross_team_ab(team, alice_gated, bob_pipeline, tmp_path_factory):
-    """carol serves alice's and bob's champions (serve.team_variants), each record tagged with the
+    """The team's READ-only identity serves alice's and bob's champions (serve.team_variants), each record tagged with the
     member whose model answered; labels agree with bob's answers every time and with alice's on 6
     in 10. Then bob's report and the lead's report, both with serve.ab.promote=true."""
     import signal
@@ -271,7 +281,7 @@ def cross_team_ab(team, alice_gated, bob_pipeline, tmp_path_factory):
     port, records = free_port(), work / "records.db"
     common = f"data=iris serve.experiment=cross serve.records={records} serve.records_flush_ms=50"
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlpipe.team", "as", "--team", "demo", "carol", *team.overrides, "--", sys.executable,
+        [sys.executable, "-m", "mlpipe.team", "as", "--team", "demo", "reader", *team.overrides, "--", sys.executable,
          "-m", "mlflow", "run", ".", "-e", "serve", "--env-manager", "local", "-P",
          f"overrides={common} serve.port={port} serve.team_variants=true serve.refresh_seconds=0"],
         cwd=ROOT, env=team.env, stdout=(work / "serve.log").open("w"), stderr=subprocess.STDOUT,
@@ -352,16 +362,16 @@ def test_a_cross_team_ab_test_promotes_a_copy_of_the_winner_into_the_team_model_
 
 def test_the_team_report_page_renders_its_leaderboard_and_charts_in_a_browser(team, cross_team_ab, monkeypatch,
                                                                               tmp_path):
-    """carol runs the team report: a page with the leaderboard (both members and the team
+    """The READ-only identity runs the team report: a page with the leaderboard (both members and the team
     champion on the held-out rows, with intervals), the promotion, the A/B test and the runs;
     opened in headless Chromium, its DOM has them and its screenshot is not blank."""
     import browser
 
-    result = team.as_member("carol", sys.executable, "-m", "mlflow", "run", ".", "-e", "report", "--env-manager",
+    result = team.as_member("reader", sys.executable, "-m", "mlflow", "run", ".", "-e", "report", "--env-manager",
                             "local", "-P", f"overrides=data=iris serve.records={cross_team_ab['records']}")
     assert result.returncode == 0, result.stderr[-3000:]
-    carol = team.client("carol", monkeypatch)
-    experiment = carol.get_experiment_by_name("demo/carol")
+    carol = team.client("carol", monkeypatch)  # any member reads it
+    experiment = carol.get_experiment_by_name("demo/reader")
     (run,) = carol.search_runs([experiment.experiment_id], "tags.`pipeline.step` = 'report'")
     assert run.info.status == "FINISHED" and run.data.tags["report.champion"] == "1"
     # the terminal says where the page is
@@ -411,8 +421,8 @@ def test_only_the_lead_runs_the_gate_and_its_key_signs_it(team, alice_gated, mon
 def test_a_members_forged_qa_run_reaches_neither_the_team_server_nor_the_team_report(
         team, alice_gated, bob_pipeline, monkeypatch, tmp_path):
     """bob, with MANAGE only on demo/bob and iris_model.bob, forges a qa run for a payload model
-    in his own experiment and moves iris_model.bob@champion to it. carol's team server and her
-    team report (both on the scikit-learn runtime, where a pickle would be loaded) leave bob's
+    in his own experiment and moves iris_model.bob@champion to it. The team server and the team
+    report (both on the scikit-learn runtime, where a pickle would be loaded) leave bob's
     model out; the payload never runs. bob's champion is put back afterwards."""
     marker = tmp_path / "pwned"
     bob = team.client("bob", monkeypatch)
@@ -421,10 +431,10 @@ def test_a_members_forged_qa_run_reaches_neither_the_team_server_nor_the_team_re
                             f"{MODEL}.bob", str(marker), "champion")
     assert forged.returncode == 0, forged.stderr[-3000:]
     try:
-        served = team.as_member("carol", sys.executable, "-m", "mlflow", "run", ".", "-e", "serve", "--env-manager",
+        served = team.as_member("reader", sys.executable, "-m", "mlflow", "run", ".", "-e", "serve", "--env-manager",
                                 "local", "-P", "overrides=data=iris serve.mode=smoke serve.team_variants=true "
                                                "serve.runtime=sklearn")
-        reported = team.as_member("carol", sys.executable, "-m", "mlflow", "run", ".", "-e", "report",
+        reported = team.as_member("reader", sys.executable, "-m", "mlflow", "run", ".", "-e", "report",
                                   "--env-manager", "local", "-P", "overrides=data=iris runtime=sklearn")
     finally:
         bob.set_registered_model_alias(f"{MODEL}.bob", "champion", genuine)
@@ -434,9 +444,44 @@ def test_a_members_forged_qa_run_reaches_neither_the_team_server_nor_the_team_re
                      r"the team gate .*; that arm is not served", served.stderr), served.stderr[-3000:]
     assert reported.returncode == 0, reported.stderr[-3000:]
     carol = team.client("carol", monkeypatch)
-    run = carol.search_runs([carol.get_experiment_by_name("demo/carol").experiment_id],
+    run = carol.search_runs([carol.get_experiment_by_name("demo/reader").experiment_id],
                             "tags.`pipeline.step` = 'report'", order_by=["attributes.start_time DESC"])[0]
     board = json.loads(open(carol.download_artifacts(run.info.run_id, "team_report/leaderboard.json",
                                                      str(tmp_path))).read())
     (bobs,) = [r for r in board if r["label"] == "bob"]
     assert "no passing verdict of the team gate" in bobs["error"]
+
+
+def test_a_gated_members_pickle_that_runs_in_the_team_server_can_change_nothing(team, alice_gated, bob_pipeline,
+                                                                               monkeypatch, tmp_path):
+    """bob registers a copy of his champion whose ONNX file is genuine and whose model.pkl is
+    Python that, when unpickled, tries to tag the team model, write a run into the gate's
+    experiment and tag alice's model. The gate scores the ONNX file and signs it. The team
+    server on the default runtime (onnx) never runs it; on the scikit-learn runtime it runs (a
+    pickle is code) with the READ-only identity's login, and every write is refused (403)."""
+    marker = tmp_path / "pwned.json"
+    bob = team.client("bob", monkeypatch)
+    genuine = bob.get_model_version_by_alias(f"{MODEL}.bob", "champion").version
+    made = team.as_member("bob", sys.executable, str(ROOT / "tests" / "e2e" / "attacks.py"), "gated-payload",
+                          f"{MODEL}.bob", str(marker), MODEL)
+    assert made.returncode == 0, made.stderr[-3000:]
+    serve = (sys.executable, "-m", "mlflow", "run", ".", "-e", "serve", "--env-manager", "local", "-P",
+             "overrides=data=iris serve.mode=smoke serve.team_variants=true")
+    try:
+        gated = gate(team, "bob")
+        onnx = team.as_member("reader", *serve)
+        assert gated.returncode == 0 and onnx.returncode == 0, gated.stderr[-3000:] + onnx.stderr[-3000:]
+        assert not marker.exists(), "the payload ran on the onnx runtime"
+        team.as_member("reader", *serve[:-1], serve[-1] + " serve.runtime=sklearn")  # bob's arm: no model after it
+    finally:
+        bob.set_registered_model_alias(f"{MODEL}.bob", "champion", genuine)
+    tried = json.loads(marker.read_text())  # it ran, as the READ-only identity, and changed nothing
+    assert tried.pop("user") == "reader"
+    assert tried and all("PERMISSION_DENIED" in outcome or "403" in outcome for outcome in tried.values()), tried
+    alice = team.client("alice", monkeypatch)
+    assert "pwned" not in alice.get_registered_model(MODEL).tags
+    assert "pwned" not in alice.get_registered_model(f"{MODEL}.alice").tags
+    gate_runs = alice.search_runs([alice.get_experiment_by_name("demo/gate").experiment_id],
+                                  "tags.`team.member` = 'reader'")
+    assert gate_runs == [] and all(r.data.tags.get("team.member") == "alice" for r in alice.search_runs(
+        [alice.get_experiment_by_name("demo/gate").experiment_id]))

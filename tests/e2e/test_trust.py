@@ -101,3 +101,33 @@ def test_a_swapped_transformer_of_a_cached_preprocess_run_is_refused_by_train(st
         store.python(ATTACKS, "restore", MODEL, f"{marker}.backup", check=True)
     error = _refused(result, marker)
     assert "preprocessor.cloudpickle" in error and "refused, nothing loaded" in error, error
+
+
+def test_a_model_directory_that_names_a_loader_module_is_refused_by_serve(store: Store, tmp_path):
+    """serialization=skops, a model served as a path with the verdict check off
+    (serve.allow_unvalidated=true): the sklearn flavor is genuine, but MLmodel's python_function
+    flavor names the attacker's loader module in a code folder, which mlflow.pyfunc.load_model
+    would import. The loader reads the directory first and refuses it."""
+    import mlflow
+    import yaml
+    from sklearn.datasets import load_wine
+    from sklearn.linear_model import LogisticRegression
+
+    from mlpipe.config import compose
+    from mlpipe.training import model_io
+
+    features, target = load_wine(return_X_y=True, as_frame=True)
+    model, path, marker = LogisticRegression(max_iter=500).fit(features, target), tmp_path / "m", tmp_path / "pwned"
+    mlflow.sklearn.save_model(model, str(path), serialization_format="skops", input_example=features.head(2),
+                              skops_trusted_types=model_io.trusted_types(model, list(compose([]).skops_trusted_types)),
+                              pip_requirements=["scikit-learn"])
+    mlmodel = yaml.safe_load((path / "MLmodel").read_text())
+    (path / "code").mkdir()
+    (path / "code" / "evil_loader.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+                                                  "def _load_pyfunc(path, model_config=None):\n    raise SystemExit\n")
+    mlmodel["flavors"]["python_function"] |= {"loader_module": "evil_loader", "code": "code"}
+    (path / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    result = store.mlflow_run("-P", f"model_uri={path}", "-P", f"{SMOKE_SKLEARN} serve.allow_unvalidated=true "
+                              "serialization=skops", entry="serve")
+    error = _refused(result, marker)
+    assert "its MLmodel names loader module 'evil_loader' (expected mlflow.sklearn)" in error, error

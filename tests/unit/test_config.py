@@ -53,6 +53,38 @@ def test_who_runs_under_a_team_is_one_of_its_members(monkeypatch, overrides, env
     assert str(info.value).startswith(message)
 
 
+@pytest.mark.parametrize("step,member,extra,message", [
+    ("train", "reader", [], "team.member='reader' is the team's READ-only identity (team.reader.user): it runs only "
+                            "serve and report; run train as a member"),
+    ("main", "reader", [], "team.member='reader' is the team's READ-only identity"),
+    ("report", "carol", [], "the team report loads every member's model: run it as the team's READ-only identity, "
+                            "not as 'carol': python -m mlpipe.team as reader -- mlflow run . -e report"),
+    ("serve", "alice", ["serve.team_variants=true"], "serve.team_variants=true loads every member's model: run it as "
+                                                     "the team's READ-only identity, not as 'alice'"),
+    ("report", "reader", [], None), ("serve", "reader", ["serve.team_variants=true"], None),
+    ("serve", "alice", [], None), ("train", "alice", [], None),  # a member's own serving and steps
+])
+def test_the_read_only_identity_runs_the_teams_serving_and_report_and_only_it_does(monkeypatch, step, member, extra,
+                                                                                  message):
+    from mlpipe.config import check_identity
+
+    monkeypatch.delenv("MLPIPE_TEAM", raising=False)
+    cfg = compose(["team=demo", f"team.member={member}", *extra])
+    if message is None:
+        check_identity(step, cfg)
+        return
+    with pytest.raises(ConfigError) as info:
+        check_identity(step, cfg)
+    assert str(info.value).startswith(message)
+    check_identity(step, compose([f"team.member={member}", *extra]))  # no team: no identities
+
+
+def test_the_read_only_identity_needs_a_name_no_member_has(monkeypatch):
+    monkeypatch.delenv("MLPIPE_TEAM", raising=False)
+    with pytest.raises(ConfigError, match=r"team.reader.user='bob' is also a member of team demo"):
+        compose(["team=demo", "team.member=alice", "team.reader.user=bob"])
+
+
 def test_compose_model_group_switches_target():
     cfg = compose(["model=gradient_boosting"])
     assert cfg.model._target_ == "sklearn.ensemble.HistGradientBoostingClassifier"

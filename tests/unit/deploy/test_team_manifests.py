@@ -123,6 +123,21 @@ def test_the_model_servers_overrides_compose():
     assert container["readinessProbe"]["httpGet"]["port"] == serve.port
 
 
+def test_the_model_server_logs_in_as_the_teams_read_only_identity_into_its_experiment(monkeypatch):
+    """Its login is the reader's Secret, never the admin's; its run goes where the reader may write."""
+    from mlpipe.config import compose
+
+    (deployment,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "model-server"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert refs["MLFLOW_TRACKING_USERNAME"] == {"name": "mlpipe-reader-login", "key": "username"}
+    assert refs["MLFLOW_TRACKING_PASSWORD"] == {"name": "mlpipe-reader-login", "key": "password"}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    monkeypatch.delenv("MLPIPE_TEAM", raising=False)
+    reader = compose(["team=demo", "team.member=alice"]).team.reader
+    assert env["MLFLOW_EXPERIMENT_NAME"] == reader.experiment and reader.user == "reader"
+
+
 def test_the_model_server_trusts_the_mounted_public_key_and_holds_no_private_one(tmp_path, monkeypatch):
     """The env and the Secret's files as the pod gets them: the keyring is the gate's public key."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -210,6 +225,9 @@ def test_the_secrets_agree_with_each_other(made_secrets):
     assert auth["mlflow"]["admin_password"] == made_secrets["mlpipe-mlflow-auth"]["admin-password"]
     login = made_secrets["mlpipe-tracking-login"]
     assert (login["username"], login["password"]) == (auth["mlflow"]["admin_username"], auth["mlflow"]["admin_password"])
+    # the model server's READ-only login: the password `python -m mlpipe.team setup` creates it with
+    reader = made_secrets["mlpipe-reader-login"]
+    assert reader["password"] == made_secrets["mlpipe-mlflow-auth"]["reader-password"] != login["password"]
     postgres_init = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "postgres-init"][0]
     created = set(re.findall(r"CREATE DATABASE (\w+);", "".join(postgres_init["data"].values())))
     assert created == {"mlflow_auth", "serve_records"}

@@ -57,6 +57,17 @@ def test_a_members_environment_logs_them_in_to_their_experiment(tmp_path):
         members.member_env(team, "dave")
 
 
+def test_the_read_only_identity_logs_in_to_its_own_experiment(tmp_path):
+    team = _team(tmp_path)
+    server.save_credentials(server.paths(team.server), {"admin": "a", "reader": "r-secret"})
+    env = members.member_env(team, "reader")
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"], env["MLFLOW_EXPERIMENT_NAME"]) == (
+        "reader", "r-secret", "demo/reader")
+    assert members.identities(team) == ["alice", "bob", "carol", "reader"]
+    with pytest.raises(ConfigError, match="'dave' is not a member of team demo .*; or reader, its READ-only identity"):
+        members.member_env(team, "dave")
+
+
 def test_logged_in_restores_the_previous_login(monkeypatch):
     import os
 
