@@ -14,9 +14,10 @@ from mlpipe.run.context import StepContext
 def run(ctx: StepContext) -> None:
     dcfg, vcfg = ctx.cfg.data, ctx.section("data.validation")
     digest = key_inputs.data_digest(ctx.key_input)
-    ctx.card.inputs.update({"data.source": str(dcfg.source), "data digest": digest})
+    ctx.card.inputs.update({"data.source": str(dcfg.source), "data digest": digest}
+                           | ({"data.append": ", ".join(map(str, dcfg.append))} if dcfg.append else {}))
     source = sources.parse_source(dcfg.source)
-    frame = sources.load_source(dcfg.source)
+    frame = sources.load_with_appended(dcfg.source, list(dcfg.append), dcfg.target)
     held = held_out(frame, dcfg.holdout_fraction)  # the team's evaluation set: never trained on
     frame = frame[~held].reset_index(drop=True)
     ctx.log_metrics({"data.holdout_rows": int(held.sum())})

@@ -38,6 +38,7 @@ def run(ctx: StepContext) -> None:
         lineage = handoff.lineage(ctx.run) | {f"qa.{metric}": "" if value is None else str(value),
                                               outputs.VERSION_METRIC_TAG: metric, "code.git_commit": ctx.run.data.tags.get("mlflow.source.git.commit", "")}
         author = {outputs.MEMBER_TAG: ctx.cfg.team.member} if ctx.cfg.team.member else {}
+        author |= {outputs.LOOP_ORIGIN_TAG: str(ctx.cfg.loop.origin)} if ctx.cfg.loop.origin else {}
         version = versions.register(model_uri, rcfg.model_name, lineage | author | {
             "pipeline.register_run_id": ctx.run_id, "qa.passed": str(validated).lower()})
         if validated:

@@ -28,7 +28,8 @@ from mlpipe.reports import cards
 from mlpipe.run import frames, handoff, lifecycle, monitor, processes
 from mlpipe.run.context import StepContext, log_card
 from mlpipe.run.outputs import (CONFIG_DIGEST_TAG, KEY_INPUT_TAG, KEY_TAG, LINEAGE_PREFIX, MEMBER_TAG,
-                                MONITOR_WARNING_TAG, PROCESS_TAG, STEP_TAG, TEAM_TAG, lineage_tag)
+                                LOOP_ORIGIN_TAG, MONITOR_WARNING_TAG, PROCESS_TAG, STEP_TAG, TEAM_TAG,
+                                lineage_tag)
 
 # The run name a step's run gets when it is opened without one (tests name their runs).
 RUN_NAME_ENV = "MLPIPE_RUN_NAME"
@@ -121,6 +122,8 @@ def _identity_tags(step: str, cfg: DictConfig, opened: lifecycle.Opened, params:
             f"{LINEAGE_PREFIX}{step}_code_digest": cache.code_digest(step)}
     if cfg.team.name and cfg.team.member:  # the author of every run, under a team (conf/team)
         tags |= {TEAM_TAG: cfg.team.name, MEMBER_TAG: cfg.team.member}
+    if cfg.loop.origin:  # started by the loop's retrain (docs/loop.md)
+        tags[LOOP_ORIGIN_TAG] = str(cfg.loop.origin)
     if extra:
         tags[KEY_INPUT_TAG] = extra
     if cacheable is None or cacheable(cfg):

@@ -21,8 +21,8 @@ from mlpipe.pipeline.driver import Driver
 from mlpipe.pipeline.spec import AFTER_SWEEP, select_steps
 from mlpipe.pipeline.warm import control as warm
 from mlpipe.run import lifecycle, storage
-from mlpipe.run.outputs import (ERROR_MESSAGE_TAG, JOB_PROCESS_TAG, NODE_TAG, OVERRIDES_TAG, ROLE_TAG, SCORE_METRIC,
-                                SweepJob, SweepJobOutput)
+from mlpipe.run.outputs import (ERROR_MESSAGE_TAG, JOB_PROCESS_TAG, LOOP_ORIGIN_TAG, NODE_TAG, OVERRIDES_TAG,
+                                ROLE_TAG, SCORE_METRIC, SweepJob, SweepJobOutput)
 
 NODE_ENV = "MLPIPE_NODE"  # set in the job's Ray worker by hydra_plugins/mlpipe_ray_launcher
 SWEEP_ENV = "MLPIPE_SWEEP_RUN_ID"  # set by the sweep callback: this process runs jobs of that sweep
@@ -71,7 +71,8 @@ def run_job(cfg: DictConfig, overrides: list[str] | None = None) -> float | None
     overrides = list(HydraConfig.get().overrides.task) if overrides is None else overrides
     if sweep_run_id:
         return _sweep_job(cfg, overrides, sweep_run_id)
-    tags = {ROLE_TAG: "pipeline", OVERRIDES_TAG: json.dumps(overrides)}
+    tags = {ROLE_TAG: "pipeline", OVERRIDES_TAG: json.dumps(overrides)} \
+        | ({LOOP_ORIGIN_TAG: str(cfg.loop.origin)} if cfg.loop.origin else {})
     with lifecycle.open_run("main", cfg, tags=tags, run_name=None) as opened:
         opened.client.update_run(opened.run_id, name=summary.run_name("main", cfg, opened.run.info.start_time / 1000))
         # storage=s3: the steps run in the experiment whose artifact location is the bucket.

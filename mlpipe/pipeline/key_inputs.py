@@ -19,11 +19,11 @@ SCHEMA_SEPARATOR = ";schema="
 
 
 def _ingest(client: MlflowClient, cfg: DictConfig, upstream: Run | None) -> str | None:
-    """The data's content digest, and the data.schema file's when one is given: new data (or an
-    edited schema) at the same path is a new ingest. `data_digest` reads the first part back."""
+    """The data's content digest (and each data.append file's), and the data.schema file's when
+    one is given: new data (or an edited schema) at the same path is a new ingest. `data_digest` reads the first part back."""
     from mlpipe.data.sources import source_digest
 
-    digest = source_digest(cfg.data.source)
+    digest = source_digest(cfg.data.source) + "".join(f"+{source_digest(str(a))}" for a in cfg.data.append)
     if cfg.data.schema:
         import hashlib
         from pathlib import Path

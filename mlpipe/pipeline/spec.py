@@ -43,7 +43,9 @@ ORDER = tuple(STEPS)
 # moving registry and tracking store).
 REPORTS: dict[str, StepSpec] = {"report": StepSpec("report", None, ("data", "team", "serve", "registry")),
                                  # the team gate signs a verdict on a member's candidate (docs/team.md)
-                                 "gate": StepSpec("gate", None, ("data", "team", "qa", "registry", "trust"))}
+                                 "gate": StepSpec("gate", None, ("data", "team", "qa", "registry", "trust")),
+                                 # the closed loop's watch on the served model (docs/loop.md)
+                                 "monitor": StepSpec("monitor", None, ("loop", "serve", "registry"))}
 
 
 def spec_of(step: str) -> StepSpec:

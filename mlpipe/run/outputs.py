@@ -37,6 +37,9 @@ MAX_TAG = 5000  # MLflow's tag value limit (characters)
 # Under a team (conf/team): on every run and on every registered version, who made it.
 TEAM_TAG = "team.name"
 MEMBER_TAG = "team.member"
+# On every run a retrain started (and the version it registered): the monitor run that started
+# it (loop.origin, docs/loop.md), so each automated action links to the one before it.
+LOOP_ORIGIN_TAG = "loop.monitor_run_id"
 CONFIG_ARTIFACT = "config/config.yaml"  # the resolved config every run logs
 # Every step's report card (run/context.py writes it; the driver copies it into the parent run).
 CARD_HTML = "card/card.html"

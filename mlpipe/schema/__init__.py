@@ -5,7 +5,7 @@ value), so there is one copy of every number. Hydra checks types and unknown key
 composes; `check()` then builds these dataclasses, whose `__post_init__` checks ranges and
 choices, so a bad value is a ConfigError naming its key before any step runs. The groups live
 in `stages` (data, preprocess, train, qa), `serving` (registry, serve) and `system` (main,
-monitor, storage, team); the root `Config` is here.
+monitor, storage, team) and `loop` (the closed loop); the root `Config` is here.
 
 May import: `mlpipe.errors`.
 """
@@ -20,6 +20,7 @@ from omegaconf import MISSING
 
 from mlpipe.schema import serving, stages, system
 from mlpipe.schema.checked import Checked, spec
+from mlpipe.schema.loop import LoopConfig
 from mlpipe.schema.serving import RegistryConfig, ServeConfig
 from mlpipe.schema.stages import DataConfig, PreprocessConfig, QaConfig, TrainConfig
 from mlpipe.schema.system import MainConfig, MonitorConfig, StorageConfig, TeamConfig, TrustConfig
@@ -37,6 +38,7 @@ class Config(Checked):
     serve: ServeConfig = MISSING
     main: MainConfig = MISSING
     monitor: MonitorConfig = MISSING
+    loop: LoopConfig = MISSING
     storage: StorageConfig = MISSING
     team: TeamConfig = MISSING
     trust: TrustConfig = MISSING

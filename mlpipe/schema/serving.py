@@ -102,6 +102,15 @@ class FeedbackConfig(Checked):
 
 
 @dataclass
+class InputsConfig(Checked):
+    KEY = "serve.inputs"
+    sample_rate: float = spec(ge=0, le=1)
+    columns: Optional[List[str]] = MISSING  # null: every column but `private`
+    private: List[str] = MISSING
+    max_chars: int = spec(ge=1)
+
+
+@dataclass
 class ServeConfig(Checked):
     KEY = "serve"
     mode: str = spec(choices=("forever", "smoke", "report"))
@@ -124,6 +133,7 @@ class ServeConfig(Checked):
     records_flush_ms: float = spec(gt=0)
     records_timeout_s: float = spec(gt=0)
     feedback: FeedbackConfig = MISSING
+    inputs: InputsConfig = MISSING
     ab: AbConfig = MISSING
     # ${runtime} unless set on its own: its error names both keys (__post_init__)
     runtime: str = spec(choices=RUNTIMES)

@@ -44,6 +44,7 @@ class DataConfig(Checked):
     KEY = "data"
     validation: ValidationConfig = MISSING
     source: str = MISSING
+    append: List[str] = MISSING  # files appended to source's rows (the loop's snapshot)
     target: str = MISSING
     task: str = spec(choices=("auto", "classification", "regression"))
     name: str = MISSING

@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlpipe.serving import abtest, batching, feedback
+from mlpipe.serving import abtest, batching, capture, feedback
 from mlpipe.serving.records import writer
 from mlpipe.serving.spec import SPEC_ENV, ServeSpec
 from mlpipe.serving.variants import LiveVariant, load_variants, refresh_aliases
@@ -116,6 +116,7 @@ class ServingApp:
         self.store = writer.RecordStore(spec.records, spec.flush_ms, spec.records_timeout_s, shared=spec.workers > 1,
                                         max_mb=float(spec.limits["max_records_mb"]))
         self.secret = feedback.load_secret(spec.feedback["secret_file"])
+        self.inputs, self.inputs_rng = capture.Policy.from_config(spec.inputs), random.Random(spec.seed)
         self.store.record_experiment(spec.experiment, spec.variants, spec.control)
         self.bandit = ([0] * len(self.variants), [0] * len(self.variants))
         schema = self.variants[0].model.metadata.get_input_schema()
@@ -194,11 +195,14 @@ class ServingApp:
         response, answer, body_json = await self._answer(request, variant, headers)
         ok = response.status_code == 200
         rows, keys = (answer.rows, ",".join(answer.keys or ())) if ok else (0, "")
+        kept = capture.Pending(answer.frame, self.inputs) if ok and answer.frame is not None and \
+            self.inputs.draw(self.inputs_rng) else ""  # encoded by the records' writer thread
         self.store.append({"request_id": request_id, "ts": time.time(), "experiment": self.spec.experiment,
                            "variant": variant.name, "model_uri": variant.model_uri,
                            "model_version": headers[VERSION_HEADER], "author": variant.author,
                            "status": response.status_code, "latency_ms": (time.perf_counter() - started) * 1000,
-                           "rows": rows, "row_keys": keys, "overridden": int(overridden), "predictions": body_json})
+                           "rows": rows, "row_keys": keys, "overridden": int(overridden), "predictions": body_json,
+                           "inputs": kept})
         return response
 
     async def _answer(self, request, variant: LiveVariant, headers: dict) -> tuple[Any, batching.Answer, str | None]:

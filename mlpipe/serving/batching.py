@@ -179,6 +179,7 @@ class Answer:
     predictions: Any = None
     rows: int = 0
     keys: list[str] | None = None  # row_keys of a JSON frame; None for other inputs
+    frame: tuple | None = None  # the request's JSON frame, merge_key's ((format, columns), rows); None for others
     version: str | None = None
     http: tuple | None = None
     error: BaseException | None = None
@@ -253,6 +254,7 @@ def predict_batch(model, input_schema, requests: list[tuple[bytes, str | None]],
     for i, (body, content_type) in enumerate(requests):
         if answers[i] is None:
             answers[i] = _predict_one(model, input_schema, body, content_type, frames[i])
+        answers[i].frame = frames[i]  # what serve.inputs keeps of it (serving/capture.py)
     return answers
 
 

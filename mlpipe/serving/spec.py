@@ -47,6 +47,8 @@ class ServeSpec:
     revoked: list[str] = field(default_factory=list)
     gate_experiment: str | None = None  # under serve.team_variants: the team gate's experiment id
     onnx_threads: list[int] = field(default_factory=lambda: [1, 1])  # serve.onnx: onnxruntime's intra-op and inter-op threads
+    inputs: dict = field(default_factory=lambda: {"sample_rate": 0.0, "columns": None, "private": [],
+                                                  "max_chars": 65536})  # serve.inputs (serving/capture.py)
 
     @classmethod
     def from_config(cls, scfg: dict, default_uri: str, records_path: str, serialization: str,
@@ -66,7 +68,7 @@ class ServeSpec:
         return cls(variants=[v.__dict__ for v in variants], experiment=str(scfg["experiment"]),
                    records=records_path, policy=routing["policy"], key_header=routing["key_header"],
                    override_header=routing["override_header"], allow_override=bool(routing["allow_override"]),
-                   feedback=dict(scfg["feedback"]), batching=dict(scfg["batching"]),
+                   feedback=dict(scfg["feedback"]), batching=dict(scfg["batching"]), inputs=dict(scfg["inputs"]),
                    limits=dict(limits), refresh_seconds=float(scfg["refresh_seconds"]),
                    flush_ms=float(scfg["records_flush_ms"]), records_timeout_s=float(scfg["records_timeout_s"]),
                    thompson_refresh_seconds=float(routing["thompson_refresh_seconds"]),

@@ -22,7 +22,7 @@ def test_compose_defaults():
     assert cfg["model"]["random_state"] == 42  # ${seed} is resolved
     assert cfg["serialization"] == "cloudpickle"
     assert "hydra" not in cfg
-    assert set(cfg) == {"data", "preprocess", "model", "train", "qa", "registry", "serve", "main", "monitor", "storage",
+    assert set(cfg) == {"data", "preprocess", "model", "train", "qa", "registry", "serve", "main", "monitor", "loop", "storage",
                         "team", "seed", "serialization", "runtime", "skops_trusted_types", "trust"}
     assert cfg["runtime"] == cfg["serve"]["runtime"] == "onnx"
     assert cfg["team"]["name"] is None
@@ -236,7 +236,7 @@ def test_validate_cli_accepts_and_says_whether_the_config_is_the_one_to_run(args
                                 "no argument 'n_estimator'; did you mean model.n_estimators?"),
     (["-m", "qa.baseline.alfa=0.1,0.2"], "unknown config key qa.baseline.alfa; did you mean qa.baseline.alpha?"),
     (["+qa.baseline.alfa=0.1"], "unknown config key qa.baseline.alfa; did you mean qa.baseline.alpha?"),
-    (["+extra=1"], "unknown config key extra; the config has data, main, model, monitor, preprocess, qa, registry, "
+    (["+extra=1"], "unknown config key extra; the config has data, loop, main, model, monitor, preprocess, qa, registry, "
                    "runtime, seed, serialization, serve, skops_trusted_types, storage, team, train, trust"),
 ])
 def test_validate_cli_rejects_an_unknown_key_with_the_closest_one(args, message):

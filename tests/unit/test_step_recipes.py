@@ -28,7 +28,7 @@ def _mlflow_writes(path: Path) -> list[str]:
 
 def test_the_steps_are_the_mlproject_entry_points():
     assert [p.stem for p in STEPS] == sorted(["ingest", "preprocess", "train", "qa", "register", "serve", "main", "report",
-                                             "gate"])
+                                             "gate", "monitor"])
 
 
 @pytest.mark.parametrize("path", STEPS, ids=lambda p: p.name)

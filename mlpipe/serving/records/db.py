@@ -59,11 +59,12 @@ CREATE OR REPLACE TRIGGER feedback_append_only BEFORE UPDATE OR DELETE ON feedba
 # row_keys: a digest per request row, comma-separated (batching.row_keys; '' for non-JSON input).
 # overridden: 1 when serve.routing.override_header chose the variant (never counted in A/B tests).
 ADDED_COLUMNS = {"author": "TEXT NOT NULL DEFAULT ''", "row_keys": "TEXT NOT NULL DEFAULT ''",
-                 "overridden": "INTEGER NOT NULL DEFAULT 0", "server": "TEXT NOT NULL DEFAULT ''"}
+                 "overridden": "INTEGER NOT NULL DEFAULT 0", "server": "TEXT NOT NULL DEFAULT ''",
+                 "inputs": "TEXT NOT NULL DEFAULT ''"}
 # What a record without an added column gets: the column's SQL default.
 ADDED_DEFAULTS = {column: 0 if kind.startswith("INTEGER") else "" for column, kind in ADDED_COLUMNS.items()}
 COLUMNS = ("request_id", "ts", "experiment", "variant", "model_uri", "model_version", "status", "latency_ms",
-           "rows", "predictions", "author", "row_keys", "overridden", "server")
+           "rows", "predictions", "author", "row_keys", "overridden", "inputs", "server")
 # One label set per request, enforced by the database where it can be (a store written before
 # this rule may hold repeats: then the server's own check is the only one).
 ONCE_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS feedback_once ON feedback (request_id)"

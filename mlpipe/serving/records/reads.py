@@ -146,3 +146,64 @@ def labelled_rows(target: str | Path, experiment: str, timeout_s: float) -> dict
         if author:
             out["authors"].setdefault(variant, set()).add(author)
     return out
+
+
+# The columns served_frame adds to a request's input columns.
+SERVED_COLUMNS = ("record_id", "request_id", "ts", "variant", "model_version", "prediction", "label",
+                  "feedback_id")
+
+
+def served_frame(target: str | Path, experiment: str, timeout_s: float, after_id: int = 0, limit: int | None = None):
+    """One row per input row the server kept (serve.inputs) of the answered requests of
+    `experiment` after record id `after_id`, oldest first (at most `limit` requests): the input
+    columns, then SERVED_COLUMNS; `label` and `feedback_id` are None for a row no feedback
+    labelled yet. Requests
+    the override header routed are included: drift and retraining do not depend on the arm."""
+    import pandas as pd
+
+    from mlpipe.serving.capture import decode
+
+    with read_only(target, timeout_s) as db:
+        if "inputs" not in columns(db, "requests"):
+            return pd.DataFrame(columns=list(SERVED_COLUMNS))
+        rows = db.execute(
+            "SELECT r.id, r.request_id, r.ts, r.variant, r.model_version, r.predictions, r.inputs, f.label, f.id "
+            "FROM requests r LEFT JOIN feedback f ON f.request_id = r.request_id WHERE r.experiment = ? "
+            "AND r.status = 200 AND r.id > ? AND r.inputs != '' ORDER BY r.id"
+            + (f" LIMIT {int(limit)}" if limit else ""), (experiment, int(after_id)))
+    parts = []
+    for record_id, request_id, ts, variant, version, predictions, inputs, label, feedback_id in rows:
+        found = decode(inputs)
+        if found is None:
+            continue
+        names, data = found
+        preds = _aligned(predictions, label or json.dumps([None] * len(data)))[0]
+        truth = json.loads(label) if label else [None] * len(data)
+        truth = truth if isinstance(truth, list) else [truth]
+        if len(preds) != len(data) or len(truth) != len(data):
+            continue  # a record whose parts disagree (never written so by this server): left out
+        frame = pd.DataFrame(data, columns=names)
+        frame = frame.assign(record_id=record_id, request_id=request_id, ts=float(ts), variant=variant,
+                             model_version=version, prediction=preds, label=truth,
+                             feedback_id=int(feedback_id) if feedback_id is not None else None)
+        parts.append(frame)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(SERVED_COLUMNS))
+
+
+def labels_after(target: str | Path, experiment: str, model_version: str, after_id: int, timeout_s: float,
+                 limit: int | None = None) -> list[tuple[int, Any, Any]]:
+    """(feedback id, prediction, label) per labelled row of the requests of `experiment` that
+    `model_version` answered, for the label sets after feedback id `after_id`, in the order they
+    arrived: what the monitor's performance rule reads, a label set once."""
+    with read_only(target, timeout_s) as db:
+        if "feedback" not in tables(db):
+            return []
+        rows = db.execute(
+            "SELECT f.id, r.predictions, f.label FROM feedback f JOIN requests r ON r.request_id = f.request_id "
+            "WHERE r.experiment = ? AND r.model_version = ? AND r.status = 200 AND f.id > ? ORDER BY f.id"
+            + (f" LIMIT {int(limit)}" if limit else ""), (experiment, str(model_version), int(after_id)))
+    out = []
+    for feedback_id, predictions, label in rows:
+        preds, truth = _aligned(predictions, label)
+        out.extend((int(feedback_id), p, t) for p, t in zip(preds, truth))
+    return out

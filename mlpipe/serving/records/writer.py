@@ -19,6 +19,7 @@ from mlpipe.serving.records.db import ADDED_DEFAULTS, COLUMNS, Db, connect, disp
 from mlpipe.serving.records.reads import labelled_pairs
 
 INSERT_REQUEST = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+INPUTS = COLUMNS.index("inputs")  # a capture.Pending until the writer thread encodes it
 # Latency histogram bucket bounds (seconds), as Prometheus clients use by default.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -74,6 +75,7 @@ class RecordStore:
                     break
             if not rows:
                 return
+            rows = [_encoded(row) for row in rows]
             try:
                 with self.db.transaction():
                     self.db.executemany(INSERT_REQUEST, rows)
@@ -168,6 +170,12 @@ class RecordStore:
         self.thread.join(timeout=30)
         with self.lock:
             self.db.close()
+
+
+def _encoded(row: tuple) -> tuple:
+    """The record as stored: its kept input rows encoded here, in the writer thread (serving/capture.py)."""
+    kept = row[INPUTS]
+    return row if isinstance(kept, str) else row[:INPUTS] + (kept.encode(),) + row[INPUTS + 1:]
 
 
 def prometheus(aggregates: Sequence[tuple], dropped: int = 0) -> str:

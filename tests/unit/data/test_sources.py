@@ -406,3 +406,22 @@ def test_synthetic_source_is_deterministic_and_its_parameters_are_its_digest():
 def test_bad_synthetic_parameters_are_config_errors(query, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_source(f"sklearn:synthetic?{query}")
+
+
+def test_appended_files_add_their_rows_in_the_sources_column_order(tmp_path):
+    import pandas as pd
+
+    (tmp_path / "d.csv").write_text("a,b,y\n1,2.5,0\n3,4.5,1\n")
+    pd.DataFrame({"y": [1], "b": [9], "a": [7]}).to_parquet(tmp_path / "served.parquet")
+    frame = sources.load_with_appended(str(tmp_path / "d.csv"), [str(tmp_path / "served.parquet")], "y")
+    assert frame.to_dict(orient="list") == {"a": [1, 3, 7], "b": [2.5, 4.5, 9.0], "y": [0, 1, 1]}
+    assert str(frame["b"].dtype) == "float64"
+
+
+def test_an_appended_file_with_other_columns_is_a_data_error_naming_them(tmp_path):
+    (tmp_path / "d.csv").write_text("a,b,y\n1,2,0\n")
+    (tmp_path / "x.csv").write_text("a,c\n1,2\n")
+    with pytest.raises(DataError, match=r"data.append .*x.csv: its columns differ from .*d.csv's; missing b, y; "
+                                        r"not in the source c \(every appended file needs the source's columns, y "
+                                        r"included\)"):
+        sources.load_with_appended(str(tmp_path / "d.csv"), [str(tmp_path / "x.csv")], "y")

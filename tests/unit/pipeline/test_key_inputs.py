@@ -19,7 +19,7 @@ def client(tmp_path):
 
 def cfg(tmp_path, **data):
     return OmegaConf.create({
-        "data": {"source": str(tmp_path / "d.csv"), "schema": None, **data.get("data", {})},
+        "data": {"source": str(tmp_path / "d.csv"), "schema": None, "append": [], **data.get("data", {})},
         "qa": {"data_source": data.get("batch"), "champion": {"enabled": True}},
         "registry": {"model_name": "m", "champion_alias": "champion"}})
 
@@ -47,6 +47,18 @@ def test_ingest_key_follows_the_data_and_the_schema_file(client, tmp_path):
     assert key_inputs.key_input("ingest", client, cfg(tmp_path, data={"schema": str(schema)}), None) != with_schema
     (tmp_path / "d.csv").write_text("a,b\n1,3\n")
     assert key_inputs.key_input("ingest", client, cfg(tmp_path), None) != plain
+
+
+def test_ingest_key_follows_each_appended_files_content(client, tmp_path):
+    (tmp_path / "d.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "served.csv").write_text("a,b\n3,4\n")
+    plain = key_inputs.key_input("ingest", client, cfg(tmp_path), None)
+    appended = key_inputs.key_input("ingest", client, cfg(tmp_path, data={"append": [str(tmp_path / "served.csv")]}),
+                                    None)
+    assert appended.startswith(plain + "+") and key_inputs.data_digest(appended) == appended
+    (tmp_path / "served.csv").write_text("a,b\n3,5\n")  # new served rows: a new ingest
+    assert key_inputs.key_input("ingest", client, cfg(tmp_path, data={"append": [str(tmp_path / "served.csv")]}),
+                                None) != appended
 
 
 def test_ingest_key_of_unreadable_data_raises_the_data_error(client, tmp_path):

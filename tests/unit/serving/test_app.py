@@ -273,3 +273,43 @@ def test_a_full_record_store_still_answers_and_refuses_feedback(tmp_path, model_
     assert status == 507 and "serve.limits.max_records_mb" in answer["message"]
     dropped = int(next(line for line in metrics.splitlines() if line.startswith("mlpipe_records_dropped_total ")).split()[1])
     assert dropped >= 1
+
+
+def test_the_server_keeps_the_sampled_requests_rows_and_reads_them_back_with_their_labels(tmp_path, model_paths):
+    """serve.inputs: a private column never kept, both JSON formats kept, a CSV request answered
+    but not kept; served_frame gives the rows with their predictions and, once labelled, labels."""
+    import time
+
+    from mlpipe.serving.records.reads import served_frame
+
+    paths, X = model_paths
+    private = X.columns[0]
+    spec = _spec(tmp_path, paths, f"serve.inputs.private=['{private}']", "serve.records_flush_ms=20")
+    rows = X.head(3)
+    with _served(spec) as url:
+        first, answer = _post(url, "/invocations", {"dataframe_records": rows.to_dict(orient="records")})
+        _post(url, "/invocations", {"dataframe_split": rows.to_dict(orient="split")})
+        import urllib.request
+
+        csv = urllib.request.Request(url + "/invocations", data=rows.to_csv(index=False).encode(),
+                                     headers={"Content-Type": "text/csv"})
+        assert urllib.request.urlopen(csv, timeout=30).status == 200
+        _label(url, first, [0, 1, 2])
+        time.sleep(0.2)  # the writer's flush
+    served = served_frame(spec.records, spec.experiment, 30)
+    assert list(served.columns[:3]) == list(X.columns[1:]) and private not in served.columns
+    assert len(served) == 6 and served["request_id"].nunique() == 2  # the CSV request: not a JSON frame
+    assert served[list(X.columns[1:])].to_numpy().tolist() == rows[X.columns[1:]].to_numpy().tolist() * 2
+    assert served["label"].tolist() == [0, 1, 2, None, None, None]
+    assert served["prediction"].tolist()[:3] == answer["predictions"]
+
+
+def test_a_sample_rate_of_zero_keeps_no_rows(tmp_path, model_paths):
+    from mlpipe.serving.records.reads import served_frame
+
+    paths, X = model_paths
+    spec = _spec(tmp_path, paths, "serve.inputs.sample_rate=0")
+    with _served(spec) as url:
+        for _ in range(5):
+            _post(url, "/invocations", {"dataframe_records": X.head(2).to_dict(orient="records")})
+    assert served_frame(spec.records, spec.experiment, 30).empty
