@@ -1,14 +1,16 @@
-"""monitor: what the server answered for `loop.model`@`loop.alias` since the previous monitor run
-(docs/loop.md): input drift per column against the training reference, prediction drift, and
-accuracy on the labelled rows, each decided by a rule whose false-alarm rate holds however often
-it runs (mlpipe/loop/detect.py). A raised trigger is the tag loop.trigger=true and its reason."""
+"""monitor: one tick of the closed loop (docs/loop.md). A canaried challenger is decided first
+(promoted or rolled back by the sequential A/B test, or left to collect labels); then what the
+server answered for `loop.model`@`loop.alias` since the previous monitor run is judged: input
+drift, prediction drift, accuracy on the labels, by rules whose false-alarm rates hold however
+often it runs (mlpipe/loop/detect.py). A raised trigger (tag loop.trigger) retrains on the rows
+served since the change and registers a challenger, unless one is being canaried."""
 
 from pathlib import Path
 
-from mlpipe.loop import state as states
-from mlpipe.loop import retrain, watch, window
+from mlpipe.loop import canary, retrain, tick
+from mlpipe.loop.state import STATE_TAG
 from mlpipe.pipeline.harness import step_main
-from mlpipe.run import handoff, outputs
+from mlpipe.registry import provenance
 from mlpipe.run.context import StepContext
 from mlpipe.serving import abreport
 from mlpipe.serving.records.db import display
@@ -17,50 +19,39 @@ PROJECT = str(Path(__file__).resolve().parents[1])  # the project a retrain's `m
 
 
 def run(ctx: StepContext) -> None:
-    lcfg, scfg = ctx.cfg.loop, ctx.cfg.serve
-    watched = window.watched(ctx.client, lcfg.model, lcfg.alias)
+    lcfg, scfg, rcfg = ctx.cfg.loop, ctx.cfg.serve, ctx.cfg.registry
     target = abreport.records_path(ctx.section("serve"), ctx.tracking_uri)
-    before = handoff.newest_finished_run(ctx.client, ctx.run.info.experiment_id,
-                                         {outputs.STEP_TAG: "monitor", "loop.model": watched.name})
-    start, how = states.carried(states.State.from_tag(before.data.tags.get(states.STATE_TAG)) if before else None,
-                                watched.name, watched.version)
-    found = watch.Findings(start)
-    labels = window.new_labels(target, scfg.experiment, watched.version, start.feedback_cursor,
-                               scfg.records_timeout_s, lcfg.max_requests)
-    served, last_id = window.served_rows(target, scfg.experiment, watched.version, start.request_cursor,
-                                         scfg.records_timeout_s, lcfg.max_requests)
-    watch.performance(found, labels, watched.task, lcfg.performance)
-    watch.inputs(found, served, last_id, watched.profile, watched.reference, lcfg.inputs)
-    watch.predictions(found, served)
-    found.state.runs += 1
-    reason = found.trigger(list(lcfg.trigger))
-    retrained = _retrain(ctx, watched, target, found) if reason and lcfg.retrain.enabled else None
-
-    ctx.card.inputs.update({"model": f"{watched.name}@{watched.alias} (version {watched.version}, {watched.task})",
-                            "records": f"{display(target)}, experiment {scfg.experiment}", "state": how,
-                            "previous monitor run": before.info.run_id if before else "none"})
-    ctx.card.add_table("Input drift on the served rows since the last test, worst first",
-                       ["column", "test", "p", "PSI", "rows", "drifted"],
-                       [[d.column, d.test, d.p_value, d.psi, d.rows, d.drifted]
-                        for d in sorted(found.drift, key=lambda d: -d.psi)])
-    ctx.card.add_table("What was not decided", ["note"], [[note] for note in found.notes])
-    ctx.card.outputs.update({"trigger": bool(reason), "reason": reason or "none",
-                             "retrain": retrained.line if retrained else "none",
-                             "alarms (all rules)": "; ".join(f"{k}: {v}" for k, v in found.alarms.items()) or "none"})
-    ctx.log_metrics(found.metrics)
-    ctx.set_tags({"loop.model": watched.name, "loop.version": watched.version,
-                  "loop.trigger": str(bool(reason)).lower(),
-                  "loop.reason": reason or "", states.STATE_TAG: found.state.to_tag()}
-                 | ({"loop.retrain_run_id": retrained.run_id or "", "loop.challenger": retrained.challenger or ""}
-                    if retrained else {}))
-    ctx.summary(f"{watched.name} v{watched.version}: " + (f"TRIGGER: {reason}" if reason else "no trigger")
-                + f"; {len(labels)} labelled rows, {len(served)} served rows read"
-                + (f"; {retrained.line}" if retrained else ""))
+    tags, lines, outcomes = {}, [], {}
+    challenger = canary.pending(ctx.client, lcfg.model, rcfg.challenger_alias)
+    if challenger is not None:
+        decision = canary.decide(ctx.client, challenger, target, scfg.experiment, ctx.section("serve")["ab"],
+                                 canary.task_of(ctx.client, challenger), scfg.records_timeout_s, lcfg.canary.max_rows)
+        tags |= canary.act(ctx.client, decision, target, scfg.experiment, lcfg.model, rcfg,
+                           provenance.trust_for(ctx.client, ctx.cfg.trust), scfg.records_timeout_s)
+        lines.append(decision.line)
+        outcomes["canary"] = decision.line
+        challenger = challenger if decision.action == "wait" else None
+    seen = tick.look(ctx.client, lcfg, scfg, target, ctx.run.info.experiment_id)
+    if seen.reason and lcfg.retrain.enabled:
+        retrained = _retrain(ctx, seen, target) if challenger is None else retrain.Outcome(
+            None, None, f"no retrain: challenger v{challenger.version} is still being canaried")
+        tags |= {"loop.retrain_run_id": retrained.run_id or "", "loop.challenger": retrained.challenger or ""}
+        lines.append(retrained.line)
+        outcomes["retrain"] = retrained.line
+    watched = seen.watched
+    tick.fill_card(ctx.card, seen, f"{display(target)}, experiment {scfg.experiment}", outcomes)
+    ctx.log_metrics(seen.found.metrics)
+    ctx.set_tags(tags | {"loop.model": watched.name, "loop.version": watched.version,
+                         "loop.trigger": str(bool(seen.reason)).lower(), "loop.reason": seen.reason or "",
+                         STATE_TAG: seen.found.state.to_tag()})
+    ctx.summary("; ".join([f"{watched.name} v{watched.version}: " + (f"TRIGGER: {seen.reason}" if seen.reason
+                                                                      else "no trigger")
+                           + f"; {seen.labelled} labelled rows, {seen.served} served rows read", *lines]))
 
 
-def _retrain(ctx: StepContext, watched, target: str, found) -> retrain.Outcome:
+def _retrain(ctx: StepContext, seen: tick.Look, target: str) -> retrain.Outcome:
     """The labelled rows served since the change began, as a snapshot logged to this run, then `main` on them."""
-    rcfg, scfg = ctx.cfg.loop.retrain, ctx.cfg.serve
+    rcfg, scfg, watched, found = ctx.cfg.loop.retrain, ctx.cfg.serve, seen.watched, seen.found
     served = retrain.labelled(target, scfg.experiment, watched.version, scfg.records_timeout_s, rcfg.rows,
                               found.changed_after_feedback, found.drifted_after_request)
     if len(served) < rcfg.min_rows:
@@ -71,7 +62,6 @@ def _retrain(ctx: StepContext, watched, target: str, found) -> retrain.Outcome:
     ctx.set_tags(tags)
     command = retrain.command(PROJECT, ctx.params.get("overrides") or "", path, rcfg, watched.name,
                               ctx.cfg.data.name, ctx.run_id)
-    ctx.card.inputs["retrain"] = f"mlflow run . -e main -P overrides=\"{command.overrides}\""
     return retrain.run(ctx.client, command, PROJECT, rcfg.timeout_s, ctx.run_id, watched.name,
                        ctx.cfg.registry.challenger_alias, ctx.run.info.experiment_id)
 

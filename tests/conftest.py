@@ -21,7 +21,7 @@ MODULE_SECONDS = {  # measured at f76b2e2 (1118 tests, 18 min)
     "test_resource_monitoring.py": 40, "test_warm_steps.py": 40, "test_steps.py": 37, "test_sweeps.py": 37,
     "test_data_sources.py": 30, "test_model_gate.py": 18, "test_team_postgres.py": 17, "test_git_uri.py": 15,
     "test_model_io.py": 13, "test_kubernetes_backend.py": 10, "test_warm.py": 10, "test_browser_helper.py": 9,
-    "test_card_viewer.py": 40, "test_onnx_gate.py": 65, "test_trust.py": 150,
+    "test_card_viewer.py": 40, "test_onnx_gate.py": 65, "test_trust.py": 150, "test_loop.py": 200,
 }
 
 

@@ -43,6 +43,12 @@ class LoopRetrainConfig(Checked):
 
 
 @dataclass
+class LoopCanaryConfig(Checked):
+    KEY = "loop.canary"
+    max_rows: int = spec(ge=1)
+
+
+@dataclass
 class LoopConfig(Checked):
     KEY = "loop"
     model: str = MISSING
@@ -52,6 +58,7 @@ class LoopConfig(Checked):
     inputs: LoopInputsConfig = MISSING
     trigger: List[str] = MISSING
     retrain: LoopRetrainConfig = MISSING
+    canary: LoopCanaryConfig = MISSING
     origin: Optional[str] = MISSING
 
     def __post_init__(self) -> None:

@@ -102,6 +102,13 @@ class FeedbackConfig(Checked):
 
 
 @dataclass
+class CanaryConfig(Checked):
+    KEY = "serve.canary"
+    alias: Optional[str] = MISSING
+    weight: float = spec(gt=0, lt=1)
+
+
+@dataclass
 class InputsConfig(Checked):
     KEY = "serve.inputs"
     sample_rate: float = spec(ge=0, le=1)
@@ -134,6 +141,7 @@ class ServeConfig(Checked):
     records_timeout_s: float = spec(gt=0)
     feedback: FeedbackConfig = MISSING
     inputs: InputsConfig = MISSING
+    canary: CanaryConfig = MISSING
     ab: AbConfig = MISSING
     # ${runtime} unless set on its own: its error names both keys (__post_init__)
     runtime: str = spec(choices=RUNTIMES)

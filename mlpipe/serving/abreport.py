@@ -44,9 +44,11 @@ def outcomes(pairs: list[tuple[Any, Any]], task: str) -> list[float]:
         raise DataError(f"regression feedback must be numbers: {exc}") from exc
 
 
-def build(path: Path, experiment: str, ab: dict, configured: list[str], task: str, timeout_s: float) -> dict[str, Any]:
-    """The A/B report of `experiment` from the records at `path` (read within `timeout_s`)."""
-    data = reads.labelled_rows(path, experiment, timeout_s)
+def build(path: Path, experiment: str, ab: dict, configured: list[str], task: str, timeout_s: float,
+          since_ts: float = 0.0) -> dict[str, Any]:
+    """The A/B report of `experiment` from the records at `path` (read within `timeout_s`), of the
+    requests answered from `since_ts` on (the loop's canary: from the challenger's registration)."""
+    data = reads.labelled_rows(path, experiment, timeout_s, since_ts)
     arms = list(data["latencies"])
     if not arms:
         raise DataError(f"no answered requests for A/B experiment {experiment!r} in {path}")
@@ -156,7 +158,7 @@ def promote_to_team(client, result: dict[str, Any], served: dict[str, tuple[str,
             target = versions.copy_version(client, source, team_model, {
                 outputs.COPIED_FROM_TAG: f"{name}/{version}", outputs.PROMOTED_EXPERIMENT_TAG: result["experiment"],
                 outputs.PROMOTED_BY_TAG: promoted_by, outputs.PROMOTED_AT_TAG: stamp,
-                outputs.EVIDENCE_TAG: _evidence_tag(evidence(result))},
+                outputs.EVIDENCE_TAG: evidence_tag(evidence(result))},
                 f"{name} version {version}, promoted by A/B experiment {result['experiment']}: "
                 f"{result['recommendation']}").version
         versions.set_alias(client, team_model, alias, str(target))
@@ -170,7 +172,7 @@ def _copy_of(client, team_model: str, source: str) -> str | None:
                  if (v.tags or {}).get(outputs.COPIED_FROM_TAG) == source), None)
 
 
-def _evidence_tag(evidence: dict[str, Any]) -> str:
+def evidence_tag(evidence: dict[str, Any]) -> str:
     """The evidence as a tag value (at most 5000 characters): the per-arm counts go first when
     there are too many arms, so the JSON stays whole."""
     import json

@@ -32,7 +32,7 @@ from starlette.routing import Route
 from mlpipe.serving import abtest, batching, capture, feedback
 from mlpipe.serving.records import writer
 from mlpipe.serving.spec import SPEC_ENV, ServeSpec
-from mlpipe.serving.variants import LiveVariant, load_variants, refresh_aliases
+from mlpipe.serving.variants import CANARY, LiveVariant, load_variants, refresh_aliases
 
 VARIANT_HEADER, VERSION_HEADER, URI_HEADER, REQUEST_ID_HEADER = (
     "X-Variant", "X-Model-Version", "X-Model-Uri", "X-Request-Id")
@@ -80,7 +80,6 @@ class ServingApp:
         self.spec = spec
         self.variants = variants
         self.by_name: dict[str, LiveVariant] = {}
-        self.weights: list[float] = []
         self.store: writer.RecordStore | None = None
         self.bandit: tuple[list[int], list[int]] = ([], [])  # (good, bad) feedback per variant, for thompson
         self.secret = b""  # serve.feedback.secret_file's: X-Feedback-Token's key
@@ -112,12 +111,13 @@ class ServingApp:
         if self.variants is None:
             self.variants = load_variants(spec)
         self.by_name = {v.name: v for v in self.variants}
-        self.weights = [v.weight for v in self.variants]
         self.store = writer.RecordStore(spec.records, spec.flush_ms, spec.records_timeout_s, shared=spec.workers > 1,
                                         max_mb=float(spec.limits["max_records_mb"]))
         self.secret = feedback.load_secret(spec.feedback["secret_file"])
         self.inputs, self.inputs_rng = capture.Policy.from_config(spec.inputs), random.Random(spec.seed)
-        self.store.record_experiment(spec.experiment, spec.variants, spec.control)
+        self.store.record_experiment(spec.experiment, spec.variants + [
+            {"name": v.name, "model_uri": v.model_uri, "weight": float(spec.canary["weight"])}
+            for v in self.variants if v.name == CANARY], spec.control)
         self.bandit = ([0] * len(self.variants), [0] * len(self.variants))
         schema = self.variants[0].model.metadata.get_input_schema()
         for v in self.variants:
@@ -150,17 +150,19 @@ class ServingApp:
                 return None, (403, f"{spec.override_header} is off (serve.routing.allow_override=false): a client "
                                    "does not choose its variant"), True
             variant = self.by_name.get(forced)
-            if variant is None:
-                return None, (400, f"{spec.override_header}: no variant {forced!r}; variants: "
-                                   f"{', '.join(self.by_name)}"), True
+            if variant is None or variant.model is None:
+                return None, (400, f"{spec.override_header}: no variant {forced!r} serving now; variants: "
+                                   f"{', '.join(v.name for v in live if v.model is not None)}"), True
             return variant, None, True
-        if len(live) == 1:
+        if len(live) == 1 or live[-1].model is None:  # one model, or the canary off (serve.canary)
             return live[0], None, False
         if spec.policy == "thompson":
             good, bad = self.bandit
             return live[abtest.thompson(good, bad, self.nprng)], None, False
         key = request.headers.get(spec.key_header)
-        return live[abtest.assign(self.weights, spec.experiment, key, self.rng)], None, False
+        # the canary's weight is its share of requests (serve.canary); variants' weights are relative
+        weights = [1.0 - live[-1].weight, live[-1].weight] if spec.canary else [v.weight for v in live]
+        return live[abtest.assign(weights, spec.experiment, key, self.rng)], None, False
 
     async def read_body(self, request, what: str, limit: int | None = None) -> bytes:
         """The whole body: _TooLarge over serve.limits.max_body_mb, a 408 _Timeout when it has not

@@ -49,6 +49,7 @@ class ServeSpec:
     onnx_threads: list[int] = field(default_factory=lambda: [1, 1])  # serve.onnx: onnxruntime's intra-op and inter-op threads
     inputs: dict = field(default_factory=lambda: {"sample_rate": 0.0, "columns": None, "private": [],
                                                   "max_chars": 65536})  # serve.inputs (serving/capture.py)
+    canary: dict | None = None  # serve.canary {alias, weight} when its alias is set (variants.CANARY)
 
     @classmethod
     def from_config(cls, scfg: dict, default_uri: str, records_path: str, serialization: str,
@@ -69,6 +70,7 @@ class ServeSpec:
                    records=records_path, policy=routing["policy"], key_header=routing["key_header"],
                    override_header=routing["override_header"], allow_override=bool(routing["allow_override"]),
                    feedback=dict(scfg["feedback"]), batching=dict(scfg["batching"]), inputs=dict(scfg["inputs"]),
+                   canary=_canary(scfg, variants),
                    limits=dict(limits), refresh_seconds=float(scfg["refresh_seconds"]),
                    flush_ms=float(scfg["records_flush_ms"]), records_timeout_s=float(scfg["records_timeout_s"]),
                    thompson_refresh_seconds=float(routing["thompson_refresh_seconds"]),
@@ -90,6 +92,22 @@ class ServeSpec:
     @classmethod
     def from_json(cls, text: str) -> "ServeSpec":
         return cls(**json.loads(text))
+
+
+def _canary(scfg: dict, variants) -> dict | None:
+    """serve.canary when its alias is set: beside exactly one served registered model."""
+    from mlpipe.registry.versions import parse_model_uri
+
+    canary = scfg.get("canary") or {}
+    if not canary.get("alias"):
+        return None
+    if scfg["routing"]["policy"] != "weighted":
+        raise ConfigError(f"serve.canary.alias={canary['alias']!r} needs serve.routing.policy=weighted (the canary "
+                          f"answers serve.canary.weight of requests), not {scfg['routing']['policy']}")
+    if len(variants) != 1 or parse_model_uri(variants[0].model_uri) is None:
+        raise ConfigError(f"serve.canary.alias={canary['alias']!r} needs one served registered model "
+                          "(models:/<name>@<alias>), not serve.variants or a path")
+    return {"alias": str(canary["alias"]), "weight": float(canary["weight"])}
 
 
 def _control(scfg: dict, variants) -> str:

@@ -122,6 +122,59 @@ class LiveVariant:
     author: str = ""  # the team member whose version this is (its `team.member` tag), else ""
 
 
+CANARY = "canary"  # the canary arm's variant name (serve.canary)
+
+
+def canary_uri(spec: ServeSpec) -> str | None:
+    """`models:/<the served model>@<serve.canary.alias>`, or None without a canary."""
+    from mlpipe.registry.versions import parse_model_uri
+
+    if not spec.canary:
+        return None
+    return f"models:/{parse_model_uri(spec.variants[0]['model_uri'])[0]}@{spec.canary['alias']}"
+
+
+def load_canary(spec: ServeSpec) -> LiveVariant | None:
+    """The canary arm: serving its alias's version at serve.canary.weight, or off (no model,
+    weight 0) while the alias does not exist or its version is refused (said on stderr)."""
+    uri = canary_uri(spec)
+    if uri is None:
+        return None
+    arm = LiveVariant(CANARY, uri, 0.0, None, "")
+    line = refresh_canary(arm, spec, set(), None)
+    if line:
+        print(f"[mlpipe] serve: {line}", file=sys.stderr, flush=True)
+    return arm
+
+
+def refresh_canary(arm: LiveVariant, spec: ServeSpec, refused: set, schema: Any) -> str | None:
+    """One look at the canary's alias (blocking): on at its version when the alias exists and
+    the version loads past the trust boundary with `schema` (the served model's input), off
+    when the alias is gone. Returns the line to log, or None when nothing changed."""
+    try:
+        version = resolve_version(arm.model_uri)
+    except Exception:  # noqa: BLE001 - no such alias (MLflow's RESOURCE_DOES_NOT_EXIST): the canary is off
+        version = None
+    if version is None or (arm.model_uri, version) in refused:
+        if arm.model is None:
+            return None
+        arm.model, arm.version, arm.weight = None, "", 0.0
+        return f"canary: {arm.model_uri} is gone: the canary arm is off (weight 0)"
+    if version == arm.version:
+        return None
+    try:
+        model, version = load_model(arm.model_uri, CANARY, spec)
+    except PipelineError as exc:
+        refused.add((arm.model_uri, version))
+        return f"canary: {arm.model_uri} (version {version}) refused: {one_line(exc)}; the canary arm stays off"
+    if schema is not None and schema_of(model) != schema:
+        refused.add((arm.model_uri, version))
+        return f"canary: {arm.model_uri} (version {version}) takes another input schema; the canary arm stays off"
+    arm.model, arm.version, arm.weight = model, version, float(spec.canary["weight"])
+    arm.author = author_of(arm.model_uri, version)
+    return f"canary: {arm.model_uri} is version {version}: it answers {arm.weight:.0%} of requests"
+
+
 def load_variants(spec: ServeSpec) -> list[LiveVariant]:
     """Loads every variant (a failure names the variant and the URI) and checks their schemas.
     Serving a team's members (`spec.gate_experiment`), a member's model the team gate has not
@@ -144,7 +197,12 @@ def load_variants(spec: ServeSpec) -> list[LiveVariant]:
     if not loaded:
         raise refused[0]
     check_schemas([(v.name, v.model) for v in loaded])
-    return loaded
+    canary = load_canary(spec)
+    if canary is not None and canary.model is not None and schema_of(canary.model) != schema_of(loaded[0].model):
+        print(f"[mlpipe] serve: canary: {canary.model_uri} takes another input schema; the canary arm stays off",
+              file=sys.stderr, flush=True)
+        canary.model, canary.version, canary.weight = None, "", 0.0
+    return loaded + ([canary] if canary is not None else [])
 
 
 async def refresh_aliases(live: list[LiveVariant], spec: ServeSpec) -> None:
@@ -153,6 +211,11 @@ async def refresh_aliases(live: list[LiveVariant], spec: ServeSpec) -> None:
     while True:
         await asyncio.sleep(spec.refresh_seconds)
         for v in live:
+            if v.name == CANARY and spec.canary:
+                line = await asyncio.to_thread(refresh_canary, v, spec, refused, schema_of(live[0].model))
+                if line:
+                    print(f"[mlpipe] serve: {line}", file=sys.stderr, flush=True)
+                continue
             if "@" not in v.model_uri:
                 continue
             try:

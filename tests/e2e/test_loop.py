@@ -1,9 +1,10 @@
 """The closed loop through the real interfaces: a model registered by `mlflow run`, a real server
 (`mlflow run -e serve`) keeping its input rows, labels sent to /feedback, and `mlflow run -e
 monitor` reading the records: quiet on the training distribution, a trigger after the labels turn
-against the model, and another after an input column shifts; a trigger that retrains on the
-served rows and registers a challenger only, and a retrain that fails; a store it cannot read is a
-FAILED run that says why."""
+against the model, and another after an input column shifts; a retrain that fails, and a trigger
+that retrains on the served rows and registers a challenger only; the server's canary arm on the
+challenger, promoted when it wins the sequential A/B test and rolled back when it loses; a store
+the monitor cannot read is a FAILED run that says why."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ MONITOR = "loop.performance.baseline_rows=100 loop.inputs.min_rows=100 serve.exp
 
 @pytest.fixture(scope="module")
 def served(store: Store, tmp_path_factory):
-    """wine_model v1 from a pipeline run, served with its records kept; the reference rows its
-    preprocess run logged (the training distribution) to send."""
+    """wine_model v1 from a pipeline run, served with its records kept and a canary arm on the
+    challenger alias (half the requests while it exists); the reference rows its preprocess run
+    logged (the training distribution) to send."""
     store.mlflow_run("-P", "steps=ingest,preprocess,train,qa,register", check=True)
     version = store.client.get_model_version_by_alias(MODEL, "champion")
     folder = tmp_path_factory.mktemp("loop")
@@ -31,7 +33,9 @@ def served(store: Store, tmp_path_factory):
     port, records = free_port(), folder / "records.db"
     server = Server(store, folder / "server.log", ["run", ".", "-e", "serve", "--env-manager", "local", "-P",
                                                    f"overrides=serve.port={port} serve.records={records} "
-                                                   "serve.experiment=loop serve.records_flush_ms=50"], port)
+                                                   "serve.experiment=loop serve.records_flush_ms=50 "
+                                                   "serve.canary.alias=challenger serve.canary.weight=0.5 "
+                                                   "serve.refresh_seconds=1"], port)
     yield {"server": server, "records": records, "reference": reference}
     server.stop()
 
@@ -86,11 +90,15 @@ def test_the_monitor_is_quiet_then_triggers_on_labels_then_on_a_shifted_column(s
     assert run.data.tags["loop.trigger"] == "false", quiet_again.stderr[-3000:]
 
 
-def test_a_monitor_that_cannot_read_the_records_fails_saying_why(store: Store, served, tmp_path):
-    result, run = _monitor(store, served, f"serve.records={tmp_path / 'nowhere.db'}")
-    assert result.returncode != 0 and run.info.status == "FAILED"
-    (line,) = error_lines(result.stderr)
-    assert "nowhere.db" in line, line
+def test_a_retrain_that_fails_leaves_the_champion_serving_and_says_why(store: Store, served, tmp_path):
+    _traffic(served, served["reference"], "wrong")
+    result, run = _monitor(store, served, "loop.retrain.enabled=true loop.retrain.min_rows=50 "
+                                          f"loop.retrain.snapshot_dir={tmp_path} \"loop.retrain.overrides='data.min_rows=100000'\"")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert run.data.tags["loop.trigger"] == "true" and run.data.tags["loop.challenger"] == ""
+    assert "the retrain failed (exit " in result.stdout and "data.min_rows" in result.stdout, result.stdout[-2000:]
+    assert "wine_model@champion keeps serving" in result.stdout
+    assert store.client.get_model_version_by_alias(MODEL, "champion").version == 1
 
 
 def test_a_trigger_retrains_on_the_rows_served_since_the_change_and_registers_a_challenger_only(
@@ -118,12 +126,80 @@ def test_a_trigger_retrains_on_the_rows_served_since_the_change_and_registers_a_
     assert ingest.data.tags["lineage.data_source"].endswith(tags["loop.snapshot"].split("/")[-1])
 
 
-def test_a_retrain_that_fails_leaves_the_champion_serving_and_says_why(store: Store, served, tmp_path):
-    _traffic(served, served["reference"], "wrong")
-    result, run = _monitor(store, served, "loop.retrain.enabled=true loop.retrain.min_rows=50 "
-                                          f"loop.retrain.snapshot_dir={tmp_path} \"loop.retrain.overrides='data.min_rows=100000'\"")
+def _variants(served) -> dict[str, dict]:
+    return {v["name"]: v for v in json.loads(http(f"{served['server'].url}/variants")[2])["variants"]}
+
+
+def _until(served, check, timeout: float = 20.0) -> dict[str, dict]:
+    """The server's variants once `check` holds of them (the alias pick-up runs every second)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _variants(served)
+        if check(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def _canary_traffic(served, rows: pd.DataFrame, right_arm: str, requests: int = 60, size: int = 5) -> None:
+    """Labels by the rule `right_arm` answers by: its answers are right, the other arm's are
+    shifted by one class (the new rule is the old model's answer + 1)."""
+    url = served["server"].url
+    for i in range(requests):
+        status, headers, body = http(f"{url}/invocations", records_body(rows.sample(size, replace=True, random_state=i)))
+        assert status == 200, body
+        answers = json.loads(body)["predictions"]
+        right = headers["X-Variant"] == right_arm
+        truth = answers if right else [(a + 1) % 3 if right_arm == "canary" else (a - 1) % 3 for a in answers]
+        assert label(url, headers, truth) == 200
+
+
+def test_the_canary_wins_the_sequential_test_and_is_promoted(store: Store, served):
+    """The server picked version 2 up as its canary arm; labels by the new rule: the next monitor
+    run reads the A/B test since version 2 was registered, promotes it (its evidence on the
+    version), removes the challenger alias; the server then serves version 2 and the canary is off."""
+    client = store.client
+    arms = _until(served, lambda v: v["canary"]["model_version"] == "2")
+    assert arms["canary"]["model_version"] == "2" and arms["canary"]["weight"] == 0.5, arms
+    _canary_traffic(served, served["reference"], "canary")
+    result, run = _monitor(store, served, "serve.ab.min_samples=30")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert run.data.tags["loop.trigger"] == "true" and run.data.tags["loop.challenger"] == ""
-    assert "the retrain failed (exit " in result.stdout and "data.min_rows" in result.stdout, result.stdout[-2000:]
-    assert "wine_model@champion keeps serving" in result.stdout
-    assert store.client.get_model_version_by_alias(MODEL, "champion").version == 1
+    tags = run.data.tags
+    assert (tags["loop.decision"], tags["loop.promoted"], tags["loop.replaced"]) == ("promote", "2", "1"), tags
+    assert "canary v2 wins: promote canary: better than default" in result.stdout
+    assert client.get_model_version_by_alias(MODEL, "champion").version == 2
+    assert "challenger" not in client.get_registered_model(MODEL).aliases
+    assert json.loads(client.get_model_version(MODEL, "2").tags["ab.evidence"])["winner"] == "canary"
+    assert tags["loop.version"] == "2"  # this run already watches the new champion (a new baseline)
+    arms = _until(served, lambda v: v["default"]["model_version"] == "2" and v["canary"]["weight"] == 0)
+    assert (arms["default"]["model_version"], arms["canary"]["weight"]) == ("2", 0), arms
+
+
+def test_a_canary_that_loses_is_rolled_back(store: Store, served):
+    """A worse challenger (a copy of version 1, the old rule's model) canaried against version 2
+    while labels keep the new rule: the monitor rolls it back (the challenger alias removed, the
+    champion unchanged) and the server's canary arm goes back to weight 0."""
+    client = store.client
+    store.python("-c", "import mlflow; c = mlflow.MlflowClient(); v = c.get_model_version('wine_model', '1'); "
+                 "w = c.create_model_version('wine_model', v.source, run_id=v.run_id, "
+                 "tags={**v.tags, 'loop.monitor_run_id': 'deliberately-worse'}); "
+                 "c.set_registered_model_alias('wine_model', 'challenger', w.version)", check=True)
+    worse = client.get_model_version_by_alias(MODEL, "challenger")
+    arms = _until(served, lambda v: v["canary"]["model_version"] == str(worse.version))
+    assert arms["canary"]["weight"] == 0.5, arms
+    _canary_traffic(served, served["reference"], "default")
+    result, run = _monitor(store, served, "serve.ab.min_samples=30")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert run.data.tags["loop.decision"] == "rollback", run.data.tags
+    assert f"canary v{worse.version} loses: keep default: canary significantly worse" in result.stdout
+    assert client.get_model_version_by_alias(MODEL, "champion").version == 2
+    assert "challenger" not in client.get_registered_model(MODEL).aliases
+    assert _until(served, lambda v: v["canary"]["weight"] == 0)["canary"]["weight"] == 0
+
+
+def test_a_monitor_that_cannot_read_the_records_fails_saying_why(store: Store, served, tmp_path):
+    result, run = _monitor(store, served, f"serve.records={tmp_path / 'nowhere.db'}")
+    assert result.returncode != 0 and run.info.status == "FAILED"
+    (line,) = error_lines(result.stderr)
+    assert "nowhere.db" in line, line

@@ -22,17 +22,19 @@ def _pairs(stream: dict[str, list[tuple]]) -> dict[str, list[tuple[Any, Any]]]:
     return {variant: [(row[0], row[1]) for row in rows] for variant, rows in stream.items()}
 
 
-def labelled_stream(db: Db, experiment: str) -> dict[str, list[tuple[Any, Any, float, str]]]:
+def labelled_stream(db: Db, experiment: str, since_ts: float = 0.0) -> dict[str, list[tuple[Any, Any, float, str]]]:
     """Per variant, (prediction, label, feedback time, row key) of every labelled row, in the order
     the labels arrived. The row key is the request row's digest (batching.row_keys), '' when the
     request was not a JSON frame or the store is older than row keys. Requests whose variant the
-    override header chose are left out: their arm was the client's choice, not the router's."""
+    override header chose are left out: their arm was the client's choice, not the router's.
+    `since_ts`: only requests answered from then on (the loop's canary, docs/loop.md)."""
     have = columns(db, "requests")
     keys = "r.row_keys" if "row_keys" in have else "''"
     routed = " AND r.overridden = 0" if "overridden" in have else ""
     rows = db.execute(
         f"SELECT r.variant, r.predictions, f.label, f.ts, {keys} FROM requests r JOIN feedback f "
-        f"ON f.request_id = r.request_id WHERE r.experiment = ? AND r.status = 200{routed} ORDER BY f.id", (experiment,))
+        f"ON f.request_id = r.request_id WHERE r.experiment = ? AND r.status = 200{routed} AND r.ts >= ? ORDER BY f.id",
+        (experiment, float(since_ts)))
     out: dict[str, list[tuple[Any, Any, float, str]]] = {}
     for variant, predictions, label, ts, row_keys in rows:
         preds, truth = _aligned(predictions, label)
@@ -126,17 +128,17 @@ def served_models(target: str | Path, experiment: str, timeout_s: float) -> dict
     return {variant: (uri, version) for variant, uri, version in rows}
 
 
-def labelled_rows(target: str | Path, experiment: str, timeout_s: float) -> dict[str, Any]:
+def labelled_rows(target: str | Path, experiment: str, timeout_s: float, since_ts: float = 0.0) -> dict[str, Any]:
     """What the A/B report reads: per variant, the latencies of every answered request, the
     versions and authors that answered, and per labelled row (prediction, label, time) in the
-    order the labels arrived."""
+    order the labels arrived; of the requests answered from `since_ts` on."""
     with read_only(target, timeout_s) as db:
         author = "author" if "author" in columns(db, "requests") else "''"  # a file from before authors
         lat = db.execute(f"SELECT variant, latency_ms, model_version, {author} FROM requests "
-                         "WHERE experiment = ? AND status = 200 ORDER BY id", (experiment,))
-        stream = labelled_stream(db, experiment) if "feedback" in tables(db) else {}
+                         "WHERE experiment = ? AND status = 200 AND ts >= ? ORDER BY id", (experiment, float(since_ts)))
+        stream = labelled_stream(db, experiment, since_ts) if "feedback" in tables(db) else {}
         errors = db.execute("SELECT variant, COUNT(*) FROM requests WHERE experiment = ? AND status != 200 "
-                            "GROUP BY variant", (experiment,))
+                            "AND ts >= ? GROUP BY variant", (experiment, float(since_ts)))
     out: dict[str, Any] = {"latencies": {}, "versions": {}, "authors": {}, "errors": dict(errors),
                            "pairs": _pairs(stream),
                            "stream": stream}

@@ -80,3 +80,35 @@ def test_a_moved_alias_is_swapped_in_only_for_a_version_qa_validated(registry, c
     line, model, version = variants.refresh_variant(live, _trust(keyring=registry.keyring), refused)
     assert line == "variant 'a': models:/m@champion moved, version 1 -> 3" and version == "3"
     assert list(model.predict(registry.X)) == [1, 1]
+
+
+def test_the_canary_arm_follows_its_alias_on_and_off(registry):
+    """serve.canary: off (weight 0) while `challenger` does not exist; on at its weight once it
+    points at a validated version; refused for a version no qa run vouches for; off again when
+    the alias is removed."""
+    spec = _trust(keyring=registry.keyring)
+    spec.canary, spec.variants = {"alias": "challenger", "weight": 0.2}, [{"model_uri": "models:/m@champion"}]
+    arm = variants.load_canary(spec)
+    assert (arm.name, arm.model_uri, arm.model, arm.weight) == ("canary", "models:/m@challenger", None, 0.0)
+    schema = variants.schema_of(variants.load_model("models:/m@champion", "a", spec)[0])
+    assert variants.refresh_canary(arm, spec, set(), schema) is None  # still no alias: nothing to say
+
+    info = registry.log_model([1, 1])  # no qa run vouches for it
+    registry.client.create_model_version("m", info.model_uri, model_id=info.model_id, tags=registry.version.tags)
+    registry.client.set_registered_model_alias("m", "challenger", "2")
+    refused = set()
+    line = variants.refresh_canary(arm, spec, refused, schema)
+    assert line.startswith("canary: models:/m@challenger (version 2) refused: ") and arm.weight == 0.0
+    assert line.endswith("the canary arm stays off") and variants.refresh_canary(arm, spec, refused, schema) is None
+
+    qa_run_id = registry.record_qa_run(info.model_uri)
+    registry.client.create_model_version("m", info.model_uri, model_id=info.model_id,
+                                         tags={"lineage.qa_run_id": qa_run_id})
+    registry.client.set_registered_model_alias("m", "challenger", "3")
+    assert variants.refresh_canary(arm, spec, refused, schema) == ("canary: models:/m@challenger is version 3: it "
+                                                                   "answers 20% of requests")
+    assert (arm.version, arm.weight) == ("3", 0.2) and list(arm.model.predict(registry.X)) == [1, 1]
+    registry.client.delete_registered_model_alias("m", "challenger")
+    assert variants.refresh_canary(arm, spec, refused, schema) == ("canary: models:/m@challenger is gone: the canary "
+                                                                   "arm is off (weight 0)")
+    assert (arm.model, arm.weight) == (None, 0.0)
