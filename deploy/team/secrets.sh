@@ -37,6 +37,9 @@ secret mlpipe-tracking-login --from-literal=username=admin --from-literal=passwo
 # setup` creates with this password (docs/kubernetes.md): READ on every experiment and model, EDIT
 # on its own experiment only, so code that ran in the server could change nothing.
 secret mlpipe-reader-login --from-literal=username=reader --from-literal=password="$reader"
+# The loop's CronJob (deploy/team/loop.yaml): it registers versions and moves aliases. The admin's
+# login until you make it a user of its own with EDIT on the model (docs/kubernetes.md).
+secret mlpipe-loop-login --from-literal=username=admin --from-literal=password="$admin"
 # The model server's: the key of its feedback tokens (serve.feedback.secret_file), and the public
 # key of the gate whose signed verdicts it serves (trust.signers, docs/quality.md): GATE_PUBLIC_KEY,
 # as `python -m mlpipe.registry.keys show` prints it, else the .pub beside ~/.mlpipe/gate.key.

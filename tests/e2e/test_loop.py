@@ -198,6 +198,38 @@ def test_a_canary_that_loses_is_rolled_back(store: Store, served):
     assert _until(served, lambda v: v["canary"]["weight"] == 0)["canary"]["weight"] == 0
 
 
+def test_the_local_loop_runs_a_tick_every_interval_and_stops_cleanly_on_ctrl_c(store: Store, served, tmp_path):
+    """`python -m mlpipe.loop --every 1`: a line per tick; the first Ctrl-C lets the tick in
+    progress finish and exits 0. A tick that cannot read the records is said, and the loop goes on."""
+    import signal
+    import subprocess
+    import sys
+
+    from support import ROOT
+
+    loop = [sys.executable, "-m", "mlpipe.loop"]
+    failing = subprocess.run([*loop, "--every", "1", "--ticks", "1", "--", *MONITOR.split(),
+                              f"serve.records={tmp_path / 'nowhere.db'}"], cwd=ROOT, env=store.env,
+                             capture_output=True, text=True, timeout=300)
+    assert failing.returncode == 0, failing.stderr[-3000:]
+    assert "[loop] tick 1: tick failed (exit " in failing.stdout and "nowhere.db" in failing.stdout, failing.stdout
+    assert "the champion keeps serving" in failing.stdout and "[loop] stopped after 1 tick" in failing.stdout
+
+    proc = subprocess.Popen([*loop, "--every", "1", "--", *MONITOR.split(), f"serve.records={served['records']}"],
+                            cwd=ROOT, env=store.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:  # bounded: each tick is a monitor run of a few seconds
+        lines.append(line.rstrip())
+        if line.startswith("[loop] tick 2: "):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, err = proc.communicate(timeout=120)
+    lines += rest.splitlines()
+    assert proc.returncode == 0, err[-3000:]
+    assert lines[0].startswith("[loop] tick 1: monitor ran in ") and "wine_model v2: no trigger" in lines[0], lines
+    assert lines[-1].startswith("[loop] stopped after ") and "Traceback" not in err, lines
+
+
 def test_a_monitor_that_cannot_read_the_records_fails_saying_why(store: Store, served, tmp_path):
     result, run = _monitor(store, served, f"serve.records={tmp_path / 'nowhere.db'}")
     assert result.returncode != 0 and run.info.status == "FAILED"

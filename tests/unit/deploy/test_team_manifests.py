@@ -34,7 +34,9 @@ def by_kind(kind: str) -> list[dict]:
 
 
 def pod_specs() -> list[dict]:
-    return [doc["spec"]["template"]["spec"] for _, _, doc in DOCS if "template" in doc.get("spec", {})]
+    """The pods of Deployments and StatefulSets, and of the CronJob's jobs."""
+    return [doc["spec"]["template"]["spec"] for _, _, doc in DOCS if "template" in doc.get("spec", {})] + \
+        [doc["spec"]["jobTemplate"]["spec"]["template"]["spec"] for doc in by_kind("CronJob")]
 
 
 def containers(pod: dict) -> list[dict]:
@@ -44,7 +46,7 @@ def containers(pod: dict) -> list[dict]:
 def test_the_recipe_lists_every_manifest_in_its_folder():
     listed = set(KUSTOMIZATION["resources"])
     assert listed == {p.name for p in TEAM.glob("*.yaml")} - {"kustomization.yaml"}
-    assert {doc["kind"] for _, _, doc in DOCS} >= {"Namespace", "Service", "StatefulSet", "Deployment"}
+    assert {doc["kind"] for _, _, doc in DOCS} >= {"Namespace", "Service", "StatefulSet", "Deployment", "CronJob"}
     assert {doc["metadata"]["name"] for doc in by_kind("Deployment")} == {"mlflow", "model-server"}
 
 
@@ -138,6 +140,31 @@ def test_the_model_server_logs_in_as_the_teams_read_only_identity_into_its_exper
     assert env["MLFLOW_EXPERIMENT_NAME"] == reader.experiment and reader.user == "reader"
 
 
+def test_the_loops_cronjob_runs_one_monitor_tick_at_a_time_on_the_model_servers_records(monkeypatch):
+    """Its overrides compose; it reads the records the model server writes, never overlaps itself,
+    signs with the gate key, logs in with a login that may register (not the READ-only one); the
+    model server canaries the alias the loop registers its challengers at."""
+    from mlpipe.config import compose, split_overrides
+
+    (cron,) = by_kind("CronJob")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:3] == ["python", "-m", "steps.monitor"]
+    (overrides,) = [w.split("=", 1)[1] for w in container["command"] if w.startswith("--overrides=")]
+    monkeypatch.delenv("MLPIPE_TEAM", raising=False)
+    cfg = compose(split_overrides(overrides))
+    (server,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "model-server"]
+    (served,) = server["spec"]["template"]["spec"]["containers"]
+    (server_overrides,) = [w.split("=", 1)[1] for w in served["command"] if w.startswith("--overrides=")]
+    serving = compose(split_overrides(server_overrides)).serve
+    assert cfg.serve.records == serving.records and serving.canary.alias == cfg.registry.challenger_alias
+    env = {e["name"]: e.get("value") or e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]}
+    assert env["MLFLOW_TRACKING_USERNAME"] == "mlpipe-loop-login" and env["MLPIPE_GATE_KEY"].startswith("/etc/mlpipe/gate/")
+    (gate,) = [v for v in pod["volumes"] if v["name"] == "gate"]
+    assert gate["secret"]["secretName"] == "mlpipe-gate" and not gate["secret"].get("optional")
+
+
 def test_the_model_server_trusts_the_mounted_public_key_and_holds_no_private_one(tmp_path, monkeypatch):
     """The env and the Secret's files as the pod gets them: the keyring is the gate's public key."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -204,7 +231,8 @@ def test_the_secrets_script_makes_every_secret_the_manifests_read(made_secrets, 
         k8s_check(secret["doc"])
     made = {(name, key) for name, secret in made_secrets.items() for key in secret if key != "doc"}
     job = yaml.safe_load(JOB_TEMPLATE.read_text())["spec"]["template"]["spec"]
-    assert secret_refs(pod_specs()) <= made
+    # mlpipe-gate holds the gate's private key: made by hand from it (docs/kubernetes.md), never generated
+    assert secret_refs(pod_specs()) <= made | {("mlpipe-gate", "gate.key")}
     # the steps' Jobs log in as the model server does; their S3 keys stay optional (proxied artifacts)
     assert ("mlpipe-tracking-login", "password") in secret_refs([job], optional=True) & made
     assert all(value for secret in made_secrets.values() for key, value in secret.items() if key != "doc")
