@@ -32,6 +32,8 @@ def run(ctx: StepContext) -> None:
         outcomes["canary"] = decision.line
         challenger = challenger if decision.action == "wait" else None
     seen = tick.look(ctx.client, lcfg, scfg, target, ctx.run.info.experiment_id)
+    if lcfg.importance.enabled:
+        tick.importances(ctx.client, seen, ctx.cfg, target)
     if seen.reason and lcfg.retrain.enabled:
         retrained = _retrain(ctx, seen, target) if challenger is None else retrain.Outcome(
             None, None, f"no retrain: challenger v{challenger.version} is still being canaried")

@@ -49,7 +49,7 @@ def snapshot(served: pd.DataFrame, reference: pd.DataFrame, target: str,
         raise DataError(f"retrain: the served rows lack {', '.join(map(str, missing))}: the server did not keep them "
                         "(serve.inputs.columns / private); a snapshot needs every feature")
     rows = served[list(reference.columns)].astype(reference.dtypes.to_dict(), errors="ignore")
-    rows = rows.assign(**{target: served["label"].to_numpy()})
+    rows = rows.assign(**{target: served["label"].infer_objects().to_numpy()})
     rows = rows.drop_duplicates(keep="last").reset_index(drop=True)  # a row served again and again counts once
     digest = hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()
                             + "\x1f".join(map(str, rows.columns)).encode()).hexdigest()

@@ -25,6 +25,7 @@ class Watched:
     task: str
     profile: dict[str, Any]
     reference: pd.DataFrame
+    preprocess_run_id: str = ""
 
 
 
@@ -44,7 +45,7 @@ def watched(client, name: str, alias: str) -> Watched:
     task = client.get_run(qa).data.tags.get("data.task", "")
     profile = handoff.read_json(client, preprocess, outputs.DRIFT_PROFILE_ARTIFACT)
     reference = handoff.read_frame(client, preprocess, outputs.DRIFT_REFERENCE_ARTIFACT)
-    return Watched(name, alias, str(version.version), task, profile, reference)
+    return Watched(name, alias, str(version.version), task, profile, reference, preprocess)
 
 
 def served_rows(target: str, experiment: str, version: str, after_id: int, timeout_s: float,
@@ -60,3 +61,23 @@ def served_rows(target: str, experiment: str, version: str, after_id: int, timeo
 def new_labels(target: str, experiment: str, version: str, after_id: int, timeout_s: float,
                limit: int) -> list[tuple[int, Any, Any]]:
     return reads.labels_after(target, experiment, version, after_id, timeout_s, limit=limit)
+
+
+def model(client, watched: Watched, trust, runtime: str, serialization: str, trusted: list[str]):
+    """The watched version as the server runs it, past the trust boundary (a signed verdict, its
+    files unchanged): its ONNX conversion under runtime=onnx (nothing unpickled), else the
+    scikit-learn model in the configured format."""
+    from mlpipe.registry import provenance
+    from mlpipe.training import model_io
+
+    proof = provenance.validated(client, f"models:/{watched.name}/{watched.version}",
+                                 "the monitor reads only a version qa validated", trust.keyring, trust.gate_experiment)
+    if runtime == "onnx":
+        return model_io.load_onnx(proof.load_uri, proof.digest)[0]
+    return model_io.load_model(proof.load_uri, serialization, trusted, expect_digest=proof.digest)[0]
+
+
+def training_rows(client, watched: Watched, target: str, rows: int, seed: int) -> pd.DataFrame:
+    """At most `rows` rows of the training split the watched version was fitted on, target included."""
+    frame = handoff.read_frame(client, watched.preprocess_run_id, outputs.frame_artifact("train"))
+    return frame.sample(rows, random_state=seed) if len(frame) > rows else frame

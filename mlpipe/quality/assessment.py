@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlpipe.quality import drift, gate, model_checks, parity
+from mlpipe.quality import drift, gate, importance, model_checks, parity
 from mlpipe.training import metric_names
 from mlpipe.training import estimators
 
@@ -97,12 +97,15 @@ def assess(qa, model, model_uri: str, task: str, train_target: pd.Series, test: 
         checks.append(gate.limit_check("inference.latency_p95_ms", p95, qa.inference.p95_budget_ms, False))
     drift_checks, drift_report, drift_metrics = drift_gate(qa, drift_inputs)
     checks += drift_checks
+    sample = X.head(int(qa.importance.rows))
+    ranked = importance.permutation(model.predict, sample, truth.head(len(sample)), task, int(qa.importance.repeats),
+                                    seed=0) if qa.importance.enabled else []
 
     failed = gate.failures(checks)
     report = {"passed": not failed, "model_uri": model_uri, "task": task, "test_rows": len(test),
               "primary_metric": primary, "primary_value": primary_value, "baseline": vars(baseline),
               "champion": champion, "gaps": gaps, "classes": classes, "drift": drift_report,
-              "onnx": evidence.onnx or {"note": "runtime=sklearn: no ONNX model"},
+              "onnx": evidence.onnx or {"note": "runtime=sklearn: no ONNX model"}, "importance": ranked,
               "checks": [c.as_dict() for c in checks]}
     metrics = drift_metrics | parity.metrics(evidence.onnx) | model_checks.report_metrics(
         {primary: primary_value}, baseline, gaps, classes, estimators.score(task, truth, baseline_rows), p95, cpu_p95)

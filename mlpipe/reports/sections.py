@@ -135,6 +135,11 @@ def qa(card: Card, report: dict[str, Any], truth: pd.Series, predictions, images
     for title, png in images.items():
         if title != "confusion matrix":  # drawn above, with the class names
             card.add_image(title, png)
+    ranked = report.get("importance") or []
+    if ranked:
+        card.add_table(f"permutation importance: the drop in {ranked[0]['score']} when a column is shuffled "
+                       f"({ranked[0]['rows']} test rows, the whole pipeline), most important first",
+                       ("column", "importance", "std"), [(f["column"], f["importance"], f["std"]) for f in ranked])
     for name, found in (report.get("drift") or {}).items():
         if isinstance(found, dict) and "details" in found:
             drift(card, name, found)

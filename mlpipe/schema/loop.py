@@ -43,6 +43,15 @@ class LoopRetrainConfig(Checked):
 
 
 @dataclass
+class LoopImportanceConfig(Checked):
+    KEY = "loop.importance"
+    enabled: bool = MISSING
+    rows: int = spec(ge=2)
+    repeats: int = spec(ge=1)
+    min_rows: int = spec(ge=2)
+
+
+@dataclass
 class LoopCanaryConfig(Checked):
     KEY = "loop.canary"
     max_rows: int = spec(ge=1)
@@ -59,6 +68,7 @@ class LoopConfig(Checked):
     trigger: List[str] = MISSING
     retrain: LoopRetrainConfig = MISSING
     canary: LoopCanaryConfig = MISSING
+    importance: LoopImportanceConfig = MISSING
     origin: Optional[str] = MISSING
 
     def __post_init__(self) -> None:

@@ -164,6 +164,14 @@ class OnnxParityConfig(Checked):
 
 
 @dataclass
+class ImportanceConfig(Checked):
+    KEY = "qa.importance"
+    enabled: bool = MISSING
+    rows: int = spec(ge=2)
+    repeats: int = spec(ge=1)
+
+
+@dataclass
 class QaConfig(Checked):
     KEY = "qa"
     primary_metric: Optional[str] = MISSING
@@ -173,6 +181,7 @@ class QaConfig(Checked):
     overfitting: OverfittingConfig = MISSING
     min_class_recall: Optional[float] = spec(ge=0, le=1)
     inference: InferenceConfig = MISSING
+    importance: ImportanceConfig = MISSING
     data_source: Optional[str] = MISSING
     drift: DriftConfig = MISSING
     onnx: OnnxParityConfig = MISSING

@@ -69,6 +69,9 @@ def test_the_monitor_is_quiet_then_triggers_on_labels_then_on_a_shifted_column(s
     assert run.data.tags["loop.trigger"] == "false" and run.data.tags["loop.version"] == "1"
     assert "no trigger; 200 labelled rows, 200 served rows read" in quiet.stdout
     assert run.data.metrics["monitor.accuracy"] == 1.0 and run.data.metrics["monitor.columns_drifted"] == 0
+    card = json.loads(open(store.client.download_artifacts(run.info.run_id, "card/summary.json", str(store.path))).read())
+    (title,) = [s for s in card["sections"] if s.startswith("Permutation importance, the drop in accuracy")]
+    assert "vs the newest 200 labelled served rows; largest change first" in title, title
 
     _traffic(served, reference, "wrong")  # the labels turn against the model
     alarmed, run = _monitor(store, served)

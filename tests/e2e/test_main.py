@@ -249,6 +249,8 @@ def test_every_step_logs_a_card_and_a_summary(store: Store, cold):
     assert "inference.latency_p95_ms" not in names  # wall-clock: reported (qa.latency_p95_ms), not gated by default
     assert {"qa.latency_p95_ms", "qa.cpu_p95_ms"} <= set(steps["qa"].data.metrics)
     assert {"confusion matrix", "drift: test", "roc curve plot"} <= set(qa["sections"])
+    assert any(s.startswith("permutation importance: the drop in accuracy when a column is shuffled")
+               for s in qa["sections"]), qa["sections"]
     assert "feature importances" in card(store, steps["train"])["sections"]
     assert "class balance" in card(store, steps["ingest"])["sections"]
 
@@ -258,6 +260,8 @@ def test_the_test_split_does_not_drift(store: Store, cold):
     assert qa.data.metrics["qa.drift.test.columns_drifted"] == 0
     report = json.loads(artifact(store, qa.info.run_id, "qa_report.json").read_text())
     assert report["drift"]["test"]["columns"] == 13
+    ranked = [f["importance"] for f in report["importance"]]  # every model's global importance (qa.importance)
+    assert len(ranked) == 13 and ranked == sorted(ranked, reverse=True) and ranked[0] > 0
 
 
 def test_the_parent_links_every_card(store: Store, cold):
