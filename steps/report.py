@@ -6,6 +6,7 @@ intervals against the team champion, the champion's history and evidence, the A/
 serving records, and each member's step runs of the last `team.report.days` days."""
 
 from mlpipe.data import sources
+from mlpipe.loop import history as loop_history
 from mlpipe.errors import ConfigError
 from mlpipe.quality import assessment, compare
 from mlpipe.reports import cards
@@ -58,10 +59,10 @@ def run(ctx: StepContext) -> None:
                                                          "labelled rows", "state"],
                    [list(t.values()) for t in tests])
     card.add_image("median step duration per member", charts["durations.png"])
-    card.add_table(f"Step runs of the last {rcfg.days:g} days", ["member", "step", "runs", "failed", "median s",
-                                                                  "max s", "peak MB"], watch["steps"])
-    card.add_table("Failures by error type", ["member", "error type", "runs"], watch["errors"])
-    card.add_table("qa failures by check", ["member", "check", "runs"], watch["qa"])
+    tables.add_monitoring(card, watch, rcfg.days)
+    acted, quiet = loop_history.table(loop_history.monitor_runs(ctx.client, team.shared_model, report.experiments(ctx.client)))
+    card.add_table(f"The closed loop on {team.shared_model}: monitor runs that acted, newest first ({quiet} more only "
+                   "watched; docs/loop.md)", loop_history.HEADER, acted)
     ctx.log_json(f"{outputs.TEAM_REPORT_DIR}/leaderboard.json", board)
     for name, png in charts.items():
         (ctx.workdir / name).write_bytes(png)

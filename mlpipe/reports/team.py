@@ -37,6 +37,14 @@ def monitoring_tables(table: pd.DataFrame) -> dict[str, list[list[Any]]]:
 
 # -- charts (PNG) ----------------------------------------------------------------------------
 
+def add_monitoring(card, watch: dict[str, list[list[Any]]], days: float) -> None:
+    """The monitoring tables (monitoring_tables) on the team report's card."""
+    card.add_table(f"Step runs of the last {days:g} days", ["member", "step", "runs", "failed", "median s", "max s",
+                                                         "peak MB"], watch["steps"])
+    card.add_table("Failures by error type", ["member", "error type", "runs"], watch["errors"])
+    card.add_table("qa failures by check", ["member", "check", "runs"], watch["qa"])
+
+
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 

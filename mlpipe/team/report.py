@@ -195,3 +195,8 @@ def run_table(runs: Sequence[Any]) -> pd.DataFrame:
                      if tags.get(outputs.STEP_TAG) == "qa" else ""})
     return pd.DataFrame(rows, columns=["member", "step", "status", "started", "duration_s", "peak_rss_mb",
                                        "error_type", "qa_failed"])
+
+
+def experiments(client) -> list[str]:
+    """Every experiment the login can read (the loop's monitor runs may be in any of them)."""
+    return [e.experiment_id for e in client.search_experiments(max_results=1000)]

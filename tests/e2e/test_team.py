@@ -388,7 +388,7 @@ def test_the_team_report_page_renders_its_leaderboard_and_charts_in_a_browser(te
     dom = browser.dump_dom(tmp_path / "team_report" / "index.html")
     for text in ("Leaderboard: accuracy on", "team champion", "paired bootstrap interval", "promoted by",
                  "A/B tests of iris_model", "labelled rows", "cross", "Step runs of the last 7 days",
-                 "qa failures by check"):
+                 "qa failures by check", "The closed loop on iris_model: monitor runs that acted"):
         assert text in dom, text
     assert dom.count('src="data:image/png;base64,') == 2
     shot = browser.screenshot(tmp_path / "team_report" / "index.html", tmp_path / "page.png")
