@@ -150,9 +150,12 @@ class ServingApp:
                 return None, (403, f"{spec.override_header} is off (serve.routing.allow_override=false): a client "
                                    "does not choose its variant"), True
             variant = self.by_name.get(forced)
-            if variant is None or variant.model is None:
-                return None, (400, f"{spec.override_header}: no variant {forced!r} serving now; variants: "
-                                   f"{', '.join(v.name for v in live if v.model is not None)}"), True
+            if variant is None:
+                return None, (400, f"{spec.override_header}: no variant {forced!r}; variants: "
+                                   f"{', '.join(self.by_name)}"), True
+            if variant.model is None:
+                return None, (400, f"{spec.override_header}: variant {forced!r} is off (no model at "
+                                   f"{variant.model_uri} now)"), True
             return variant, None, True
         if len(live) == 1 or live[-1].model is None:  # one model, or the canary off (serve.canary)
             return live[0], None, False
