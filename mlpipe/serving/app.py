@@ -200,7 +200,7 @@ class ServingApp:
         response, answer, body_json = await self._answer(request, variant, headers)
         ok = response.status_code == 200
         rows, keys = (answer.rows, ",".join(answer.keys or ())) if ok else (0, "")
-        kept = capture.Pending(answer.frame, self.inputs) if ok and answer.frame is not None and \
+        kept = capture.Pending(answer.frame, self.inputs, answer.body) if ok and answer.frame is not None and \
             self.inputs.draw(self.inputs_rng) else ""  # encoded by the records' writer thread
         self.store.append({"request_id": request_id, "ts": time.time(), "experiment": self.spec.experiment,
                            "variant": variant.name, "model_uri": variant.model_uri,

@@ -180,6 +180,7 @@ class Answer:
     rows: int = 0
     keys: list[str] | None = None  # row_keys of a JSON frame; None for other inputs
     frame: tuple | None = None  # the request's JSON frame, merge_key's ((format, columns), rows); None for others
+    body: bytes | None = None  # the request's body as it came (what serve.inputs keeps when it keeps every column)
     version: str | None = None
     http: tuple | None = None
     error: BaseException | None = None
@@ -254,7 +255,7 @@ def predict_batch(model, input_schema, requests: list[tuple[bytes, str | None]],
     for i, (body, content_type) in enumerate(requests):
         if answers[i] is None:
             answers[i] = _predict_one(model, input_schema, body, content_type, frames[i])
-        answers[i].frame = frames[i]  # what serve.inputs keeps of it (serving/capture.py)
+        answers[i].frame, answers[i].body = frames[i], requests[i][0]  # what serve.inputs keeps (serving/capture.py)
     return answers
 
 

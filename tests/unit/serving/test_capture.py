@@ -40,3 +40,13 @@ def test_policy_from_config():
 
     icfg = to_container(compose(["serve.inputs.private=[email]"]))["serve"]["inputs"]
     assert Policy.from_config(icfg) == Policy(1.0, None, ("email",), 65536)
+
+
+@pytest.mark.parametrize("body", [b'{"dataframe_records": [{"a": 1, "b": 2.5}, {"a": 3, "b": null}]}',
+                                  b'{"dataframe_split": {"columns": ["a", "b"], "data": [[1, 2.5], [3, null]]}}'])
+def test_with_every_column_kept_the_body_is_kept_as_it_came_and_reads_back_the_same(body):
+    from mlpipe.serving.capture import Pending
+
+    kept = Pending(((None, ("a", "b")), []), Policy(1.0, None, (), 1000), body).encode()
+    assert kept == body.decode() and decode(kept) == (["a", "b"], [[1, 2.5], [3, None]])
+    assert Pending(((None, ("a", "b")), []), Policy(1.0, None, (), 10), body).encode() == TOO_LONG
