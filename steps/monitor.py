@@ -7,7 +7,7 @@ served since the change and registers a challenger, unless one is being canaried
 
 from pathlib import Path
 
-from mlpipe.loop import canary, retrain, tick
+from mlpipe.loop import canary, retrain, tick, window
 from mlpipe.loop.state import STATE_TAG
 from mlpipe.pipeline.harness import step_main
 from mlpipe.registry import provenance
@@ -25,7 +25,8 @@ def run(ctx: StepContext) -> None:
     challenger = canary.pending(ctx.client, lcfg.model, rcfg.challenger_alias)
     if challenger is not None:
         decision = canary.decide(ctx.client, challenger, target, scfg.experiment, ctx.section("serve")["ab"],
-                                 canary.task_of(ctx.client, challenger), scfg.records_timeout_s, lcfg.canary.max_rows)
+                                 window.task_of(ctx.client, challenger) or "classification", scfg.records_timeout_s,
+                                 lcfg.canary.max_rows)
         tags |= canary.act(ctx.client, decision, target, scfg.experiment, lcfg.model, rcfg,
                            provenance.trust_for(ctx.client, ctx.cfg.trust), scfg.records_timeout_s)
         lines.append(decision.line)

@@ -3,6 +3,6 @@ the rules that decide, with a false-alarm rate that holds when the monitor runs 
 (`detect`); the state one monitor run hands the next (`state`); the served window read from the
 records and the served model's training reference (`window`).
 
-May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.quality`, `mlpipe.registry`, `mlpipe.run`, `mlpipe.serving`,
+May import: `mlpipe.errors`, `mlpipe.config`, `mlpipe.data.sources`, `mlpipe.quality`, `mlpipe.registry`, `mlpipe.run`, `mlpipe.serving`,
 `mlpipe.training` (the watched model, loaded past the trust boundary)
 """

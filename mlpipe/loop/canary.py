@@ -16,8 +16,7 @@ from mlpipe.registry import versions
 from mlpipe.run.outputs import EVIDENCE_TAG, LOOP_ORIGIN_TAG
 from mlpipe.serving import abreport
 from mlpipe.serving.records import reads
-
-CANARY = "canary"  # the server's canary arm (serving/variants.CANARY)
+from mlpipe.serving.variants import CANARY
 
 
 @dataclass
@@ -32,12 +31,6 @@ def pending(client, model: str, alias: str):
     """The challenger a retrain of the loop registered (tagged with its monitor run), or None."""
     version = versions.current(client, model, alias)
     return version if version is not None and (version.tags or {}).get(LOOP_ORIGIN_TAG) else None
-
-
-def task_of(client, challenger) -> str:
-    """The task the challenger was validated for (its qa run's data.task)."""
-    qa = (challenger.tags or {}).get("lineage.qa_run_id")
-    return client.get_run(qa).data.tags.get("data.task", "classification") if qa else "classification"
 
 
 def decide(client, challenger, target: str, experiment: str, ab: dict, task: str, timeout_s: float,

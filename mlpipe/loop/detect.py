@@ -39,12 +39,7 @@ def spent_alpha(alpha: float, k: int) -> float:
 
 def upper_bound(errors: int, rows: int, z: float = 1.2816) -> float:
     """The upper end of the one-sided Wilson interval (90% by default) of an error rate."""
-    if rows == 0:
-        return 1.0
-    p = errors / rows
-    centre = p + z * z / (2 * rows)
-    half = z * math.sqrt(p * (1 - p) / rows + z * z / (4 * rows * rows))
-    return min(1.0, (centre + half) / (1 + z * z / rows))
+    return wilson(errors, rows, z)[1]
 
 
 def wilson(successes: int, rows: int, z: float = 1.96) -> tuple[float, float]:

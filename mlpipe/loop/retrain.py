@@ -6,7 +6,6 @@ run it makes carries the monitor run's id (loop.origin), and the version it regi
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mlpipe.data import sources
 from mlpipe.errors import DataError
 from mlpipe.run.outputs import LOOP_ORIGIN_TAG as ORIGIN_TAG  # on every run (and the version) a retrain made
 from mlpipe.run.outputs import ROLE_TAG
@@ -27,15 +27,10 @@ def labelled(target: str, experiment: str, version: str, timeout_s: float, rows:
     """The newest `rows` labelled rows `version` answered whose inputs the server kept, of those
     labelled after label set `after_feedback` (where the performance rule's change began), else
     of those answered after request `after_request` (where a drifted window began)."""
-    frame = reads.served_frame(target, experiment, timeout_s)
-    if frame.empty:
-        return frame
-    keep = (frame["model_version"].astype(str) == str(version)) & frame["label"].notna()
-    if after_feedback is not None:
-        keep &= frame["feedback_id"].fillna(-1) > after_feedback
-    elif after_request is not None:
-        keep &= frame["record_id"] > after_request
-    return frame[keep].tail(int(rows))
+    since = after_request if after_feedback is None and after_request is not None else 0
+    frame = reads.served_frame(target, experiment, timeout_s, after_id=since, limit=int(rows), model_version=version,
+                               labelled_after=after_feedback if after_feedback is not None else -1, newest=True)
+    return frame.tail(int(rows))
 
 
 def snapshot(served: pd.DataFrame, reference: pd.DataFrame, target: str,
@@ -51,8 +46,7 @@ def snapshot(served: pd.DataFrame, reference: pd.DataFrame, target: str,
     rows = served[list(reference.columns)].astype(reference.dtypes.to_dict(), errors="ignore")
     rows = rows.assign(**{target: served["label"].infer_objects().to_numpy()})
     rows = rows.drop_duplicates(keep="last").reset_index(drop=True)  # a row served again and again counts once
-    digest = hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()
-                            + "\x1f".join(map(str, rows.columns)).encode()).hexdigest()
+    digest = sources.rows_digest(rows)
     path = Path(folder).expanduser() / f"snapshot-{digest[:16]}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():

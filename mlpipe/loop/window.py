@@ -28,6 +28,11 @@ class Watched:
     preprocess_run_id: str = ""
 
 
+def task_of(client, version) -> str:
+    """The task a registered version was validated for: its qa run's data.task ("" without one)."""
+    qa = (version.tags or {}).get(f"{outputs.LINEAGE_PREFIX}qa_run_id")
+    return client.get_run(qa).data.tags.get("data.task", "") if qa else ""
+
 
 def watched(client, name: str, alias: str) -> Watched:
     """`name@alias` and what it was trained on; an UpstreamError saying what is missing."""
@@ -42,7 +47,7 @@ def watched(client, name: str, alias: str) -> Watched:
         raise UpstreamError(f"monitor: {name} v{version.version} has no lineage.preprocess_run_id / "
                             "lineage.qa_run_id tags: it was not registered by this pipeline, so there is no "
                             "training reference to compare the served rows with")
-    task = client.get_run(qa).data.tags.get("data.task", "")
+    task = task_of(client, version)
     profile = handoff.read_json(client, preprocess, outputs.DRIFT_PROFILE_ARTIFACT)
     reference = handoff.read_frame(client, preprocess, outputs.DRIFT_REFERENCE_ARTIFACT)
     return Watched(name, alias, str(version.version), task, profile, reference, preprocess)

@@ -32,7 +32,7 @@ from starlette.routing import Route
 from mlpipe.serving import abtest, batching, capture, feedback
 from mlpipe.serving.records import writer
 from mlpipe.serving.spec import SPEC_ENV, ServeSpec
-from mlpipe.serving.variants import CANARY, LiveVariant, load_variants, refresh_aliases
+from mlpipe.serving.variants import CANARY, LiveVariant, canary_uri, load_variants, refresh_aliases
 
 VARIANT_HEADER, VERSION_HEADER, URI_HEADER, REQUEST_ID_HEADER = (
     "X-Variant", "X-Model-Version", "X-Model-Uri", "X-Request-Id")
@@ -115,9 +115,8 @@ class ServingApp:
                                         max_mb=float(spec.limits["max_records_mb"]))
         self.secret = feedback.load_secret(spec.feedback["secret_file"])
         self.inputs, self.inputs_rng = capture.Policy.from_config(spec.inputs), random.Random(spec.seed)
-        self.store.record_experiment(spec.experiment, spec.variants + [
-            {"name": v.name, "model_uri": v.model_uri, "weight": float(spec.canary["weight"])}
-            for v in self.variants if v.name == CANARY], spec.control)
+        canary = [{"name": CANARY, "model_uri": canary_uri(spec), "weight": spec.canary["weight"]}] if spec.canary else []
+        self.store.record_experiment(spec.experiment, spec.variants + canary, spec.control)
         self.bandit = ([0] * len(self.variants), [0] * len(self.variants))
         schema = self.variants[0].model.metadata.get_input_schema()
         for v in self.variants:

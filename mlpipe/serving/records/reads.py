@@ -61,14 +61,23 @@ def distinct(stream: dict[str, list[tuple]]) -> tuple[dict[str, list[tuple]], di
     return kept, dropped
 
 
-def _aligned(predictions: str | None, label: str) -> tuple[list, list]:
-    """Predictions and labels of one request as two equal-length lists (a scalar label = 1 row)."""
+def _answers(predictions: str | None) -> list:
+    """A request's predictions, one per row, from the answer the server stored."""
     preds = json.loads(predictions) if predictions else []
     if isinstance(preds, dict):  # the server stores MLflow's whole answer, {"predictions": [...]}
         preds = preds.get("predictions", [])
+    return [p[0] if isinstance(p, list) and len(p) == 1 else p for p in preds]
+
+
+def _labels(label: str) -> list:
+    """A request's label set as a list (a scalar label = 1 row)."""
     truth = json.loads(label)
-    truth = truth if isinstance(truth, list) else [truth]
-    preds = [p[0] if isinstance(p, list) and len(p) == 1 else p for p in preds]
+    return truth if isinstance(truth, list) else [truth]
+
+
+def _aligned(predictions: str | None, label: str) -> tuple[list, list]:
+    """Predictions and labels of one request as two equal-length lists (a scalar label = 1 row)."""
+    preds, truth = _answers(predictions), _labels(label)
     n = min(len(preds), len(truth))
     return preds[:n], truth[:n]
 
@@ -155,33 +164,41 @@ SERVED_COLUMNS = ("record_id", "request_id", "ts", "variant", "model_version", "
                   "feedback_id")
 
 
-def served_frame(target: str | Path, experiment: str, timeout_s: float, after_id: int = 0, limit: int | None = None):
+def served_frame(target: str | Path, experiment: str, timeout_s: float, after_id: int = 0, limit: int | None = None,
+                 *, model_version: str | None = None, labelled_after: int | None = None, newest: bool = False):
     """One row per input row the server kept (serve.inputs) of the answered requests of
-    `experiment` after record id `after_id`, oldest first (at most `limit` requests): the input
-    columns, then SERVED_COLUMNS; `label` and `feedback_id` are None for a row no feedback
-    labelled yet. Requests
-    the override header routed are included: drift and retraining do not depend on the arm."""
+    `experiment` after record id `after_id`, oldest first (at most `limit` requests: the oldest,
+    or with `newest` the newest): the input columns, then SERVED_COLUMNS; `label` and
+    `feedback_id` are None for a row no feedback labelled yet. `model_version`: only the requests
+    that version answered; `labelled_after`: only those labelled by a label set after that
+    feedback id (-1: every labelled one). Requests the override header routed are included:
+    drift and retraining do not depend on the arm."""
     import pandas as pd
 
     from mlpipe.serving.capture import decode
 
+    where, params = ["r.experiment = ?", "r.status = 200", "r.id > ?", "r.inputs != ''"], [experiment, int(after_id)]
+    if model_version is not None:
+        where.append("r.model_version = ?")
+        params.append(str(model_version))
+    if labelled_after is not None:
+        where.append("f.id > ?")
+        params.append(int(labelled_after))
     with read_only(target, timeout_s) as db:
         if "inputs" not in columns(db, "requests"):
             return pd.DataFrame(columns=list(SERVED_COLUMNS))
         rows = db.execute(
             "SELECT r.id, r.request_id, r.ts, r.variant, r.model_version, r.predictions, r.inputs, f.label, f.id "
-            "FROM requests r LEFT JOIN feedback f ON f.request_id = r.request_id WHERE r.experiment = ? "
-            "AND r.status = 200 AND r.id > ? AND r.inputs != '' ORDER BY r.id"
-            + (f" LIMIT {int(limit)}" if limit else ""), (experiment, int(after_id)))
+            f"FROM requests r LEFT JOIN feedback f ON f.request_id = r.request_id WHERE {' AND '.join(where)} "
+            f"ORDER BY r.id {'DESC' if newest else 'ASC'}" + (f" LIMIT {int(limit)}" if limit else ""), tuple(params))
     parts = []
-    for record_id, request_id, ts, variant, version, predictions, inputs, label, feedback_id in rows:
+    for record_id, request_id, ts, variant, version, predictions, inputs, label, feedback_id in \
+            (reversed(rows) if newest else rows):
         found = decode(inputs)
         if found is None:
             continue
         names, data = found
-        preds = _aligned(predictions, label or json.dumps([None] * len(data)))[0]
-        truth = json.loads(label) if label else [None] * len(data)
-        truth = truth if isinstance(truth, list) else [truth]
+        preds, truth = _answers(predictions), _labels(label) if label else [None] * len(data)
         if len(preds) != len(data) or len(truth) != len(data):
             continue  # a record whose parts disagree (never written so by this server): left out
         frame = pd.DataFrame(data, columns=names)
