@@ -23,6 +23,10 @@ class State:
     cusum_rows: int = 0  # rows the CUSUM has read since its last restart
     cusum_zero_id: int = 0  # records: the label set after which the statistic was last 0 (where a change began)
     drift_tests: int = 0  # input drift tests spent on this version (the k of alpha_k)
+    # where the first alarm on this version said the change began (records ids): a later trigger
+    # on the same version (its retrain failed the gate, its challenger lost) retrains from there too
+    change_feedback: int | None = None  # the label set after which the performance change began
+    change_request: int | None = None  # the request after which the first drifted window began
     alarms: int = 0  # alarms raised on this version
     runs: int = 0  # monitor runs on this version
 

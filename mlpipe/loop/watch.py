@@ -22,7 +22,8 @@ class Findings:
     metrics: dict[str, float] = field(default_factory=dict)
     drift: list[drift.ColumnDrift] = field(default_factory=list)
     # where what alarmed begins, for the retrain's snapshot: the label set after which the
-    # performance rule's change began, the request after which the drifted window began
+    # performance rule's change began, the request after which the drifted window began (the
+    # first alarm's on this version: a retry trains on every row since)
     changed_after_feedback: int | None = None
     drifted_after_request: int | None = None
 
@@ -82,7 +83,9 @@ def _cusum(found: Findings, errors: list[int], ids: list[int], before: int, pcfg
             f"<= {cusum.p0:.3f}, tuned for +{float(pcfg.min_drop):g}; the last {len(window)} rows: error "
             f"{sum(window) / len(window):.3f})"))
         if found.changed_after_feedback is None:
-            found.changed_after_feedback = state.cusum_zero_id
+            if state.change_feedback is None:
+                state.change_feedback = state.cusum_zero_id
+            found.changed_after_feedback = state.change_feedback
             state.alarms += 1
         cusum.s, cusum.rows = 0.0, 0  # restarted: the next alarm needs new evidence
         start, offset = ids[offset + at - 1], offset + at
@@ -113,7 +116,9 @@ def inputs(found: Findings, served: pd.DataFrame, last_id: int, profile: dict, r
     found.metrics |= {"monitor.columns_drifted": float(len(drifted)), "monitor.drift_level": level,
                       "monitor.max_psi": max((d.psi for d in found.drift), default=0.0)}
     if len(drifted) > int(icfg.max_drifted_columns):
-        found.drifted_after_request = first
+        if state.change_request is None:
+            state.change_request = first
+        found.drifted_after_request = state.change_request
         found.alarms["inputs"] = (f"{len(drifted)} of {len(found.drift)} columns drifted on {len(served)} served rows "
                                   f"(test {state.drift_tests} at alpha {level:.2g}): {drift.describe(found.drift)}")
         state.alarms += 1

@@ -95,3 +95,26 @@ def test_the_performance_alarm_says_where_the_change_began(lcfg):
     labels = _labels(rng, 0.0, 250) + _labels(rng, 1.0, 200, start=250)
     watch.performance(found, labels, "classification", lcfg.performance)
     assert found.changed_after_feedback == 250 and "performance" in found.alarms
+
+
+def test_a_later_alarm_on_the_same_version_retrains_from_where_the_first_change_began(lcfg):
+    """The first alarm's retrain failed its gate (or its challenger lost): the CUSUM restarted
+    and alarms again, and the retry's rows still start where the change began, not after the
+    first alarm; so do a second drifted window's."""
+    rng = np.random.default_rng(4)
+    found = watch.Findings(State("m", "1"))
+    watch.performance(found, _labels(rng, 0.0, 250) + _labels(rng, 1.0, 50, start=250), "classification",
+                      lcfg.performance)
+    assert found.changed_after_feedback == 250
+    later = watch.Findings(State.from_tag(found.state.to_tag()))  # the next run, its state from the tag
+    watch.performance(later, _labels(rng, 1.0, 100, start=300), "classification", lcfg.performance)
+    assert "performance" in later.alarms and later.state.cusum_zero_id > 250
+    assert later.changed_after_feedback == 250 and later.state.alarms == 2
+
+    profile, reference = _reference(rng)
+    state = State("m", "1", request_cursor=100)
+    for last_id in (600, 1100):
+        found = watch.Findings(state)
+        watch.inputs(found, pd.DataFrame({"x": rng.normal(2, 1, 500), "y": rng.normal(5, 2, 500)}), last_id, profile,
+                     reference, lcfg.inputs)
+        assert "inputs" in found.alarms and found.drifted_after_request == 100
