@@ -13,7 +13,7 @@ from typing import Any
 
 from mlpipe.errors import DataError, one_line
 from mlpipe.registry import versions
-from mlpipe.run.outputs import EVIDENCE_TAG, LOOP_ORIGIN_TAG
+from mlpipe.run.outputs import LOOP_ORIGIN_TAG
 from mlpipe.serving import abreport
 from mlpipe.serving.records import reads
 from mlpipe.serving.variants import CANARY
@@ -63,9 +63,7 @@ def act(client, decision: Decision, target: str, experiment: str, model: str, rc
     if decision.action == "promote":
         served = reads.served_models(target, experiment, timeout_s)
         moved = abreport.promote(client, decision.result, served, model, rcfg.champion_alias, rcfg.lock_timeout_s,
-                                 trust)
-        client.set_model_version_tag(model, decision.version, EVIDENCE_TAG,
-                                     abreport.evidence_tag(abreport.evidence(decision.result)))
+                                 trust)  # its evidence kept on the version, under the lock
         tags |= {"loop.promoted": moved["version"], "loop.replaced": moved["previous_version"]}
     if decision.action in ("promote", "rollback"):
         client.delete_registered_model_alias(model, rcfg.challenger_alias)

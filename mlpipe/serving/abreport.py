@@ -93,7 +93,8 @@ def promote_winner(client, result: dict[str, Any], served: dict[str, tuple[str, 
 
 def promote(client, result: dict[str, Any], served: dict[str, tuple[str, str]], model_name: str,
             alias: str, lock_timeout_s: float, keyring) -> dict[str, str]:
-    """Moves `alias` of `model_name` to the winner's version (under the registry lock)."""
+    """Moves `alias` of `model_name` to the winner's version (under the registry lock), its
+    evidence (`ab.evidence`) and experiment kept on the version first."""
     winner, uri, name, version = _served_version(result, served)
     if name is None:
         raise ConfigError(f"cannot promote variant {winner!r}: it serves {uri} (version {version}), not a registered "
@@ -102,10 +103,11 @@ def promote(client, result: dict[str, Any], served: dict[str, tuple[str, str]], 
         raise ConfigError(f"cannot promote variant {winner!r}: it serves {name} version {version}, not a version of "
                           f"registry.model_name={model_name!r}")
     _check_validated(client, name, version, f"{model_name}@{alias} was not moved", keyring)
-    with versions.promotion_lock(model_name, lock_timeout_s):
+    with versions.promotion_lock(model_name, lock_timeout_s):  # what it rests on is kept before the alias moves
         before = versions.current(client, model_name, alias)
-        versions.set_alias(client, model_name, alias, version)
         client.set_model_version_tag(model_name, version, outputs.PROMOTED_EXPERIMENT_TAG, result["experiment"])
+        client.set_model_version_tag(model_name, version, outputs.EVIDENCE_TAG, evidence_tag(evidence(result)))
+        versions.set_alias(client, model_name, alias, version)
     return {"model": model_name, "alias": alias, "version": version,
             "previous_version": str(before.version) if before else "none"}
 

@@ -328,6 +328,7 @@ def test_ab_report_finds_the_better_variant_and_promotion_reaches_the_running_se
     assert run.data.metrics["ab.a.accuracy"] == pytest.approx(0.6, abs=0.02)
     assert run.data.metrics["ab.b.accuracy"] == pytest.approx(0.9, abs=0.02)
     assert str(store.client.get_model_version_by_alias(MODEL, "champion").version) == registered["v2"]
+    assert json.loads(store.client.get_model_version(MODEL, registered["v2"]).tags["ab.evidence"])["winner"] == "b"
     report = json.load(open(store.client.download_artifacts(run.info.run_id, "ab/report.json", str(store.path))))
     assert report["tests"][0]["p_value"] < 0.001 and report["arms"][0]["labelled"] >= 250
     card = Path(store.client.download_artifacts(run.info.run_id, "card/card.html", str(store.path))).read_text()

@@ -1,13 +1,17 @@
 """mlpipe/serving/abreport.promote against a real SQLite registry: the winner takes the alias
 only when it is a version qa validated, its files unchanged."""
 
+import json
+
 import pytest
 
 from mlpipe.errors import ConfigError, UntrustedModelError
 from mlpipe.registry import provenance
 from mlpipe.serving import abreport
 
-RESULT = {"winner": "b", "experiment": "ab-1"}
+RESULT = {"winner": "b", "experiment": "ab-1", "control": "a", "method": "msprt",
+          "tests": [{"challenger": "b", "test": "msprt", "p_value": 0.01, "alpha": 0.05, "accuracy_diff": 0.1}],
+          "arms": [{"variant": "a", "labelled": 300, "requests": 310}, {"variant": "b", "labelled": 290, "requests": 300}]}
 
 
 def _version(registry, validated: bool) -> str:
@@ -21,7 +25,10 @@ def test_a_validated_winner_takes_the_alias(registry):
     moved = abreport.promote(registry.client, RESULT, {"b": ("models:/m/2", version)}, "m", "champion", 30,
                              provenance.Trust(registry.keyring))
     assert moved == {"model": "m", "alias": "champion", "version": version, "previous_version": "1"}
-    assert str(registry.client.get_model_version_by_alias("m", "champion").version) == version
+    promoted = registry.client.get_model_version_by_alias("m", "champion")
+    assert str(promoted.version) == version and promoted.tags["ab.promoted_by_experiment"] == "ab-1"
+    evidence = json.loads(promoted.tags["ab.evidence"])  # what the promotion rests on, on the version
+    assert (evidence["winner"], evidence["p_value"], evidence["arms"]["b"]["labelled"]) == ("b", 0.01, 290)
 
 
 def test_a_winner_no_qa_run_vouches_for_is_not_promoted(registry):
