@@ -55,12 +55,11 @@ def watched(client, name: str, alias: str) -> Watched:
 
 def served_rows(target: str, experiment: str, version: str, after_id: int, timeout_s: float,
                 limit: int) -> tuple[pd.DataFrame, int]:
-    """The rows `version` answered after request id `after_id` whose inputs the server kept, and
-    the last request id read (of any version: the next window starts after it)."""
-    frame = reads.served_frame(target, experiment, timeout_s, after_id=after_id, limit=limit)
-    if frame.empty:
-        return frame, after_id
-    return frame[frame["model_version"].astype(str) == str(version)], int(frame["record_id"].max())
+    """The rows `version` answered after request id `after_id` whose inputs the server kept (at
+    most `limit` requests of that version: other versions' requests, a canary's, never fill the
+    window), and the last request id read (the next window starts after it)."""
+    frame = reads.served_frame(target, experiment, timeout_s, after_id=after_id, limit=limit, model_version=version)
+    return frame, (int(frame["record_id"].max()) if not frame.empty else after_id)
 
 
 def new_labels(target: str, experiment: str, version: str, after_id: int, timeout_s: float,
