@@ -302,7 +302,7 @@ def score(case: Case, args, best, holdout) -> dict:
     for promoted, replaced, at in case.promotions:
         new, old = holdout_accuracy(case, promoted, holdout), holdout_accuracy(case, replaced, holdout)
         worse += [f"v{promoted} {new:.3f} < v{replaced} {old:.3f}"] if new < old else []
-    tail = slice(len(correct) - 2000, len(correct))
+    tail = slice(max(len(correct) - 2000, drift or 0), len(correct))  # post-drift requests only
     return {"stream": case.kind, "strategy": case.strategy, "requests": len(correct),
             "accuracy": float(correct.mean()), "oracle_accuracy": float(best_correct.mean()),
             "post_drift_accuracy": float(correct[drift:].mean()) if drift else None,
