@@ -3,7 +3,8 @@
 monitor` reading the records: quiet on the training distribution, a trigger after the labels turn
 against the model, and another after an input column shifts; a retrain that fails, and a trigger
 that retrains on the served rows and registers a challenger only; the server's canary arm on the
-challenger, promoted when it wins the sequential A/B test and rolled back when it loses; a store
+challenger, promoted when it wins the sequential A/B test, and a deliberately worse retrain's
+challenger (trained on a labelling incident's rows) rolled back when it loses; a store
 the monitor cannot read is a FAILED run that says why."""
 
 from __future__ import annotations
@@ -179,23 +180,29 @@ def test_the_canary_wins_the_sequential_test_and_is_promoted(store: Store, serve
     assert (arms["default"]["model_version"], arms["canary"]["weight"]) == ("2", 0), arms
 
 
-def test_a_canary_that_loses_is_rolled_back(store: Store, served):
-    """A worse challenger (a copy of version 1, the old rule's model) canaried against version 2
-    while labels keep the new rule: the monitor rolls it back (the challenger alias removed, the
-    champion unchanged) and the server's canary arm goes back to weight 0."""
+def test_a_deliberately_worse_retrain_is_canaried_and_rolled_back(store: Store, served, tmp_path):
+    """A labelling incident: for 40 requests every label is off by one class from version 2's
+    rule. Version 2's accuracy falls, the trigger's retrain learns the incident's rule from those
+    rows, passes the gate on them (version 2 is wrong on its test split) and registers version 3
+    as challenger. The labels then follow version 2's rule again: the canary loses the sequential
+    test, the monitor rolls it back (the challenger alias removed, the champion unchanged) and
+    the server's canary arm goes back to weight 0."""
     client = store.client
-    store.python("-c", "import mlflow; c = mlflow.MlflowClient(); v = c.get_model_version('wine_model', '1'); "
-                 "w = c.create_model_version('wine_model', v.source, run_id=v.run_id, "
-                 "tags={**v.tags, 'loop.monitor_run_id': 'deliberately-worse'}); "
-                 "c.set_registered_model_alias('wine_model', 'challenger', w.version)", check=True)
+    _traffic(served, served["reference"], "right")  # version 2's baseline (100 labelled rows)
+    _traffic(served, served["reference"], "wrong")  # the incident
+    result, run = _monitor(store, served, "loop.retrain.enabled=true loop.retrain.original=false "
+                                          f"loop.retrain.min_rows=50 loop.retrain.snapshot_dir={tmp_path} train.cv_folds=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert run.data.tags["loop.version"] == "2" and run.data.tags["loop.challenger"] == "3", result.stdout[-2000:]
     worse = client.get_model_version_by_alias(MODEL, "challenger")
-    arms = _until(served, lambda v: v["canary"]["model_version"] == str(worse.version))
-    assert arms["canary"]["weight"] == 0.5, arms
+    assert str(worse.version) == "3" and worse.tags["loop.monitor_run_id"] == run.info.run_id
+    arms = _until(served, lambda v: v["canary"]["model_version"] == "3" and v["canary"]["weight"] > 0)
+    assert (arms["canary"]["model_version"], arms["canary"]["weight"]) == ("3", 0.5), arms
     _canary_traffic(served, served["reference"], "default")
     result, run = _monitor(store, served, "serve.ab.min_samples=30")
     assert result.returncode == 0, result.stderr[-3000:]
     assert run.data.tags["loop.decision"] == "rollback", run.data.tags
-    assert f"canary v{worse.version} loses: keep default: canary significantly worse" in result.stdout
+    assert "canary v3 loses: keep default: canary significantly worse" in result.stdout
     assert client.get_model_version_by_alias(MODEL, "champion").version == 2
     assert "challenger" not in client.get_registered_model(MODEL).aliases
     assert _until(served, lambda v: v["canary"]["weight"] == 0)["canary"]["weight"] == 0
