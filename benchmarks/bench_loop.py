@@ -266,7 +266,8 @@ def retrain(case: Case, every_n: int) -> None:
     case.retrains += 1
     after = aliases(case)["champion"]
     if result.returncode != 0:
-        print(f"    [{len(case.answers)}] retrain failed: {result.stderr.strip().splitlines()[-1:]}", flush=True)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")] or ["no error line"]
+        print(f"    [{len(case.answers)}] retrain failed (exit {result.returncode}): {errors[-1][:600]}", flush=True)
     elif after != before:
         case.promotions.append((str(after), str(before), len(case.answers)))
         print(f"    [{len(case.answers)}] retrained: v{after} replaces v{before}", flush=True)
