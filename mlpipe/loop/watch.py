@@ -21,11 +21,18 @@ class Findings:
     notes: list[str] = field(default_factory=list)  # what was not decided, and why
     metrics: dict[str, float] = field(default_factory=dict)
     drift: list[drift.ColumnDrift] = field(default_factory=list)
-    # where what alarmed begins, for the retrain's snapshot: the label set after which the
-    # performance rule's change began, the request after which the drifted window began (the
-    # first alarm's on this version: a retry trains on every row since)
-    changed_after_feedback: int | None = None
-    drifted_after_request: int | None = None
+
+    # where what alarmed in this run begins, for the retrain's snapshot (the first alarm's on this
+    # version, kept in the state: a retry trains on every row since)
+    @property
+    def changed_after_feedback(self) -> int | None:
+        """The label set after which the performance change began, when that rule alarmed."""
+        return self.state.change_feedback if "performance" in self.alarms else None
+
+    @property
+    def drifted_after_request(self) -> int | None:
+        """The request after which the first drifted window began, when that rule alarmed."""
+        return self.state.change_request if "inputs" in self.alarms else None
 
     def trigger(self, rules: Sequence[str]) -> str | None:
         """The reason the loop's trigger is raised (the rules in loop.trigger that alarmed), or None."""
@@ -77,15 +84,14 @@ def _cusum(found: Findings, errors: list[int], ids: list[int], before: int, pcfg
             state.cusum_zero_id = ids[offset + cusum.last_zero - 1] if cusum.last_zero else start
         if at is None:
             break
-        window = errors[offset:offset + at][-int(pcfg.baseline_rows):]
-        found.alarms.setdefault("performance", (
-            f"accuracy fell: CUSUM over h={cusum.h:.1f} after {cusum.rows} labelled rows (baseline error "
-            f"<= {cusum.p0:.3f}, tuned for +{float(pcfg.min_drop):g}; the last {len(window)} rows: error "
-            f"{sum(window) / len(window):.3f})"))
-        if found.changed_after_feedback is None:
+        if "performance" not in found.alarms:  # this run's first alarm: its line and where the change began
+            window = errors[offset:offset + at][-int(pcfg.baseline_rows):]
+            found.alarms["performance"] = (
+                f"accuracy fell: CUSUM over h={cusum.h:.1f} after {cusum.rows} labelled rows (baseline error "
+                f"<= {cusum.p0:.3f}, tuned for +{float(pcfg.min_drop):g}; the last {len(window)} rows: error "
+                f"{sum(window) / len(window):.3f})")
             if state.change_feedback is None:
                 state.change_feedback = state.cusum_zero_id
-            found.changed_after_feedback = state.change_feedback
             state.alarms += 1
         cusum.s, cusum.rows = 0.0, 0  # restarted: the next alarm needs new evidence
         start, offset = ids[offset + at - 1], offset + at
@@ -118,7 +124,6 @@ def inputs(found: Findings, served: pd.DataFrame, last_id: int, profile: dict, r
     if len(drifted) > int(icfg.max_drifted_columns):
         if state.change_request is None:
             state.change_request = first
-        found.drifted_after_request = state.change_request
         found.alarms["inputs"] = (f"{len(drifted)} of {len(found.drift)} columns drifted on {len(served)} served rows "
                                   f"(test {state.drift_tests} at alpha {level:.2g}): {drift.describe(found.drift)}")
         state.alarms += 1
